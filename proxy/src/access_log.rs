@@ -1,0 +1,114 @@
+//! JSON access logs: one line per request with the fields of Envoy's default format.
+//!
+//! Workers format lines into a local buffer and hand full buffers to a writer thread, so a
+//! slow log destination never blocks a worker; if the writer falls behind, lines are dropped
+//! and counted.
+
+use std::cell::RefCell;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+const FLUSH_BYTES: usize = 16 * 1024;
+
+/// The process-wide end of the access log.
+pub struct AccessLogSink {
+    tx: mpsc::SyncSender<Vec<u8>>,
+    pub dropped: AtomicU64,
+}
+
+impl AccessLogSink {
+    /// Opens the destination and starts the writer thread.
+    pub fn open(path: &str) -> std::io::Result<AccessLogSink> {
+        let mut out: Box<dyn Write + Send> = if path == "-" || path == "/dev/stdout" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(OpenOptions::new().create(true).append(true).open(path)?)
+        };
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(1024);
+        std::thread::Builder::new()
+            .name("wasmesh-access-log".into())
+            .spawn(move || {
+                for chunk in rx {
+                    if out.write_all(&chunk).and_then(|()| out.flush()).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(AccessLogSink {
+            tx,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    fn send(&self, chunk: Vec<u8>) {
+        if self.tx.try_send(chunk).is_err() {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// A worker's buffer of formatted lines.
+#[derive(Default)]
+pub struct LogBuffer {
+    buf: RefCell<Vec<u8>>,
+}
+
+impl LogBuffer {
+    pub fn write(&self, sink: &AccessLogSink, entry: &Entry<'_>) {
+        let mut buf = self.buf.borrow_mut();
+        if serde_json::to_writer(&mut *buf, entry).is_ok() {
+            buf.push(b'\n');
+        }
+        if buf.len() >= FLUSH_BYTES {
+            sink.send(std::mem::take(&mut *buf));
+        }
+    }
+
+    /// Hands buffered lines to the writer (called on a short timer and at shutdown).
+    pub fn flush(&self, sink: &AccessLogSink) {
+        let mut buf = self.buf.borrow_mut();
+        if !buf.is_empty() {
+            sink.send(std::mem::take(&mut *buf));
+        }
+    }
+}
+
+/// One access log line. Field names follow Envoy's JSON access logs.
+#[derive(Serialize)]
+pub struct Entry<'a> {
+    #[serde(serialize_with = "rfc3339")]
+    pub start_time: SystemTime,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub protocol: &'a str,
+    pub response_code: u16,
+    pub response_flags: String,
+    pub response_code_details: &'a str,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Milliseconds from the first byte of the request to the last byte of the response.
+    pub duration: u64,
+    /// Milliseconds until the upstream's response headers, when there was an upstream.
+    pub upstream_service_time: Option<u64>,
+    pub x_forwarded_for: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    pub authority: Option<&'a str>,
+    pub upstream_host: Option<SocketAddr>,
+    pub upstream_cluster: Option<&'a str>,
+    pub upstream_transport_failure_reason: Option<&'a str>,
+    pub route_name: Option<&'a str>,
+    pub downstream_remote_address: SocketAddr,
+    pub downstream_local_address: SocketAddr,
+    pub listener: &'a str,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}

@@ -1,0 +1,564 @@
+//! The static bootstrap: what `wasmesh-proxy --config FILE` reads.
+//!
+//! Parsing does no IO beyond reading the file; every error names the file, the field and the
+//! reason, and a config that fails validation is never partly applied. `docs/configuration.md`
+//! documents every field.
+
+mod duration;
+mod retry_on;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub use duration::Dur;
+pub use retry_on::RetryOn;
+
+/// A configuration error: where it is and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    /// The field path, such as `listeners[0].virtual_hosts[1].routes[2].cluster`.
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
+        }
+        if self.field.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "field `{}`: {}", self.field, self.reason)
+        }
+    }
+}
+
+impl ConfigError {
+    fn at(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            file: None,
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole bootstrap file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bootstrap {
+    /// Worker threads; each owns its connections, upstream pools and Wasm VMs. Default: one per core.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    pub listeners: Vec<Listener>,
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+    #[serde(default)]
+    pub access_log: Option<AccessLog>,
+    /// How long SIGTERM waits for in-flight requests before closing connections.
+    #[serde(default = "defaults::drain_timeout")]
+    pub drain_timeout: Dur,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub address: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// A file to append JSON lines to; `/dev/stdout` or `-` for standard output.
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: String,
+    /// `ip:port`; port 0 picks a free port (the admin API and the library report it).
+    pub address: String,
+    /// Connections accepted at once; further ones are closed at accept.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: u32,
+    #[serde(default)]
+    pub http: HttpOptions,
+    pub virtual_hosts: Vec<VirtualHost>,
+}
+
+/// Downstream HTTP limits and timeouts (Envoy's defaults unless noted).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpOptions {
+    /// Total size of a request head (request line and headers), in KiB.
+    pub max_request_headers_kb: u32,
+    pub max_headers_count: u32,
+    /// A client must send a whole request head within this time (slowloris guard).
+    pub request_headers_timeout: Dur,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Dur,
+    /// A request or response body that makes no progress for this long is reset.
+    pub stream_idle_timeout: Dur,
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset before the proxy answers with GOAWAY (reset floods).
+    pub max_pending_accept_reset_streams: u32,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            max_request_headers_kb: 60,
+            max_headers_count: 100,
+            request_headers_timeout: Dur::secs(10),
+            idle_timeout: Dur::secs(300),
+            stream_idle_timeout: Dur::secs(300),
+            max_concurrent_streams: 1024,
+            max_pending_accept_reset_streams: 100,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualHost {
+    pub name: String,
+    /// Host names served: exact, `*`, `*.suffix` or `prefix.*`; ports are ignored unless written.
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matcher: RouteMatch,
+    pub cluster: String,
+    /// Time allowed for the upstream's response headers, retries included; 0 disables.
+    #[serde(default = "defaults::route_timeout")]
+    pub timeout: Dur,
+    #[serde(default)]
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Comma-separated conditions, as Envoy's `x-envoy-retry-on`.
+    #[serde(default = "defaults::retry_on")]
+    pub retry_on: RetryOn,
+    #[serde(default = "defaults::num_retries")]
+    pub num_retries: u32,
+    /// Time allowed for each attempt's response headers; 0 means only the route timeout applies.
+    #[serde(default)]
+    pub per_try_timeout: Dur,
+    /// Status codes retried under `retriable-status-codes`.
+    #[serde(default)]
+    pub retriable_status_codes: Vec<u16>,
+    #[serde(default = "defaults::retry_base_interval")]
+    pub base_interval: Dur,
+    #[serde(default)]
+    pub max_interval: Option<Dur>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    LeastRequest,
+    Random,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext by prior knowledge (h2c); needed for gRPC.
+    Http2,
+    /// Whatever the downstream request used.
+    Downstream,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: String,
+    /// `host:port` addresses; names are resolved once at load.
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub lb_policy: LbPolicy,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: Dur,
+    /// An idle pooled connection is closed after this long.
+    #[serde(default = "defaults::upstream_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// 0 = unlimited.
+    #[serde(default)]
+    pub max_requests_per_connection: u32,
+    #[serde(default)]
+    pub circuit_breakers: CircuitBreakers,
+    #[serde(default)]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// Envoy's circuit-breaker thresholds, shared by all workers.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreakers {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+}
+
+impl Default for CircuitBreakers {
+    fn default() -> Self {
+        CircuitBreakers {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
+}
+
+/// Envoy's retry budget: retries in flight may be at most `budget_percent` of requests in flight,
+/// but never fewer than `min_retry_concurrency`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    #[serde(default = "defaults::budget_percent")]
+    pub budget_percent: f64,
+    #[serde(default = "defaults::min_retry_concurrency")]
+    pub min_retry_concurrency: u32,
+}
+
+mod defaults {
+    use super::{Dur, RetryOn};
+
+    pub fn drain_timeout() -> Dur {
+        Dur::secs(5)
+    }
+    pub fn max_connections() -> u32 {
+        100_000
+    }
+    pub fn route_timeout() -> Dur {
+        Dur::secs(15)
+    }
+    pub fn retry_on() -> RetryOn {
+        RetryOn::parse("connect-failure,refused-stream,reset").expect("valid default")
+    }
+    pub fn num_retries() -> u32 {
+        1
+    }
+    pub fn retry_base_interval() -> Dur {
+        Dur::millis(25)
+    }
+    pub fn connect_timeout() -> Dur {
+        Dur::secs(5)
+    }
+    pub fn upstream_idle_timeout() -> Dur {
+        Dur::secs(60)
+    }
+    pub fn budget_percent() -> f64 {
+        20.0
+    }
+    pub fn min_retry_concurrency() -> u32 {
+        3
+    }
+}
+
+/// Deserializes `T` and, on failure, prefixes the error with the path of the failing field.
+struct Tracked<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Tracked<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde_path_to_error::deserialize(d)
+            .map(Tracked)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if path == "." {
+                    D::Error::custom(inner)
+                } else {
+                    D::Error::custom(format!("field `{path}`: {inner}"))
+                }
+            })
+    }
+}
+
+impl Bootstrap {
+    /// Reads, parses and validates a bootstrap file.
+    pub fn load(path: &Path) -> Result<Bootstrap, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_owned()),
+            field: String::new(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Bootstrap::parse(&text).map_err(|mut e| {
+            e.file = Some(path.to_owned());
+            e
+        })
+    }
+
+    /// Parses and validates a bootstrap from YAML text.
+    pub fn parse(text: &str) -> Result<Bootstrap, ConfigError> {
+        let bootstrap = match serde_saphyr::from_str::<Tracked<Bootstrap>>(text) {
+            Ok(Tracked(b)) => b,
+            Err(e) => return Err(split_tracked_error(&e.to_string())),
+        };
+        bootstrap.validate()?;
+        Ok(bootstrap)
+    }
+
+    /// The worker count after defaults.
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(w) = self.workers
+            && !(1..=1024).contains(&w)
+        {
+            return Err(ConfigError::at(
+                "workers",
+                format!("must be between 1 and 1024, got {w}"),
+            ));
+        }
+        if let Some(admin) = &self.admin {
+            parse_listen_address(&admin.address)
+                .map_err(|r| ConfigError::at("admin.address", r))?;
+        }
+        if self.listeners.is_empty() {
+            return Err(ConfigError::at(
+                "listeners",
+                "at least one listener is required",
+            ));
+        }
+        let mut cluster_names = HashSet::new();
+        for (i, c) in self.clusters.iter().enumerate() {
+            let at = |field: &str| format!("clusters[{i}].{field}");
+            if c.name.is_empty() {
+                return Err(ConfigError::at(at("name"), "must not be empty"));
+            }
+            if !cluster_names.insert(c.name.as_str()) {
+                return Err(ConfigError::at(
+                    at("name"),
+                    format!("duplicate cluster name {:?}", c.name),
+                ));
+            }
+            if c.endpoints.is_empty() {
+                return Err(ConfigError::at(
+                    at("endpoints"),
+                    "at least one endpoint is required",
+                ));
+            }
+            for (j, e) in c.endpoints.iter().enumerate() {
+                resolve_endpoint(e)
+                    .map_err(|r| ConfigError::at(at(&format!("endpoints[{j}]")), r))?;
+            }
+            if c.connect_timeout.0.is_zero() {
+                return Err(ConfigError::at(
+                    at("connect_timeout"),
+                    "must be greater than 0",
+                ));
+            }
+            if c.circuit_breakers.max_connections == 0 {
+                return Err(ConfigError::at(
+                    at("circuit_breakers.max_connections"),
+                    "must be at least 1",
+                ));
+            }
+            if c.circuit_breakers.max_requests == 0 {
+                return Err(ConfigError::at(
+                    at("circuit_breakers.max_requests"),
+                    "must be at least 1",
+                ));
+            }
+            if let Some(b) = &c.retry_budget
+                && !(0.0..=100.0).contains(&b.budget_percent)
+            {
+                return Err(ConfigError::at(
+                    at("retry_budget.budget_percent"),
+                    format!("must be between 0 and 100, got {}", b.budget_percent),
+                ));
+            }
+        }
+        let mut listener_names = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let at = |field: &str| format!("listeners[{i}].{field}");
+            if !listener_names.insert(l.name.as_str()) {
+                return Err(ConfigError::at(
+                    at("name"),
+                    format!("duplicate listener name {:?}", l.name),
+                ));
+            }
+            parse_listen_address(&l.address).map_err(|r| ConfigError::at(at("address"), r))?;
+            if l.max_connections == 0 {
+                return Err(ConfigError::at(at("max_connections"), "must be at least 1"));
+            }
+            let h = &l.http;
+            if !(1..=8192).contains(&h.max_request_headers_kb) {
+                return Err(ConfigError::at(
+                    at("http.max_request_headers_kb"),
+                    "must be between 1 and 8192",
+                ));
+            }
+            if !(1..=10_000).contains(&h.max_headers_count) {
+                return Err(ConfigError::at(
+                    at("http.max_headers_count"),
+                    "must be between 1 and 10000",
+                ));
+            }
+            if h.max_concurrent_streams == 0 {
+                return Err(ConfigError::at(
+                    at("http.max_concurrent_streams"),
+                    "must be at least 1",
+                ));
+            }
+            if l.virtual_hosts.is_empty() {
+                return Err(ConfigError::at(
+                    at("virtual_hosts"),
+                    "at least one virtual host is required",
+                ));
+            }
+            for (j, vh) in l.virtual_hosts.iter().enumerate() {
+                let at = |field: &str| format!("listeners[{i}].virtual_hosts[{j}].{field}");
+                if vh.domains.is_empty() {
+                    return Err(ConfigError::at(
+                        at("domains"),
+                        "at least one domain is required",
+                    ));
+                }
+                for (k, d) in vh.domains.iter().enumerate() {
+                    validate_domain(d)
+                        .map_err(|r| ConfigError::at(at(&format!("domains[{k}]")), r))?;
+                }
+                for (k, r) in vh.routes.iter().enumerate() {
+                    let at = |field: &str| {
+                        format!("listeners[{i}].virtual_hosts[{j}].routes[{k}].{field}")
+                    };
+                    if !cluster_names.contains(r.cluster.as_str()) {
+                        return Err(ConfigError::at(
+                            at("cluster"),
+                            format!("unknown cluster {:?}", r.cluster),
+                        ));
+                    }
+                    match (&r.matcher.prefix, &r.matcher.path) {
+                        (Some(_), Some(_)) => {
+                            return Err(ConfigError::at(
+                                at("match"),
+                                "set one of `prefix` and `path`, not both",
+                            ));
+                        }
+                        (Some(p), None) | (None, Some(p)) if !p.starts_with('/') => {
+                            return Err(ConfigError::at(
+                                at("match"),
+                                format!("{p:?} must start with '/'"),
+                            ));
+                        }
+                        _ => {}
+                    }
+                    if let Some(rp) = &r.retry_policy {
+                        if rp.num_retries > 10 {
+                            return Err(ConfigError::at(
+                                at("retry_policy.num_retries"),
+                                "must be at most 10",
+                            ));
+                        }
+                        if let Some(code) = rp
+                            .retriable_status_codes
+                            .iter()
+                            .find(|c| !(100..=599).contains(*c))
+                        {
+                            return Err(ConfigError::at(
+                                at("retry_policy.retriable_status_codes"),
+                                format!("{code} is not an HTTP status code"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// serde-saphyr renders a tracked error as ``field `path`: reason at line L, column C``.
+fn split_tracked_error(rendered: &str) -> ConfigError {
+    let rendered = rendered.trim();
+    rendered
+        .strip_prefix("field `")
+        .and_then(|rest| rest.split_once("`: "))
+        .map(|(path, reason)| ConfigError::at(path, reason))
+        .unwrap_or_else(|| ConfigError::at("", rendered))
+}
+
+/// A listen address must be a literal `ip:port`.
+pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an ip:port address (for example 127.0.0.1:8080)"))
+}
+
+/// An endpoint is `ip:port` or `name:port`, resolved once.
+pub fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    if !text.contains(':') {
+        return Err(format!("{text:?} has no port (write host:port)"));
+    }
+    text.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {text:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+fn validate_domain(d: &str) -> Result<(), String> {
+    let stars = d.matches('*').count();
+    let ok = d == "*"
+        || stars == 0
+        || (stars == 1
+            && (d.starts_with("*.")
+                || d.starts_with("*-")
+                || d.ends_with(".*")
+                || d.ends_with("-*")));
+    if d.is_empty() || !ok {
+        return Err(format!(
+            "{d:?} is not a domain: use an exact name, \"*\", \"*.suffix\" or \"prefix.*\""
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,115 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+listeners:
+- name: ingress
+  address: "127.0.0.1:0"
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+    - match: {prefix: /}
+      cluster: backend
+clusters:
+- name: backend
+  endpoints: ["127.0.0.1:8080"]
+"#;
+
+fn err(yaml: &str) -> ConfigError {
+    Bootstrap::parse(yaml).expect_err("config should be refused")
+}
+
+#[test]
+fn minimal_config_gets_envoy_defaults() {
+    let b = Bootstrap::parse(MINIMAL).unwrap();
+    let c = &b.clusters[0];
+    assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
+    assert_eq!(c.connect_timeout, Dur::secs(5));
+    assert_eq!(c.circuit_breakers.max_connections, 1024);
+    assert_eq!(c.circuit_breakers.max_retries, 3);
+    let r = &b.listeners[0].virtual_hosts[0].routes[0];
+    assert_eq!(r.timeout, Dur::secs(15));
+    assert_eq!(b.listeners[0].http.max_request_headers_kb, 60);
+    assert_eq!(b.listeners[0].http.max_headers_count, 100);
+}
+
+#[test]
+fn unknown_fields_name_their_path() {
+    let e = err(&MINIMAL.replace("cluster: backend", "cluster: backend\n      clustr: x"));
+    assert_eq!(e.field, "listeners[0].virtual_hosts[0].routes[0].clustr");
+    assert!(e.reason.contains("unknown field"), "{e}");
+    assert!(e.reason.contains("line"), "{e}");
+}
+
+#[test]
+fn bad_values_name_field_and_reason() {
+    let e = err(&MINIMAL.replace(
+        "endpoints: [\"127.0.0.1:8080\"]",
+        "endpoints: [\"127.0.0.1:8080\"]\n  connect_timeout: 5",
+    ));
+    assert_eq!(e.field, "clusters[0].connect_timeout");
+    assert!(e.reason.contains("no unit"), "{e}");
+
+    let e = err(&MINIMAL.replace("endpoints:", "lb_policy: fastest\n  endpoints:"));
+    assert_eq!(e.field, "clusters[0].lb_policy");
+    assert!(e.reason.contains("fastest"), "{e}");
+
+    let e = err(&MINIMAL.replace(
+        "match: {prefix: /}",
+        "match: {prefix: /}\n      retry_policy: {retry_on: \"5xx,sometimes\"}",
+    ));
+    assert_eq!(
+        e.field,
+        "listeners[0].virtual_hosts[0].routes[0].retry_policy.retry_on"
+    );
+    assert!(e.reason.contains("sometimes"), "{e}");
+}
+
+#[test]
+fn references_and_addresses_are_checked() {
+    let e = err(&MINIMAL.replace("cluster: backend", "cluster: nowhere"));
+    assert_eq!(e.field, "listeners[0].virtual_hosts[0].routes[0].cluster");
+    assert!(e.reason.contains("unknown cluster \"nowhere\""), "{e}");
+
+    let e = err(&MINIMAL.replace("\"127.0.0.1:0\"", "\"localhost\""));
+    assert_eq!(e.field, "listeners[0].address");
+
+    let e = err(&MINIMAL.replace("[\"127.0.0.1:8080\"]", "[\"127.0.0.1\"]"));
+    assert_eq!(e.field, "clusters[0].endpoints[0]");
+    assert!(e.reason.contains("no port"), "{e}");
+
+    let e = err(&format!("workers: 0\n{MINIMAL}"));
+    assert_eq!(e.field, "workers");
+
+    let e = err(&MINIMAL.replace("domains: [\"*\"]", "domains: [\"a.*.b\"]"));
+    assert_eq!(e.field, "listeners[0].virtual_hosts[0].domains[0]");
+}
+
+#[test]
+fn duplicate_names_are_refused() {
+    let yaml = format!("{MINIMAL}- name: backend\n  endpoints: [\"127.0.0.1:1\"]\n");
+    let e = err(&yaml);
+    assert_eq!(e.field, "clusters[1].name");
+    assert!(e.reason.contains("duplicate"), "{e}");
+}
+
+#[test]
+fn yaml_syntax_errors_are_reported() {
+    let e = err("listeners: [\n");
+    assert!(!e.reason.is_empty());
+    assert!(e.to_string().contains("line"), "{e}");
+}
+
+#[test]
+fn load_names_the_file() {
+    let dir = std::env::temp_dir().join(format!("wasmesh-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.yaml");
+    std::fs::write(&path, MINIMAL.replace("cluster: backend", "cluster: 42x")).unwrap();
+    let e = Bootstrap::load(&path).unwrap_err();
+    let text = e.to_string();
+    assert!(text.starts_with(&path.display().to_string()), "{text}");
+    assert!(text.contains("routes[0].cluster"), "{text}");
+    let missing = Bootstrap::load(&dir.join("missing.yaml")).unwrap_err();
+    assert!(missing.to_string().contains("cannot read"), "{missing}");
+}

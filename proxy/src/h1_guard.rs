@@ -1,0 +1,667 @@
+//! A strict reader in front of hyper's HTTP/1 parser.
+//!
+//! hyper accepts some shapes that proxies must refuse because other hops may read them
+//! differently (request smuggling): a bare LF as line end, `Content-Length` together with
+//! `Transfer-Encoding` (hyper drops the length), and repeated `Content-Length` headers with the
+//! same value. The guard follows the message framing on the byte stream, holds each request
+//! head until it is complete, checks it, and hands it to hyper only if it is clean. A bad head
+//! is replaced by one hyper cannot parse, so hyper answers `400 Bad Request` and closes the
+//! connection, in order with any response still being written.
+//!
+//! It also enforces Envoy's `request_headers_timeout`: once the first byte of a head arrives,
+//! the whole head must follow within the timeout or the connection is closed.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+/// What hyper is handed instead of a rejected head: a NUL method fails its parser with a 400.
+const POISON: &[u8] = b"\0 / HTTP/1.1\r\n\r\n";
+
+/// Why a request head was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Violation {
+    BareLf,
+    BareCr,
+    ObsFold,
+    ContentLengthAndTransferEncoding,
+    DuplicateContentLength,
+    BadContentLength,
+    BadTransferEncoding,
+    WhitespaceBeforeColon,
+    BadChunkFraming,
+}
+
+/// How the message after a head is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// An upgrade or CONNECT: once accepted the connection is no longer HTTP.
+    Opaque,
+}
+
+enum State {
+    /// Collecting a head; `scanned` bytes of `buf` were checked already.
+    Head {
+        scanned: usize,
+    },
+    /// `n` bytes at the front of `buf` are checked and go to hyper next; then `then`.
+    Release {
+        n: usize,
+        then: Then,
+    },
+    Body {
+        remaining: u64,
+    },
+    Chunked(Chunk),
+    Opaque,
+    /// The poison head is being handed over; then end of stream.
+    Rejected {
+        sent: usize,
+    },
+}
+
+#[derive(Clone, Copy)]
+enum Then {
+    Head,
+    Body(u64),
+    Chunked(Chunk),
+    Opaque,
+}
+
+impl From<Framing> for Then {
+    fn from(f: Framing) -> Then {
+        match f {
+            Framing::None | Framing::Length(0) => Then::Head,
+            Framing::Length(n) => Then::Body(n),
+            Framing::Chunked => Then::Chunked(Chunk::START),
+            Framing::Opaque => Then::Opaque,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Chunk {
+    Size {
+        digits: u32,
+        value: u64,
+        ext: bool,
+        cr: bool,
+    },
+    Data(u64),
+    DataCr,
+    DataLf,
+    Trailer {
+        line: usize,
+        cr: bool,
+    },
+}
+
+impl Chunk {
+    const START: Chunk = Chunk::Size {
+        digits: 0,
+        value: 0,
+        ext: false,
+        cr: false,
+    };
+}
+
+pub struct H1Guard<T> {
+    inner: T,
+    buf: BytesMut,
+    state: State,
+    /// Heads larger than this are passed to hyper unchecked; hyper's own limit (smaller) answers 431.
+    max_head: usize,
+    header_timeout: Option<Duration>,
+    deadline: Option<Pin<Box<Sleep>>>,
+    on_reject: Option<Box<dyn FnMut(Violation) + Send>>,
+}
+
+impl<T> H1Guard<T> {
+    pub fn new(inner: T, max_head: usize, header_timeout: Option<Duration>) -> Self {
+        H1Guard {
+            inner,
+            buf: BytesMut::new(),
+            state: State::Head { scanned: 0 },
+            max_head,
+            header_timeout,
+            deadline: None,
+            on_reject: None,
+        }
+    }
+
+    /// Calls `f` with the reason whenever a head is refused.
+    pub fn on_reject(mut self, f: impl FnMut(Violation) + Send + 'static) -> Self {
+        self.on_reject = Some(Box::new(f));
+        self
+    }
+
+    /// Advances the state machine over buffered bytes; returns how many bytes at the front of
+    /// `buf` may be handed to hyper now.
+    fn deliverable(&mut self) -> usize {
+        loop {
+            let next = match self.state {
+                State::Head { scanned } => {
+                    if self.buf.is_empty() {
+                        return 0;
+                    }
+                    match scan_head(&self.buf, scanned) {
+                        Scan::Incomplete(_) if self.buf.len() > self.max_head => {
+                            // hyper refuses it with 431; the connection ends there.
+                            State::Opaque
+                        }
+                        Scan::Incomplete(at) => {
+                            self.state = State::Head { scanned: at };
+                            return 0;
+                        }
+                        Scan::Bad(v) => return self.reject(v),
+                        Scan::Complete(len) => {
+                            self.deadline = None;
+                            match validate_head(&self.buf[..len]) {
+                                Ok(framing) => State::Release {
+                                    n: len,
+                                    then: framing.into(),
+                                },
+                                Err(v) => return self.reject(v),
+                            }
+                        }
+                    }
+                }
+                State::Release { n, .. } => return n,
+                State::Body { remaining: 0 } => State::Head { scanned: 0 },
+                State::Body { remaining } => return remaining.min(self.buf.len() as u64) as usize,
+                State::Chunked(mut chunk) => {
+                    if self.buf.is_empty() {
+                        return 0;
+                    }
+                    match walk_chunks(&mut chunk, &self.buf) {
+                        Ok((n, true)) => State::Release {
+                            n,
+                            then: Then::Head,
+                        },
+                        Ok((n, false)) => State::Release {
+                            n,
+                            then: Then::Chunked(chunk),
+                        },
+                        Err(v) => {
+                            // A body cannot be answered with 400 any more: end the connection.
+                            self.notify(v);
+                            self.buf.clear();
+                            self.state = State::Rejected { sent: POISON.len() };
+                            return 0;
+                        }
+                    }
+                }
+                State::Opaque => return self.buf.len(),
+                State::Rejected { .. } => return 0,
+            };
+            self.state = next;
+        }
+    }
+
+    fn reject(&mut self, v: Violation) -> usize {
+        self.notify(v);
+        self.buf.clear();
+        self.deadline = None;
+        self.state = State::Rejected { sent: 0 };
+        0
+    }
+
+    fn notify(&mut self, v: Violation) {
+        tracing::debug!(violation = ?v, "refusing HTTP/1 request");
+        if let Some(f) = &mut self.on_reject {
+            f(v);
+        }
+    }
+
+    /// Records that `n` bytes were handed to hyper.
+    fn consumed(&mut self, n: usize) {
+        self.buf.advance(n);
+        match &mut self.state {
+            State::Release { n: left, then } => {
+                *left -= n;
+                if *left == 0 {
+                    self.state = match *then {
+                        Then::Head => State::Head { scanned: 0 },
+                        Then::Body(len) => State::Body { remaining: len },
+                        Then::Chunked(chunk) => State::Chunked(chunk),
+                        Then::Opaque => State::Opaque,
+                    };
+                }
+            }
+            State::Body { remaining } => *remaining -= n as u64,
+            _ => {}
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if let State::Rejected { sent } = &mut this.state {
+                let rest = &POISON[(*sent).min(POISON.len())..];
+                let n = rest.len().min(out.remaining());
+                out.put_slice(&rest[..n]);
+                *sent += n;
+                return Poll::Ready(Ok(()));
+            }
+            let n = this.deliverable().min(out.remaining());
+            if n > 0 {
+                out.put_slice(&this.buf[..n]);
+                this.consumed(n);
+                return Poll::Ready(Ok(()));
+            }
+            if matches!(this.state, State::Rejected { .. }) {
+                continue;
+            }
+            // Bodies of known length go straight into hyper's buffer, without a copy.
+            if let State::Body { remaining } = this.state
+                && this.buf.is_empty()
+                && remaining > 0
+            {
+                let limit = remaining.min(out.remaining() as u64) as usize;
+                let mut sub = out.take(limit);
+                ready!(Pin::new(&mut this.inner).poll_read(cx, &mut sub))?;
+                let read = sub.filled().len();
+                // SAFETY: `sub` is a view of `out`'s unfilled part; `read` bytes were written.
+                unsafe { out.assume_init(read) };
+                out.advance(read);
+                this.consumed(read);
+                return Poll::Ready(Ok(()));
+            }
+            if matches!(this.state, State::Opaque) && this.buf.is_empty() {
+                return Pin::new(&mut this.inner).poll_read(cx, out);
+            }
+            // Read more into our buffer.
+            let was_empty = this.buf.is_empty();
+            this.buf.reserve(8 * 1024);
+            let mut tmp = ReadBuf::uninit(this.buf.spare_capacity_mut());
+            match Pin::new(&mut this.inner).poll_read(cx, &mut tmp) {
+                Poll::Ready(Ok(())) => {
+                    let read = tmp.filled().len();
+                    if read == 0 {
+                        // End of stream: hand over whatever is left (hyper decides what it means).
+                        if !this.buf.is_empty() {
+                            this.state = State::Opaque;
+                            continue;
+                        }
+                        return Poll::Ready(Ok(()));
+                    }
+                    // SAFETY: `read` bytes of the spare capacity were initialised by the read.
+                    unsafe { this.buf.set_len(this.buf.len() + read) };
+                    if was_empty
+                        && matches!(this.state, State::Head { .. })
+                        && let Some(t) = this.header_timeout
+                    {
+                        this.deadline = Some(Box::pin(tokio::time::sleep(t)));
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    if let Some(deadline) = &mut this.deadline
+                        && deadline.as_mut().poll(cx).is_ready()
+                    {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "request headers timeout",
+                        )));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+enum Scan {
+    Incomplete(usize),
+    Complete(usize),
+    Bad(Violation),
+}
+
+/// Looks for the end of a head (`\r\n\r\n`) from `from`, refusing bare LF and bare CR.
+fn scan_head(buf: &[u8], from: usize) -> Scan {
+    let mut i = from;
+    while i < buf.len() {
+        match buf[i] {
+            b'\n' if i == 0 || buf[i - 1] != b'\r' => return Scan::Bad(Violation::BareLf),
+            b'\r' => match buf.get(i + 1) {
+                None => return Scan::Incomplete(i),
+                Some(b'\n') => {
+                    if i >= 2 && &buf[i - 2..i] == b"\r\n" {
+                        return Scan::Complete(i + 2);
+                    }
+                    if i == 0 {
+                        // Leading empty lines before a request line are tolerated (RFC 9112 2.2).
+                    }
+                }
+                Some(_) => return Scan::Bad(Violation::BareCr),
+            },
+            _ => {}
+        }
+        i += 1;
+    }
+    Scan::Incomplete(i)
+}
+
+/// Checks the header lines of a complete head and says how the body is framed.
+pub fn validate_head(head: &[u8]) -> Result<Framing, Violation> {
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    // Skip empty lines before the request line, as hyper does.
+    let request_line = lines.by_ref().find(|l| !l.is_empty()).unwrap_or_default();
+    let is_connect = request_line.starts_with(b"CONNECT ");
+    let http10 = request_line.ends_with(b"HTTP/1.0");
+    let mut content_length: Option<u64> = None;
+    let mut te_chunked_last = false;
+    let mut te_chunked_count = 0;
+    let mut has_te = false;
+    let mut upgrade = false;
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            return Err(Violation::ObsFold);
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            // hyper rejects it with its own 400.
+            continue;
+        };
+        let name = &line[..colon];
+        if name.last().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            return Err(Violation::WhitespaceBeforeColon);
+        }
+        let value = trim_ows(&line[colon + 1..]);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if content_length.is_some() {
+                return Err(Violation::DuplicateContentLength);
+            }
+            if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+                return Err(Violation::BadContentLength);
+            }
+            content_length = Some(
+                std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or(Violation::BadContentLength)?,
+            );
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            has_te = true;
+            for coding in value
+                .split(|&b| b == b',')
+                .map(trim_ows)
+                .filter(|c| !c.is_empty())
+            {
+                te_chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+                te_chunked_count += te_chunked_last as u32;
+            }
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
+        }
+    }
+    if has_te {
+        if content_length.is_some() {
+            return Err(Violation::ContentLengthAndTransferEncoding);
+        }
+        if http10 || !te_chunked_last || te_chunked_count != 1 {
+            return Err(Violation::BadTransferEncoding);
+        }
+    }
+    if is_connect || (upgrade && !http10) {
+        return Ok(Framing::Opaque);
+    }
+    Ok(match (has_te, content_length) {
+        (true, _) => Framing::Chunked,
+        (false, Some(0)) | (false, None) => Framing::None,
+        (false, Some(n)) => Framing::Length(n),
+    })
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// Follows chunked framing over `buf`. Returns how many bytes belong to the body, and whether
+/// the body (with its trailers) ends within them.
+fn walk_chunks(state: &mut Chunk, buf: &[u8]) -> Result<(usize, bool), Violation> {
+    let mut i = 0;
+    while i < buf.len() {
+        match state {
+            Chunk::Data(left) => {
+                let take = (*left).min((buf.len() - i) as u64);
+                *left -= take;
+                i += take as usize;
+                if *left == 0 {
+                    *state = Chunk::DataCr;
+                }
+                continue;
+            }
+            Chunk::Size {
+                digits,
+                value,
+                ext,
+                cr,
+            } => {
+                let b = buf[i];
+                match b {
+                    b'\n' => {
+                        if *digits == 0 {
+                            return Err(Violation::BadChunkFraming);
+                        }
+                        *state = if *value == 0 {
+                            Chunk::Trailer { line: 0, cr: false }
+                        } else {
+                            Chunk::Data(*value)
+                        };
+                    }
+                    _ if *cr => return Err(Violation::BareCr),
+                    b'\r' => *cr = true,
+                    _ if *ext => {}
+                    b';' => *ext = true,
+                    b' ' | b'\t' => {}
+                    _ => {
+                        let d = (b as char).to_digit(16).ok_or(Violation::BadChunkFraming)?;
+                        *digits += 1;
+                        if *digits > 16 {
+                            return Err(Violation::BadChunkFraming);
+                        }
+                        *value = *value * 16 + d as u64;
+                    }
+                }
+            }
+            Chunk::DataCr => match buf[i] {
+                b'\r' => *state = Chunk::DataLf,
+                _ => return Err(Violation::BadChunkFraming),
+            },
+            Chunk::DataLf => match buf[i] {
+                b'\n' => *state = Chunk::START,
+                _ => return Err(Violation::BadChunkFraming),
+            },
+            Chunk::Trailer { line, cr } => match buf[i] {
+                b'\n' => {
+                    if *line == 0 {
+                        return Ok((i + 1, true));
+                    }
+                    *line = 0;
+                    *cr = false;
+                }
+                b'\r' => *cr = true,
+                _ if *cr => return Err(Violation::BareCr),
+                _ => *line += 1,
+            },
+        }
+        i += 1;
+    }
+    Ok((i, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn head(lines: &str) -> Result<Framing, Violation> {
+        validate_head(lines.as_bytes())
+    }
+
+    #[test]
+    fn frames_clean_heads() {
+        assert_eq!(head("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(Framing::None));
+        assert_eq!(
+            head("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
+            Ok(Framing::Length(5))
+        );
+        assert_eq!(
+            head("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
+            head("GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"),
+            Ok(Framing::Opaque)
+        );
+    }
+
+    #[test]
+    fn refuses_smuggling_shapes() {
+        use Violation::*;
+        let cases = [
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                ContentLengthAndTransferEncoding,
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+                DuplicateContentLength,
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
+                BadContentLength,
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+                BadContentLength,
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+                BadTransferEncoding,
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                BadTransferEncoding,
+            ),
+            (
+                "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                BadTransferEncoding,
+            ),
+            ("GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n", ObsFold),
+            (
+                "GET / HTTP/1.1\r\nContent-Length : 0\r\n\r\n",
+                WhitespaceBeforeColon,
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(head(text), Err(want), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn scan_finds_bare_line_ends() {
+        assert!(matches!(
+            scan_head(b"GET / HTTP/1.1\nHost: a\r\n\r\n", 0),
+            Scan::Bad(Violation::BareLf)
+        ));
+        assert!(matches!(
+            scan_head(b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n", 0),
+            Scan::Bad(Violation::BareCr)
+        ));
+        assert!(matches!(
+            scan_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0),
+            Scan::Complete(27)
+        ));
+        assert!(matches!(
+            scan_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0),
+            Scan::Incomplete(_)
+        ));
+    }
+
+    #[test]
+    fn walks_chunked_bodies_across_reads() {
+        let body = b"5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET /next";
+        let mut state = Chunk::START;
+        let (n, done) = walk_chunks(&mut state, &body[..7]).unwrap();
+        assert_eq!((n, done), (7, false));
+        let (n, done) = walk_chunks(&mut state, &body[7..]).unwrap();
+        assert!(done);
+        assert_eq!(&body[7 + n..], b"GET /next");
+    }
+
+    async fn through_guard(input: &[u8]) -> Vec<u8> {
+        let mut guard = H1Guard::new(input, 64 * 1024, None);
+        let mut out = Vec::new();
+        guard.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn passes_pipelined_clean_requests_unchanged() {
+        let input = b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nxyz\r\n0\r\n\r\nGET /c HTTP/1.1\r\n\r\n";
+        assert_eq!(through_guard(input).await, input);
+    }
+
+    #[tokio::test]
+    async fn poisons_a_bad_head_after_clean_ones() {
+        let input = b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\nHost: x\r\n\r\n";
+        let out = through_guard(input).await;
+        assert_eq!(out, [&b"GET /a HTTP/1.1\r\n\r\n"[..], POISON].concat());
+    }
+}

@@ -1,0 +1,226 @@
+//! wasmesh-proxy: the data plane of wasmesh.
+//!
+//! [`Proxy::start`] binds the listeners of a [`config::Bootstrap`], starts one worker thread per
+//! configured worker and the admin server, and returns a handle that reports the bound
+//! addresses and drains the proxy. `docs/ARCHITECTURE.md` describes the threads and the path
+//! of a request.
+
+pub mod config;
+
+mod access_log;
+mod admin;
+mod body;
+mod h1_guard;
+mod handler;
+mod headers;
+mod route;
+mod rt;
+mod server;
+mod snapshot;
+mod stats;
+mod upstream;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
+
+use crate::access_log::AccessLogSink;
+use crate::config::Bootstrap;
+use crate::snapshot::Snapshot;
+use crate::worker::Shared;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("listener {listener:?}: cannot listen on {address}: {source}")]
+    Bind {
+        listener: String,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("access log {path:?}: {source}")]
+    AccessLog {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running proxy.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    admin: Option<(SocketAddr, JoinHandle<()>)>,
+    admin_stop: watch::Sender<bool>,
+    listeners: Vec<(String, SocketAddr)>,
+}
+
+impl Proxy {
+    /// Binds every listener (and the admin address) and starts serving.
+    pub fn start(bootstrap: Bootstrap) -> Result<Proxy, StartError> {
+        let workers = bootstrap.worker_count();
+        let drain_timeout = bootstrap.drain_timeout.0;
+        let access_log = match &bootstrap.access_log {
+            Some(a) => {
+                Some(
+                    AccessLogSink::open(&a.path).map_err(|source| StartError::AccessLog {
+                        path: a.path.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+
+        // One SO_REUSEPORT socket per worker and listener: the kernel spreads connections.
+        let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        let mut listeners = Vec::new();
+        for l in &bootstrap.listeners {
+            let wanted = config::parse_listen_address(&l.address).map_err(StartError::Config)?;
+            let bind_err = |source| StartError::Bind {
+                listener: l.name.clone(),
+                address: wanted,
+                source,
+            };
+            let first = bind_reuseport(wanted).map_err(bind_err)?;
+            let bound = first.local_addr().map_err(bind_err)?;
+            per_worker[0].push(first);
+            for sockets in per_worker.iter_mut().skip(1) {
+                sockets.push(bind_reuseport(bound).map_err(bind_err)?);
+            }
+            listeners.push((l.name.clone(), bound));
+        }
+
+        let admin_socket = match &bootstrap.admin {
+            Some(a) => {
+                let address =
+                    config::parse_listen_address(&a.address).map_err(StartError::Config)?;
+                let socket =
+                    std::net::TcpListener::bind(address).map_err(|source| StartError::Bind {
+                        listener: "admin".into(),
+                        address,
+                        source,
+                    })?;
+                socket.set_nonblocking(true).map_err(StartError::Thread)?;
+                Some(socket)
+            }
+            None => None,
+        };
+
+        let snapshot = Snapshot::build(bootstrap, 1, workers).map_err(StartError::Config)?;
+        let shared = Arc::new(Shared::new(snapshot, workers, access_log));
+        let (admin_stop, stop_rx) = watch::channel(false);
+        let admin = match admin_socket {
+            Some(socket) => {
+                let addr = socket.local_addr().map_err(StartError::Thread)?;
+                let shared = shared.clone();
+                let thread = std::thread::Builder::new()
+                    .name("wasmesh-admin".into())
+                    .spawn(move || {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .expect("a tokio runtime for the admin server");
+                        rt.block_on(async move {
+                            let listener =
+                                tokio::net::TcpListener::from_std(socket).expect("admin socket");
+                            admin::serve(listener, shared, stop_rx).await;
+                        });
+                    })
+                    .map_err(StartError::Thread)?;
+                Some((addr, thread))
+            }
+            None => None,
+        };
+
+        let workers = per_worker
+            .into_iter()
+            .enumerate()
+            .map(|(i, sockets)| worker::spawn(i, shared.clone(), sockets, drain_timeout))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StartError::Thread)?;
+        Ok(Proxy {
+            shared,
+            workers,
+            admin,
+            admin_stop,
+            listeners,
+        })
+    }
+
+    /// The address a listener is bound to (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// All listeners with their bound addresses, in config order.
+    pub fn listener_addrs(&self) -> &[(String, SocketAddr)] {
+        &self.listeners
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(a, _)| *a)
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to `drain_timeout`), then stops.
+    pub fn drain(&self) {
+        self.shared.begin_drain();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.shared.is_draining()
+    }
+
+    /// Waits until the workers have drained (after [`Proxy::drain`], SIGTERM or
+    /// `POST /quitquitquit`), then stops the admin server.
+    pub fn wait(mut self) {
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        self.admin_stop.send_replace(true);
+        if let Some((_, thread)) = self.admin.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Drains and waits.
+    pub fn shutdown(self) {
+        self.drain();
+        self.wait();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // A proxy dropped without `wait` still stops its threads.
+        self.shared.begin_drain();
+        self.admin_stop.send_replace(true);
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// How long a SIGTERM drain may take before connections are closed.
+pub fn drain_timeout(bootstrap: &Bootstrap) -> Duration {
+    bootstrap.drain_timeout.0
+}

@@ -1,0 +1,211 @@
+//! Route tables: virtual hosts chosen by host name, then the first route whose path matches.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{self, RetryPolicy};
+use crate::upstream::Cluster;
+
+/// One listener's compiled routes.
+pub struct RouteTable {
+    exact: HashMap<String, usize>,
+    /// `*.example.com` / `*-suffix` domains, longest first.
+    suffixes: Vec<(String, usize)>,
+    /// `example.*` domains, longest first.
+    prefixes: Vec<(String, usize)>,
+    any: Option<usize>,
+    vhosts: Vec<VirtualHost>,
+}
+
+pub struct VirtualHost {
+    pub routes: Vec<Route>,
+}
+
+pub struct Route {
+    pub name: String,
+    matcher: PathMatch,
+    pub cluster: Arc<Cluster>,
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+}
+
+enum PathMatch {
+    Prefix(String),
+    Exact(String),
+}
+
+impl RouteTable {
+    /// Compiles a listener's virtual hosts; `clusters` holds every cluster by name.
+    pub fn new(
+        vhosts: &[config::VirtualHost],
+        clusters: &HashMap<String, Arc<Cluster>>,
+    ) -> RouteTable {
+        let mut table = RouteTable {
+            exact: HashMap::new(),
+            suffixes: Vec::new(),
+            prefixes: Vec::new(),
+            any: None,
+            vhosts: Vec::with_capacity(vhosts.len()),
+        };
+        for (index, vh) in vhosts.iter().enumerate() {
+            for domain in &vh.domains {
+                let domain = domain.to_ascii_lowercase();
+                if domain == "*" {
+                    table.any.get_or_insert(index);
+                } else if let Some(suffix) = domain.strip_prefix('*') {
+                    table.suffixes.push((suffix.to_owned(), index));
+                } else if let Some(prefix) = domain.strip_suffix('*') {
+                    table.prefixes.push((prefix.to_owned(), index));
+                } else {
+                    table.exact.entry(domain).or_insert(index);
+                }
+            }
+            let routes = vh
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Route {
+                    name: r.name.clone().unwrap_or_else(|| format!("{}/{i}", vh.name)),
+                    matcher: match (&r.matcher.path, &r.matcher.prefix) {
+                        (Some(p), _) => PathMatch::Exact(p.clone()),
+                        (None, Some(p)) => PathMatch::Prefix(p.clone()),
+                        (None, None) => PathMatch::Prefix("/".to_owned()),
+                    },
+                    cluster: clusters[&r.cluster].clone(),
+                    timeout: r.timeout.nonzero(),
+                    retry: r.retry_policy.clone(),
+                })
+                .collect();
+            table.vhosts.push(VirtualHost { routes });
+        }
+        // Envoy: the longest wildcard wins.
+        table
+            .suffixes
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        table
+            .prefixes
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        table
+    }
+
+    /// Finds the route for a host (with or without port) and a path.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
+        let vh = self.virtual_host(host)?;
+        vh.routes.iter().find(|r| r.matches(path))
+    }
+
+    fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
+        let index = self
+            .exact
+            .get(host)
+            .copied()
+            .or_else(|| self.by_name(strip_port(host)))
+            .or(self.any)?;
+        Some(&self.vhosts[index])
+    }
+
+    fn by_name(&self, host: &str) -> Option<usize> {
+        if let Some(&i) = self.exact.get(host) {
+            return Some(i);
+        }
+        let suffix = self
+            .suffixes
+            .iter()
+            .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()));
+        if let Some((_, i)) = suffix {
+            return Some(*i);
+        }
+        self.prefixes
+            .iter()
+            .find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str()))
+            .map(|(_, i)| *i)
+    }
+}
+
+impl Route {
+    fn matches(&self, path: &str) -> bool {
+        match &self.matcher {
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Exact(p) => path == p,
+        }
+    }
+}
+
+/// `host:port` -> `host`, leaving IPv6 literals (`[::1]:80` -> `[::1]`) intact.
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i)
+            if !host[i..].contains(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            &host[..i]
+        }
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Bootstrap;
+
+    fn table(yaml_vhosts: &str) -> RouteTable {
+        let yaml = format!(
+            "listeners: [{{name: l, address: \"127.0.0.1:0\", virtual_hosts: {yaml_vhosts}}}]\n\
+             clusters: [{{name: a, endpoints: [\"127.0.0.1:1\"]}}, {{name: b, endpoints: [\"127.0.0.1:2\"]}}]\n"
+        );
+        let b = Bootstrap::parse(&yaml).unwrap();
+        let clusters = b
+            .clusters
+            .iter()
+            .map(|c| (c.name.clone(), Arc::new(Cluster::new(c, 1).unwrap())))
+            .collect();
+        RouteTable::new(&b.listeners[0].virtual_hosts, &clusters)
+    }
+
+    #[test]
+    fn hosts_match_exact_then_wildcards_then_any() {
+        let t = table(
+            "[{name: exact, domains: [api.example.com], routes: [{cluster: a}]},
+              {name: suffix, domains: ['*.example.com'], routes: [{cluster: b}]},
+              {name: prefix, domains: ['api.*'], routes: [{cluster: b}]},
+              {name: any, domains: ['*'], routes: [{cluster: a, match: {prefix: /only}}]}]",
+        );
+        // Unnamed routes are called `<virtual host>/<index>`.
+        let vh = |h| t.find(h, "/only").map(|r| r.name.clone());
+        assert_eq!(vh("api.example.com").as_deref(), Some("exact/0"));
+        assert_eq!(vh("API.example.com:8080").as_deref(), Some("exact/0"));
+        assert_eq!(vh("www.example.com").as_deref(), Some("suffix/0"));
+        assert_eq!(vh("api.other.org").as_deref(), Some("prefix/0"));
+        assert_eq!(vh("elsewhere").as_deref(), Some("any/0"));
+        assert!(t.find("elsewhere", "/nope").is_none());
+    }
+
+    #[test]
+    fn first_matching_route_wins() {
+        let t = table(
+            "[{name: v, domains: ['*'], routes: [
+                {name: exact, match: {path: /health}, cluster: b},
+                {name: api, match: {prefix: /api}, cluster: a},
+                {name: rest, cluster: b}]}]",
+        );
+        assert_eq!(t.find("h", "/health").unwrap().name, "exact");
+        assert_eq!(t.find("h", "/healthz").unwrap().name, "rest");
+        assert_eq!(t.find("h", "/api/v1").unwrap().name, "api");
+    }
+
+    #[test]
+    fn strips_ports_but_not_ipv6_brackets() {
+        assert_eq!(strip_port("a.b:80"), "a.b");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+        assert_eq!(strip_port("host"), "host");
+    }
+}

@@ -1,0 +1,283 @@
+//! Downstream connections: accept, pick HTTP/1.1 or HTTP/2, serve, time out, drain.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::HeaderValue;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use crate::config::HttpOptions;
+use crate::h1_guard::H1Guard;
+use crate::handler;
+use crate::rt::LocalExec;
+use crate::worker::Worker;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What every request on a connection shares.
+pub struct ConnCtx {
+    pub worker: Rc<Worker>,
+    pub listener: usize,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// The peer's IP, ready for `x-forwarded-for`.
+    pub client_ip: HeaderValue,
+    pub opts: HttpOptions,
+    pub in_flight: Cell<u32>,
+    pub last_active: Cell<Instant>,
+}
+
+impl ConnCtx {
+    pub fn request_started(&self) {
+        self.in_flight.set(self.in_flight.get() + 1);
+    }
+
+    pub fn request_finished(&self) {
+        self.in_flight.set(self.in_flight.get() - 1);
+        self.last_active.set(Instant::now());
+    }
+}
+
+/// Accepts connections on one listener until the worker drains.
+pub async fn accept_loop(worker: Rc<Worker>, listener_index: usize, listener: TcpListener) {
+    let mut drain = worker.shared.drain_signal();
+    let shared = &worker.shared;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = drain.changed() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let stats = shared.listener_stats[listener_index].shards.local();
+        let active = &shared.listener_cx_active[listener_index];
+        let max = worker.snapshot().bootstrap.listeners[listener_index].max_connections;
+        if active.fetch_add(1, Relaxed) >= max {
+            active.fetch_sub(1, Relaxed);
+            stats.cx_overflow.inc();
+            drop(stream);
+            continue;
+        }
+        stats.cx_total.inc();
+        let worker = worker.clone();
+        tokio::task::spawn_local(async move {
+            let _tracked = worker.track_connection();
+            serve_connection(worker.clone(), listener_index, stream, peer).await;
+            let shared = &worker.shared;
+            shared.listener_cx_active[listener_index].fetch_sub(1, Relaxed);
+            shared.listener_stats[listener_index]
+                .shards
+                .local()
+                .cx_closed
+                .inc();
+        });
+    }
+}
+
+async fn serve_connection(
+    worker: Rc<Worker>,
+    listener: usize,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
+    let opts = worker.snapshot().bootstrap.listeners[listener].http.clone();
+    let header_timeout = opts.request_headers_timeout.nonzero();
+    let sniffed = match header_timeout {
+        Some(t) => tokio::time::timeout(t, sniff(&mut stream))
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+        None => sniff(&mut stream).await,
+    };
+    let Ok((is_h2, prefix)) = sniffed else { return };
+    let io = Rewind {
+        prefix,
+        inner: stream,
+    };
+    let mut drain = worker.shared.drain_signal();
+    let ctx = Rc::new(ConnCtx {
+        client_ip: HeaderValue::from_str(&peer.ip().to_string())
+            .expect("an IP is a valid header value"),
+        worker: worker.clone(),
+        listener,
+        peer,
+        local,
+        opts: opts.clone(),
+        in_flight: Cell::new(0),
+        last_active: Cell::new(Instant::now()),
+    });
+    let service = {
+        let ctx = ctx.clone();
+        service_fn(move |req| handler::serve(req, ctx.clone()))
+    };
+    let idle = opts.idle_timeout.nonzero();
+    if is_h2 {
+        let conn = http2::Builder::new(LocalExec)
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(opts.max_concurrent_streams)
+            .max_header_list_size(opts.max_request_headers_kb * 1024)
+            .max_pending_accept_reset_streams(opts.max_pending_accept_reset_streams as usize)
+            .max_local_error_reset_streams(1024)
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .serve_connection(TokioIo::new(io), service);
+        drive(conn, &ctx, idle, &mut drain, |c| c.graceful_shutdown()).await;
+    } else {
+        let max_head = opts.max_request_headers_kb as usize * 1024;
+        let stats = worker.shared.listener_stats[listener].clone();
+        let guard = H1Guard::new(io, max_head + 1024, header_timeout)
+            .on_reject(move |_| stats.shards.local().rq_rejected.inc());
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_header_size(max_head)
+            .max_buf_size(max_head.max(8192) + 64 * 1024)
+            .keep_alive(true);
+        if opts.max_headers_count != 100 {
+            // hyper keeps the default of 100 on the stack; other values allocate per request.
+            builder.max_headers(opts.max_headers_count as usize);
+        }
+        let conn = builder
+            .serve_connection(TokioIo::new(guard), service)
+            .with_upgrades();
+        drive(conn, &ctx, idle, &mut drain, |c| c.graceful_shutdown()).await;
+    }
+}
+
+/// Runs a connection to its end, shutting it down gracefully on drain or when idle too long.
+async fn drive<C>(
+    conn: C,
+    ctx: &ConnCtx,
+    idle: Option<Duration>,
+    drain: &mut tokio::sync::watch::Receiver<bool>,
+    shutdown: impl Fn(Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    let far = Duration::from_secs(86400 * 365);
+    let timer = tokio::time::sleep(idle.unwrap_or(far));
+    let mut timer = std::pin::pin!(timer);
+    let mut shutting_down = *drain.borrow();
+    if shutting_down {
+        shutdown(conn.as_mut());
+    }
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, peer = %ctx.peer, "downstream connection error");
+                }
+                return;
+            }
+            changed = drain.changed(), if !shutting_down => {
+                if changed.is_err() || *drain.borrow() {
+                    shutting_down = true;
+                    shutdown(conn.as_mut());
+                }
+            }
+            () = timer.as_mut(), if idle.is_some() && !shutting_down => {
+                let idle = idle.unwrap_or(far);
+                let deadline = ctx.last_active.get() + idle;
+                if ctx.in_flight.get() == 0 && deadline <= Instant::now() {
+                    shutting_down = true;
+                    shutdown(conn.as_mut());
+                } else {
+                    timer.as_mut().reset(deadline.max(Instant::now() + Duration::from_millis(10)));
+                }
+            }
+        }
+    }
+}
+
+/// Reads the first bytes to tell an HTTP/2 prior-knowledge preface from HTTP/1.
+async fn sniff(stream: &mut TcpStream) -> io::Result<(bool, Bytes)> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok((false, buf.freeze()));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok((true, buf.freeze()));
+        }
+    }
+}
+
+/// A stream with bytes already read put back in front.
+pub struct Rewind<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,188 @@
+//! Upstream clusters: endpoints, load balancing, circuit breakers and per-worker connection pools.
+
+mod lb;
+pub mod pool;
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use crate::config::{self, LbPolicy, UpstreamProtocol};
+use crate::stats::{ClusterShard, Sharded};
+
+pub use lb::pick_endpoint;
+
+/// A cluster as the workers use it. Shared by all workers; its counters are atomics.
+pub struct Cluster {
+    /// Unique for the life of the process: per-worker pools are keyed by it.
+    pub id: u64,
+    pub name: String,
+    pub config: config::Cluster,
+    pub endpoints: Box<[Endpoint]>,
+    pub lb_policy: LbPolicy,
+    pub protocol: UpstreamProtocol,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub max_requests_per_connection: u32,
+    /// Circuit-breaker state, shared by all workers as Envoy's resource manager is.
+    pub cx_active: AtomicU32,
+    pub rq_active: AtomicU32,
+    pub rq_pending: AtomicU32,
+    pub retries_active: AtomicU32,
+    pub stats: Sharded<ClusterShard>,
+}
+
+/// One upstream host of a cluster.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub rq_active: AtomicU32,
+    pub cx_active: AtomicU32,
+    pub rq_total: AtomicU64,
+    pub rq_error: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+    /// Milliseconds since process start until which the endpoint is skipped by load balancing.
+    unhealthy_until_ms: AtomicU64,
+    consecutive_connect_failures: AtomicU32,
+}
+
+static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Milliseconds on a monotonic clock that starts with the process.
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Cluster {
+    /// Builds a cluster; endpoint names must already resolve (validation checked it).
+    pub fn new(config: &config::Cluster, workers: usize) -> Result<Cluster, String> {
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|e| config::resolve_endpoint(e).map(Endpoint::new))
+            .collect::<Result<Box<[_]>, _>>()?;
+        Ok(Cluster {
+            id: NEXT_CLUSTER_ID.fetch_add(1, Relaxed),
+            name: config.name.clone(),
+            config: config.clone(),
+            endpoints,
+            lb_policy: config.lb_policy,
+            protocol: config.protocol,
+            connect_timeout: config.connect_timeout.0,
+            idle_timeout: config.idle_timeout.nonzero(),
+            max_requests_per_connection: config.max_requests_per_connection,
+            cx_active: AtomicU32::new(0),
+            rq_active: AtomicU32::new(0),
+            rq_pending: AtomicU32::new(0),
+            retries_active: AtomicU32::new(0),
+            stats: Sharded::new(workers),
+        })
+    }
+
+    pub fn stats(&self) -> &ClusterShard {
+        self.stats.local()
+    }
+
+    /// Takes an active-request slot, or `None` when `max_requests` is reached.
+    pub fn try_start_request(&self) -> Option<Slot<'_>> {
+        Slot::acquire(&self.rq_active, self.config.circuit_breakers.max_requests)
+    }
+
+    /// Takes a pending-request slot, or `None` when `max_pending_requests` is reached.
+    pub fn try_start_pending(&self) -> Option<Slot<'_>> {
+        Slot::acquire(
+            &self.rq_pending,
+            self.config.circuit_breakers.max_pending_requests,
+        )
+    }
+
+    /// Takes a connection slot, or `None` when `max_connections` is reached.
+    pub fn try_add_connection(&self) -> bool {
+        Slot::acquire(
+            &self.cx_active,
+            self.config.circuit_breakers.max_connections,
+        )
+        .map(std::mem::forget)
+        .is_some()
+    }
+
+    /// Counts a connection made over the limit (Envoy lets a pool with no connection make one).
+    pub fn add_connection_over_limit(&self) {
+        self.cx_active.fetch_add(1, Relaxed);
+        self.stats().cx_overflow.inc();
+    }
+
+    pub fn remove_connection(&self) {
+        self.cx_active.fetch_sub(1, Relaxed);
+    }
+
+    /// Takes a retry slot if both `max_retries` and the retry budget allow one more retry.
+    pub fn try_start_retry(&self) -> Option<Slot<'_>> {
+        let mut limit = self.config.circuit_breakers.max_retries;
+        if let Some(budget) = &self.config.retry_budget {
+            let active = self.rq_active.load(Relaxed) + self.rq_pending.load(Relaxed);
+            let allowed = (active as f64 * budget.budget_percent / 100.0) as u32;
+            limit = allowed.max(budget.min_retry_concurrency);
+        }
+        Slot::acquire(&self.retries_active, limit)
+    }
+}
+
+/// A held circuit-breaker slot, released on drop.
+pub struct Slot<'a>(&'a AtomicU32);
+
+impl<'a> Slot<'a> {
+    fn acquire(counter: &'a AtomicU32, max: u32) -> Option<Slot<'a>> {
+        if counter.fetch_add(1, Relaxed) >= max {
+            counter.fetch_sub(1, Relaxed);
+            None
+        } else {
+            Some(Slot(counter))
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Endpoint {
+    fn new(addr: SocketAddr) -> Endpoint {
+        Endpoint {
+            addr,
+            rq_active: AtomicU32::new(0),
+            cx_active: AtomicU32::new(0),
+            rq_total: AtomicU64::new(0),
+            rq_error: AtomicU64::new(0),
+            cx_connect_fail: AtomicU64::new(0),
+            unhealthy_until_ms: AtomicU64::new(0),
+            consecutive_connect_failures: AtomicU32::new(0),
+        }
+    }
+
+    pub fn is_healthy(&self, now_ms: u64) -> bool {
+        self.unhealthy_until_ms.load(Relaxed) <= now_ms
+    }
+
+    /// Passive health: after a failed connect the endpoint is skipped for a backoff that doubles
+    /// with each consecutive failure (1 s up to 30 s); a successful connect clears it.
+    pub fn report_connect_failure(&self) {
+        self.cx_connect_fail.fetch_add(1, Relaxed);
+        let n = self
+            .consecutive_connect_failures
+            .fetch_add(1, Relaxed)
+            .min(5);
+        let backoff = (1000u64 << n).min(30_000);
+        self.unhealthy_until_ms.store(now_ms() + backoff, Relaxed);
+    }
+
+    pub fn report_connect_success(&self) {
+        if self.consecutive_connect_failures.load(Relaxed) != 0 {
+            self.consecutive_connect_failures.store(0, Relaxed);
+            self.unhealthy_until_ms.store(0, Relaxed);
+        }
+    }
+}

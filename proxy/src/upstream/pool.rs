@@ -1,0 +1,397 @@
+//! Per-worker upstream connection pools.
+//!
+//! Each worker owns its pools (no locks); limits that Envoy makes cluster-wide
+//! (`max_connections`, `max_pending_requests`) are atomics on the shared [`Cluster`].
+//! HTTP/1.1 connections carry one request at a time and return to the pool when the response
+//! body is done; HTTP/2 keeps one multiplexed connection per endpoint.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{Cluster, Endpoint};
+use crate::body::ProxyBody;
+use crate::rt::LocalExec;
+
+/// Why no connection could be had.
+#[derive(Debug)]
+pub enum AcquireError {
+    /// TCP connect failed or timed out.
+    ConnectFailed(io::Error),
+    /// The HTTP handshake failed.
+    Handshake(hyper::Error),
+    /// `max_pending_requests` was reached.
+    PendingOverflow,
+    /// The deadline passed while waiting for a connection.
+    Timeout,
+}
+
+/// All pools of one worker.
+#[derive(Default)]
+pub struct Pools {
+    clusters: RefCell<HashMap<u64, Rc<ClusterPool>>>,
+}
+
+impl Pools {
+    pub fn cluster(&self, cluster: &Arc<Cluster>) -> Rc<ClusterPool> {
+        if let Some(p) = self.clusters.borrow().get(&cluster.id) {
+            return p.clone();
+        }
+        let pool = Rc::new(ClusterPool {
+            rr: Cell::new(rand::random_range(0..cluster.endpoints.len().max(1))),
+            endpoints: (0..cluster.endpoints.len())
+                .map(|index| {
+                    Rc::new(EndpointPool {
+                        cluster: cluster.clone(),
+                        index,
+                        idle: RefCell::default(),
+                        connections: Cell::new(0),
+                        waiters: RefCell::default(),
+                        h2: RefCell::new(H2State::Idle),
+                    })
+                })
+                .collect(),
+            cluster: cluster.clone(),
+        });
+        self.clusters.borrow_mut().insert(cluster.id, pool.clone());
+        pool
+    }
+
+    /// Closes idle connections past their idle timeout, and forgets pools of removed clusters.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.clusters.borrow_mut().retain(|_, pool| {
+            for ep in pool.endpoints.iter() {
+                ep.idle
+                    .borrow_mut()
+                    .retain(|c| c.usable(now, ep.cluster.idle_timeout));
+            }
+            // Only this map and the cluster's own pools hold the Arc once the config dropped it.
+            Arc::strong_count(&pool.cluster) > 1 + pool.endpoints.len()
+        });
+    }
+}
+
+pub struct ClusterPool {
+    pub cluster: Arc<Cluster>,
+    /// This worker's round-robin cursor.
+    pub rr: Cell<usize>,
+    pub endpoints: Box<[Rc<EndpointPool>]>,
+}
+
+pub struct EndpointPool {
+    cluster: Arc<Cluster>,
+    index: usize,
+    idle: RefCell<Vec<IdleConn>>,
+    /// Connections this worker holds to the endpoint, connecting ones included.
+    connections: Cell<u32>,
+    waiters: RefCell<VecDeque<oneshot::Sender<Handoff>>>,
+    h2: RefCell<H2State>,
+}
+
+struct IdleConn {
+    conn: H1Conn,
+    since: Instant,
+}
+
+impl IdleConn {
+    fn usable(&self, now: Instant, idle_timeout: Option<Duration>) -> bool {
+        self.conn.sender.is_ready()
+            && idle_timeout.is_none_or(|t| now.duration_since(self.since) < t)
+    }
+}
+
+/// What a pending request is handed when a connection frees up.
+enum Handoff {
+    Conn(H1Conn),
+    /// A connection closed: try to open a new one.
+    TryConnect,
+}
+
+enum H2State {
+    Idle,
+    Connecting(Vec<oneshot::Sender<Result<http2::SendRequest<ProxyBody>, ()>>>),
+    Ready(http2::SendRequest<ProxyBody>),
+}
+
+/// An HTTP/1.1 connection checked out of the pool.
+pub struct H1Conn {
+    pub sender: http1::SendRequest<ProxyBody>,
+    uses: u32,
+    /// True until this connection has carried a response: a failure on first use is not
+    /// a stale keep-alive connection.
+    pub fresh: bool,
+    pool: Rc<EndpointPool>,
+}
+
+impl EndpointPool {
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.cluster.endpoints[self.index]
+    }
+
+    /// Gets an HTTP/1.1 connection: an idle one, a new one, or the next one released.
+    pub async fn acquire_h1(
+        self: &Rc<Self>,
+        deadline: Option<Instant>,
+    ) -> Result<H1Conn, AcquireError> {
+        loop {
+            let now = Instant::now();
+            while let Some(idle) = self.idle.borrow_mut().pop() {
+                if idle.usable(now, self.cluster.idle_timeout) {
+                    return Ok(idle.conn);
+                }
+            }
+            if self.cluster.try_add_connection() {
+                return self.connect_h1().await;
+            }
+            if self.connections.get() == 0 {
+                // As Envoy does: a pool with no connection may always open one, so pending
+                // requests never wait on connections other workers hold.
+                self.cluster.add_connection_over_limit();
+                return self.connect_h1().await;
+            }
+            self.cluster.stats().cx_overflow.inc();
+            let Some(_pending) = self.cluster.try_start_pending() else {
+                self.cluster.stats().rq_pending_overflow.inc();
+                return Err(AcquireError::PendingOverflow);
+            };
+            let (tx, rx) = oneshot::channel();
+            self.waiters.borrow_mut().push_back(tx);
+            let handoff = match deadline {
+                Some(d) => tokio::time::timeout_at(d, rx)
+                    .await
+                    .map_err(|_| AcquireError::Timeout)?,
+                None => rx.await,
+            };
+            match handoff {
+                Ok(Handoff::Conn(conn)) => return Ok(conn),
+                Ok(Handoff::TryConnect) | Err(_) => continue,
+            }
+        }
+    }
+
+    /// Opens a connection whose cluster slot the caller already took.
+    async fn connect_h1(self: &Rc<Self>) -> Result<H1Conn, AcquireError> {
+        let guard = ConnectionGuard::new(self.clone());
+        let stream = self.connect_tcp().await?;
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(1 << 20)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(AcquireError::Handshake)?;
+        tokio::task::spawn_local(async move {
+            let _guard = guard;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(H1Conn {
+            sender,
+            uses: 0,
+            fresh: true,
+            pool: self.clone(),
+        })
+    }
+
+    /// Gets the worker's HTTP/2 connection to this endpoint, opening it if needed.
+    pub async fn acquire_h2(
+        self: &Rc<Self>,
+    ) -> Result<http2::SendRequest<ProxyBody>, AcquireError> {
+        let wait = {
+            let mut state = self.h2.borrow_mut();
+            match &mut *state {
+                H2State::Ready(sender) if !sender.is_closed() => return Ok(sender.clone()),
+                H2State::Connecting(waiters) => {
+                    let (tx, rx) = oneshot::channel();
+                    waiters.push(tx);
+                    Some(rx)
+                }
+                _ => {
+                    *state = H2State::Connecting(Vec::new());
+                    None
+                }
+            }
+        };
+        if let Some(rx) = wait {
+            return match rx.await {
+                Ok(Ok(sender)) => Ok(sender),
+                _ => Err(AcquireError::ConnectFailed(io::Error::other(
+                    "shared HTTP/2 connect failed",
+                ))),
+            };
+        }
+        let result = self.connect_h2().await;
+        let waiters = match std::mem::replace(
+            &mut *self.h2.borrow_mut(),
+            match &result {
+                Ok(sender) => H2State::Ready(sender.clone()),
+                Err(_) => H2State::Idle,
+            },
+        ) {
+            H2State::Connecting(w) => w,
+            _ => Vec::new(),
+        };
+        for w in waiters {
+            let _ = w.send(result.as_ref().map(Clone::clone).map_err(|_| ()));
+        }
+        result
+    }
+
+    async fn connect_h2(self: &Rc<Self>) -> Result<http2::SendRequest<ProxyBody>, AcquireError> {
+        if !self.cluster.try_add_connection() {
+            self.cluster.add_connection_over_limit();
+        }
+        let guard = ConnectionGuard::new(self.clone());
+        let stream = self.connect_tcp().await?;
+        let (sender, conn) = http2::Builder::new(LocalExec)
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(AcquireError::Handshake)?;
+        tokio::task::spawn_local(async move {
+            let _guard = guard;
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// A connection of its own for a protocol upgrade (WebSocket); never pooled.
+    pub async fn connect_for_upgrade(
+        self: &Rc<Self>,
+    ) -> Result<http1::SendRequest<ProxyBody>, AcquireError> {
+        if !self.cluster.try_add_connection() {
+            self.cluster.add_connection_over_limit();
+        }
+        let guard = ConnectionGuard::new(self.clone());
+        let stream = self.connect_tcp().await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(AcquireError::Handshake)?;
+        tokio::task::spawn_local(async move {
+            let _guard = guard;
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream upgrade connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_tcp(&self) -> Result<TcpStream, AcquireError> {
+        let endpoint = self.endpoint();
+        let stats = self.cluster.stats();
+        stats.cx_total.inc();
+        let result = tokio::time::timeout(
+            self.cluster.connect_timeout,
+            TcpStream::connect(endpoint.addr),
+        )
+        .await;
+        let stream = match result {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                stats.cx_connect_fail.inc();
+                endpoint.report_connect_failure();
+                return Err(AcquireError::ConnectFailed(e));
+            }
+            Err(_) => {
+                stats.cx_connect_fail.inc();
+                stats.cx_connect_timeout.inc();
+                endpoint.report_connect_failure();
+                return Err(AcquireError::ConnectFailed(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connect timeout",
+                )));
+            }
+        };
+        endpoint.report_connect_success();
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Takes back a connection that finished a response: hands it to a waiter or keeps it idle.
+    fn release(&self, mut conn: H1Conn) {
+        let max = self.cluster.max_requests_per_connection;
+        if max != 0 && conn.uses >= max {
+            // Dropping the sender closes the connection; its guard wakes a waiter.
+            return;
+        }
+        conn.fresh = false;
+        let mut waiters = self.waiters.borrow_mut();
+        while let Some(w) = waiters.pop_front() {
+            match w.send(Handoff::Conn(conn)) {
+                Ok(()) => return,
+                Err(Handoff::Conn(back)) => conn = back,
+                Err(Handoff::TryConnect) => unreachable!("sent a connection"),
+            }
+        }
+        drop(waiters);
+        self.idle.borrow_mut().push(IdleConn {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    fn wake_one_waiter(&self) {
+        let mut waiters = self.waiters.borrow_mut();
+        while let Some(w) = waiters.pop_front() {
+            if w.send(Handoff::TryConnect).is_ok() {
+                return;
+            }
+        }
+    }
+}
+
+impl H1Conn {
+    /// Counts a request sent on this connection.
+    pub fn mark_used(&mut self) {
+        self.uses += 1;
+    }
+
+    /// Returns the connection to its pool once the response in flight is finished.
+    pub fn release_when_ready(mut self) {
+        tokio::task::spawn_local(async move {
+            if self.sender.ready().await.is_ok() {
+                let pool = self.pool.clone();
+                pool.release(self);
+            }
+        });
+    }
+}
+
+/// Counts a connection for its whole life, from connect to close.
+struct ConnectionGuard {
+    pool: Rc<EndpointPool>,
+}
+
+impl ConnectionGuard {
+    fn new(pool: Rc<EndpointPool>) -> Self {
+        pool.connections.set(pool.connections.get() + 1);
+        pool.endpoint().cx_active.fetch_add(1, Relaxed);
+        ConnectionGuard { pool }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let pool = &self.pool;
+        pool.connections.set(pool.connections.get() - 1);
+        pool.endpoint().cx_active.fetch_sub(1, Relaxed);
+        pool.cluster.remove_connection();
+        pool.wake_one_waiter();
+    }
+}
