@@ -225,6 +225,15 @@ fn clusters_json(shared: &Shared) -> String {
     format!("{:#}\n", json!({ "cluster_statuses": statuses }))
 }
 
+/// A cluster counter: name, help, and how to read it from a shard.
+type ClusterCounter<'a> = (&'a str, &'a str, &'a dyn Fn(&ClusterShard) -> u64);
+/// A cluster gauge: name, help, and how to read it from the cluster.
+type ClusterGauge<'a> = (
+    &'a str,
+    &'a str,
+    &'a dyn Fn(&crate::upstream::Cluster) -> u32,
+);
+
 /// Reads the sharded counters at scrape time.
 #[derive(Debug)]
 struct MeshCollector {
@@ -389,7 +398,7 @@ impl Collector for MeshCollector {
                 .map(|(i, c)| (&cnames[i][..], c.stats.sum(f)))
                 .collect()
         };
-        let counters: [(&str, &str, &dyn Fn(&ClusterShard) -> u64); 13] = [
+        let counters: [ClusterCounter; 13] = [
             ("wasmesh_upstream_rq", "Upstream requests", &|s| {
                 s.rq_total.get()
             }),
@@ -478,7 +487,7 @@ impl Collector for MeshCollector {
                 }
             }
         }
-        let gauges: [(&str, &str, &dyn Fn(&crate::upstream::Cluster) -> u32); 4] = [
+        let gauges: [ClusterGauge; 4] = [
             (
                 "wasmesh_upstream_cx_active",
                 "Upstream connections open",

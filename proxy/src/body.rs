@@ -9,10 +9,14 @@ use http_body::{Body, Frame, SizeHint};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request or response body as it crosses the proxy.
+#[derive(Default)]
 pub enum ProxyBody {
+    #[default]
     Empty,
     Full(Option<Bytes>),
     Incoming(hyper::body::Incoming),
+    /// A response read from a pooled HTTP/1.1 upstream connection.
+    Upstream(crate::upstream::h1::UpstreamBody),
     /// Anything else: wrappers such as idle timeouts. Worker-local, so it need not be `Send`.
     Boxed(Pin<Box<dyn Body<Data = Bytes, Error = BoxError>>>),
 }
@@ -32,12 +36,6 @@ impl ProxyBody {
     }
 }
 
-impl Default for ProxyBody {
-    fn default() -> Self {
-        ProxyBody::Empty
-    }
-}
-
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -50,6 +48,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Incoming(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ProxyBody::Upstream(body) => Pin::new(body).poll_frame(cx),
             ProxyBody::Boxed(body) => body.as_mut().poll_frame(cx),
         }
     }
@@ -59,6 +58,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => true,
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Incoming(body) => body.is_end_stream(),
+            ProxyBody::Upstream(body) => body.is_end_stream(),
             ProxyBody::Boxed(body) => body.is_end_stream(),
         }
     }
@@ -70,18 +70,23 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             ProxyBody::Incoming(body) => body.size_hint(),
+            ProxyBody::Upstream(body) => body.size_hint(),
             ProxyBody::Boxed(body) => body.size_hint(),
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// Fails a body that yields no frame for `timeout` (Envoy's stream idle timeout).
+    /// Fails a body that makes no progress for `timeout` (Envoy's stream idle timeout).
+    ///
+    /// The timer is armed only when the body has to wait, and is not reset per frame: when it
+    /// fires after progress was made, it simply starts over. A body whose frames are ready when
+    /// polled never touches the timer wheel.
     pub struct IdleTimeout<B> {
         #[pin]
         inner: B,
-        #[pin]
-        sleep: tokio::time::Sleep,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+        progressed: bool,
         timeout: std::time::Duration,
     }
 }
@@ -90,7 +95,8 @@ impl<B> IdleTimeout<B> {
     pub fn new(inner: B, timeout: std::time::Duration) -> Self {
         IdleTimeout {
             inner,
-            sleep: tokio::time::sleep(timeout),
+            sleep: None,
+            progressed: false,
             timeout,
         }
     }
@@ -113,18 +119,23 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        match this.inner.poll_frame(cx) {
-            Poll::Ready(frame) => {
-                let deadline = tokio::time::Instant::now() + *this.timeout;
-                this.sleep.as_mut().reset(deadline);
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-            }
-            Poll::Pending => match this.sleep.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(StreamIdleTimeout.into()))),
-                Poll::Pending => Poll::Pending,
-            },
+        let this = self.project();
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            *this.progressed = true;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
+        let timeout = *this.timeout;
+        let sleep = this.sleep.get_or_insert_with(|| {
+            *this.progressed = false;
+            Box::pin(tokio::time::sleep(timeout))
+        });
+        while sleep.as_mut().poll(cx).is_ready() {
+            if !std::mem::take(this.progressed) {
+                return Poll::Ready(Some(Err(StreamIdleTimeout.into())));
+            }
+            sleep.as_mut().reset(tokio::time::Instant::now() + timeout);
+        }
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {

@@ -285,7 +285,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
                 return Pin::new(&mut this.inner).poll_read(cx, out);
             }
             // Read more into our buffer.
-            let was_empty = this.buf.is_empty();
             this.buf.reserve(8 * 1024);
             let mut tmp = ReadBuf::uninit(this.buf.spare_capacity_mut());
             match Pin::new(&mut this.inner).poll_read(cx, &mut tmp) {
@@ -301,15 +300,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
                     }
                     // SAFETY: `read` bytes of the spare capacity were initialised by the read.
                     unsafe { this.buf.set_len(this.buf.len() + read) };
-                    if was_empty
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // The timer starts only when a head is left incomplete: a head that arrives
+                    // in one read (the usual case) costs no timer at all.
+                    if this.deadline.is_none()
                         && matches!(this.state, State::Head { .. })
+                        && !this.buf.is_empty()
                         && let Some(t) = this.header_timeout
                     {
                         this.deadline = Some(Box::pin(tokio::time::sleep(t)));
                     }
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
                     if let Some(deadline) = &mut this.deadline
                         && deadline.as_mut().poll(cx).is_ready()
                     {

@@ -42,19 +42,45 @@ pub async fn serve(
     conn.request_started();
     let snapshot = conn.worker.snapshot();
     let mut ex = Exchange::new(&req, &conn);
-    let response = match proxy(req, &conn, &snapshot, &mut ex).await {
-        Ok(response) => response,
-        Err(reply) => reply.into_response(&mut ex),
+    // Routing is synchronous; only forwarding awaits, so this future stays small (hyper moves
+    // it once per request).
+    let result = match prepare(req, &conn, &snapshot, &mut ex) {
+        Err(reply) => Err(reply),
+        Ok(Prepared {
+            upstream,
+            parts,
+            body,
+            authority,
+            upgrade: None,
+        }) => upstream.forward(parts, body, authority, &mut ex).await,
+        // Boxed: upgrades are rare, and their state would otherwise enlarge every request's.
+        Ok(Prepared {
+            upstream,
+            parts,
+            authority,
+            upgrade: Some(on_upgrade),
+            ..
+        }) => Box::pin(upstream.forward_upgrade(parts, authority, on_upgrade, &mut ex)).await,
     };
+    let response = result.unwrap_or_else(|reply| reply.into_response(&mut ex));
     Ok(ResponseBody::new(response, ex, conn))
 }
 
-async fn proxy(
+/// A request with its headers prepared and its route chosen.
+struct Prepared<'a> {
+    upstream: Upstream<'a>,
+    parts: Parts,
+    body: Incoming,
+    authority: Option<Authority>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+fn prepare<'a>(
     mut req: Request<Incoming>,
-    conn: &ConnCtx,
-    snapshot: &Snapshot,
+    conn: &'a ConnCtx,
+    snapshot: &'a Snapshot,
     ex: &mut Exchange,
-) -> Result<Response<ProxyBody>, LocalReply> {
+) -> Result<Prepared<'a>, LocalReply> {
     if req.method() == Method::CONNECT {
         return Err(LocalReply::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -62,11 +88,12 @@ async fn proxy(
             "connect_not_supported",
         ));
     }
-    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
-    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let is_upgrade =
+        req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+    let upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let authority = request_authority(&parts)?;
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::strip_hop_by_hop(&mut parts.headers, is_upgrade);
     headers::ensure_request_id(&mut parts.headers);
     headers::add_forwarded(&mut parts.headers, &conn.client_ip);
     ex.capture_request(&parts, authority.as_ref());
@@ -76,20 +103,18 @@ async fn proxy(
         .find(host, parts.uri.path())
         .ok_or_else(LocalReply::no_route)?;
     ex.capture_route(route);
-
     let upstream = Upstream {
         route,
         pool: conn.worker.pools.cluster(&route.cluster),
         conn,
     };
-    match on_upgrade {
-        Some(on_upgrade) => {
-            upstream
-                .forward_upgrade(parts, authority, on_upgrade, ex)
-                .await
-        }
-        None => upstream.forward(parts, body, authority, ex).await,
-    }
+    Ok(Prepared {
+        upstream,
+        parts,
+        body,
+        authority,
+        upgrade,
+    })
 }
 
 /// The authority a request is for: `:authority` (HTTP/2, absolute-form) or `Host`.
@@ -120,7 +145,7 @@ enum AttemptError {
     /// The request failed after it was handed to a connection.
     Reset {
         refused: bool,
-        error: hyper::Error,
+        error: BoxError,
     },
     PerTryTimeout,
     GlobalTimeout,
@@ -163,7 +188,8 @@ impl Upstream<'_> {
         let cluster = &self.route.cluster;
         let policy = self.route.retry.as_ref();
         let max_attempts = 1 + policy.map_or(0, |p| p.num_retries);
-        let deadline = self.route.timeout.map(|t| Instant::now() + t);
+        let started = Instant::from_std(ex.start);
+        let deadline = self.route.timeout.map(|t| started + t);
         let mut body = self
             .prepare_body(body, max_attempts > 1, ex, deadline)
             .await?;
@@ -178,7 +204,7 @@ impl Upstream<'_> {
             UpstreamProtocol::Http2 => true,
             UpstreamProtocol::Downstream => parts.version == Version::HTTP_2,
         };
-        let first_sent = Instant::now();
+
         let mut active = active;
         let mut tried = Tried::default();
         let mut _retry_slot = None;
@@ -222,7 +248,9 @@ impl Upstream<'_> {
                         endpoint_pool.endpoint().rq_error.fetch_add(1, Relaxed);
                     }
                     let wanted = policy.is_some_and(|p| retriable_response(p, &response));
-                    ex.upstream_time = Some(first_sent.elapsed());
+                    if ex.log.is_some() {
+                        ex.upstream_time = Some(started.elapsed());
+                    }
                     (wanted, Ok(response))
                 }
                 Err(e) => {
@@ -277,7 +305,7 @@ impl Upstream<'_> {
             .exact()
             .is_some_and(|n| n <= RETRY_BUFFER_LIMIT);
         if retries && small {
-            let collect = body.collect();
+            let collect = Box::pin(body.collect());
             let collected = match deadline {
                 Some(d) => tokio::time::timeout_at(d, collect)
                     .await
@@ -311,52 +339,49 @@ impl Upstream<'_> {
         h2: bool,
         deadline: Option<Instant>,
         last_possible: bool,
-    ) -> Result<Response<Incoming>, AttemptError> {
+    ) -> Result<Response<ProxyBody>, AttemptError> {
         let exchange = async {
             if h2 {
-                let mut sender = pool.acquire_h2().await.map_err(AttemptError::Acquire)?;
-                sender.ready().await.map_err(|error| AttemptError::Reset {
-                    refused: true,
-                    error,
-                })?;
+                // Boxed so the HTTP/2 path's state does not enlarge every HTTP/1 request.
                 let req =
                     upstream_request(parts, authority, body.take(), true, pool, last_possible);
-                return sender
-                    .send_request(req)
-                    .await
-                    .map_err(|error| AttemptError::Reset {
-                        refused: is_refused_stream(&error),
-                        error,
-                    });
+                return Box::pin(send_h2(pool, req)).await;
             }
+
+            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             loop {
-                let mut conn = pool
+                let conn = pool
                     .acquire_h1(deadline)
                     .await
                     .map_err(AttemptError::Acquire)?;
-                let req =
-                    upstream_request(parts, authority, body.take(), false, pool, last_possible);
-                conn.mark_used();
-                match conn.sender.try_send_request(req).await {
-                    Ok(response) => {
-                        conn.release_when_ready();
-                        return Ok(response);
+                let reused = conn.uses > 0;
+                match conn
+                    .send(
+                        &parts.method,
+                        target,
+                        &parts.headers,
+                        authority,
+                        body.take(),
+                    )
+                    .await
+                {
+                    Ok(response) => return Ok(response.map(ProxyBody::Upstream)),
+                    Err(e) => {
+                        let not_sent = e.body.is_some();
+                        if let Some(b) = e.body {
+                            body.put_back(b);
+                        }
+                        // A pooled connection the server closed while it sat idle: the request
+                        // was not processed, so it goes out again on another connection
+                        // without counting as a retry.
+                        if reused && e.before_response && body.can_replay() {
+                            continue;
+                        }
+                        return Err(AttemptError::Reset {
+                            refused: not_sent,
+                            error: e.error.into(),
+                        });
                     }
-                    Err(mut e) => match e.take_message() {
-                        // A pooled connection closed while idle: the request never left, so
-                        // it goes out on another connection without counting as a retry.
-                        Some(req) if !conn.fresh => {
-                            let (req_parts, req_body) = req.into_parts();
-                            parts.headers = req_parts.headers;
-                            body.put_back(req_body);
-                        }
-                        message => {
-                            return Err(AttemptError::Reset {
-                                refused: message.is_some(),
-                                error: e.into_error(),
-                            });
-                        }
-                    },
                 }
             }
         };
@@ -398,7 +423,7 @@ impl Upstream<'_> {
 
     fn finish_response(
         &self,
-        response: Response<Incoming>,
+        response: Response<ProxyBody>,
         active: ActiveRequest,
         ex: &mut Exchange,
     ) -> Response<ProxyBody> {
@@ -407,7 +432,7 @@ impl Upstream<'_> {
         headers::strip_hop_by_hop(&mut parts.headers, false);
         let body = match self.conn.opts.stream_idle_timeout.nonzero() {
             Some(t) if !body.is_end_stream() => ProxyBody::boxed(IdleTimeout::new(body, t)),
-            _ => ProxyBody::Incoming(body),
+            _ => body,
         };
         Response::from_parts(parts, body)
     }
@@ -454,7 +479,7 @@ impl Upstream<'_> {
             self.failure_reply(
                 AttemptError::Reset {
                     refused: false,
-                    error,
+                    error: error.into(),
                 },
                 ex,
             )
@@ -474,7 +499,7 @@ impl Upstream<'_> {
             let (parts, _) = response.into_parts();
             return Ok(Response::from_parts(parts, ProxyBody::Empty));
         }
-        Ok(self.finish_response(response, active, ex))
+        Ok(self.finish_response(response.map(ProxyBody::Incoming), active, ex))
     }
 }
 
@@ -521,10 +546,9 @@ fn upstream_request(
         };
         if let Some(a) = authority
             && !req.headers().contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(a.as_str())
         {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                req.headers_mut().insert(header::HOST, v);
-            }
+            req.headers_mut().insert(header::HOST, v);
         }
     }
     req
@@ -543,7 +567,7 @@ fn is_refused_stream(e: &hyper::Error) -> bool {
 }
 
 /// Envoy's `retry_on` for a response.
-fn retriable_response(policy: &RetryPolicy, response: &Response<Incoming>) -> bool {
+fn retriable_response(policy: &RetryPolicy, response: &Response<ProxyBody>) -> bool {
     let on = policy.retry_on;
     let status = response.status().as_u16();
     if on.contains(RetryOn::FIVE_XX) && response.status().is_server_error() {
@@ -957,7 +981,8 @@ impl ResponseBody {
                 .insert(ResponseFlag::DownstreamConnectionTermination);
         }
         drop(ex.active.take());
-        let elapsed = ex.start.elapsed();
+        let now = std::time::Instant::now();
+        let elapsed = now - ex.start;
         let conn = &self.conn;
         let shared = &conn.worker.shared;
         shared.listener_stats[conn.listener].record_request(self.status, ex.flags, elapsed);
@@ -990,7 +1015,7 @@ impl ResponseBody {
             };
             conn.worker.log.write(sink, &entry);
         }
-        conn.request_finished();
+        conn.request_finished(Instant::from_std(now));
     }
 }
 
@@ -1045,5 +1070,24 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+/// One attempt over the worker's multiplexed HTTP/2 connection to an endpoint.
+async fn send_h2(
+    pool: &Rc<EndpointPool>,
+    req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, AttemptError> {
+    let mut sender = pool.acquire_h2().await.map_err(AttemptError::Acquire)?;
+    sender.ready().await.map_err(|error| AttemptError::Reset {
+        refused: true,
+        error: error.into(),
+    })?;
+    match sender.send_request(req).await {
+        Ok(response) => Ok(response.map(ProxyBody::Incoming)),
+        Err(error) => Err(AttemptError::Reset {
+            refused: is_refused_stream(&error),
+            error: error.into(),
+        }),
     }
 }

@@ -11,6 +11,20 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes hop-by-hop headers (RFC 9110 7.6.1), including those named by `Connection`.
 /// `keep_upgrade` keeps `Connection: upgrade` and `Upgrade` for a protocol upgrade.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the names first: most messages carry none of these headers, and a
+    // comparison is cheaper than a hash lookup per name.
+    let found = headers.keys().any(|name| {
+        name == header::CONNECTION
+            || name == header::UPGRADE
+            || name == header::TRANSFER_ENCODING
+            || name == header::TE
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION
+    });
+    if !found {
+        return;
+    }
+
     if let Some(connection) = headers.get(header::CONNECTION) {
         let named: Vec<HeaderName> = connection
             .to_str()

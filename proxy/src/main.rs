@@ -7,6 +7,11 @@ use clap::Parser;
 use wasmesh_proxy::Proxy;
 use wasmesh_proxy::config::Bootstrap;
 
+// jemalloc: fewer cycles per request than glibc malloc under many small allocations.
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The wasmesh data plane.
 #[derive(Parser)]
 #[command(version, about)]

@@ -1,13 +1,13 @@
 //! Downstream connections: accept, pick HTTP/1.1 or HTTP/2, serve, time out, drain.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -38,6 +38,8 @@ pub struct ConnCtx {
     pub opts: HttpOptions,
     pub in_flight: Cell<u32>,
     pub last_active: Cell<Instant>,
+    shutdown_requested: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
 }
 
 impl ConnCtx {
@@ -45,9 +47,32 @@ impl ConnCtx {
         self.in_flight.set(self.in_flight.get() + 1);
     }
 
-    pub fn request_finished(&self) {
+    pub fn request_finished(&self, now: Instant) {
         self.in_flight.set(self.in_flight.get() - 1);
-        self.last_active.set(Instant::now());
+        self.last_active.set(now);
+    }
+
+    /// Asks the connection to finish its requests in flight and close.
+    pub fn request_shutdown(&self) {
+        self.shutdown_requested.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// True if nothing is in flight and nothing happened for `idle_timeout`.
+    pub fn is_idle_past_timeout(&self, now: Instant) -> bool {
+        self.opts.idle_timeout.nonzero().is_some_and(|idle| {
+            self.in_flight.get() == 0
+                && now.saturating_duration_since(self.last_active.get()) >= idle
+        })
+    }
+
+    fn set_waker(&self, waker: &Waker) {
+        let mut slot = self.waker.borrow_mut();
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
     }
 }
 
@@ -116,7 +141,6 @@ async fn serve_connection(
         prefix,
         inner: stream,
     };
-    let mut drain = worker.shared.drain_signal();
     let ctx = Rc::new(ConnCtx {
         client_ip: HeaderValue::from_str(&peer.ip().to_string())
             .expect("an IP is a valid header value"),
@@ -127,12 +151,14 @@ async fn serve_connection(
         opts: opts.clone(),
         in_flight: Cell::new(0),
         last_active: Cell::new(Instant::now()),
+        shutdown_requested: Cell::new(worker.shared.is_draining()),
+        waker: RefCell::new(None),
     });
+    worker.register_connection(&ctx);
     let service = {
         let ctx = ctx.clone();
         service_fn(move |req| handler::serve(req, ctx.clone()))
     };
-    let idle = opts.idle_timeout.nonzero();
     if is_h2 {
         let conn = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
@@ -143,7 +169,7 @@ async fn serve_connection(
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .serve_connection(TokioIo::new(io), service);
-        drive(conn, &ctx, idle, &mut drain, |c| c.graceful_shutdown()).await;
+        drive(conn, &ctx, |c| c.graceful_shutdown()).await;
     } else {
         let max_head = opts.max_request_headers_kb as usize * 1024;
         let stats = worker.shared.listener_stats[listener].clone();
@@ -163,53 +189,30 @@ async fn serve_connection(
         let conn = builder
             .serve_connection(TokioIo::new(guard), service)
             .with_upgrades();
-        drive(conn, &ctx, idle, &mut drain, |c| c.graceful_shutdown()).await;
+        drive(conn, &ctx, |c| c.graceful_shutdown()).await;
     }
 }
 
-/// Runs a connection to its end, shutting it down gracefully on drain or when idle too long.
-async fn drive<C>(
-    conn: C,
-    ctx: &ConnCtx,
-    idle: Option<Duration>,
-    drain: &mut tokio::sync::watch::Receiver<bool>,
-    shutdown: impl Fn(Pin<&mut C>),
-) where
+/// Runs a connection to its end. The worker asks it to shut down gracefully (on drain, or
+/// when it sat idle past `idle_timeout`) through its [`ConnCtx`]; nothing else is polled per
+/// wake-up, so a busy connection pays for no timers.
+async fn drive<C>(conn: C, ctx: &ConnCtx, shutdown: impl Fn(Pin<&mut C>))
+where
     C: Future<Output = Result<(), hyper::Error>>,
 {
     let mut conn = std::pin::pin!(conn);
-    let far = Duration::from_secs(86400 * 365);
-    let timer = tokio::time::sleep(idle.unwrap_or(far));
-    let mut timer = std::pin::pin!(timer);
-    let mut shutting_down = *drain.borrow();
-    if shutting_down {
-        shutdown(conn.as_mut());
-    }
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, peer = %ctx.peer, "downstream connection error");
-                }
-                return;
-            }
-            changed = drain.changed(), if !shutting_down => {
-                if changed.is_err() || *drain.borrow() {
-                    shutting_down = true;
-                    shutdown(conn.as_mut());
-                }
-            }
-            () = timer.as_mut(), if idle.is_some() && !shutting_down => {
-                let idle = idle.unwrap_or(far);
-                let deadline = ctx.last_active.get() + idle;
-                if ctx.in_flight.get() == 0 && deadline <= Instant::now() {
-                    shutting_down = true;
-                    shutdown(conn.as_mut());
-                } else {
-                    timer.as_mut().reset(deadline.max(Instant::now() + Duration::from_millis(10)));
-                }
-            }
+    let mut shutting_down = false;
+    let result = std::future::poll_fn(|cx| {
+        if !shutting_down && ctx.shutdown_requested.get() {
+            shutting_down = true;
+            shutdown(conn.as_mut());
         }
+        ctx.set_waker(cx.waker());
+        conn.as_mut().poll(cx)
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, peer = %ctx.peer, "downstream connection error");
     }
 }
 

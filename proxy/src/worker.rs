@@ -2,7 +2,7 @@
 //! upstream pools and (with filters) its Wasm VMs; nothing on the request path takes a lock.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::access_log::{AccessLogSink, LogBuffer};
-use crate::server;
+use crate::server::{self, ConnCtx};
 use crate::snapshot::Snapshot;
 use crate::stats::{self, ListenerStats};
 use crate::upstream::pool::Pools;
@@ -79,9 +79,14 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     pub pools: Pools,
     pub log: LogBuffer,
+    /// The worker's view of the current snapshot. An `Rc` around the `Arc` so each request
+    /// clones without an atomic increment on a count all workers share.
+    #[allow(clippy::redundant_allocation)]
     snapshot: RefCell<Rc<Arc<Snapshot>>>,
     connections: Cell<usize>,
     all_closed: Notify,
+    /// Connections being served, so drain and idle timeouts can reach them.
+    registry: RefCell<Vec<Weak<ConnCtx>>>,
 }
 
 impl Worker {
@@ -94,10 +99,12 @@ impl Worker {
             snapshot,
             connections: Cell::new(0),
             all_closed: Notify::new(),
+            registry: RefCell::default(),
         }
     }
 
     /// The current snapshot, refreshed only when a new one was published.
+    #[allow(clippy::redundant_allocation)]
     pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
         {
             let cached = self.snapshot.borrow();
@@ -114,6 +121,29 @@ impl Worker {
     pub fn track_connection(self: &Rc<Self>) -> ConnectionTrack {
         self.connections.set(self.connections.get() + 1);
         ConnectionTrack(self.clone())
+    }
+
+    pub fn register_connection(&self, conn: &Rc<ConnCtx>) {
+        self.registry.borrow_mut().push(Rc::downgrade(conn));
+    }
+
+    /// Asks idle connections (or, when draining, all of them) to close; forgets closed ones.
+    fn reap_connections(&self, draining: bool) {
+        let now = tokio::time::Instant::now();
+        // Collected first: a shutdown may wake tasks, never re-enter this borrow.
+        let mut to_close = Vec::new();
+        self.registry.borrow_mut().retain(|weak| {
+            let Some(conn) = weak.upgrade() else {
+                return false;
+            };
+            if draining || conn.is_idle_past_timeout(now) {
+                to_close.push(conn);
+            }
+            true
+        });
+        for conn in to_close {
+            conn.request_shutdown();
+        }
     }
 
     async fn all_connections_closed(&self) {
@@ -174,6 +204,7 @@ async fn run(
     let mut drain = shared.drain_signal();
     let _ = drain.wait_for(|d| *d).await;
     tracing::debug!(worker = index, "draining");
+    worker.reap_connections(true);
     let _ = tokio::time::timeout(drain_timeout, worker.all_connections_closed()).await;
     if let Some(sink) = &shared.access_log {
         worker.log.flush(sink);
@@ -186,12 +217,14 @@ async fn housekeeping(worker: Rc<Worker>) {
     let mut n: u64 = 0;
     loop {
         tick.tick().await;
+        crate::rt::tick_coarse_clock();
         n += 1;
         if let Some(sink) = &worker.shared.access_log {
             worker.log.flush(sink);
         }
-        if n % 20 == 0 {
+        if n.is_multiple_of(20) {
             worker.pools.sweep();
+            worker.reap_connections(worker.shared.is_draining());
         }
     }
 }

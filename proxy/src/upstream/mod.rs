@@ -1,5 +1,6 @@
 //! Upstream clusters: endpoints, load balancing, circuit breakers and per-worker connection pools.
 
+pub mod h1;
 mod lb;
 pub mod pool;
 

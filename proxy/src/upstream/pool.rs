@@ -2,7 +2,8 @@
 //!
 //! Each worker owns its pools (no locks); limits that Envoy makes cluster-wide
 //! (`max_connections`, `max_pending_requests`) are atomics on the shared [`Cluster`].
-//! HTTP/1.1 connections carry one request at a time and return to the pool when the response
+//! HTTP/1.1 connections (our own client, [`super::h1`]) carry one request at a time and return to
+//! the pool when the response
 //! body is done; HTTP/2 keeps one multiplexed connection per endpoint.
 
 use std::cell::{Cell, RefCell};
@@ -14,6 +15,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
+
+use super::h1::H1Conn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -100,20 +103,19 @@ pub struct EndpointPool {
 }
 
 struct IdleConn {
-    conn: H1Conn,
+    conn: Box<H1Conn>,
     since: Instant,
 }
 
 impl IdleConn {
     fn usable(&self, now: Instant, idle_timeout: Option<Duration>) -> bool {
-        self.conn.sender.is_ready()
-            && idle_timeout.is_none_or(|t| now.duration_since(self.since) < t)
+        idle_timeout.is_none_or(|t| now.duration_since(self.since) < t)
     }
 }
 
 /// What a pending request is handed when a connection frees up.
 enum Handoff {
-    Conn(H1Conn),
+    Conn(Box<H1Conn>),
     /// A connection closed: try to open a new one.
     TryConnect,
 }
@@ -122,16 +124,6 @@ enum H2State {
     Idle,
     Connecting(Vec<oneshot::Sender<Result<http2::SendRequest<ProxyBody>, ()>>>),
     Ready(http2::SendRequest<ProxyBody>),
-}
-
-/// An HTTP/1.1 connection checked out of the pool.
-pub struct H1Conn {
-    pub sender: http1::SendRequest<ProxyBody>,
-    uses: u32,
-    /// True until this connection has carried a response: a failure on first use is not
-    /// a stale keep-alive connection.
-    pub fresh: bool,
-    pool: Rc<EndpointPool>,
 }
 
 impl EndpointPool {
@@ -143,22 +135,23 @@ impl EndpointPool {
     pub async fn acquire_h1(
         self: &Rc<Self>,
         deadline: Option<Instant>,
-    ) -> Result<H1Conn, AcquireError> {
+    ) -> Result<Box<H1Conn>, AcquireError> {
         loop {
-            let now = Instant::now();
+            let now = crate::rt::coarse_now();
             while let Some(idle) = self.idle.borrow_mut().pop() {
                 if idle.usable(now, self.cluster.idle_timeout) {
                     return Ok(idle.conn);
                 }
             }
+            // Connecting is boxed: it is the rare path, and its state is large.
             if self.cluster.try_add_connection() {
-                return self.connect_h1().await;
+                return Box::pin(self.connect_h1()).await;
             }
             if self.connections.get() == 0 {
                 // As Envoy does: a pool with no connection may always open one, so pending
                 // requests never wait on connections other workers hold.
                 self.cluster.add_connection_over_limit();
-                return self.connect_h1().await;
+                return Box::pin(self.connect_h1()).await;
             }
             self.cluster.stats().cx_overflow.inc();
             let Some(_pending) = self.cluster.try_start_pending() else {
@@ -181,26 +174,10 @@ impl EndpointPool {
     }
 
     /// Opens a connection whose cluster slot the caller already took.
-    async fn connect_h1(self: &Rc<Self>) -> Result<H1Conn, AcquireError> {
+    async fn connect_h1(self: &Rc<Self>) -> Result<Box<H1Conn>, AcquireError> {
         let guard = ConnectionGuard::new(self.clone());
         let stream = self.connect_tcp().await?;
-        let (sender, conn) = http1::Builder::new()
-            .max_buf_size(1 << 20)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(AcquireError::Handshake)?;
-        tokio::task::spawn_local(async move {
-            let _guard = guard;
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(H1Conn {
-            sender,
-            uses: 0,
-            fresh: true,
-            pool: self.clone(),
-        })
+        Ok(H1Conn::new(stream, self.clone(), guard))
     }
 
     /// Gets the worker's HTTP/2 connection to this endpoint, opening it if needed.
@@ -230,7 +207,7 @@ impl EndpointPool {
                 ))),
             };
         }
-        let result = self.connect_h2().await;
+        let result = Box::pin(self.connect_h2()).await;
         let waiters = match std::mem::replace(
             &mut *self.h2.borrow_mut(),
             match &result {
@@ -324,13 +301,12 @@ impl EndpointPool {
     }
 
     /// Takes back a connection that finished a response: hands it to a waiter or keeps it idle.
-    fn release(&self, mut conn: H1Conn) {
+    pub(super) fn release(&self, mut conn: Box<H1Conn>) {
         let max = self.cluster.max_requests_per_connection;
         if max != 0 && conn.uses >= max {
-            // Dropping the sender closes the connection; its guard wakes a waiter.
+            // Dropping the connection closes it; its guard wakes a waiter.
             return;
         }
-        conn.fresh = false;
         let mut waiters = self.waiters.borrow_mut();
         while let Some(w) = waiters.pop_front() {
             match w.send(Handoff::Conn(conn)) {
@@ -342,7 +318,7 @@ impl EndpointPool {
         drop(waiters);
         self.idle.borrow_mut().push(IdleConn {
             conn,
-            since: Instant::now(),
+            since: crate::rt::coarse_now(),
         });
     }
 
@@ -356,25 +332,8 @@ impl EndpointPool {
     }
 }
 
-impl H1Conn {
-    /// Counts a request sent on this connection.
-    pub fn mark_used(&mut self) {
-        self.uses += 1;
-    }
-
-    /// Returns the connection to its pool once the response in flight is finished.
-    pub fn release_when_ready(mut self) {
-        tokio::task::spawn_local(async move {
-            if self.sender.ready().await.is_ok() {
-                let pool = self.pool.clone();
-                pool.release(self);
-            }
-        });
-    }
-}
-
 /// Counts a connection for its whole life, from connect to close.
-struct ConnectionGuard {
+pub(super) struct ConnectionGuard {
     pool: Rc<EndpointPool>,
 }
 
