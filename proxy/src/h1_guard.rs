@@ -221,9 +221,14 @@ impl<T> H1Guard<T> {
         }
     }
 
-    /// Records that `n` bytes were handed to hyper.
+    /// Records that `n` bytes of our buffer were handed to hyper.
     fn consumed(&mut self, n: usize) {
         self.buf.advance(n);
+        self.passed(n);
+    }
+
+    /// Advances the framing state over `n` bytes handed to hyper.
+    fn passed(&mut self, n: usize) {
         match &mut self.state {
             State::Release { n: left, then } => {
                 *left -= n;
@@ -278,7 +283,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
                 // SAFETY: `sub` is a view of `out`'s unfilled part; `read` bytes were written.
                 unsafe { out.assume_init(read) };
                 out.advance(read);
-                this.consumed(read);
+                this.passed(read);
                 return Poll::Ready(Ok(()));
             }
             if matches!(this.state, State::Opaque) && this.buf.is_empty() {

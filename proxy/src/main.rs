@@ -34,6 +34,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let bootstrap = match Bootstrap::load(&args.config) {
         Ok(b) => b,

@@ -1,1 +1,16 @@
-//! tests
+//! Integration tests: the real proxy (library and binary) between real clients and real
+//! servers on loopback. One test binary, as wasmtime does, to keep link time down.
+
+mod support;
+
+mod access_log;
+mod admin;
+mod binary;
+mod bodies;
+mod circuit_breakers;
+mod grpc;
+mod hardening;
+mod retries;
+mod routing;
+mod smuggling;
+mod upgrade;
