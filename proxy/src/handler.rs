@@ -277,8 +277,12 @@ impl Upstream<'_> {
                     return result.map(|r| self.finish_response(r, active, ex));
                 }
             }
-            // The failed response (if any) is dropped here; its connection is not reused.
-            drop(result);
+            // A failed response whose body has already arrived is read to its end, so its
+            // connection goes back to the pool; any other is dropped with its connection.
+            if let Ok(response) = result {
+                let _ = futures_util::FutureExt::now_or_never(response.into_body().collect());
+            }
+
             cluster.stats().rq_retry.inc();
             ex.flags = ResponseFlags::default();
             let backoff = backoff(policy.expect("retries need a policy"), attempt);

@@ -249,3 +249,28 @@ async fn reset_before_response_is_retried_when_asked() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_beyond_max_retries_or_the_budget_are_refused() {
+    for cluster in [
+        "circuit_breakers: {max_retries: 0}",
+        "retry_budget: {budget_percent: 0, min_retry_concurrency: 0}",
+    ] {
+        let up = flaky(usize::MAX, 503).await;
+        let route = route_extra("retry_policy: {retry_on: \"5xx\", num_retries: 3}");
+        let proxy = start_proxy(&simple_config(&[up.addr], &cluster_extra(cluster), &route));
+        assert_eq!(
+            get(proxy.listener_addr("ingress").unwrap(), "/")
+                .await
+                .status,
+            503
+        );
+        assert_eq!(up.hits(), 1, "{cluster}: no retry was allowed");
+        let overflow = metric(
+            &proxy,
+            r#"wasmesh_upstream_rq_retry_overflow_total{cluster="backend"}"#,
+        )
+        .await;
+        assert_eq!(overflow, Some(1.0), "{cluster}");
+    }
+}

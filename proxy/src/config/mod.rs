@@ -226,7 +226,8 @@ pub struct Cluster {
     pub retry_budget: Option<RetryBudget>,
 }
 
-/// Envoy's circuit-breaker thresholds, shared by all workers.
+/// Envoy's circuit-breaker thresholds, shared by all workers. The defaults are Istio's: no
+/// limit (Envoy's own defaults of 1024 and 3 retries make busy meshes fail at random).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CircuitBreakers {
@@ -239,10 +240,10 @@ pub struct CircuitBreakers {
 impl Default for CircuitBreakers {
     fn default() -> Self {
         CircuitBreakers {
-            max_connections: 1024,
-            max_pending_requests: 1024,
-            max_requests: 1024,
-            max_retries: 3,
+            max_connections: u32::MAX,
+            max_pending_requests: u32::MAX,
+            max_requests: u32::MAX,
+            max_retries: u32::MAX,
         }
     }
 }

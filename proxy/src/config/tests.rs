@@ -20,13 +20,18 @@ fn err(yaml: &str) -> ConfigError {
 }
 
 #[test]
-fn minimal_config_gets_envoy_defaults() {
+fn minimal_config_gets_mesh_defaults() {
     let b = Bootstrap::parse(MINIMAL).unwrap();
     let c = &b.clusters[0];
     assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
     assert_eq!(c.connect_timeout, Dur::secs(5));
-    assert_eq!(c.circuit_breakers.max_connections, 1024);
-    assert_eq!(c.circuit_breakers.max_retries, 3);
+    assert_eq!(
+        c.circuit_breakers.max_connections,
+        u32::MAX,
+        "Istio's unlimited default"
+    );
+    assert_eq!(c.circuit_breakers.max_retries, u32::MAX);
+
     let r = &b.listeners[0].virtual_hosts[0].routes[0];
     assert_eq!(r.timeout, Dur::secs(15));
     assert_eq!(b.listeners[0].http.max_request_headers_kb, 60);

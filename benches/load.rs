@@ -1,0 +1,122 @@
+//! The load benchmark. One upstream (nginx answering `200 hello world`) reached three ways with
+//! the same load tool and one worker each: directly, through nginx as a reverse proxy (with
+//! upstream keep-alive), and through wasmesh-proxy. It prints throughput and latency for each,
+//! and the ratios wasmesh/nginx.
+//!
+//! ```sh
+//! cargo bench -p wasmesh-benches --bench load      # or deploy/bench.sh, which installs the tools
+//! ```
+//!
+//! Settings (environment): `LOAD_SECONDS` per run (10), `LOAD_ROUNDS` (3, the median is kept),
+//! `LOAD_CONNECTIONS` (32), `LOAD_RATE` for the fixed-rate latency run (half of nginx's
+//! measured throughput).
+
+use std::time::Duration;
+
+use wasmesh_benches::load::{self, Measurement};
+use wasmesh_benches::{build_proxy, find_program, free_addr, peers};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}ms", d.as_secs_f64() * 1e3)
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let seconds = Duration::from_secs(env("LOAD_SECONDS", 10));
+    let rounds = env("LOAD_ROUNDS", 3).max(1) as usize;
+    let connections = env("LOAD_CONNECTIONS", 32) as u32;
+
+    let proxy_binary = build_proxy()?;
+    let dir = tempfile::tempdir()?;
+    let upstream = peers::nginx_upstream(dir.path(), free_addr()?)?;
+    let nginx = peers::nginx_proxy(dir.path(), free_addr()?, upstream.addr)?;
+    let wasmesh = peers::wasmesh(&proxy_binary, dir.path(), free_addr()?, upstream.addr, 1)?;
+    let targets = [
+        ("direct", upstream.addr),
+        ("nginx", nginx.addr),
+        ("wasmesh-proxy", wasmesh.addr),
+    ];
+
+    println!(
+        "load benchmark: wrk -t1 -c{connections} -d{}s, {rounds} round(s) alternating targets (median kept), 1 worker each",
+        seconds.as_secs()
+    );
+    // Warm up connection pools and caches.
+    for (_, addr) in &targets {
+        load::wrk(*addr, connections, Duration::from_secs(1))?;
+    }
+    let mut runs: Vec<Vec<Measurement>> = vec![Vec::new(); targets.len()];
+    for round in 0..rounds {
+        for (i, (name, addr)) in targets.iter().enumerate() {
+            let m = load::wrk(*addr, connections, seconds)?;
+            println!(
+                "  round {}: {name:<14} {:>9.0} req/s",
+                round + 1,
+                m.requests_per_sec
+            );
+            runs[i].push(m);
+        }
+    }
+    let medians: Vec<Measurement> = runs.into_iter().map(load::median).collect();
+    let nginx_rps = medians[1].requests_per_sec;
+    println!(
+        "\n{:<14} {:>10} {:>10} {:>10} {:>8} {:>12}",
+        "target", "req/s", "p50", "p99", "errors", "vs nginx"
+    );
+    for ((name, _), m) in targets.iter().zip(&medians) {
+        let ratio = if *name == "direct" {
+            String::new()
+        } else {
+            format!("{:.2}x", m.requests_per_sec / nginx_rps)
+        };
+        println!(
+            "{name:<14} {:>10.0} {:>10} {:>10} {:>8} {:>12}",
+            m.requests_per_sec,
+            ms(m.p50),
+            ms(m.p99),
+            m.errors,
+            ratio
+        );
+    }
+
+    if find_program("oha").is_none() {
+        println!(
+            "\nfixed-rate latency: skipped, oha is not installed (deploy/bench.sh installs it)"
+        );
+        return Ok(());
+    }
+    let rate = env("LOAD_RATE", (nginx_rps / 2.0) as u64) as u32;
+    println!(
+        "\nfixed rate {rate} req/s, oha -c{connections} --latency-correction -z{}s:",
+        seconds.as_secs()
+    );
+    println!(
+        "{:<14} {:>10} {:>10} {:>10} {:>8}",
+        "target", "req/s", "p50", "p99", "errors"
+    );
+    let mut fixed = Vec::new();
+    for (name, addr) in &targets[1..] {
+        let m = load::oha_fixed_rate(*addr, connections, rate, seconds)?;
+        println!(
+            "{name:<14} {:>10.0} {:>10} {:>10} {:>8}",
+            m.requests_per_sec,
+            ms(m.p50),
+            ms(m.p99),
+            m.errors
+        );
+        fixed.push(m);
+    }
+    println!(
+        "\nwasmesh/nginx: throughput {:.2}x, p99 at {rate} req/s {:.2}x (lower is better)",
+        medians[2].requests_per_sec / nginx_rps,
+        fixed[1].p99.as_secs_f64() / fixed[0].p99.as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! Machinery shared by wasmesh's benchmarks: peers (nginx), load generators (wrk, oha) and
+//! their results.
+
+pub mod load;
+pub mod peers;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A free loopback port (benchmarks give ports to programs that cannot bind port 0 and report).
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Waits until something accepts connections on `addr`.
+pub fn wait_for_port(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The workspace root (benchmarks run with the package as working directory).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("benches/ sits in the workspace")
+        .to_owned()
+}
+
+/// Builds the release `wasmesh-proxy` binary and returns its path.
+pub fn build_proxy() -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "wasmesh-proxy",
+            "--bin",
+            "wasmesh-proxy",
+        ])
+        .current_dir(&root)
+        .status()
+        .context("run cargo build")?;
+    if !status.success() {
+        bail!("building wasmesh-proxy failed");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release").join("wasmesh-proxy"))
+}
+
+/// Finds a program on PATH or in /usr/sbin (where Debian puts nginx).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}

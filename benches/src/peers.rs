@@ -1,0 +1,104 @@
+//! Servers the benchmarks run against or compare with.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context;
+
+use crate::{find_program, wait_for_port};
+
+/// A running process, killed on drop.
+pub struct Process {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx answering `200 hello world` itself: the upstream every target shares.
+pub fn nginx_upstream(dir: &Path, addr: SocketAddr) -> anyhow::Result<Process> {
+    let server = format!(
+        "server {{ listen {addr} reuseport; location / {{ return 200 \"hello world\\n\"; }} }}"
+    );
+    nginx(dir, "upstream", addr, &server, "")
+}
+
+/// nginx as a reverse proxy with upstream keep-alive (the peer wasmesh is compared with).
+pub fn nginx_proxy(dir: &Path, addr: SocketAddr, upstream: SocketAddr) -> anyhow::Result<Process> {
+    let upstream_block = format!(
+        "upstream backend {{ server {upstream}; keepalive 64; keepalive_requests 1000000; }}"
+    );
+    let server = format!(
+        "server {{ listen {addr}; location / {{ proxy_pass http://backend; \
+         proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
+    );
+    nginx(dir, "proxy", addr, &server, &upstream_block)
+}
+
+fn nginx(
+    dir: &Path,
+    name: &str,
+    addr: SocketAddr,
+    server: &str,
+    extra: &str,
+) -> anyhow::Result<Process> {
+    let binary = find_program("nginx").context("nginx not found (deploy/setup.sh installs it)")?;
+    let conf = dir.join(format!("nginx-{name}.conf"));
+    let text = format!(
+        "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {err} warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 1000000;\n  \
+         client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; \
+         uwsgi_temp_path {tmp}; scgi_temp_path {tmp};\n  {extra}\n  {server}\n}}\n",
+        pid = dir.join(format!("{name}.pid")).display(),
+        err = dir.join(format!("{name}.err")).display(),
+        tmp = dir.display(),
+    );
+    std::fs::write(&conf, text)?;
+    let child = Command::new(binary)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start nginx")?;
+    let process = Process { child, addr };
+    wait_for_port(addr)?;
+    Ok(process)
+}
+
+/// wasmesh-proxy with one listener routing everything to `upstream`.
+pub fn wasmesh(
+    binary: &Path,
+    dir: &Path,
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    workers: usize,
+) -> anyhow::Result<Process> {
+    let conf = dir.join("wasmesh.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "workers: {workers}\nlisteners:\n- name: ingress\n  address: \"{addr}\"\n  virtual_hosts:\n  \
+             - name: all\n    domains: [\"*\"]\n    routes:\n    - cluster: backend\n\
+             clusters:\n- name: backend\n  endpoints: [\"{upstream}\"]\n"
+        ),
+    )?;
+    let child = Command::new(binary)
+        .arg("--config")
+        .arg(&conf)
+        .env("WASMESH_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start wasmesh-proxy")?;
+    let process = Process { child, addr };
+    wait_for_port(addr)?;
+    Ok(process)
+}
