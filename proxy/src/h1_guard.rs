@@ -87,6 +87,27 @@ impl From<Framing> for Then {
     }
 }
 
+impl Then {
+    fn state(self) -> State {
+        match self {
+            Then::Head => State::Head { scanned: 0 },
+            Then::Body(len) => State::Body { remaining: len },
+            Then::Chunked(chunk) => State::Chunked(chunk),
+            Then::Opaque => State::Opaque,
+        }
+    }
+}
+
+/// The outcome of checking bytes in place.
+enum InPlace {
+    /// All of them go to hyper.
+    Pass,
+    /// Bytes from this offset are an incomplete head, to be held back.
+    Hold(usize),
+    /// A head from this offset was refused; the state says what hyper gets next.
+    Reject(usize),
+}
+
 #[derive(Clone, Copy)]
 enum Chunk {
     Size {
@@ -221,6 +242,68 @@ impl<T> H1Guard<T> {
         }
     }
 
+    /// Follows framing over bytes read straight into hyper's buffer.
+    fn frame_in_place(&mut self, bytes: &[u8]) -> InPlace {
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let rest = &bytes[pos..];
+            match self.state {
+                State::Head { .. } => match scan_head(rest, 0) {
+                    Scan::Complete(len) => match validate_head(&rest[..len]) {
+                        Ok(framing) => {
+                            pos += len;
+                            self.state = Then::from(framing).state();
+                        }
+                        Err(v) => {
+                            self.reject(v);
+                            return InPlace::Reject(pos);
+                        }
+                    },
+                    Scan::Bad(v) => {
+                        self.reject(v);
+                        return InPlace::Reject(pos);
+                    }
+                    Scan::Incomplete(_) => {
+                        self.state = State::Head { scanned: 0 };
+                        return InPlace::Hold(pos);
+                    }
+                },
+                State::Body { remaining } => {
+                    let n = remaining.min(rest.len() as u64);
+                    pos += n as usize;
+                    self.state = if n == remaining {
+                        State::Head { scanned: 0 }
+                    } else {
+                        State::Body {
+                            remaining: remaining - n,
+                        }
+                    };
+                }
+                State::Chunked(mut chunk) => match walk_chunks(&mut chunk, rest) {
+                    Ok((n, done)) => {
+                        pos += n;
+                        self.state = if done {
+                            State::Head { scanned: 0 }
+                        } else {
+                            State::Chunked(chunk)
+                        };
+                    }
+                    Err(v) => {
+                        // A body cannot be answered with 400 any more: end the connection.
+                        self.notify(v);
+                        self.state = State::Rejected { sent: POISON.len() };
+                        return InPlace::Reject(pos);
+                    }
+                },
+                State::Opaque => return InPlace::Pass,
+                State::Release { .. } | State::Rejected { .. } => {
+                    unreachable!("only reached with an empty buffer")
+                }
+            }
+        }
+        InPlace::Pass
+    }
+
     /// Records that `n` bytes of our buffer were handed to hyper.
     fn consumed(&mut self, n: usize) {
         self.buf.advance(n);
@@ -233,12 +316,7 @@ impl<T> H1Guard<T> {
             State::Release { n: left, then } => {
                 *left -= n;
                 if *left == 0 {
-                    self.state = match *then {
-                        Then::Head => State::Head { scanned: 0 },
-                        Then::Body(len) => State::Body { remaining: len },
-                        Then::Chunked(chunk) => State::Chunked(chunk),
-                        Then::Opaque => State::Opaque,
-                    };
+                    self.state = then.state();
                 }
             }
             State::Body { remaining } => *remaining -= n as u64,
@@ -288,6 +366,33 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
             }
             if matches!(this.state, State::Opaque) && this.buf.is_empty() {
                 return Pin::new(&mut this.inner).poll_read(cx, out);
+            }
+            // Nothing held back: read straight into hyper's buffer and check the bytes there.
+            // Only a head left incomplete by the read is taken back into our buffer.
+            if this.buf.is_empty()
+                && matches!(
+                    this.state,
+                    State::Head { .. } | State::Chunked(_) | State::Body { .. }
+                )
+            {
+                let start = out.filled().len();
+                ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
+                let end = out.filled().len();
+                if end == start {
+                    return Poll::Ready(Ok(()));
+                }
+                match this.frame_in_place(&out.filled()[start..end]) {
+                    InPlace::Pass => return Poll::Ready(Ok(())),
+                    InPlace::Hold(at) => {
+                        this.buf.extend_from_slice(&out.filled()[start + at..end]);
+                        out.set_filled(start + at);
+                        if at > 0 {
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                    InPlace::Reject(at) => out.set_filled(start + at),
+                }
+                continue;
             }
             // Read more into our buffer.
             this.buf.reserve(8 * 1024);
@@ -657,6 +762,56 @@ mod tests {
         let mut out = Vec::new();
         guard.read_to_end(&mut out).await.unwrap();
         out
+    }
+
+    /// A reader that yields `step` bytes per read.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            out: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let n = self.step.min(self.data.len()).min(out.remaining());
+            out.put_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn same_result_whatever_the_read_sizes() {
+        let clean = b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nxyz\r\n0\r\n\r\nGET /c HTTP/1.1\r\n\r\n";
+        let smuggled = b"GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        for step in [1, 2, 3, 7, 16, 64, 4096] {
+            let mut out = Vec::new();
+            H1Guard::new(Trickle { data: clean, step }, 1024, None)
+                .read_to_end(&mut out)
+                .await
+                .unwrap();
+            assert_eq!(out, clean, "step {step}");
+            let mut out = Vec::new();
+            H1Guard::new(
+                Trickle {
+                    data: smuggled,
+                    step,
+                },
+                1024,
+                None,
+            )
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+            assert_eq!(
+                out,
+                [&b"GET /a HTTP/1.1\r\n\r\n"[..], POISON].concat(),
+                "step {step}"
+            );
+        }
     }
 
     #[tokio::test]

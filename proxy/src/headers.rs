@@ -11,41 +11,68 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Removes hop-by-hop headers (RFC 9110 7.6.1), including those named by `Connection`.
 /// `keep_upgrade` keeps `Connection: upgrade` and `Upgrade` for a protocol upgrade.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names first: most messages carry none of these headers, and a
+    // One pass over the names first: most messages carry few of these headers, and a
     // comparison is cheaper than a hash lookup per name.
-    let found = headers.keys().any(|name| {
-        name == header::CONNECTION
-            || name == header::UPGRADE
-            || name == header::TRANSFER_ENCODING
-            || name == header::TE
-            || name == KEEP_ALIVE
-            || name == PROXY_CONNECTION
-    });
-    if !found {
+    const CONN: u8 = 1;
+    const UPG: u8 = 2;
+    const TE_: u8 = 4;
+    const TRANSFER: u8 = 8;
+    const KEEP: u8 = 16;
+    const PROXY: u8 = 32;
+    let mut found = 0u8;
+    for name in headers.keys() {
+        found |= if name == header::CONNECTION {
+            CONN
+        } else if name == header::UPGRADE {
+            UPG
+        } else if name == header::TE {
+            TE_
+        } else if name == header::TRANSFER_ENCODING {
+            TRANSFER
+        } else if name == KEEP_ALIVE {
+            KEEP
+        } else if name == PROXY_CONNECTION {
+            PROXY
+        } else {
+            0
+        };
+    }
+    if found == 0 {
         return;
     }
-
-    if let Some(connection) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection
-            .to_str()
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    if found & CONN != 0 {
+        // Headers named by `Connection` are hop-by-hop too; `keep-alive` and `close`, the
+        // usual values, name nothing to remove.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or_default().split(','))
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .filter(|n| !(keep_upgrade && n == header::UPGRADE))
             .collect();
         for name in named {
             headers.remove(name);
         }
+        if !keep_upgrade {
+            headers.remove(header::CONNECTION);
+        }
     }
-    if !keep_upgrade {
-        headers.remove(header::CONNECTION);
+    if found & UPG != 0 && !keep_upgrade {
         headers.remove(header::UPGRADE);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
+    if found & KEEP != 0 {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if found & PROXY != 0 {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if found & TRANSFER != 0 {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
     // `TE: trailers` is end-to-end meaningful for gRPC; any other TE value is hop-by-hop.
-    if headers.get(header::TE).is_some_and(|te| te != "trailers") {
+    if found & TE_ != 0 && headers.get(header::TE).is_some_and(|te| te != "trailers") {
         headers.remove(header::TE);
     }
 }
