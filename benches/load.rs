@@ -28,7 +28,6 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes `--bench`; nothing else is accepted.
     let seconds = Duration::from_secs(env("LOAD_SECONDS", 10));
     let rounds = env("LOAD_ROUNDS", 3).max(1) as usize;
     let connections = env("LOAD_CONNECTIONS", 32) as u32;
@@ -39,50 +38,73 @@ fn main() -> anyhow::Result<()> {
     let nginx = peers::nginx_proxy(dir.path(), free_addr()?, upstream.addr)?;
     let wasmesh = peers::wasmesh(&proxy_binary, dir.path(), free_addr()?, upstream.addr, 1)?;
     let targets = [
-        ("direct", upstream.addr),
-        ("nginx", nginx.addr),
-        ("wasmesh-proxy", wasmesh.addr),
+        ("direct", upstream.addr, None),
+        ("nginx", nginx.addr, Some(nginx.pid())),
+        ("wasmesh-proxy", wasmesh.addr, Some(wasmesh.pid())),
     ];
 
     println!(
-        "load benchmark: wrk -t1 -c{connections} -d{}s, {rounds} round(s) alternating targets (median kept), 1 worker each",
+        "load benchmark: wrk -t1 -c{connections} -d{}s, {rounds} round(s) alternating targets \
+         (median kept), 1 worker each",
         seconds.as_secs()
     );
     // Warm up connection pools and caches.
-    for (_, addr) in &targets {
-        load::wrk(*addr, connections, Duration::from_secs(1))?;
+    for (_, addr, _) in &targets {
+        load::wrk(*addr, connections, Duration::from_secs(1), None)?;
     }
     let mut runs: Vec<Vec<Measurement>> = vec![Vec::new(); targets.len()];
     for round in 0..rounds {
-        for (i, (name, addr)) in targets.iter().enumerate() {
-            let m = load::wrk(*addr, connections, seconds)?;
+        for (i, (name, addr, pid)) in targets.iter().enumerate() {
+            let m = load::wrk(*addr, connections, seconds, *pid)?;
+            let cpu = m.cpu_per_request.map_or(String::new(), |c| {
+                format!(", {:.2} us CPU/request", c.as_secs_f64() * 1e6)
+            });
             println!(
-                "  round {}: {name:<14} {:>9.0} req/s",
+                "  round {}: {name:<14} {:>9.0} req/s{cpu}",
                 round + 1,
                 m.requests_per_sec
             );
             runs[i].push(m);
         }
     }
+    let cpu: Vec<Option<f64>> = runs
+        .iter()
+        .map(|r| {
+            let mut v: Vec<f64> = r
+                .iter()
+                .filter_map(|m| m.cpu_per_request)
+                .map(|c| c.as_secs_f64() * 1e6)
+                .collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied()
+        })
+        .collect();
     let medians: Vec<Measurement> = runs.into_iter().map(load::median).collect();
     let nginx_rps = medians[1].requests_per_sec;
     println!(
-        "\n{:<14} {:>10} {:>10} {:>10} {:>8} {:>12}",
-        "target", "req/s", "p50", "p99", "errors", "vs nginx"
+        "\n{:<14} {:>10} {:>10} {:>10} {:>8} {:>14} {:>10}",
+        "target", "req/s", "p50", "p99", "errors", "CPU/request", "vs nginx"
     );
-    for ((name, _), m) in targets.iter().zip(&medians) {
-        let ratio = if *name == "direct" {
-            String::new()
-        } else {
-            format!("{:.2}x", m.requests_per_sec / nginx_rps)
+    for (((name, _, _), m), cpu) in targets.iter().zip(&medians).zip(&cpu) {
+        let ratio = match *name {
+            "direct" => String::new(),
+            _ => format!("{:.2}x", m.requests_per_sec / nginx_rps),
         };
+        let cpu = cpu.map_or("-".to_owned(), |c| format!("{c:.2} us"));
         println!(
-            "{name:<14} {:>10.0} {:>10} {:>10} {:>8} {:>12}",
+            "{name:<14} {:>10.0} {:>10} {:>10} {:>8} {:>14} {:>10}",
             m.requests_per_sec,
             ms(m.p50),
             ms(m.p99),
             m.errors,
+            cpu,
             ratio
+        );
+    }
+    if let (Some(n), Some(w)) = (cpu[1], cpu[2]) {
+        println!(
+            "CPU per request, wasmesh/nginx: {:.2}x (lower is better)",
+            w / n
         );
     }
 
@@ -102,7 +124,7 @@ fn main() -> anyhow::Result<()> {
         "target", "req/s", "p50", "p99", "errors"
     );
     let mut fixed = Vec::new();
-    for (name, addr) in &targets[1..] {
+    for (name, addr, _) in &targets[1..] {
         let m = load::oha_fixed_rate(*addr, connections, rate, seconds)?;
         println!(
             "{name:<14} {:>10.0} {:>10} {:>10} {:>8}",

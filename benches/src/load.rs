@@ -10,13 +10,23 @@ use anyhow::{Context, bail};
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Measurement {
     pub requests_per_sec: f64,
+    pub requests: u64,
+    /// CPU time the measured process spent per request (user + system), when known.
+    pub cpu_per_request: Option<Duration>,
     pub p50: Duration,
     pub p99: Duration,
     pub errors: u64,
 }
 
-/// `wrk -t1 -c<connections> -d<secs> --latency`: saturating throughput.
-pub fn wrk(addr: SocketAddr, connections: u32, duration: Duration) -> anyhow::Result<Measurement> {
+/// `wrk -t1 -c<connections> -d<secs> --latency`: saturating throughput. With `pid`, also the
+/// CPU time that process (and its children, such as nginx's worker) spent per request.
+pub fn wrk(
+    addr: SocketAddr,
+    connections: u32,
+    duration: Duration,
+    pid: Option<u32>,
+) -> anyhow::Result<Measurement> {
+    let before = pid.map(cpu_ticks);
     let out = Command::new("wrk")
         .args([
             "-t1",
@@ -28,13 +38,57 @@ pub fn wrk(addr: SocketAddr, connections: u32, duration: Duration) -> anyhow::Re
         .output()
         .context("run wrk (deploy/setup.sh installs it)")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    parse_wrk(&text).with_context(|| format!("unexpected wrk output:\n{text}"))
+    let mut m = parse_wrk(&text).with_context(|| format!("unexpected wrk output:\n{text}"))?;
+    if let (Some(pid), Some(before)) = (pid, before) {
+        let ticks = cpu_ticks(pid).saturating_sub(before);
+        let ticks_per_sec = 100.0; // USER_HZ on Linux
+        m.cpu_per_request = Some(Duration::from_secs_f64(
+            ticks as f64 / ticks_per_sec / m.requests.max(1) as f64,
+        ));
+    }
+    Ok(m)
+}
+
+/// User plus system clock ticks of a process and its direct children.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let ticks = |stat: &str| -> Option<(u32, u64)> {
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ppid = fields.get(1)?.parse().ok()?;
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some((ppid, utime + stime))
+    };
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            if let Some((ppid, t)) = ticks(&stat)
+                && (p == pid || ppid == pid)
+            {
+                total += t;
+            }
+        }
+    }
+    total
 }
 
 fn parse_wrk(text: &str) -> anyhow::Result<Measurement> {
     let mut m = Measurement::default();
     for line in text.lines().map(str::trim) {
-        if let Some(v) = line.strip_prefix("Requests/sec:") {
+        if line.contains(" requests in ") {
+            m.requests = line.split_whitespace().next().unwrap_or("0").parse()?;
+        } else if let Some(v) = line.strip_prefix("Requests/sec:") {
             m.requests_per_sec = v.trim().parse()?;
         } else if let Some(v) = line.strip_prefix("50%") {
             m.p50 = parse_wrk_duration(v.trim())?;
@@ -97,14 +151,19 @@ pub fn oha_fixed_rate(
     }
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("oha JSON")?;
     let secs = |v: &serde_json::Value| Duration::from_secs_f64(v.as_f64().unwrap_or(0.0));
-    let errors = json["errorDistribution"]
-        .as_object()
-        .map_or(0, |m| m.values().filter_map(|v| v.as_u64()).sum());
+    // Requests still in flight when the run ends are "aborted due to deadline": not errors.
+    let errors = json["errorDistribution"].as_object().map_or(0, |m| {
+        m.iter()
+            .filter(|(k, _)| !k.contains("deadline"))
+            .filter_map(|(_, v)| v.as_u64())
+            .sum()
+    });
     Ok(Measurement {
         requests_per_sec: json["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
         p50: secs(&json["latencyPercentiles"]["p50"]),
         p99: secs(&json["latencyPercentiles"]["p99"]),
         errors,
+        ..Measurement::default()
     })
 }
 
@@ -126,5 +185,6 @@ mod tests {
         assert_eq!(m.p50, Duration::from_micros(350));
         assert_eq!(m.p99, Duration::from_micros(2500));
         assert_eq!(m.errors, 0);
+        assert_eq!(m.requests, 360000);
     }
 }

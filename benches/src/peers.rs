@@ -14,6 +14,12 @@ pub struct Process {
     pub addr: SocketAddr,
 }
 
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -642,19 +642,19 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 /// Endpoints already tried by a request (at most 11 attempts).
 #[derive(Default)]
 struct Tried {
-    len: usize,
+    len: u8,
     slots: [usize; 11],
 }
 
 impl Tried {
     fn push(&mut self, i: usize) {
-        if self.len < self.slots.len() {
-            self.slots[self.len] = i;
+        if (self.len as usize) < self.slots.len() {
+            self.slots[self.len as usize] = i;
             self.len += 1;
         }
     }
     fn as_slice(&self) -> &[usize] {
-        &self.slots[..self.len]
+        &self.slots[..self.len as usize]
     }
 }
 

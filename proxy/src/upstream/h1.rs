@@ -108,7 +108,8 @@ impl H1Conn {
                 (&body, framing),
                 (ProxyBody::Full(Some(_)), BodyFraming::Length)
             );
-        if !sent_whole && let Err(error) = self.write_body(&mut body, framing).await {
+        // Boxed: streaming a body is the rarer path and its state is large.
+        if !sent_whole && let Err(error) = Box::pin(self.write_body(&mut body, framing)).await {
             return Err(SendError {
                 error,
                 before_response: false,

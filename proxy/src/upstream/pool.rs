@@ -158,18 +158,27 @@ impl EndpointPool {
                 self.cluster.stats().rq_pending_overflow.inc();
                 return Err(AcquireError::PendingOverflow);
             };
-            let (tx, rx) = oneshot::channel();
-            self.waiters.borrow_mut().push_back(tx);
-            let handoff = match deadline {
-                Some(d) => tokio::time::timeout_at(d, rx)
-                    .await
-                    .map_err(|_| AcquireError::Timeout)?,
-                None => rx.await,
-            };
+            // Waiting is boxed too, for the same reason.
+            let handoff = Box::pin(self.wait_for_connection(deadline)).await?;
             match handoff {
                 Ok(Handoff::Conn(conn)) => return Ok(conn),
                 Ok(Handoff::TryConnect) | Err(_) => continue,
             }
+        }
+    }
+
+    /// Queues for the next released connection (or a chance to connect).
+    async fn wait_for_connection(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<Result<Handoff, oneshot::error::RecvError>, AcquireError> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().push_back(tx);
+        match deadline {
+            Some(d) => tokio::time::timeout_at(d, rx)
+                .await
+                .map_err(|_| AcquireError::Timeout),
+            None => Ok(rx.await),
         }
     }
 
