@@ -8,6 +8,7 @@ mod admin;
 mod binary;
 mod bodies;
 mod circuit_breakers;
+mod compat;
 mod grpc;
 mod hardening;
 mod retries;

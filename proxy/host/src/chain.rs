@@ -1,0 +1,711 @@
+//! Filter chains: the plugins of a listener, instantiated on one worker, and the driving of
+//! one HTTP stream through them with Envoy's iteration, pause and buffering semantics.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use wasmtime::{InstancePre, Linker};
+
+use crate::abi::ACTION_PAUSE;
+use crate::callout::Embedder;
+use crate::module::PluginModule;
+use crate::state::{HostState, PluginInfo};
+use crate::stream::{BodyPhase, LocalResponse, Stream};
+use crate::vm::{VmCell, VmFailure, VmLimits, VmSetup};
+use crate::{Host, imports, wasi};
+
+/// What the proxy does when a plugin's VM fails (Istio's `failStrategy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailStrategy {
+    /// Requests the plugin would see get 503.
+    #[default]
+    FailClose,
+    /// The plugin is skipped.
+    FailOpen,
+    /// A new VM serves new requests, after a backoff; the failing request gets 503.
+    FailReload,
+}
+
+/// One plugin of a chain, as configured.
+#[derive(Debug)]
+pub struct PluginSpec {
+    pub name: String,
+    pub root_id: String,
+    pub vm_id: String,
+    pub configuration: Bytes,
+    pub vm_configuration: Bytes,
+    pub env: Vec<(String, String)>,
+    pub fail_strategy: FailStrategy,
+    pub limits: VmLimits,
+    /// First wait before a failed VM is replaced (FAIL_RELOAD); doubles up to 30 s.
+    pub reload_backoff: Duration,
+    pub module: Arc<PluginModule>,
+}
+
+/// Counters of one plugin, shared by all workers.
+#[derive(Default, Debug)]
+pub struct PluginStats {
+    pub failures: AtomicU64,
+    pub reloads: AtomicU64,
+    pub memory_bytes: AtomicU64,
+    pub fail_closed_requests: AtomicU64,
+    pub fail_open_requests: AtomicU64,
+}
+
+/// Reloads at most this many times in `CRASH_LOOP_WINDOW` before giving up (fail closed).
+const CRASH_LOOP_LIMIT: u32 = 10;
+const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(300);
+
+/// The VMs of one worker.
+pub struct WorkerVms {
+    host: Arc<Host>,
+    embedder: Rc<dyn Embedder>,
+    linker: Linker<HostState>,
+    pres: HashMap<[u8; 32], InstancePre<HostState>>,
+}
+
+impl WorkerVms {
+    pub fn new(host: Arc<Host>, embedder: Rc<dyn Embedder>) -> wasmtime::Result<WorkerVms> {
+        let mut linker = Linker::new(crate::module::engine());
+        linker.allow_shadowing(true);
+        imports::define(&mut linker)?;
+        wasi::define(&mut linker)?;
+        Ok(WorkerVms {
+            host,
+            embedder,
+            linker,
+            pres: HashMap::new(),
+        })
+    }
+
+    fn pre(&mut self, module: &PluginModule) -> Result<InstancePre<HostState>, VmFailure> {
+        if let Some(p) = self.pres.get(&module.sha256) {
+            return Ok(p.clone());
+        }
+        let mut linker = self.linker.clone();
+        wasi::define_stubs_for(&mut linker, &module.module)
+            .map_err(|e| VmFailure::Start(e.to_string()))?;
+        let pre = linker
+            .instantiate_pre(&module.module)
+            .map_err(|e| VmFailure::Start(format!("{e:#}")))?;
+        self.pres.insert(module.sha256, pre.clone());
+        Ok(pre)
+    }
+
+    /// Instantiates a chain: plugins with the same module, vm_id and VM configuration share
+    /// a VM (and so its memory), as in Envoy.
+    pub fn chain(&mut self, plugins: &[Arc<PluginSpec>]) -> Result<Rc<Chain>, (String, VmFailure)> {
+        let mut slots: Vec<Rc<VmSlot>> = Vec::new();
+        let mut entries = Vec::with_capacity(plugins.len());
+        for spec in plugins {
+            let key = (
+                spec.module.sha256,
+                spec.vm_id.clone(),
+                spec.vm_configuration.clone(),
+            );
+            let slot = match slots.iter().find(|s| s.key == key) {
+                Some(s) => s.clone(),
+                None => {
+                    let pre = self.pre(&spec.module).map_err(|e| (spec.name.clone(), e))?;
+                    let slot = Rc::new(VmSlot {
+                        key,
+                        pre,
+                        vm: RefCell::new(None),
+                        plugins: RefCell::new(Vec::new()),
+                        next_reload: Cell::new(None),
+                        reloads: RefCell::new(Vec::new()),
+                        failed_at: Cell::new(None),
+                        host: self.host.clone(),
+                        embedder: self.embedder.clone(),
+                        spec: spec.clone(),
+                    });
+                    slots.push(slot.clone());
+                    slot
+                }
+            };
+            slot.plugins.borrow_mut().push((spec.clone(), Cell::new(0)));
+            entries.push(ChainEntry {
+                spec: spec.clone(),
+                slot,
+            });
+        }
+        for slot in &slots {
+            slot.start().map_err(|e| (slot.spec.name.clone(), e))?;
+        }
+        Ok(Rc::new(Chain { entries }))
+    }
+}
+
+/// A VM with the plugins it hosts, replaced on failure under FAIL_RELOAD.
+struct VmSlot {
+    key: ([u8; 32], String, Bytes),
+    pre: InstancePre<HostState>,
+    vm: RefCell<Option<Rc<VmCell>>>,
+    /// The plugins hosted, with their root context ids in the current VM.
+    plugins: RefCell<Vec<(Arc<PluginSpec>, Cell<u32>)>>,
+    next_reload: Cell<Option<Instant>>,
+    reloads: RefCell<Vec<Instant>>,
+    failed_at: Cell<Option<Instant>>,
+    host: Arc<Host>,
+    embedder: Rc<dyn Embedder>,
+    spec: Arc<PluginSpec>,
+}
+
+impl VmSlot {
+    /// Makes a new VM and a root context for every hosted plugin.
+    fn start(&self) -> Result<(), VmFailure> {
+        let spec = &self.spec;
+        let plugins = self.plugins.borrow();
+        let deadline = plugins
+            .iter()
+            .map(|(p, _)| p.limits.call_deadline)
+            .min()
+            .unwrap_or(spec.limits.call_deadline);
+        let memory = plugins
+            .iter()
+            .map(|(p, _)| p.limits.memory)
+            .max()
+            .unwrap_or(spec.limits.memory);
+        let cell = VmCell::new(VmSetup {
+            module: &spec.module,
+            pre: &self.pre,
+            vm_id: spec.vm_id.clone(),
+            vm_config: spec.vm_configuration.clone(),
+            env: spec.env.clone(),
+            limits: VmLimits {
+                memory,
+                call_deadline: deadline,
+            },
+            shared: self.host.shared.clone(),
+            embedder: self.embedder.clone(),
+            label: spec.name.clone(),
+        })?;
+        for (p, root) in plugins.iter() {
+            let info = PluginInfo {
+                name: p.name.clone(),
+                root_id: p.root_id.clone(),
+                configuration: p.configuration.clone(),
+            };
+            let id = cell.with(|vm| vm.create_root(info))?;
+            root.set(id);
+        }
+        *self.vm.borrow_mut() = Some(cell);
+        self.failed_at.set(None);
+        Ok(())
+    }
+
+    /// The VM to use for a new stream, replacing a failed one when FAIL_RELOAD allows.
+    fn current(&self) -> Option<Rc<VmCell>> {
+        let vm = self.vm.borrow().clone()?;
+        if vm.failure().is_none() {
+            return Some(vm);
+        }
+        if self.failed_at.get().is_none() {
+            self.failed_at.set(Some(Instant::now()));
+            for (p, _) in self.plugins.borrow().iter() {
+                self.host.stats(&p.name).failures.fetch_add(1, Relaxed);
+            }
+        }
+        if self.spec.fail_strategy != FailStrategy::FailReload {
+            return Some(vm);
+        }
+        let now = Instant::now();
+        let mut reloads = self.reloads.borrow_mut();
+        reloads.retain(|t| now.duration_since(*t) < CRASH_LOOP_WINDOW);
+        let due = self.next_reload.get().is_none_or(|t| now >= t);
+        if !due || reloads.len() as u32 >= CRASH_LOOP_LIMIT {
+            return Some(vm);
+        }
+        let backoff = self
+            .spec
+            .reload_backoff
+            .saturating_mul(1 << reloads.len().min(10))
+            .min(Duration::from_secs(30));
+        reloads.push(now);
+        drop(reloads);
+        self.next_reload.set(Some(now + backoff));
+        for (p, _) in self.plugins.borrow().iter() {
+            self.host.stats(&p.name).reloads.fetch_add(1, Relaxed);
+        }
+        match self.start() {
+            Ok(()) => {
+                tracing::info!(plugin = %self.spec.name, "replaced a failed plugin VM");
+                self.vm.borrow().clone()
+            }
+            Err(e) => {
+                tracing::warn!(plugin = %self.spec.name, error = %e, "could not replace a failed plugin VM");
+                Some(vm)
+            }
+        }
+    }
+
+    fn root_of(&self, spec: &Arc<PluginSpec>) -> u32 {
+        self.plugins
+            .borrow()
+            .iter()
+            .find(|(p, _)| Arc::ptr_eq(p, spec))
+            .map_or(0, |(_, r)| r.get())
+    }
+}
+
+struct ChainEntry {
+    spec: Arc<PluginSpec>,
+    slot: Rc<VmSlot>,
+}
+
+/// A listener's plugins on one worker, in the order they run on requests.
+pub struct Chain {
+    entries: Vec<ChainEntry>,
+}
+
+impl Chain {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.entries.iter().map(|e| e.spec.name.as_str()).collect()
+    }
+
+    /// The VM serving plugin `index` now (for benchmarks and tests).
+    pub fn vm(&self, index: usize) -> Option<Rc<VmCell>> {
+        self.entries.get(index)?.slot.vm.borrow().clone()
+    }
+
+    /// Starts driving a stream through the chain.
+    pub fn stream(self: &Rc<Self>, stream: Rc<Stream>) -> FilterStream {
+        let mut filters = Vec::with_capacity(self.entries.len());
+        for entry in &self.entries {
+            let state = match entry.slot.current() {
+                Some(vm) if vm.failure().is_none() => {
+                    let root = entry.slot.root_of(&entry.spec);
+                    match vm.with(|v| v.create_stream(root, stream.clone())) {
+                        Ok(ctx) => Filter::Active { vm, ctx },
+                        Err(e) => Filter::Failed(e),
+                    }
+                }
+                Some(vm) => Filter::Failed(vm.failure().expect("checked")),
+                None => Filter::Failed(VmFailure::Start("no VM".into())),
+            };
+            filters.push(FilterState {
+                state,
+                held: BytesMut::new(),
+            });
+        }
+        FilterStream {
+            chain: self.clone(),
+            stream,
+            filters,
+            finished: false,
+            request_paused_at: None,
+            response_paused_at: None,
+        }
+    }
+}
+
+enum Filter {
+    Active {
+        vm: Rc<VmCell>,
+        ctx: u32,
+    },
+    Failed(VmFailure),
+    /// Failed open: skipped for the rest of the stream.
+    Skipped,
+}
+
+struct FilterState {
+    state: Filter,
+    /// Body data this filter paused on (StopIterationAndBuffer).
+    held: BytesMut,
+}
+
+/// How a phase ended.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Go on (to the upstream, or to the client).
+    Continue,
+    /// A filter answered: send this instead.
+    Reply(LocalResponse),
+    /// A filter reset the stream.
+    Reset,
+    /// A plugin failed and its strategy closes the stream: answer 503.
+    Fail { plugin: String, reason: String },
+}
+
+/// What a body chunk became.
+#[derive(Debug)]
+pub enum BodyStep {
+    /// Data to pass on (possibly empty).
+    Emit(Bytes),
+    /// A filter holds the data until more arrives.
+    Held,
+    /// A filter paused at the end of the body: wait on the stream, then call `resume_*_body`.
+    Wait,
+    Stop(Verdict),
+}
+
+/// Default buffer limit per filter (Envoy's per-connection buffer limit): over it a request
+/// gets 413 and a response 500.
+pub const BODY_BUFFER_LIMIT: usize = 1 << 20;
+
+/// One stream going through a chain.
+pub struct FilterStream {
+    chain: Rc<Chain>,
+    pub stream: Rc<Stream>,
+    filters: Vec<FilterState>,
+    finished: bool,
+    request_paused_at: Option<usize>,
+    response_paused_at: Option<usize>,
+}
+
+impl FilterStream {
+    pub fn chain(&self) -> &Rc<Chain> {
+        &self.chain
+    }
+
+    /// Checks a filter's call outcome: failures follow the plugin's strategy.
+    fn settle(&mut self, i: usize, result: Result<i32, VmFailure>) -> Result<i32, Verdict> {
+        match result {
+            Ok(action) => Ok(action),
+            Err(failure) => Err(self.failed(i, failure)),
+        }
+    }
+
+    fn failed(&mut self, i: usize, failure: VmFailure) -> Verdict {
+        let spec = self.chain.entries[i].spec.clone();
+        let stats = self.chain.entries[i].slot.host.stats(&spec.name);
+        self.filters[i].state = Filter::Skipped;
+        if spec.fail_strategy == FailStrategy::FailOpen {
+            stats.fail_open_requests.fetch_add(1, Relaxed);
+            return Verdict::Continue;
+        }
+        stats.fail_closed_requests.fetch_add(1, Relaxed);
+        Verdict::Fail {
+            plugin: spec.name.clone(),
+            reason: failure.to_string(),
+        }
+    }
+
+    /// After a callback: a local reply or reset wins over iteration.
+    fn interrupted(&self) -> Option<Verdict> {
+        if let Some(reply) = self.stream.local_response.borrow_mut().take() {
+            return Some(Verdict::Reply(reply));
+        }
+        if self.stream.closed.get() {
+            return Some(Verdict::Reset);
+        }
+        None
+    }
+
+    /// Waits until a paused filter resumes the request (or response), replies, resets, or its
+    /// VM fails.
+    async fn wait(&mut self, i: usize, response: bool) -> Option<Verdict> {
+        loop {
+            let flag = if response {
+                &self.stream.response_resume
+            } else {
+                &self.stream.request_resume
+            };
+            if flag.replace(false) {
+                return None;
+            }
+            if let Some(v) = self.interrupted() {
+                return Some(v);
+            }
+            if let Filter::Active { vm, .. } = &self.filters[i].state
+                && let Some(f) = vm.failure()
+            {
+                return Some(self.failed(i, f));
+            }
+            self.stream.resumed.notified().await;
+        }
+    }
+
+    /// Runs `on_request_headers` through the chain. The request head must be in
+    /// `stream.data.request`.
+    pub async fn request_headers(&mut self, end_of_stream: bool) -> Verdict {
+        self.stream.request_resume.set(false);
+        for i in 0..self.filters.len() {
+            let Filter::Active { vm, ctx } = &self.filters[i].state else {
+                if let Filter::Failed(f) = &self.filters[i].state {
+                    let f = f.clone();
+                    match self.failed(i, f) {
+                        Verdict::Continue => continue,
+                        v => return v,
+                    }
+                }
+                continue;
+            };
+            let (vm, ctx) = (vm.clone(), *ctx);
+            let count = header_count(&self.stream, false);
+            let result = vm.with(|v| v.request_headers(ctx, count, end_of_stream));
+            let action = match self.settle(i, result) {
+                Ok(a) => a,
+                Err(Verdict::Continue) => continue,
+                Err(v) => return v,
+            };
+            if let Some(v) = self.interrupted() {
+                return v;
+            }
+            if action == ACTION_PAUSE
+                && let Some(v) = self.wait(i, false).await
+            {
+                match v {
+                    Verdict::Continue => continue,
+                    v => return v,
+                }
+            }
+        }
+        Verdict::Continue
+    }
+
+    /// Runs a request body chunk through the chain, from the first filter (or from the one
+    /// that paused at the end of the body, after it resumed).
+    pub fn request_body(&mut self, chunk: Bytes, end: bool) -> BodyStep {
+        self.body(chunk, end, 0, false)
+    }
+
+    /// Continues a request body after the filter that paused at its end resumed.
+    pub fn resume_request_body(&mut self) -> BodyStep {
+        let Some(i) = self.request_paused_at.take() else {
+            return BodyStep::Emit(Bytes::new());
+        };
+        let data = std::mem::take(&mut self.filters[i].held).freeze();
+        self.body(data, true, i + 1, false)
+    }
+
+    /// Runs `on_response_headers` through the chain, last filter first. The response head
+    /// must be in `stream.data.response`.
+    pub async fn response_headers(&mut self, end_of_stream: bool) -> Verdict {
+        self.stream.response_resume.set(false);
+        for i in (0..self.filters.len()).rev() {
+            let Filter::Active { vm, ctx } = &self.filters[i].state else {
+                continue;
+            };
+            let (vm, ctx) = (vm.clone(), *ctx);
+            let count = header_count(&self.stream, true);
+            let result = vm.with(|v| v.response_headers(ctx, count, end_of_stream));
+            let action = match self.settle(i, result) {
+                Ok(a) => a,
+                Err(Verdict::Continue) => continue,
+                Err(v) => return v,
+            };
+            if let Some(v) = self.interrupted() {
+                return v;
+            }
+            if action == ACTION_PAUSE
+                && let Some(v) = self.wait(i, true).await
+            {
+                match v {
+                    Verdict::Continue => continue,
+                    v => return v,
+                }
+            }
+        }
+        Verdict::Continue
+    }
+
+    pub fn response_body(&mut self, chunk: Bytes, end: bool) -> BodyStep {
+        let n = self.filters.len();
+        self.body(chunk, end, n, true)
+    }
+
+    pub fn resume_response_body(&mut self) -> BodyStep {
+        let Some(i) = self.response_paused_at.take() else {
+            return BodyStep::Emit(Bytes::new());
+        };
+        let data = std::mem::take(&mut self.filters[i].held).freeze();
+        self.body(data, true, i, true)
+    }
+
+    /// Waits for the stream to be resumed, replied to or failed (after `BodyStep::Wait`).
+    pub async fn wait_body(&mut self, response: bool) -> Option<Verdict> {
+        let i = if response {
+            self.response_paused_at
+        } else {
+            self.request_paused_at
+        }?;
+        self.wait(i, response).await
+    }
+
+    /// Body iteration. Requests go from filter `from` upwards; responses from `from - 1`
+    /// downwards.
+    fn body(&mut self, chunk: Bytes, end: bool, from: usize, response: bool) -> BodyStep {
+        let n = self.filters.len();
+        let order: Vec<usize> = if response {
+            (0..from.min(n)).rev().collect()
+        } else {
+            (from..n).collect()
+        };
+        let mut data = chunk;
+        for i in order {
+            let Filter::Active { vm, ctx } = &self.filters[i].state else {
+                continue;
+            };
+            let (vm, ctx) = (vm.clone(), *ctx);
+            let mut buffer = std::mem::take(&mut self.filters[i].held);
+            buffer.extend_from_slice(&data);
+            {
+                let mut d = self.stream.data.borrow_mut();
+                if response {
+                    d.response_body = buffer;
+                    d.response_end = end;
+                    d.body_phase = Some(BodyPhase::Response);
+                } else {
+                    d.request_body = buffer;
+                    d.request_end = end;
+                    d.body_phase = Some(BodyPhase::Request);
+                }
+            }
+            let size = {
+                let d = self.stream.data.borrow();
+                if response {
+                    d.response_body.len()
+                } else {
+                    d.request_body.len()
+                }
+            };
+            let result = if response {
+                vm.with(|v| v.response_body(ctx, size, end))
+            } else {
+                vm.with(|v| v.request_body(ctx, size, end))
+            };
+            let buffer = {
+                let mut d = self.stream.data.borrow_mut();
+                d.body_phase = None;
+                if response {
+                    std::mem::take(&mut d.response_body)
+                } else {
+                    std::mem::take(&mut d.request_body)
+                }
+            };
+            let action = match self.settle(i, result) {
+                Ok(a) => a,
+                Err(Verdict::Continue) => {
+                    data = buffer.freeze();
+                    continue;
+                }
+                Err(v) => return BodyStep::Stop(v),
+            };
+            if let Some(v) = self.interrupted() {
+                return BodyStep::Stop(v);
+            }
+            if action == ACTION_PAUSE {
+                if buffer.len() > BODY_BUFFER_LIMIT {
+                    let status = if response { 500 } else { 413 };
+                    return BodyStep::Stop(Verdict::Reply(LocalResponse {
+                        status,
+                        body: Bytes::from_static(if response {
+                            b"Internal Server Error"
+                        } else {
+                            b"Payload Too Large"
+                        }),
+                        headers: Vec::new(),
+                        grpc_status: None,
+                        details: "buffer_limit_exceeded".into(),
+                    }));
+                }
+                self.filters[i].held = buffer;
+                if end {
+                    if response {
+                        self.response_paused_at = Some(i);
+                    } else {
+                        self.request_paused_at = Some(i);
+                    }
+                    return BodyStep::Wait;
+                }
+                return BodyStep::Held;
+            }
+            data = buffer.freeze();
+        }
+        BodyStep::Emit(data)
+    }
+
+    /// Runs `on_request_trailers` (trailers in `stream.data.request_trailers`).
+    pub fn request_trailers(&mut self) -> Verdict {
+        self.trailers(false)
+    }
+
+    pub fn response_trailers(&mut self) -> Verdict {
+        self.trailers(true)
+    }
+
+    fn trailers(&mut self, response: bool) -> Verdict {
+        let n = self.filters.len();
+        let order: Vec<usize> = if response {
+            (0..n).rev().collect()
+        } else {
+            (0..n).collect()
+        };
+        for i in order {
+            let Filter::Active { vm, ctx } = &self.filters[i].state else {
+                continue;
+            };
+            let (vm, ctx) = (vm.clone(), *ctx);
+            let count = {
+                let d = self.stream.data.borrow();
+                let t = if response {
+                    &d.response_trailers
+                } else {
+                    &d.request_trailers
+                };
+                t.as_ref().map_or(0, |t| t.len())
+            };
+            let result = if response {
+                vm.with(|v| v.response_trailers(ctx, count))
+            } else {
+                vm.with(|v| v.request_trailers(ctx, count))
+            };
+            match self.settle(i, result) {
+                Ok(_) | Err(Verdict::Continue) => {}
+                Err(v) => return v,
+            }
+            if let Some(v) = self.interrupted() {
+                return v;
+            }
+        }
+        Verdict::Continue
+    }
+
+    /// Ends the stream for every filter: `on_done`, `on_log`, `on_delete`. Runs once; dropping
+    /// the stream runs it too.
+    pub fn finish(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        for (i, f) in self.filters.iter().enumerate() {
+            if let Filter::Active { vm, ctx } = &f.state {
+                vm.with(|v| v.finish_stream(*ctx));
+                let stats = self.chain.entries[i]
+                    .slot
+                    .host
+                    .stats(&self.chain.entries[i].spec.name);
+                stats.memory_bytes.store(vm.memory_bytes() as u64, Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for FilterStream {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn header_count(stream: &Stream, response: bool) -> usize {
+    let d = stream.data.borrow();
+    if response {
+        d.response.as_ref().map_or(0, |p| p.headers.len() + 1)
+    } else {
+        d.request.as_ref().map_or(0, |p| p.headers.len() + 4)
+    }
+}

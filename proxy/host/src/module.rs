@@ -1,0 +1,226 @@
+//! Plugin modules: checked, compiled once, cached by sha256 in memory and on disk.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, Module, OptLevel, PoolingAllocationConfig,
+};
+
+use crate::abi::AbiVersion;
+
+/// The largest linear memory any plugin VM may have; per-plugin caps are lower.
+pub const MAX_MEMORY: usize = 256 << 20;
+/// How often the epoch advances: the granularity of guest call deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Why a module was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("not a WebAssembly module (no \\0asm header)")]
+    NotWasm,
+    #[error("sha256 mismatch: expected {expected}, got {actual}")]
+    Sha256Mismatch { expected: String, actual: String },
+    #[error("invalid module: {0}")]
+    Compile(String),
+    #[error(
+        "missing or unknown proxy-wasm ABI version: export proxy_abi_version_0_2_1 (or _0_2_0)"
+    )]
+    UnknownAbi,
+    #[error("proxy-wasm ABI 0.1.0 is not supported: rebuild with proxy-wasm 0.2 or later")]
+    Abi010,
+    #[error("missing export `{0}`")]
+    MissingExport(&'static str),
+    #[error("imports unknown host function `{0}`")]
+    UnknownImport(String),
+}
+
+/// A compiled plugin module.
+pub struct PluginModule {
+    pub sha256: [u8; 32],
+    pub module: Module,
+    pub abi: AbiVersion,
+}
+
+impl PluginModule {
+    pub fn sha256_hex(&self) -> String {
+        hex(&self.sha256)
+    }
+}
+
+impl std::fmt::Debug for PluginModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginModule")
+            .field("sha256", &self.sha256_hex())
+            .field("abi", &self.abi)
+            .finish()
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The process-wide engine: one per process, because the pooling allocator reserves address
+/// space for every VM slot up front. A thread advances its epoch for guest call deadlines.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_memories(1000)
+            .total_core_instances(1000)
+            .total_tables(1000)
+            .max_memory_size(MAX_MEMORY)
+            .table_elements(100_000)
+            .max_core_instance_size(1 << 20);
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .cranelift_opt_level(OptLevel::Speed)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            // Bounds-checked memories sized to the cap, not 4 GiB reservations per slot.
+            .memory_reservation(MAX_MEMORY as u64)
+            .memory_guard_size(64 << 10)
+            .memory_reservation_for_growth(0)
+            .max_wasm_stack(1 << 20);
+        let engine = Engine::new(&config).expect("a wasmtime engine");
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("wasmesh-wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .expect("the epoch thread");
+        engine
+    })
+}
+
+/// Compiled modules by sha256: in memory, and on disk so a restart does not recompile.
+pub struct ModuleCache {
+    modules: Mutex<HashMap<[u8; 32], Arc<PluginModule>>>,
+    dir: Option<PathBuf>,
+}
+
+impl ModuleCache {
+    /// `dir`, if given, holds compiled modules (`<sha256>.cwasm`) across restarts.
+    pub fn new(dir: Option<PathBuf>) -> ModuleCache {
+        if let Some(d) = &dir {
+            let _ = std::fs::create_dir_all(d);
+        }
+        ModuleCache {
+            modules: Mutex::default(),
+            dir,
+        }
+    }
+
+    /// Checks and compiles `bytes`, or returns the module already compiled from them.
+    pub fn load(
+        &self,
+        bytes: &[u8],
+        expected_sha256: Option<&str>,
+    ) -> Result<Arc<PluginModule>, ModuleError> {
+        let sha256: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some(expected) = expected_sha256 {
+            let actual = hex(&sha256);
+            if !expected.eq_ignore_ascii_case(&actual) {
+                return Err(ModuleError::Sha256Mismatch {
+                    expected: expected.to_owned(),
+                    actual,
+                });
+            }
+        }
+        if let Some(m) = self.modules.lock().expect("module cache lock").get(&sha256) {
+            return Ok(m.clone());
+        }
+        if !bytes.starts_with(b"\0asm") {
+            return Err(ModuleError::NotWasm);
+        }
+        let module = self.compile(&sha256, bytes)?;
+        let plugin = Arc::new(check(sha256, module)?);
+        self.modules
+            .lock()
+            .expect("module cache lock")
+            .insert(sha256, plugin.clone());
+        Ok(plugin)
+    }
+
+    fn compile(&self, sha256: &[u8; 32], bytes: &[u8]) -> Result<Module, ModuleError> {
+        let engine = engine();
+        let cached = self
+            .dir
+            .as_ref()
+            .map(|d| d.join(format!("{}.cwasm", hex(sha256))));
+        if let Some(path) = &cached
+            && path.exists()
+        {
+            // SAFETY: the file was written by `Module::serialize` below for this same module
+            // (named by its sha256); wasmtime checks it was made by a compatible engine.
+            match unsafe { Module::deserialize_file(engine, path) } {
+                Ok(m) => return Ok(m),
+                Err(e) => {
+                    tracing::debug!(error = %e, path = %path.display(), "recompiling a stale cached module")
+                }
+            }
+        }
+        let module =
+            Module::new(engine, bytes).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+        if let Some(path) = cached
+            && let Ok(serialized) = module.serialize()
+        {
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            if std::fs::write(&tmp, serialized).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+        }
+        Ok(module)
+    }
+}
+
+/// Checks what cpp-host checks: an ABI marker, memory, an allocator, and known imports.
+fn check(sha256: [u8; 32], module: Module) -> Result<PluginModule, ModuleError> {
+    let exports: Vec<&str> = module.exports().map(|e| e.name()).collect();
+    let abi = AbiVersion::MARKERS
+        .iter()
+        .find(|(m, _)| exports.contains(m))
+        .map(|(_, v)| *v);
+    let abi = match abi {
+        Some(v) => v,
+        None if exports.contains(&"proxy_abi_version_0_1_0") => return Err(ModuleError::Abi010),
+        None => return Err(ModuleError::UnknownAbi),
+    };
+    if !exports.contains(&"memory") {
+        return Err(ModuleError::MissingExport("memory"));
+    }
+    if !exports.contains(&"malloc") && !exports.contains(&"proxy_on_memory_allocate") {
+        return Err(ModuleError::MissingExport("proxy_on_memory_allocate"));
+    }
+    if !exports.contains(&"proxy_on_context_create") {
+        return Err(ModuleError::MissingExport("proxy_on_context_create"));
+    }
+    for import in module.imports() {
+        let known = match import.module() {
+            "env" => crate::imports::ENV_FUNCTIONS.contains(&import.name()),
+            "wasi_snapshot_preview1" | "wasi_unstable" => true,
+            _ => false,
+        };
+        if !known {
+            return Err(ModuleError::UnknownImport(format!(
+                "{}.{}",
+                import.module(),
+                import.name()
+            )));
+        }
+    }
+    Ok(PluginModule {
+        sha256,
+        module,
+        abi,
+    })
+}

@@ -1,0 +1,131 @@
+//! What one HTTP stream shares with the filters that see it: its headers, bodies and trailers
+//! while filters work on them, its properties, and the requests filters make of the proxy.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, request, response};
+use tokio::sync::Notify;
+
+/// Connection and routing facts the proxy knows about a stream (read by `get_property`).
+#[derive(Clone, Debug, Default)]
+pub struct StreamInfo {
+    pub source: Option<SocketAddr>,
+    pub destination: Option<SocketAddr>,
+    pub connection_id: u64,
+    pub protocol: &'static str,
+    pub listener: String,
+    pub route_name: String,
+    pub cluster_name: String,
+    pub upstream_address: Option<SocketAddr>,
+    pub response_flags: u64,
+    pub response_code_details: String,
+    pub start_time: Option<SystemTime>,
+    pub request_size: u64,
+    pub response_size: u64,
+    pub node_id: String,
+}
+
+/// A reply a filter asked the proxy to send instead of going upstream.
+#[derive(Clone, Debug)]
+pub struct LocalResponse {
+    pub status: u16,
+    pub body: Bytes,
+    pub headers: Vec<(String, Bytes)>,
+    /// gRPC status for a gRPC reply; `None` for plain HTTP.
+    pub grpc_status: Option<u8>,
+    pub details: String,
+}
+
+/// What wasmesh's host extensions let a filter decide (see `docs/plugin-abi.md`).
+#[derive(Clone, Debug, Default)]
+pub struct Decisions {
+    /// The cluster the request goes to, overriding the static route.
+    pub upstream_cluster: Option<String>,
+    /// Clusters a copy of the request goes to (shadow traffic).
+    pub mirrors: Vec<String>,
+    /// Route-level timeout and retries set by a filter (router plugin).
+    pub timeout_ms: Option<u64>,
+    pub retry_policy: Option<String>,
+    /// Headers to add to the response the client gets.
+    pub response_headers_to_add: Vec<(String, Bytes)>,
+    /// A delay a filter injected before the request continues.
+    pub delay_ms: Option<u64>,
+    /// Extra response flags (Envoy codes such as "DI", "FI", "UO") a filter reports.
+    pub response_flags: Vec<String>,
+    /// Endpoints a filter reported or ejected: (cluster, address, outcome).
+    pub endpoint_reports: Vec<EndpointReport>,
+}
+
+#[derive(Clone, Debug)]
+pub enum EndpointReport {
+    /// Skip `address` of `cluster` for `millis`.
+    Eject {
+        cluster: String,
+        address: String,
+        millis: u64,
+    },
+}
+
+/// The HTTP data of a stream while filters work on it.
+#[derive(Default)]
+pub struct StreamData {
+    pub request: Option<request::Parts>,
+    pub request_body: BytesMut,
+    pub request_end: bool,
+    pub request_trailers: Option<HeaderMap>,
+    pub response: Option<response::Parts>,
+    pub response_body: BytesMut,
+    pub response_end: bool,
+    pub response_trailers: Option<HeaderMap>,
+    /// Which body is visible to the running body callback.
+    pub body_phase: Option<BodyPhase>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyPhase {
+    Request,
+    Response,
+}
+
+/// Shared by the proxy and every filter of one stream (single-threaded: one worker).
+pub struct Stream {
+    pub data: RefCell<StreamData>,
+    pub info: RefCell<StreamInfo>,
+    /// Values set with `proxy_set_property` (Envoy's filter state), visible to later filters.
+    pub filter_state: RefCell<HashMap<String, Bytes>>,
+    pub decisions: RefCell<Decisions>,
+    pub local_response: RefCell<Option<LocalResponse>>,
+    /// Set by `proxy_continue_stream`, `proxy_send_local_response` or `proxy_close_stream`.
+    pub resumed: Notify,
+    pub request_resume: Cell<bool>,
+    pub response_resume: Cell<bool>,
+    pub closed: Cell<bool>,
+    /// True once a filter's VM failed while serving this stream.
+    pub failed: Cell<bool>,
+}
+
+impl Stream {
+    pub fn new(info: StreamInfo) -> Rc<Stream> {
+        Rc::new(Stream {
+            data: RefCell::default(),
+            info: RefCell::new(info),
+            filter_state: RefCell::default(),
+            decisions: RefCell::default(),
+            local_response: RefCell::default(),
+            resumed: Notify::new(),
+            request_resume: Cell::new(false),
+            response_resume: Cell::new(false),
+            closed: Cell::new(false),
+            failed: Cell::new(false),
+        })
+    }
+
+    pub(crate) fn wake(&self) {
+        self.resumed.notify_one();
+    }
+}
