@@ -47,8 +47,37 @@ pub async fn serve(
         let registry = registry.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let response = handle(&req, &shared, &registry);
-                async move { Ok::<_, std::convert::Infallible>(response) }
+                let reload = req.uri().path() == "/config_reload" && req.method() == Method::POST;
+                let response = (!reload).then(|| handle(&req, &shared, &registry));
+                let shared = shared.clone();
+                async move {
+                    let response = match response {
+                        Some(r) => r,
+                        // Reloading compiles and starts plugins: off the admin runtime.
+                        None => {
+                            match tokio::task::spawn_blocking(move || shared.reload_from_file())
+                                .await
+                            {
+                                Ok(Ok(version)) => reply(
+                                    StatusCode::OK,
+                                    "text/plain",
+                                    format!("OK version {version}\n"),
+                                ),
+                                Ok(Err(e)) => reply(
+                                    StatusCode::BAD_REQUEST,
+                                    "text/plain",
+                                    format!("rejected: {e}\n"),
+                                ),
+                                Err(e) => reply(
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    "text/plain",
+                                    format!("{e}\n"),
+                                ),
+                            }
+                        }
+                    };
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -61,7 +90,10 @@ fn handle(req: &Request<Incoming>, shared: &Shared, registry: &Registry) -> Resp
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
     let json_format = query.split('&').any(|p| p == "format=json");
-    let post_only = matches!(path, "/quitquitquit" | "/drain_listeners");
+    let post_only = matches!(
+        path,
+        "/quitquitquit" | "/drain_listeners" | "/config_reload"
+    );
     if post_only && req.method() != Method::POST {
         return reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -92,6 +124,7 @@ fn handle(req: &Request<Incoming>, shared: &Shared, registry: &Registry) -> Resp
                 "uptime_seconds": shared.started.elapsed().as_secs(),
                 "workers": shared.workers,
                 "config_version": shared.snapshot().version,
+                "last_reload_error": *shared.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()),
             });
             reply(StatusCode::OK, "application/json", format!("{info:#}\n"))
         }
@@ -223,6 +256,112 @@ fn clusters_json(shared: &Shared) -> String {
         })
         .collect();
     format!("{:#}\n", json!({ "cluster_statuses": statuses }))
+}
+
+/// Plugin VM health, and the metrics plugins define (under the names they give them).
+fn encode_wasm(encoder: &mut DescriptorEncoder, shared: &Shared) -> std::fmt::Result {
+    let stats = shared.host.all_stats();
+    let labels: Vec<[(&str, &str); 1]> = stats
+        .iter()
+        .map(|(name, _)| [("plugin", name.as_str())])
+        .collect();
+    let series = |f: &dyn Fn(&wasmesh_host::PluginStats) -> u64| -> Vec<(&[(&str, &str)], u64)> {
+        stats
+            .iter()
+            .zip(&labels)
+            .map(|((_, s), l)| (&l[..], f(s)))
+            .collect()
+    };
+    counter(
+        encoder,
+        "wasmesh_wasm_vm_failures",
+        "Plugin VMs that failed (trap, deadline, memory)",
+        &series(&|s| s.failures.load(Relaxed)),
+    )?;
+    counter(
+        encoder,
+        "wasmesh_wasm_vm_reloads",
+        "Failed plugin VMs replaced (FAIL_RELOAD)",
+        &series(&|s| s.reloads.load(Relaxed)),
+    )?;
+    counter(
+        encoder,
+        "wasmesh_wasm_fail_closed_requests",
+        "Requests answered 503 because a plugin failed",
+        &series(&|s| s.fail_closed_requests.load(Relaxed)),
+    )?;
+    counter(
+        encoder,
+        "wasmesh_wasm_fail_open_requests",
+        "Requests that skipped a failed plugin (FAIL_OPEN)",
+        &series(&|s| s.fail_open_requests.load(Relaxed)),
+    )?;
+    let memory: Vec<(&[(&str, &str)], i64)> = stats
+        .iter()
+        .zip(&labels)
+        .map(|((_, s), l)| (&l[..], s.memory_bytes.load(Relaxed) as i64))
+        .collect();
+    gauge(
+        encoder,
+        "wasmesh_wasm_vm_memory_bytes",
+        "Linear memory of a plugin VM (last seen on any worker)",
+        &memory,
+    )?;
+    for m in shared.host.shared.metrics.all() {
+        let name: String = m
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let value = m.value.load(Relaxed);
+        match m.kind {
+            wasmesh_host::abi::MetricType::Counter => counter(
+                encoder,
+                &name,
+                "Defined by a plugin",
+                &[(&[], value.max(0) as u64)],
+            )?,
+            wasmesh_host::abi::MetricType::Gauge => {
+                gauge(encoder, &name, "Defined by a plugin", &[(&[], value)])?
+            }
+            wasmesh_host::abi::MetricType::Histogram => {
+                let mut metric = encoder.encode_descriptor(
+                    &name,
+                    "Defined by a plugin",
+                    None,
+                    MetricType::Histogram,
+                )?;
+                let buckets: Vec<(f64, u64)> = m
+                    .buckets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        (
+                            if i == 31 {
+                                f64::INFINITY
+                            } else {
+                                (1u64 << i) as f64
+                            },
+                            b.load(Relaxed),
+                        )
+                    })
+                    .collect();
+                metric.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    m.sum.load(Relaxed) as f64,
+                    value as u64,
+                    &buckets,
+                    None,
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A cluster counter: name, help, and how to read it from a shard.
@@ -517,6 +656,26 @@ impl Collector for MeshCollector {
                 .collect();
             gauge(&mut encoder, name, help, &series)?;
         }
+        encode_wasm(&mut encoder, shared)?;
+        let reloads: [(&[(&str, &str)], u64); 2] = [
+            (&[("result", "ok")], shared.reloads_ok.load(Relaxed)),
+            (
+                &[("result", "rejected")],
+                shared.reloads_failed.load(Relaxed),
+            ),
+        ];
+        counter(
+            &mut encoder,
+            "wasmesh_config_reloads",
+            "Configuration reloads",
+            &reloads,
+        )?;
+        gauge(
+            &mut encoder,
+            "wasmesh_config_version",
+            "Version of the configuration in effect",
+            &[(&[], snapshot.version as i64)],
+        )?;
         if let Some(sink) = &shared.access_log {
             counter(
                 &mut encoder,

@@ -1,7 +1,6 @@
 //! The path of one request: prepare headers, route, forward with retries and timeouts, and
 //! account for the response when its last byte is sent.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -38,13 +37,45 @@ const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
 pub async fn serve(
     req: Request<Incoming>,
     conn: Rc<ConnCtx>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<ResponseBody>, crate::filtered::StreamReset> {
     conn.request_started();
     let snapshot = conn.worker.snapshot();
     let mut ex = Exchange::new(&req, &conn);
+    let (response, filters) = match conn.worker.chain(&snapshot, conn.listener) {
+        None => (serve_unfiltered(req, &conn, &snapshot, &mut ex).await, None),
+        Some(Ok(chain)) => {
+            let served = Box::pin(crate::filtered::serve(
+                req, &conn, &snapshot, chain, &mut ex,
+            ))
+            .await;
+            match served {
+                Ok(pair) => pair,
+                Err(reset) => {
+                    conn.request_finished(Instant::now());
+                    return Err(reset);
+                }
+            }
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "plugin chain unavailable on this worker");
+            let reply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "", "wasm_fail_stream");
+            (reply.into_response(&mut ex), None)
+        }
+    };
+    let mut response = ResponseBody::new(response, ex, conn);
+    response.body_mut().filters = filters;
+    Ok(response)
+}
+
+async fn serve_unfiltered(
+    req: Request<Incoming>,
+    conn: &ConnCtx,
+    snapshot: &Snapshot,
+    ex: &mut Exchange,
+) -> Response<ProxyBody> {
     // Routing is synchronous; only forwarding awaits, so this future stays small (hyper moves
     // it once per request).
-    let result = match prepare(req, &conn, &snapshot, &mut ex) {
+    let result = match prepare(req, conn, snapshot, ex) {
         Err(reply) => Err(reply),
         Ok(Prepared {
             upstream,
@@ -52,7 +83,11 @@ pub async fn serve(
             body,
             authority,
             upgrade: None,
-        }) => upstream.forward(parts, body, authority, &mut ex).await,
+        }) => {
+            upstream
+                .forward(parts, ProxyBody::Incoming(body), authority, ex)
+                .await
+        }
         // Boxed: upgrades are rare, and their state would otherwise enlarge every request's.
         Ok(Prepared {
             upstream,
@@ -60,10 +95,9 @@ pub async fn serve(
             authority,
             upgrade: Some(on_upgrade),
             ..
-        }) => Box::pin(upstream.forward_upgrade(parts, authority, on_upgrade, &mut ex)).await,
+        }) => Box::pin(upstream.forward_upgrade(parts, authority, on_upgrade, ex)).await,
     };
-    let response = result.unwrap_or_else(|reply| reply.into_response(&mut ex));
-    Ok(ResponseBody::new(response, ex, conn))
+    result.unwrap_or_else(|reply| reply.into_response(ex))
 }
 
 /// A request with its headers prepared and its route chosen.
@@ -104,7 +138,7 @@ fn prepare<'a>(
         .ok_or_else(LocalReply::no_route)?;
     ex.capture_route(route);
     let upstream = Upstream {
-        route,
+        route: Target::of(route),
         pool: conn.worker.pools.cluster(&route.cluster),
         conn,
     };
@@ -118,7 +152,7 @@ fn prepare<'a>(
 }
 
 /// The authority a request is for: `:authority` (HTTP/2, absolute-form) or `Host`.
-fn request_authority(parts: &Parts) -> Result<Option<Authority>, LocalReply> {
+pub(crate) fn request_authority(parts: &Parts) -> Result<Option<Authority>, LocalReply> {
     if let Some(a) = parts.uri.authority() {
         return Ok(Some(a.clone()));
     }
@@ -133,10 +167,27 @@ fn request_authority(parts: &Parts) -> Result<Option<Authority>, LocalReply> {
     }
 }
 
-struct Upstream<'a> {
-    route: &'a Route,
-    pool: Rc<ClusterPool>,
-    conn: &'a ConnCtx,
+/// Where and how a request goes upstream: from its route, or from what a filter decided.
+pub(crate) struct Target<'a> {
+    pub cluster: &'a Arc<Cluster>,
+    pub timeout: Option<Duration>,
+    pub retry: Option<&'a RetryPolicy>,
+}
+
+impl<'a> Target<'a> {
+    pub fn of(route: &'a Route) -> Target<'a> {
+        Target {
+            cluster: &route.cluster,
+            timeout: route.timeout,
+            retry: route.retry.as_ref(),
+        }
+    }
+}
+
+pub(crate) struct Upstream<'a> {
+    pub route: Target<'a>,
+    pub pool: Rc<ClusterPool>,
+    pub conn: &'a ConnCtx,
 }
 
 /// How one attempt ended, when it did not produce a response.
@@ -178,15 +229,15 @@ impl RequestBody {
 }
 
 impl Upstream<'_> {
-    async fn forward(
+    pub(crate) async fn forward(
         &self,
         mut parts: Parts,
-        body: Incoming,
+        body: ProxyBody,
         authority: Option<Authority>,
         ex: &mut Exchange,
     ) -> Result<Response<ProxyBody>, LocalReply> {
         let cluster = &self.route.cluster;
-        let policy = self.route.retry.as_ref();
+        let policy = self.route.retry;
         let max_attempts = 1 + policy.map_or(0, |p| p.num_retries);
         let started = Instant::from_std(ex.start);
         let deadline = self.route.timeout.map(|t| started + t);
@@ -296,7 +347,7 @@ impl Upstream<'_> {
     /// unsized ones stream (and are then retried only if no byte of them was sent).
     async fn prepare_body(
         &self,
-        body: Incoming,
+        body: ProxyBody,
         retries: bool,
         ex: &mut Exchange,
         deadline: Option<Instant>,
@@ -443,7 +494,7 @@ impl Upstream<'_> {
 
     /// Forwards an HTTP/1.1 upgrade (WebSocket): a dedicated upstream connection, then the two
     /// upgraded streams are spliced together.
-    async fn forward_upgrade(
+    pub(crate) async fn forward_upgrade(
         &self,
         parts: Parts,
         authority: Option<Authority>,
@@ -694,7 +745,7 @@ impl Drop for ActiveRequest {
 }
 
 /// A reply the proxy makes itself, with Envoy's texts and response flags.
-pub struct LocalReply {
+pub(crate) struct LocalReply {
     status: StatusCode,
     body: &'static str,
     details: &'static str,
@@ -716,13 +767,18 @@ impl LocalReply {
         self
     }
 
-    fn bad_request(body: &'static str) -> Self {
+    pub(crate) fn bad_request(body: &'static str) -> Self {
         LocalReply::new(StatusCode::BAD_REQUEST, body, "bad_request")
     }
 
-    fn no_route() -> Self {
+    pub(crate) fn no_route() -> Self {
         LocalReply::new(StatusCode::NOT_FOUND, "", "route_not_found")
             .flagged(ResponseFlag::NoRouteFound)
+    }
+
+    pub(crate) fn cluster_not_found() -> Self {
+        LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "", "cluster_not_found")
+            .flagged(ResponseFlag::NoClusterFound)
     }
 
     fn no_healthy_upstream() -> Self {
@@ -778,13 +834,13 @@ impl LocalReply {
         )
     }
 
-    fn downstream_reset() -> Self {
+    pub(crate) fn downstream_reset() -> Self {
         LocalReply::new(StatusCode::BAD_REQUEST, "", "downstream_remote_disconnect")
             .flagged(ResponseFlag::DownstreamConnectionTermination)
     }
 
     /// The reply as a response; a gRPC request gets a trailers-only gRPC status instead.
-    fn into_response(self, ex: &mut Exchange) -> Response<ProxyBody> {
+    pub(crate) fn into_response(self, ex: &mut Exchange) -> Response<ProxyBody> {
         if let Some(flag) = self.flag {
             ex.flags.insert(flag);
         }
@@ -828,8 +884,8 @@ fn grpc_status_for(status: StatusCode) -> u8 {
 pub struct Exchange {
     start: std::time::Instant,
     pub flags: ResponseFlags,
-    details: &'static str,
-    grpc: bool,
+    pub(crate) details: &'static str,
+    pub(crate) grpc: bool,
     upstream_host: Option<SocketAddr>,
     upstream_time: Option<Duration>,
     failure_reason: Option<String>,
@@ -893,7 +949,7 @@ impl Exchange {
         }
     }
 
-    fn capture_request(&mut self, parts: &Parts, authority: Option<&Authority>) {
+    pub(crate) fn capture_request(&mut self, parts: &Parts, authority: Option<&Authority>) {
         if let Some(log) = &mut self.log {
             log.authority = authority.map(|a| a.as_str().to_owned());
             log.user_agent = parts.headers.get(header::USER_AGENT).cloned();
@@ -902,7 +958,7 @@ impl Exchange {
         }
     }
 
-    fn capture_route(&mut self, route: &Route) {
+    pub(crate) fn capture_route(&mut self, route: &Route) {
         if let Some(log) = &mut self.log {
             log.route_name = Some(route.name.clone());
             log.cluster = Some(route.cluster.name.clone());
@@ -959,6 +1015,8 @@ pub struct ResponseBody {
     status: u16,
     ex: Option<Exchange>,
     conn: Rc<ConnCtx>,
+    /// The request's filters: `on_log` runs when the response is done.
+    filters: Option<Rc<std::cell::RefCell<wasmesh_host::FilterStream>>>,
 }
 
 impl ResponseBody {
@@ -975,6 +1033,7 @@ impl ResponseBody {
             status,
             ex: Some(ex),
             conn,
+            filters: None,
         })
     }
 
@@ -985,6 +1044,18 @@ impl ResponseBody {
                 .insert(ResponseFlag::DownstreamConnectionTermination);
         }
         drop(ex.active.take());
+        if let Some(filters) = self.filters.take() {
+            let mut filters = filters.borrow_mut();
+            {
+                let mut info = filters.stream.info.borrow_mut();
+                info.response_size = self.bytes_sent;
+                info.request_size = ex.bytes_received.get();
+                info.response_flags = ex.flags.iter().map(ResponseFlag::envoy_bit).sum();
+                info.response_code_details = ex.details.to_owned();
+                info.upstream_address = ex.upstream_host;
+            }
+            filters.finish();
+        }
         let now = std::time::Instant::now();
         let elapsed = now - ex.start;
         let conn = &self.conn;

@@ -10,6 +10,7 @@ pub mod config;
 mod access_log;
 mod admin;
 mod body;
+mod filtered;
 mod h1_guard;
 mod handler;
 mod headers;
@@ -19,6 +20,7 @@ mod server;
 mod snapshot;
 mod stats;
 mod upstream;
+mod wasm;
 mod worker;
 
 use std::net::SocketAddr;
@@ -33,6 +35,7 @@ use crate::access_log::AccessLogSink;
 use crate::config::Bootstrap;
 use crate::snapshot::Snapshot;
 use crate::worker::Shared;
+use wasmesh_host::Host;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +67,22 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Starts from a bootstrap file, which `reload_from_file`, SIGHUP and
+    /// `POST /config_reload` read again.
+    pub fn start_from_file(path: &std::path::Path) -> Result<Proxy, StartError> {
+        let bootstrap = Bootstrap::load(path).map_err(|e| StartError::Config(e.to_string()))?;
+        Proxy::start_with(bootstrap, Some(path.to_owned()))
+    }
+
     /// Binds every listener (and the admin address) and starts serving.
     pub fn start(bootstrap: Bootstrap) -> Result<Proxy, StartError> {
+        Proxy::start_with(bootstrap, None)
+    }
+
+    fn start_with(
+        bootstrap: Bootstrap,
+        config_path: Option<std::path::PathBuf>,
+    ) -> Result<Proxy, StartError> {
         let workers = bootstrap.worker_count();
         let drain_timeout = bootstrap.drain_timeout.0;
         let access_log = match &bootstrap.access_log {
@@ -116,8 +133,16 @@ impl Proxy {
             None => None,
         };
 
-        let snapshot = Snapshot::build(bootstrap, 1, workers).map_err(StartError::Config)?;
-        let shared = Arc::new(Shared::new(snapshot, workers, access_log));
+        let cache_dir = bootstrap
+            .wasm
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("wasmesh-wasm-cache"));
+        let host = Host::new(Some(cache_dir));
+        let snapshot = Snapshot::build(bootstrap, 1, workers, &host).map_err(StartError::Config)?;
+        let mut shared = Shared::new(snapshot, workers, access_log, host);
+        shared.config_path = config_path;
+        let shared = Arc::new(shared);
         let (admin_stop, stop_rx) = watch::channel(false);
         let admin = match admin_socket {
             Some(socket) => {
@@ -183,6 +208,17 @@ impl Proxy {
         self.shared.is_draining()
     }
 
+    /// Applies a new bootstrap (see `docs/configuration.md`, "Reloading"); returns the new
+    /// config version. On error the running config is untouched.
+    pub fn reload(&self, bootstrap: Bootstrap) -> Result<u64, String> {
+        self.shared.reload(bootstrap)
+    }
+
+    /// Reloads the file the proxy started from.
+    pub fn reload_from_file(&self) -> Result<u64, String> {
+        self.shared.reload_from_file()
+    }
+
     /// Waits until the workers have drained (after [`Proxy::drain`], SIGTERM or
     /// `POST /quitquitquit`), then stops the admin server.
     pub fn wait(mut self) {
@@ -218,6 +254,16 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+/// Loads and starts a listener's filters without serving: the errors `--validate` reports.
+pub fn check_filters(
+    host: &Arc<Host>,
+    filters: &[config::filters::HttpFilter],
+    base_dir: Option<&std::path::Path>,
+) -> Result<(), String> {
+    let specs = wasm::load_chain(host, filters, base_dir)?;
+    wasm::validate(host, &specs)
 }
 
 /// How long a SIGTERM drain may take before connections are closed.

@@ -44,11 +44,27 @@ fn main() -> ExitCode {
         }
     };
     if args.validate {
+        // Plugins are loaded and started too: a module or configuration a plugin refuses is
+        // reported here.
+        let host = wasmesh_host::Host::new(None);
+        for l in &bootstrap.listeners {
+            if let Err(e) =
+                wasmesh_proxy::check_filters(&host, &l.http_filters, bootstrap.base_dir.as_deref())
+            {
+                eprintln!(
+                    "error: {}: listener {:?}: {e}",
+                    args.config.display(),
+                    l.name
+                );
+                return ExitCode::FAILURE;
+            }
+        }
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
     }
     let workers = bootstrap.worker_count();
-    let proxy = match Proxy::start(bootstrap) {
+    drop(bootstrap);
+    let proxy = match Proxy::start_from_file(&args.config) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
@@ -62,15 +78,16 @@ fn main() -> ExitCode {
         tracing::info!(address = %addr, "admin listening");
     }
     tracing::info!(workers, "wasmesh-proxy started");
-    wait_for_signal();
+    wait_for_signal(&proxy, &args.config);
     tracing::info!("draining");
     proxy.shutdown();
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
-/// Blocks until SIGTERM or SIGINT.
-fn wait_for_signal() {
+/// Blocks until SIGTERM or SIGINT. Meanwhile SIGHUP, or a change to the config file (checked
+/// every second), reloads the configuration.
+fn wait_for_signal(proxy: &Proxy, config: &std::path::Path) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -79,9 +96,34 @@ fn wait_for_signal() {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        let modified = || std::fs::metadata(config).and_then(|m| m.modified()).ok();
+        let mut seen = modified();
+        let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => reload(proxy, "SIGHUP").await,
+                _ = poll.tick() => {
+                    let now = modified();
+                    if now != seen {
+                        seen = now;
+                        reload(proxy, "config file changed").await;
+                    }
+                }
+            }
         }
     });
+}
+
+async fn reload(proxy: &Proxy, why: &str) {
+    tracing::info!(reason = why, "reloading configuration");
+    // Compiling and starting plugins runs its own runtime: do it on a plain thread.
+    let result = std::thread::scope(|s| s.spawn(|| proxy.reload_from_file()).join());
+    match result {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => eprintln!("error: reload rejected: {e}"),
+        Err(_) => eprintln!("error: reload failed"),
+    }
 }

@@ -30,6 +30,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// What every request on a connection shares.
 pub struct ConnCtx {
     pub worker: Rc<Worker>,
+    /// Unique in the process (the `connection.id` property).
+    pub id: u64,
     pub listener: usize,
     pub peer: SocketAddr,
     pub local: SocketAddr,
@@ -141,7 +143,9 @@ async fn serve_connection(
         prefix,
         inner: stream,
     };
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let ctx = Rc::new(ConnCtx {
+        id: NEXT_ID.fetch_add(1, Relaxed),
         client_ip: HeaderValue::from_str(&peer.ip().to_string())
             .expect("an IP is a valid header value"),
         worker: worker.clone(),

@@ -1,8 +1,10 @@
-//! A snapshot: the bootstrap compiled into what workers use (clusters, route tables).
-//! Workers read the current snapshot without locks; a reload swaps in a new one.
+//! A snapshot: the bootstrap compiled into what workers use (clusters, route tables, plugin
+//! chains). Workers read the current snapshot without locks; a reload swaps in a new one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+use wasmesh_host::{Host, PluginSpec};
 
 use crate::config::Bootstrap;
 use crate::route::RouteTable;
@@ -13,31 +15,61 @@ pub struct Snapshot {
     pub bootstrap: Bootstrap,
     /// Clusters in config order.
     pub clusters: Vec<Arc<Cluster>>,
+    by_name: HashMap<String, usize>,
     /// Route table of each listener, in config order.
     pub routes: Vec<RouteTable>,
+    /// Plugin chain of each listener, in the order plugins run.
+    pub chains: Vec<Vec<Arc<PluginSpec>>>,
 }
 
 impl Snapshot {
-    pub fn build(bootstrap: Bootstrap, version: u64, workers: usize) -> Result<Snapshot, String> {
+    /// Compiles a bootstrap: resolves endpoints, loads and checks every plugin (each chain is
+    /// started once, so a plugin that refuses its configuration is reported here).
+    pub fn build(
+        bootstrap: Bootstrap,
+        version: u64,
+        workers: usize,
+        host: &Arc<Host>,
+    ) -> Result<Snapshot, String> {
         let clusters = bootstrap
             .clusters
             .iter()
             .map(|c| Cluster::new(c, workers).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
-        let by_name: HashMap<String, Arc<Cluster>> = clusters
+        let by_name: HashMap<String, usize> = clusters
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i))
+            .collect();
+        let named: HashMap<String, Arc<Cluster>> = clusters
             .iter()
             .map(|c| (c.name.clone(), c.clone()))
             .collect();
         let routes = bootstrap
             .listeners
             .iter()
-            .map(|l| RouteTable::new(&l.virtual_hosts, &by_name))
+            .map(|l| RouteTable::new(&l.virtual_hosts, &named))
             .collect();
+        let mut chains = Vec::with_capacity(bootstrap.listeners.len());
+        for l in &bootstrap.listeners {
+            let specs =
+                crate::wasm::load_chain(host, &l.http_filters, bootstrap.base_dir.as_deref())
+                    .map_err(|e| format!("listener {:?}: {e}", l.name))?;
+            crate::wasm::validate(host, &specs)
+                .map_err(|e| format!("listener {:?}: {e}", l.name))?;
+            chains.push(specs);
+        }
         Ok(Snapshot {
             version,
             bootstrap,
             clusters,
+            by_name,
             routes,
+            chains,
         })
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.by_name.get(name).map(|&i| &self.clusters[i])
     }
 }

@@ -151,10 +151,12 @@ pub enum ResponseFlag {
     DelayInjected,
     /// A request was aborted by fault injection.
     FaultInjected,
+    /// The cluster a filter chose does not exist.
+    NoClusterFound,
 }
 
 impl ResponseFlag {
-    pub const ALL: [ResponseFlag; 13] = [
+    pub const ALL: [ResponseFlag; 14] = [
         ResponseFlag::NoHealthyUpstream,
         ResponseFlag::UpstreamConnectionFailure,
         ResponseFlag::UpstreamOverflow,
@@ -168,7 +170,28 @@ impl ResponseFlag {
         ResponseFlag::StreamIdleTimeout,
         ResponseFlag::DelayInjected,
         ResponseFlag::FaultInjected,
+        ResponseFlag::NoClusterFound,
     ];
+
+    /// The bit Envoy uses for the flag in the `response.flags` property.
+    pub fn envoy_bit(self) -> u64 {
+        match self {
+            ResponseFlag::NoHealthyUpstream => 0x2,
+            ResponseFlag::UpstreamRequestTimeout => 0x4,
+            ResponseFlag::LocalReset => 0x8,
+            ResponseFlag::UpstreamRemoteReset => 0x10,
+            ResponseFlag::UpstreamConnectionFailure => 0x20,
+            ResponseFlag::UpstreamConnectionTermination => 0x40,
+            ResponseFlag::UpstreamOverflow => 0x80,
+            ResponseFlag::NoRouteFound => 0x100,
+            ResponseFlag::DelayInjected => 0x200,
+            ResponseFlag::FaultInjected => 0x400,
+            ResponseFlag::DownstreamConnectionTermination => 0x4000,
+            ResponseFlag::UpstreamRetryLimitExceeded => 0x8000,
+            ResponseFlag::StreamIdleTimeout => 0x10000,
+            ResponseFlag::NoClusterFound => 0x1000000,
+        }
+    }
 
     /// Envoy's short code, as in access logs and Istio's `response_flags` label.
     pub fn code(self) -> &'static str {
@@ -186,6 +209,7 @@ impl ResponseFlag {
             ResponseFlag::StreamIdleTimeout => "SI",
             ResponseFlag::DelayInjected => "DI",
             ResponseFlag::FaultInjected => "FI",
+            ResponseFlag::NoClusterFound => "NC",
         }
     }
 }

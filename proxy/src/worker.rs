@@ -17,10 +17,14 @@ use crate::server::{self, ConnCtx};
 use crate::snapshot::Snapshot;
 use crate::stats::{self, ListenerStats};
 use crate::upstream::pool::Pools;
+use crate::wasm::ProxyEmbedder;
+use wasmesh_host::{Chain, Host, WorkerVms};
 
 /// What all threads share: the current snapshot, counters, the access log and the drain signal.
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
+    /// The Wasm host: module cache, shared data, plugin counters.
+    pub host: Arc<Host>,
     version: AtomicU64,
     pub workers: usize,
     pub listener_stats: Vec<Arc<ListenerStats>>,
@@ -28,10 +32,23 @@ pub struct Shared {
     pub access_log: Option<AccessLogSink>,
     drain: watch::Sender<bool>,
     pub started: Instant,
+    /// The file the bootstrap came from, for reloads.
+    pub config_path: Option<std::path::PathBuf>,
+    /// One reload at a time.
+    reload_lock: std::sync::Mutex<()>,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    /// The last reload error, for `/server_info`.
+    pub last_reload_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, workers: usize, access_log: Option<AccessLogSink>) -> Shared {
+    pub fn new(
+        snapshot: Snapshot,
+        workers: usize,
+        access_log: Option<AccessLogSink>,
+        host: Arc<Host>,
+    ) -> Shared {
         let listener_stats = snapshot
             .bootstrap
             .listeners
@@ -47,18 +64,84 @@ impl Shared {
         Shared {
             version: AtomicU64::new(snapshot.version),
             snapshot: ArcSwap::from_pointee(snapshot),
+            host,
             workers,
             listener_stats,
             listener_cx_active,
             access_log,
             drain: watch::channel(false).0,
             started: Instant::now(),
+            config_path: None,
+            reload_lock: std::sync::Mutex::new(()),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            last_reload_error: std::sync::Mutex::new(None),
         }
     }
 
     /// The current snapshot (for the admin thread; workers cache theirs).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Applies a new bootstrap atomically: it is compiled and its plugins started first, and
+    /// only then made current. New requests use it; requests in flight finish on the old one
+    /// (with their plugin instances). On any error nothing changes. Listeners, workers, the
+    /// admin address and the access log need a restart.
+    pub fn reload(&self, bootstrap: crate::config::Bootstrap) -> Result<u64, String> {
+        let _one = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let result = self.try_reload(bootstrap);
+        match &result {
+            Ok(v) => {
+                self.reloads_ok.fetch_add(1, Relaxed);
+                *self
+                    .last_reload_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+                tracing::info!(version = v, "configuration reloaded");
+            }
+            Err(e) => {
+                self.reloads_failed.fetch_add(1, Relaxed);
+                *self
+                    .last_reload_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
+                tracing::warn!(error = %e, "configuration rejected; the last good one keeps serving");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self, bootstrap: crate::config::Bootstrap) -> Result<u64, String> {
+        let current = self.snapshot();
+        let old = &current.bootstrap;
+        let listeners = |b: &crate::config::Bootstrap| -> Vec<(String, String)> {
+            b.listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.address.clone()))
+                .collect()
+        };
+        if listeners(old) != listeners(&bootstrap) {
+            return Err("listeners changed (names or addresses): that needs a restart".into());
+        }
+        if bootstrap.worker_count() != self.workers {
+            return Err("the worker count changed: that needs a restart".into());
+        }
+        let version = current.version + 1;
+        let snapshot = Snapshot::build(bootstrap, version, self.workers, &self.host)?;
+        self.snapshot.store(Arc::new(snapshot));
+        self.version.store(version, Relaxed);
+        Ok(version)
+    }
+
+    /// Reloads from the file the bootstrap came from.
+    pub fn reload_from_file(&self) -> Result<u64, String> {
+        let path = self
+            .config_path
+            .as_ref()
+            .ok_or("the proxy was not started from a file")?;
+        let bootstrap = crate::config::Bootstrap::load(path).map_err(|e| e.to_string())?;
+        self.reload(bootstrap)
     }
 
     pub fn drain_signal(&self) -> watch::Receiver<bool> {
@@ -85,6 +168,9 @@ pub struct Worker {
     snapshot: RefCell<Rc<Arc<Snapshot>>>,
     connections: Cell<usize>,
     all_closed: Notify,
+    /// This worker's plugin VMs, and the chain of each listener for the snapshot version.
+    vms: RefCell<Option<WorkerVms>>,
+    chains: RefCell<(u64, Vec<Option<Rc<Chain>>>)>,
     /// Connections being served, so drain and idle timeouts can reach them.
     registry: RefCell<Vec<Weak<ConnCtx>>>,
 }
@@ -99,6 +185,8 @@ impl Worker {
             snapshot,
             connections: Cell::new(0),
             all_closed: Notify::new(),
+            vms: RefCell::new(None),
+            chains: RefCell::new((0, Vec::new())),
             registry: RefCell::default(),
         }
     }
@@ -115,6 +203,51 @@ impl Worker {
         let fresh = Rc::new(self.shared.snapshot());
         *self.snapshot.borrow_mut() = fresh.clone();
         fresh
+    }
+
+    /// The listener's plugin chain on this worker, built when the snapshot changes; `None`
+    /// when the listener has no filters, `Some(Err)` if the chain could not start here.
+    pub fn chain(
+        self: &Rc<Self>,
+        snapshot: &Snapshot,
+        listener: usize,
+    ) -> Option<Result<Rc<Chain>, String>> {
+        if snapshot.chains[listener].is_empty() {
+            return None;
+        }
+        {
+            let chains = self.chains.borrow();
+            if chains.0 == snapshot.version
+                && let Some(Some(c)) = chains.1.get(listener)
+            {
+                return Some(Ok(c.clone()));
+            }
+        }
+        let mut vms = self.vms.borrow_mut();
+        if vms.is_none() {
+            let embedder = Rc::new(ProxyEmbedder {
+                worker: Rc::downgrade(self),
+            });
+            match WorkerVms::new(self.shared.host.clone(), embedder) {
+                Ok(v) => *vms = Some(v),
+                Err(e) => return Some(Err(e.to_string())),
+            }
+        }
+        let built = vms
+            .as_mut()
+            .expect("just made")
+            .chain(&snapshot.chains[listener]);
+        let mut chains = self.chains.borrow_mut();
+        if chains.0 != snapshot.version {
+            *chains = (snapshot.version, vec![None; snapshot.chains.len()]);
+        }
+        match built {
+            Ok(c) => {
+                chains.1[listener] = Some(c.clone());
+                Some(Ok(c))
+            }
+            Err((name, e)) => Some(Err(format!("filter {name:?}: {e}"))),
+        }
     }
 
     /// Counts a connection until the returned guard drops.

@@ -11,6 +11,7 @@ mod circuit_breakers;
 mod compat;
 mod grpc;
 mod hardening;
+mod plugins;
 mod retries;
 mod routing;
 mod smuggling;

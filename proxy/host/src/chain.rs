@@ -306,6 +306,9 @@ impl Chain {
             stream,
             filters,
             finished: false,
+            headers_next: 0,
+            headers_end: false,
+            headers_paused: None,
             request_paused_at: None,
             response_paused_at: None,
         }
@@ -341,6 +344,14 @@ pub enum Verdict {
     Fail { plugin: String, reason: String },
 }
 
+/// Progress of a headers phase.
+#[derive(Debug)]
+pub enum HeadersStep {
+    Done(Verdict),
+    /// A filter paused: wait on `stream.resumed`, then poll again.
+    Paused,
+}
+
 /// What a body chunk became.
 #[derive(Debug)]
 pub enum BodyStep {
@@ -363,6 +374,11 @@ pub struct FilterStream {
     pub stream: Rc<Stream>,
     filters: Vec<FilterState>,
     finished: bool,
+    /// The next filter of the headers phase under way, and its end-of-stream flag.
+    headers_next: usize,
+    headers_end: bool,
+    /// The filter a headers phase paused at.
+    headers_paused: Option<usize>,
     request_paused_at: Option<usize>,
     response_paused_at: Option<usize>,
 }
@@ -406,66 +422,127 @@ impl FilterStream {
         None
     }
 
-    /// Waits until a paused filter resumes the request (or response), replies, resets, or its
-    /// VM fails.
-    async fn wait(&mut self, i: usize, response: bool) -> Option<Verdict> {
-        loop {
-            let flag = if response {
-                &self.stream.response_resume
-            } else {
-                &self.stream.request_resume
-            };
-            if flag.replace(false) {
-                return None;
+    /// Where a paused filter stands: `None` while it still waits; `Some(None)` once it
+    /// resumed; `Some(Some(verdict))` if it replied, reset, or its VM failed.
+    fn paused_outcome(&mut self, i: usize, response: bool) -> Option<Option<Verdict>> {
+        let flag = if response {
+            &self.stream.response_resume
+        } else {
+            &self.stream.request_resume
+        };
+        if flag.replace(false) {
+            return Some(None);
+        }
+        if let Some(v) = self.interrupted() {
+            return Some(Some(v));
+        }
+        if let Filter::Active { vm, .. } = &self.filters[i].state
+            && let Some(f) = vm.failure()
+        {
+            return Some(match self.failed(i, f) {
+                Verdict::Continue => None,
+                v => Some(v),
+            });
+        }
+        None
+    }
+
+    /// Starts `on_request_headers` through the chain. The request head must be in
+    /// `stream.data.request`. On `Paused`, wait on `stream.resumed` and call
+    /// [`FilterStream::poll_request_headers`] (or use [`request_headers`]).
+    pub fn request_headers(&mut self, end_of_stream: bool) -> HeadersStep {
+        self.stream.request_resume.set(false);
+        self.headers_next = 0;
+        self.headers_end = end_of_stream;
+        self.run_headers(false)
+    }
+
+    /// Starts `on_response_headers`, last filter first. The response head must be in
+    /// `stream.data.response`.
+    pub fn response_headers(&mut self, end_of_stream: bool) -> HeadersStep {
+        self.stream.response_resume.set(false);
+        self.headers_next = self.filters.len();
+        self.headers_end = end_of_stream;
+        self.run_headers(true)
+    }
+
+    /// Continues a paused headers phase if its filter resumed.
+    pub fn poll_request_headers(&mut self) -> HeadersStep {
+        self.poll_headers(false)
+    }
+
+    pub fn poll_response_headers(&mut self) -> HeadersStep {
+        self.poll_headers(true)
+    }
+
+    fn poll_headers(&mut self, response: bool) -> HeadersStep {
+        let Some(i) = self.headers_paused.take() else {
+            return self.run_headers(response);
+        };
+        match self.paused_outcome(i, response) {
+            None => {
+                self.headers_paused = Some(i);
+                HeadersStep::Paused
             }
-            if let Some(v) = self.interrupted() {
-                return Some(v);
-            }
-            if let Filter::Active { vm, .. } = &self.filters[i].state
-                && let Some(f) = vm.failure()
-            {
-                return Some(self.failed(i, f));
-            }
-            self.stream.resumed.notified().await;
+            Some(None) => self.run_headers(response),
+            Some(Some(v)) => HeadersStep::Done(v),
         }
     }
 
-    /// Runs `on_request_headers` through the chain. The request head must be in
-    /// `stream.data.request`.
-    pub async fn request_headers(&mut self, end_of_stream: bool) -> Verdict {
-        self.stream.request_resume.set(false);
-        for i in 0..self.filters.len() {
-            let Filter::Active { vm, ctx } = &self.filters[i].state else {
-                if let Filter::Failed(f) = &self.filters[i].state {
+    /// Iterates a headers phase from `headers_next` until the end or a pause.
+    fn run_headers(&mut self, response: bool) -> HeadersStep {
+        loop {
+            let i = if response {
+                let Some(i) = self.headers_next.checked_sub(1) else {
+                    return HeadersStep::Done(Verdict::Continue);
+                };
+                self.headers_next = i;
+                i
+            } else {
+                let i = self.headers_next;
+                if i >= self.filters.len() {
+                    return HeadersStep::Done(Verdict::Continue);
+                }
+                self.headers_next = i + 1;
+                i
+            };
+            let (vm, ctx) = match &self.filters[i].state {
+                Filter::Active { vm, ctx } => (vm.clone(), *ctx),
+                Filter::Failed(f) if !response => {
                     let f = f.clone();
                     match self.failed(i, f) {
                         Verdict::Continue => continue,
-                        v => return v,
+                        v => return HeadersStep::Done(v),
                     }
                 }
-                continue;
+                _ => continue,
             };
-            let (vm, ctx) = (vm.clone(), *ctx);
-            let count = header_count(&self.stream, false);
-            let result = vm.with(|v| v.request_headers(ctx, count, end_of_stream));
+            let count = header_count(&self.stream, response);
+            let end = self.headers_end;
+            let result = if response {
+                vm.with(|v| v.response_headers(ctx, count, end))
+            } else {
+                vm.with(|v| v.request_headers(ctx, count, end))
+            };
             let action = match self.settle(i, result) {
                 Ok(a) => a,
                 Err(Verdict::Continue) => continue,
-                Err(v) => return v,
+                Err(v) => return HeadersStep::Done(v),
             };
             if let Some(v) = self.interrupted() {
-                return v;
+                return HeadersStep::Done(v);
             }
-            if action == ACTION_PAUSE
-                && let Some(v) = self.wait(i, false).await
-            {
-                match v {
-                    Verdict::Continue => continue,
-                    v => return v,
+            if action == ACTION_PAUSE {
+                match self.paused_outcome(i, response) {
+                    None => {
+                        self.headers_paused = Some(i);
+                        return HeadersStep::Paused;
+                    }
+                    Some(None) => continue,
+                    Some(Some(v)) => return HeadersStep::Done(v),
                 }
             }
         }
-        Verdict::Continue
     }
 
     /// Runs a request body chunk through the chain, from the first filter (or from the one
@@ -483,37 +560,6 @@ impl FilterStream {
         self.body(data, true, i + 1, false)
     }
 
-    /// Runs `on_response_headers` through the chain, last filter first. The response head
-    /// must be in `stream.data.response`.
-    pub async fn response_headers(&mut self, end_of_stream: bool) -> Verdict {
-        self.stream.response_resume.set(false);
-        for i in (0..self.filters.len()).rev() {
-            let Filter::Active { vm, ctx } = &self.filters[i].state else {
-                continue;
-            };
-            let (vm, ctx) = (vm.clone(), *ctx);
-            let count = header_count(&self.stream, true);
-            let result = vm.with(|v| v.response_headers(ctx, count, end_of_stream));
-            let action = match self.settle(i, result) {
-                Ok(a) => a,
-                Err(Verdict::Continue) => continue,
-                Err(v) => return v,
-            };
-            if let Some(v) = self.interrupted() {
-                return v;
-            }
-            if action == ACTION_PAUSE
-                && let Some(v) = self.wait(i, true).await
-            {
-                match v {
-                    Verdict::Continue => continue,
-                    v => return v,
-                }
-            }
-        }
-        Verdict::Continue
-    }
-
     pub fn response_body(&mut self, chunk: Bytes, end: bool) -> BodyStep {
         let n = self.filters.len();
         self.body(chunk, end, n, true)
@@ -527,14 +573,22 @@ impl FilterStream {
         self.body(data, true, i, true)
     }
 
-    /// Waits for the stream to be resumed, replied to or failed (after `BodyStep::Wait`).
-    pub async fn wait_body(&mut self, response: bool) -> Option<Verdict> {
+    /// After `BodyStep::Wait`: `None` while the filter that paused at the end of the body
+    /// still waits, else what came of it.
+    pub fn poll_body(&mut self, response: bool) -> Option<BodyStep> {
         let i = if response {
             self.response_paused_at
         } else {
             self.request_paused_at
         }?;
-        self.wait(i, response).await
+        match self.paused_outcome(i, response)? {
+            None => Some(if response {
+                self.resume_response_body()
+            } else {
+                self.resume_request_body()
+            }),
+            Some(v) => Some(BodyStep::Stop(v)),
+        }
     }
 
     /// Body iteration. Requests go from filter `from` upwards; responses from `from - 1`
@@ -707,5 +761,46 @@ fn header_count(stream: &Stream, response: bool) -> usize {
         d.response.as_ref().map_or(0, |p| p.headers.len() + 1)
     } else {
         d.request.as_ref().map_or(0, |p| p.headers.len() + 4)
+    }
+}
+
+/// Runs the request headers phase to its end, waiting out pauses (callouts).
+pub async fn request_headers(filters: &RefCell<FilterStream>, end_of_stream: bool) -> Verdict {
+    let stream = filters.borrow().stream.clone();
+    let mut step = filters.borrow_mut().request_headers(end_of_stream);
+    loop {
+        match step {
+            HeadersStep::Done(v) => return v,
+            HeadersStep::Paused => {
+                stream.resumed.notified().await;
+                step = filters.borrow_mut().poll_request_headers();
+            }
+        }
+    }
+}
+
+/// Runs the response headers phase to its end, waiting out pauses.
+pub async fn response_headers(filters: &RefCell<FilterStream>, end_of_stream: bool) -> Verdict {
+    let stream = filters.borrow().stream.clone();
+    let mut step = filters.borrow_mut().response_headers(end_of_stream);
+    loop {
+        match step {
+            HeadersStep::Done(v) => return v,
+            HeadersStep::Paused => {
+                stream.resumed.notified().await;
+                step = filters.borrow_mut().poll_response_headers();
+            }
+        }
+    }
+}
+
+/// After `BodyStep::Wait`: waits until the paused filter resumes (or replies, or fails).
+pub async fn body_resumed(filters: &RefCell<FilterStream>, response: bool) -> BodyStep {
+    let stream = filters.borrow().stream.clone();
+    loop {
+        if let Some(step) = filters.borrow_mut().poll_body(response) {
+            return step;
+        }
+        stream.resumed.notified().await;
     }
 }

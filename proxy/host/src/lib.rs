@@ -34,7 +34,8 @@ pub use callout::{
     GrpcResponse, NoCallouts,
 };
 pub use chain::{
-    BodyStep, Chain, FailStrategy, FilterStream, PluginSpec, PluginStats, Verdict, WorkerVms,
+    BodyStep, Chain, FailStrategy, FilterStream, HeadersStep, PluginSpec, PluginStats, Verdict,
+    WorkerVms, body_resumed, request_headers, response_headers,
 };
 pub use module::{ModuleCache, ModuleError, PluginModule};
 pub use shared::Shared;

@@ -5,6 +5,7 @@
 //! documents every field.
 
 mod duration;
+pub mod filters;
 mod retry_on;
 
 use std::collections::HashSet;
@@ -67,6 +68,21 @@ pub struct Bootstrap {
     /// How long SIGTERM waits for in-flight requests before closing connections.
     #[serde(default = "defaults::drain_timeout")]
     pub drain_timeout: Dur,
+    #[serde(default)]
+    pub wasm: WasmOptions,
+    /// The directory of the file the bootstrap came from (relative module paths start there).
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
+}
+
+/// Process-wide Wasm settings.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmOptions {
+    /// Where compiled modules are kept across restarts (default: a `wasmesh-wasm-cache`
+    /// directory under the system's temporary directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -93,6 +109,10 @@ pub struct Listener {
     pub max_connections: u32,
     #[serde(default)]
     pub http: HttpOptions,
+    /// Wasm plugins every request through this listener passes, ordered by phase, then
+    /// priority (higher first), then name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_filters: Vec<filters::HttpFilter>,
     pub virtual_hosts: Vec<VirtualHost>,
 }
 
@@ -321,10 +341,12 @@ impl Bootstrap {
             field: String::new(),
             reason: format!("cannot read: {e}"),
         })?;
-        Bootstrap::parse(&text).map_err(|mut e| {
+        let mut bootstrap = Bootstrap::parse(&text).map_err(|mut e| {
             e.file = Some(path.to_owned());
             e
-        })
+        })?;
+        bootstrap.base_dir = path.parent().map(Path::to_owned);
+        Ok(bootstrap)
     }
 
     /// Parses and validates a bootstrap from YAML text.
@@ -424,6 +446,16 @@ impl Bootstrap {
                 ));
             }
             parse_listen_address(&l.address).map_err(|r| ConfigError::at(at("address"), r))?;
+            let mut filter_names = HashSet::new();
+            for (j, f) in l.http_filters.iter().enumerate() {
+                filters::validate(f, &at(&format!("http_filters[{j}]")))?;
+                if !filter_names.insert(f.name.as_str()) {
+                    return Err(ConfigError::at(
+                        at(&format!("http_filters[{j}].name")),
+                        format!("duplicate filter name {:?}", f.name),
+                    ));
+                }
+            }
             if l.max_connections == 0 {
                 return Err(ConfigError::at(at("max_connections"), "must be at least 1"));
             }

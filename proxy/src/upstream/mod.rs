@@ -180,6 +180,11 @@ impl Endpoint {
         self.unhealthy_until_ms.store(now_ms() + backoff, Relaxed);
     }
 
+    /// Skips the endpoint until `until_ms` (outlier ejection decided by a plugin).
+    pub fn eject_until(&self, until_ms: u64) {
+        self.unhealthy_until_ms.fetch_max(until_ms, Relaxed);
+    }
+
     pub fn report_connect_success(&self) {
         if self.consecutive_connect_failures.load(Relaxed) != 0 {
             self.consecutive_connect_failures.store(0, Relaxed);

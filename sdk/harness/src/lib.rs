@@ -346,7 +346,7 @@ async fn run(chain: Rc<Chain>, request: http::Request<Bytes>, upstream: Upstream
     });
     let (parts, body) = request.into_parts();
     stream.data.borrow_mut().request = Some(parts);
-    let mut filters = chain.stream(stream.clone());
+    let filters = std::cell::RefCell::new(chain.stream(stream.clone()));
     let mut out = Outcome {
         upstream_request: None,
         response: None,
@@ -356,22 +356,20 @@ async fn run(chain: Rc<Chain>, request: http::Request<Bytes>, upstream: Upstream
         reset: false,
     };
 
-    let verdict = match filters.request_headers(body.is_empty()).await {
-        Verdict::Continue if !body.is_empty() => {
-            match body_through(&mut filters, body, false).await {
-                Ok(body) => {
-                    let parts = stream
-                        .data
-                        .borrow_mut()
-                        .request
-                        .take()
-                        .expect("request head");
-                    out.upstream_request = Some(http::Request::from_parts(parts, body));
-                    Verdict::Continue
-                }
-                Err(v) => v,
+    let verdict = match wasmesh_host::request_headers(&filters, body.is_empty()).await {
+        Verdict::Continue if !body.is_empty() => match body_through(&filters, body, false).await {
+            Ok(body) => {
+                let parts = stream
+                    .data
+                    .borrow_mut()
+                    .request
+                    .take()
+                    .expect("request head");
+                out.upstream_request = Some(http::Request::from_parts(parts, body));
+                Verdict::Continue
             }
-        }
+            Err(v) => v,
+        },
         Verdict::Continue => {
             let parts = stream
                 .data
@@ -423,7 +421,7 @@ async fn run(chain: Rc<Chain>, request: http::Request<Bytes>, upstream: Upstream
     let (parts, body) = response.into_parts();
     stream.data.borrow_mut().response = Some(parts);
     stream.data.borrow_mut().response_trailers = trailers;
-    match filters.response_headers(body.is_empty()).await {
+    match wasmesh_host::response_headers(&filters, body.is_empty()).await {
         Verdict::Continue => {}
         Verdict::Reply(reply) => {
             out.local_reply = Some(reply.clone());
@@ -447,7 +445,7 @@ async fn run(chain: Rc<Chain>, request: http::Request<Bytes>, upstream: Upstream
     let body = if body.is_empty() {
         body
     } else {
-        match body_through(&mut filters, body, true).await {
+        match body_through(&filters, body, true).await {
             Ok(b) => b,
             Err(Verdict::Fail { plugin, reason }) => {
                 out.failure = Some(format!("{plugin}: {reason}"));
@@ -464,41 +462,28 @@ async fn run(chain: Rc<Chain>, request: http::Request<Bytes>, upstream: Upstream
         .expect("response head");
     out.response = Some(http::Response::from_parts(parts, body));
     out.decisions = stream.decisions.borrow().clone();
-    filters.finish();
+    filters.borrow_mut().finish();
     out
 }
 
 /// Runs a whole body through the body callbacks as one chunk.
 async fn body_through(
-    filters: &mut FilterStream,
+    filters: &std::cell::RefCell<FilterStream>,
     body: Bytes,
     response: bool,
 ) -> Result<Bytes, Verdict> {
     let step = if response {
-        filters.response_body(body, true)
+        filters.borrow_mut().response_body(body, true)
     } else {
-        filters.request_body(body, true)
+        filters.borrow_mut().request_body(body, true)
+    };
+    let step = match step {
+        BodyStep::Wait => wasmesh_host::body_resumed(filters, response).await,
+        other => other,
     };
     match step {
         BodyStep::Emit(b) => Ok(b),
-        BodyStep::Held => Ok(Bytes::new()),
+        BodyStep::Held | BodyStep::Wait => Ok(Bytes::new()),
         BodyStep::Stop(v) => Err(v),
-        BodyStep::Wait => {
-            if let Some(v) = filters.wait_body(response).await
-                && !matches!(v, Verdict::Continue)
-            {
-                return Err(v);
-            }
-
-            match if response {
-                filters.resume_response_body()
-            } else {
-                filters.resume_request_body()
-            } {
-                BodyStep::Emit(b) => Ok(b),
-                BodyStep::Stop(v) => Err(v),
-                _ => Ok(Bytes::new()),
-            }
-        }
     }
 }

@@ -373,6 +373,11 @@ impl ProxyProcess {
         }
     }
 
+    /// The config file the process reads (reloads read it again).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("proxy.yaml")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")
     }

@@ -90,8 +90,8 @@ impl HttpContext for Hostile {
                 let c = unsafe {
                     proxy_get_header_map_value(
                         0,
-                        b"x-a".as_ptr(),
-                        3,
+                        b"x-misbehave".as_ptr(),
+                        11,
                         0xFFFF_FFFC as *mut *mut u8,
                         0xFFFF_FFFC as *mut usize,
                     )

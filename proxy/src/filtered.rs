@@ -1,0 +1,578 @@
+//! The request path through a listener's Wasm filter chain.
+//!
+//! Request headers go through the chain before routing (a filter may rewrite the path or pick
+//! the upstream cluster); bodies stream through it frame by frame; the response (from the
+//! upstream or a local reply) goes back through it, last filter first; `on_log` runs when the
+//! response has been sent. Pauses (callouts) wait without blocking the worker.
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use wasmesh_host::{
+    BodyStep, Chain, Decisions, EndpointReport, FilterStream, LocalResponse, Stream, StreamInfo,
+    Verdict,
+};
+
+use crate::body::{BoxError, ProxyBody};
+use crate::config::{RetryOn, RetryPolicy};
+use crate::handler::{Exchange, LocalReply, Target, Upstream, request_authority};
+use crate::headers;
+use crate::server::ConnCtx;
+use crate::snapshot::Snapshot;
+use crate::stats::ResponseFlag;
+
+/// A filter reset the stream: the client sees the stream reset, not a response.
+#[derive(Debug, thiserror::Error)]
+#[error("stream reset by a filter")]
+pub struct StreamReset;
+
+/// Request bodies up to this size are copied to mirrors.
+const MIRROR_BODY_LIMIT: u64 = 64 * 1024;
+
+/// Serves a request through `chain`. Returns the response and the filter stream, whose
+/// `on_log` runs when the response is done.
+pub async fn serve(
+    mut req: Request<Incoming>,
+    conn: &ConnCtx,
+    snapshot: &Snapshot,
+    chain: Rc<Chain>,
+    ex: &mut Exchange,
+) -> Result<(Response<ProxyBody>, Option<Rc<RefCell<FilterStream>>>), StreamReset> {
+    if req.method() == Method::CONNECT {
+        let reply = LocalReply::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not supported",
+            "connect_not_supported",
+        );
+        return Ok((reply.into_response(ex), None));
+    }
+    let is_upgrade =
+        req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+    let on_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    if let Err(reply) = request_authority(&parts) {
+        return Ok((reply.into_response(ex), None));
+    }
+    headers::strip_hop_by_hop(&mut parts.headers, is_upgrade);
+    headers::ensure_request_id(&mut parts.headers);
+    headers::add_forwarded(&mut parts.headers, &conn.client_ip);
+
+    let stream = Stream::new(StreamInfo {
+        source: Some(conn.peer),
+        destination: Some(conn.local),
+        connection_id: conn.id,
+        protocol: match parts.version {
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2",
+            _ => "HTTP/1.1",
+        },
+        listener: conn.worker.shared.listener_stats[conn.listener]
+            .name
+            .clone(),
+        start_time: Some(SystemTime::now()),
+        node_id: "wasmesh".into(),
+        ..Default::default()
+    });
+    stream.data.borrow_mut().request = Some(parts);
+    let filters = Rc::new(RefCell::new(chain.stream(stream.clone())));
+    let end = body.is_end_stream();
+    let verdict = wasmesh_host::request_headers(&filters, end).await;
+    let parts = stream
+        .data
+        .borrow_mut()
+        .request
+        .take()
+        .expect("the request head is back");
+
+    let response = match verdict {
+        Verdict::Continue => {
+            forward(
+                parts, body, on_upgrade, conn, snapshot, &stream, &filters, ex,
+            )
+            .await
+        }
+        Verdict::Reply(local) => local_response(local, ex),
+        Verdict::Fail { plugin, reason } => plugin_failed(&plugin, &reason, ex),
+        Verdict::Reset => return Err(StreamReset),
+    };
+    respond(response, &stream, &filters, ex)
+        .await
+        .map(|r| (r, Some(filters)))
+}
+
+/// Routes (by the filters' decisions, else the route table) and forwards.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    mut parts: Parts,
+    body: Incoming,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    conn: &ConnCtx,
+    snapshot: &Snapshot,
+    stream: &Rc<Stream>,
+    filters: &Rc<RefCell<FilterStream>>,
+    ex: &mut Exchange,
+) -> Response<ProxyBody> {
+    let authority = match request_authority(&parts) {
+        Ok(a) => a,
+        Err(reply) => return reply.into_response(ex),
+    };
+    ex.capture_request(&parts, authority.as_ref());
+    let decisions = stream.decisions.borrow().clone();
+    let host = authority.as_ref().map_or("", Authority::as_str);
+    let route = snapshot.routes[conn.listener].find(host, parts.uri.path());
+    let retry_override = decisions
+        .retry_policy
+        .as_deref()
+        .and_then(parse_retry_policy);
+    let mut target = match (&decisions.upstream_cluster, route) {
+        (Some(name), route) => match snapshot.cluster(name) {
+            Some(cluster) => Target {
+                cluster,
+                timeout: route.map_or(Some(Duration::from_secs(15)), |r| r.timeout),
+                retry: route.and_then(|r| r.retry.as_ref()),
+            },
+            None => return LocalReply::cluster_not_found().into_response(ex),
+        },
+        (None, Some(route)) => {
+            ex.capture_route(route);
+            Target::of(route)
+        }
+        (None, None) => return LocalReply::no_route().into_response(ex),
+    };
+    if let Some(ms) = decisions.timeout_ms {
+        target.timeout = (ms > 0).then(|| Duration::from_millis(ms));
+    }
+    if let Some(policy) = &retry_override {
+        target.retry = Some(policy);
+    }
+    {
+        let mut info = stream.info.borrow_mut();
+        info.cluster_name = target.cluster.name.clone();
+        info.route_name = route.map_or_else(String::new, |r| r.name.clone());
+    }
+    apply_decisions(&decisions, snapshot, ex);
+    if let Some(ms) = decisions.delay_ms.filter(|ms| *ms > 0) {
+        ex.flags.insert(ResponseFlag::DelayInjected);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    let upstream = Upstream {
+        pool: conn.worker.pools.cluster(target.cluster),
+        route: target,
+        conn,
+    };
+    if let Some(on_upgrade) = on_upgrade {
+        return match Box::pin(upstream.forward_upgrade(parts, authority, on_upgrade, ex)).await {
+            Ok(r) => r,
+            Err(reply) => reply.into_response(ex),
+        };
+    }
+    // The filters keep reading the request head after it left.
+    stream.data.borrow_mut().request = Some(head_copy(&parts));
+
+    let end = body.is_end_stream();
+    let small = body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n <= MIRROR_BODY_LIMIT);
+    let mut body = if end {
+        ProxyBody::Empty
+    } else {
+        ProxyBody::boxed(FilteredBody::new(
+            ProxyBody::Incoming(body),
+            filters.clone(),
+            false,
+        ))
+    };
+    if !decisions.mirrors.is_empty() && (end || small) {
+        let bytes = match body.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(_) => return LocalReply::downstream_reset().into_response(ex),
+        };
+        for cluster in &decisions.mirrors {
+            mirror(
+                conn,
+                snapshot,
+                cluster,
+                &parts,
+                authority.as_ref(),
+                bytes.clone(),
+            );
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        body = ProxyBody::full(bytes);
+    }
+    match upstream.forward(parts, body, authority, ex).await {
+        Ok(r) => r,
+        // A body filter that answered or failed mid-body aborted the upstream request.
+        Err(reply) => match stream.local_response.borrow_mut().take() {
+            Some(local) => local_response(local, ex),
+            None => reply.into_response(ex),
+        },
+    }
+}
+
+/// Runs the response through the chain.
+async fn respond(
+    response: Response<ProxyBody>,
+    stream: &Rc<Stream>,
+    filters: &Rc<RefCell<FilterStream>>,
+    ex: &mut Exchange,
+) -> Result<Response<ProxyBody>, StreamReset> {
+    let (parts, body) = response.into_parts();
+    stream.data.borrow_mut().response = Some(parts);
+    let verdict = wasmesh_host::response_headers(filters, body.is_end_stream()).await;
+    let mut parts = stream
+        .data
+        .borrow_mut()
+        .response
+        .take()
+        .expect("the response head is back");
+    // `on_log` reads the response head too.
+    stream.data.borrow_mut().response = Some(response_head_copy(&parts));
+    let body = match verdict {
+        Verdict::Continue => body,
+        Verdict::Reply(local) => return Ok(local_response(local, ex)),
+        Verdict::Fail { plugin, reason } => return Ok(plugin_failed(&plugin, &reason, ex)),
+        Verdict::Reset => return Err(StreamReset),
+    };
+    let decisions = stream.decisions.borrow();
+    for (name, value) in &decisions.response_headers_to_add {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_maybe_shared(value.clone()),
+        ) {
+            parts.headers.append(n, v);
+        }
+    }
+    for flag in &decisions.response_flags {
+        if let Some(f) = flag_by_code(flag) {
+            ex.flags.insert(f);
+        }
+    }
+    let body = if body.is_end_stream() {
+        body
+    } else {
+        ProxyBody::boxed(FilteredBody::new(body, filters.clone(), true))
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// What the filters decided that acts on the proxy itself.
+fn apply_decisions(decisions: &Decisions, snapshot: &Snapshot, ex: &mut Exchange) {
+    for flag in &decisions.response_flags {
+        if let Some(f) = flag_by_code(flag) {
+            ex.flags.insert(f);
+        }
+    }
+    for report in &decisions.endpoint_reports {
+        let EndpointReport::Eject {
+            cluster,
+            address,
+            millis,
+        } = report;
+        if let Some(c) = snapshot.cluster(cluster)
+            && let Some(e) = c.endpoints.iter().find(|e| e.addr.to_string() == *address)
+        {
+            e.eject_until(crate::upstream::now_ms() + millis);
+        }
+    }
+}
+
+fn flag_by_code(code: &str) -> Option<ResponseFlag> {
+    ResponseFlag::ALL.into_iter().find(|f| f.code() == code)
+}
+
+/// Parses `attempts=3;per_try_timeout_ms=500;retry_on=5xx,reset` (wasmesh.set_retry_policy).
+fn parse_retry_policy(text: &str) -> Option<RetryPolicy> {
+    let mut policy = RetryPolicy {
+        retry_on: RetryOn::parse("connect-failure,refused-stream,reset").ok()?,
+        num_retries: 1,
+        per_try_timeout: Default::default(),
+        retriable_status_codes: Vec::new(),
+        base_interval: crate::config::Dur::millis(25),
+        max_interval: None,
+    };
+    for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=')?;
+        match k.trim() {
+            "attempts" => policy.num_retries = v.trim().parse().ok()?,
+            "per_try_timeout_ms" => {
+                policy.per_try_timeout = crate::config::Dur::millis(v.trim().parse().ok()?)
+            }
+            "retry_on" => policy.retry_on = RetryOn::parse(v).ok()?,
+            "retriable_status_codes" => {
+                policy.retriable_status_codes =
+                    v.split(',').filter_map(|c| c.trim().parse().ok()).collect();
+            }
+            _ => return None,
+        }
+    }
+    Some(policy)
+}
+
+/// A copy of the request head, for filters that read it in later phases.
+fn head_copy(parts: &Parts) -> Parts {
+    let (mut copy, ()) = Request::new(()).into_parts();
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
+}
+
+fn response_head_copy(parts: &http::response::Parts) -> http::response::Parts {
+    let (mut copy, ()) = Response::new(()).into_parts();
+    copy.status = parts.status;
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
+}
+
+/// Sends a copy of the request to a mirror cluster, Host suffixed `-shadow` as Istio does; the
+/// answer is discarded and never delays the request.
+fn mirror(
+    conn: &ConnCtx,
+    snapshot: &Snapshot,
+    cluster: &str,
+    parts: &Parts,
+    authority: Option<&Authority>,
+    body: Bytes,
+) {
+    let Some(cluster) = snapshot.cluster(cluster).cloned() else {
+        return;
+    };
+    let worker = conn.worker.clone();
+    let mut head = head_copy(parts);
+    let shadow = authority.map(|a| {
+        let host = a.host();
+        match a.port_u16() {
+            Some(port) => format!("{host}-shadow:{port}"),
+            None => format!("{host}-shadow"),
+        }
+    });
+    if let Some(h) = shadow
+        .as_deref()
+        .and_then(|s| HeaderValue::from_str(s).ok())
+    {
+        head.headers.insert(header::HOST, h);
+    }
+    let shadow: Option<Authority> = shadow.and_then(|s| s.parse().ok());
+    tokio::task::spawn_local(async move {
+        let pool = worker.pools.cluster(&cluster);
+        let Some(index) = crate::upstream::pick_endpoint(&cluster, &pool.rr, &[]) else {
+            return;
+        };
+        let endpoint = pool.endpoints[index].clone();
+        let send = async {
+            let conn = endpoint.acquire_h1(None).await.ok()?;
+            let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
+            let response = conn
+                .send(
+                    &head.method,
+                    target,
+                    &head.headers,
+                    shadow.as_ref(),
+                    ProxyBody::full(body),
+                )
+                .await
+                .ok()?;
+            let _ = response.into_body().collect().await;
+            Some(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(30), send).await;
+    });
+}
+
+/// A filter's local reply as a response (a gRPC status for gRPC requests).
+fn local_response(local: LocalResponse, ex: &mut Exchange) -> Response<ProxyBody> {
+    ex.details = "wasm_local_reply";
+    let mut builder = Response::builder().status(local.status);
+    for (k, v) in &local.headers {
+        builder = builder.header(k.as_str(), v.as_ref());
+    }
+    let response = match (local.grpc_status, ex.grpc) {
+        (Some(code), true) => builder
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header("grpc-status", code.to_string())
+            .header(
+                "grpc-message",
+                String::from_utf8_lossy(&local.body).replace(['\r', '\n'], " "),
+            )
+            .body(ProxyBody::Empty),
+        _ => builder.body(ProxyBody::full(local.body)),
+    };
+    response.unwrap_or_else(|_| {
+        LocalReply::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "",
+            "wasm_bad_local_reply",
+        )
+        .into_response(ex)
+    })
+}
+
+/// FAIL_CLOSE (and a failing FAIL_RELOAD request): 503, naming the plugin.
+fn plugin_failed(plugin: &str, reason: &str, ex: &mut Exchange) -> Response<ProxyBody> {
+    tracing::debug!(plugin, reason, "plugin failure closed a request");
+    ex.details = "wasm_fail_stream";
+    let mut response =
+        LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "", "wasm_fail_stream").into_response(ex);
+    *response.body_mut() = ProxyBody::full(format!("plugin {plugin} failed\n"));
+    response
+}
+
+/// Runs a body through the chain as it streams.
+struct FilteredBody {
+    inner: ProxyBody,
+    filters: Rc<RefCell<FilterStream>>,
+    response: bool,
+    waiting: Option<Pin<Box<dyn std::future::Future<Output = BodyStep>>>>,
+    /// Trailers to hand on after the data.
+    trailers: Option<http::HeaderMap>,
+    done: bool,
+}
+
+impl FilteredBody {
+    fn new(inner: ProxyBody, filters: Rc<RefCell<FilterStream>>, response: bool) -> Self {
+        FilteredBody {
+            inner,
+            filters,
+            response,
+            waiting: None,
+            trailers: None,
+            done: false,
+        }
+    }
+
+    fn step(&self, data: Bytes, end: bool) -> BodyStep {
+        let mut f = self.filters.borrow_mut();
+        if self.response {
+            f.response_body(data, end)
+        } else {
+            f.request_body(data, end)
+        }
+    }
+
+    /// A filter stopped the stream mid-body: keep its reply for the handler, fail the body.
+    fn stop(&self, verdict: Verdict) -> BoxError {
+        let stream = self.filters.borrow().stream.clone();
+        let reply = match verdict {
+            Verdict::Reply(local) => Some(local),
+            Verdict::Fail { plugin, .. } => Some(LocalResponse {
+                status: 503,
+                body: Bytes::from(format!("plugin {plugin} failed\n")),
+                headers: Vec::new(),
+                grpc_status: None,
+                details: "wasm_fail_stream".into(),
+            }),
+            _ => None,
+        };
+        *stream.local_response.borrow_mut() = reply;
+        "a filter stopped the body".into()
+    }
+}
+
+impl Body for FilteredBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            let step = if let Some(waiting) = &mut this.waiting {
+                let step = ready!(waiting.as_mut().poll(cx));
+                this.waiting = None;
+                step
+            } else if this.done {
+                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            } else {
+                match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => {
+                            let end = this.inner.is_end_stream();
+                            this.done = end;
+                            this.step(data, end)
+                        }
+                        Err(frame) => {
+                            if let Ok(trailers) = frame.into_trailers() {
+                                let stream = this.filters.borrow().stream.clone();
+                                {
+                                    let mut data = stream.data.borrow_mut();
+                                    if this.response {
+                                        data.response_trailers = Some(trailers);
+                                    } else {
+                                        data.request_trailers = Some(trailers);
+                                    }
+                                }
+                                let verdict = {
+                                    let mut f = this.filters.borrow_mut();
+                                    if this.response {
+                                        f.response_trailers()
+                                    } else {
+                                        f.request_trailers()
+                                    }
+                                };
+                                if !matches!(verdict, Verdict::Continue) {
+                                    return Poll::Ready(Some(Err(this.stop(verdict))));
+                                }
+                                let mut data = stream.data.borrow_mut();
+                                this.trailers = if this.response {
+                                    data.response_trailers.take()
+                                } else {
+                                    data.request_trailers.take()
+                                };
+                            }
+                            // Trailers end the data: filters see the end of the body.
+                            this.done = true;
+                            this.step(Bytes::new(), true)
+                        }
+                    },
+                    Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    None => {
+                        this.done = true;
+                        this.step(Bytes::new(), true)
+                    }
+                }
+            };
+            match step {
+                BodyStep::Emit(data) if !data.is_empty() => {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyStep::Emit(_) | BodyStep::Held => continue,
+                BodyStep::Wait => {
+                    let filters = this.filters.clone();
+                    let response = this.response;
+                    this.waiting = Some(Box::pin(async move {
+                        wasmesh_host::body_resumed(&filters, response).await
+                    }));
+                }
+                BodyStep::Stop(verdict) => return Poll::Ready(Some(Err(this.stop(verdict)))),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.waiting.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Filters may change the length.
+        SizeHint::default()
+    }
+}
