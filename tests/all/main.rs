@@ -14,5 +14,6 @@ mod hardening;
 mod plugins;
 mod retries;
 mod routing;
+mod sdk;
 mod smuggling;
 mod upgrade;
