@@ -108,6 +108,11 @@ fn fetch(f: &HttpFilter, base_dir: Option<&Path>) -> Result<Vec<u8>, String> {
             return Ok(bytes);
         }
         let bytes = http_get(&format!("http://{rest}"))?;
+        // Kept only once verified: a download never sits under a digest it does not have.
+        let actual = wasmesh_host::module::sha256_hex(&bytes);
+        if !actual.eq_ignore_ascii_case(sha) {
+            return Err(format!("sha256 mismatch: expected {sha}, got {actual}"));
+        }
         let _ = std::fs::create_dir_all(cached.parent().expect("a parent"));
         let _ = std::fs::write(&cached, &bytes);
         return Ok(bytes);

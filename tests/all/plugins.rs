@@ -508,3 +508,62 @@ async fn sighup_and_admin_post_reload_the_binary() {
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(config_of().await, "third");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modules_load_over_http_when_their_sha256_matches() {
+    let module = std::fs::read(HEADERS).unwrap();
+    let sha = wasmesh_host::module::sha256_hex(&module);
+    let served = bytes::Bytes::from(module);
+    let store = Upstream::start(move |_| {
+        let body = served.clone();
+        async move { Response::new(full(body)) }
+    })
+    .await;
+    let up = Upstream::echo("up").await;
+    let url = format!("http://{}/headers.wasm", store.addr);
+    // A wrong digest is refused (and nothing is cached under it).
+    let wrong = "ab".repeat(32);
+    let bad = config(
+        up.addr,
+        &filter("remote", &url, &format!("sha256: \"{wrong}\"")),
+        "",
+    );
+    let err = wasmesh_proxy::Proxy::start(wasmesh_proxy::config::Bootstrap::parse(&bad).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("sha256 mismatch"), "{err}");
+    let good = config(
+        up.addr,
+        &filter(
+            "remote",
+            &url,
+            &format!("sha256: \"{sha}\"\nplugin_config: remote"),
+        ),
+        "",
+    );
+    let proxy = start_proxy(&good);
+    let reply = get(proxy.listener_addr("ingress").unwrap(), "/").await;
+    assert_eq!(reply.json()["headers"]["x-plugin-config"], "remote");
+}
+
+#[test]
+fn compiled_modules_are_cached_on_disk_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = std::fs::read(COUNTER).unwrap();
+    let first = wasmesh_host::ModuleCache::new(Some(dir.path().to_owned()));
+    first.load(&module, None).unwrap();
+    assert_eq!(first.compiled.load(SeqCst), 1);
+    // A new process (a new cache) reads the compiled module back instead of compiling.
+    let second = wasmesh_host::ModuleCache::new(Some(dir.path().to_owned()));
+    let loaded = second.load(&module, None).unwrap();
+    assert_eq!(
+        (second.compiled.load(SeqCst), second.from_disk.load(SeqCst)),
+        (0, 1)
+    );
+    assert!(
+        dir.path()
+            .join(format!("{}.cwasm", loaded.sha256_hex()))
+            .exists()
+    );
+}

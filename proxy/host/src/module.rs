@@ -64,6 +64,11 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 /// The process-wide engine: one per process, because the pooling allocator reserves address
 /// space for every VM slot up front. A thread advances its epoch for guest call deadlines.
 pub fn engine() -> &'static Engine {
@@ -106,6 +111,9 @@ pub fn engine() -> &'static Engine {
 pub struct ModuleCache {
     modules: Mutex<HashMap<[u8; 32], Arc<PluginModule>>>,
     dir: Option<PathBuf>,
+    /// Modules compiled, and modules read back from the disk cache.
+    pub compiled: std::sync::atomic::AtomicU64,
+    pub from_disk: std::sync::atomic::AtomicU64,
 }
 
 impl ModuleCache {
@@ -117,6 +125,8 @@ impl ModuleCache {
         ModuleCache {
             modules: Mutex::default(),
             dir,
+            compiled: Default::default(),
+            from_disk: Default::default(),
         }
     }
 
@@ -163,7 +173,11 @@ impl ModuleCache {
             // SAFETY: the file was written by `Module::serialize` below for this same module
             // (named by its sha256); wasmtime checks it was made by a compatible engine.
             match unsafe { Module::deserialize_file(engine, path) } {
-                Ok(m) => return Ok(m),
+                Ok(m) => {
+                    self.from_disk
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(m);
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, path = %path.display(), "recompiling a stale cached module")
                 }
@@ -171,6 +185,8 @@ impl ModuleCache {
         }
         let module =
             Module::new(engine, bytes).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+        self.compiled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(path) = cached
             && let Ok(serialized) = module.serialize()
         {
