@@ -1,7 +1,8 @@
 //! The load benchmark. One upstream (nginx answering `200 hello world`) reached three ways with
 //! the same load tool and one worker each: directly, through nginx as a reverse proxy (with
-//! upstream keep-alive), and through wasmesh-proxy. It prints throughput and latency for each,
-//! and the ratios wasmesh/nginx.
+//! upstream keep-alive), through wasmesh-proxy, and through wasmesh-proxy running a chain of
+//! four realistic proxy-wasm filters on every request. It prints throughput and latency for
+//! each, and the ratios to nginx.
 //!
 //! ```sh
 //! cargo bench -p wasmesh-benches --bench load      # or deploy/bench.sh, which installs the tools
@@ -37,10 +38,19 @@ fn main() -> anyhow::Result<()> {
     let upstream = peers::nginx_upstream(dir.path(), free_addr()?)?;
     let nginx = peers::nginx_proxy(dir.path(), free_addr()?, upstream.addr)?;
     let wasmesh = peers::wasmesh(&proxy_binary, dir.path(), free_addr()?, upstream.addr, 1)?;
+    let filtered = peers::wasmesh_with_filters(
+        &proxy_binary,
+        dir.path(),
+        free_addr()?,
+        upstream.addr,
+        1,
+        &peers::realistic_chain(),
+    )?;
     let targets = [
         ("direct", upstream.addr, None),
         ("nginx", nginx.addr, Some(nginx.pid())),
         ("wasmesh-proxy", wasmesh.addr, Some(wasmesh.pid())),
+        ("wasmesh+4wasm", filtered.addr, Some(filtered.pid())),
     ];
 
     println!(
@@ -101,10 +111,13 @@ fn main() -> anyhow::Result<()> {
             ratio
         );
     }
-    if let (Some(n), Some(w)) = (cpu[1], cpu[2]) {
+    if let (Some(n), Some(w), Some(f)) = (cpu[1], cpu[2], cpu[3]) {
         println!(
-            "CPU per request, wasmesh/nginx: {:.2}x (lower is better)",
-            w / n
+            "CPU per request vs nginx (lower is better): wasmesh {:.2}x, wasmesh+4wasm {:.2}x; \
+             the 4 filters cost {:.2} us",
+            w / n,
+            f / n,
+            f - w
         );
     }
 
@@ -136,9 +149,13 @@ fn main() -> anyhow::Result<()> {
         fixed.push(m);
     }
     println!(
-        "\nwasmesh/nginx: throughput {:.2}x, p99 at {rate} req/s {:.2}x (lower is better)",
+        "\nvs nginx: wasmesh throughput {:.2}x, p99 at {rate} req/s {:.2}x; wasmesh+4wasm \
+         throughput {:.2}x, p99 {:.2}x (p99: lower is better)",
         medians[2].requests_per_sec / nginx_rps,
-        fixed[1].p99.as_secs_f64() / fixed[0].p99.as_secs_f64()
+        fixed[1].p99.as_secs_f64() / fixed[0].p99.as_secs_f64(),
+        medians[3].requests_per_sec / nginx_rps,
+        fixed[2].p99.as_secs_f64() / fixed[0].p99.as_secs_f64()
     );
+
     Ok(())
 }

@@ -87,15 +87,43 @@ pub fn wasmesh(
     upstream: SocketAddr,
     workers: usize,
 ) -> anyhow::Result<Process> {
-    let conf = dir.join("wasmesh.yaml");
+    wasmesh_with_filters(binary, dir, addr, upstream, workers, "")
+}
+
+/// A chain of four realistic proxy-wasm filters (built from `tests/filters`): header edits,
+/// properties read into response headers, a shared-data counter with CAS and a metric, and a
+/// filter written with wasmesh-sdk. As YAML, for the listener's `http_filters`.
+pub fn realistic_chain() -> String {
+    use wasmesh_artifacts::{COUNTER, HEADERS, PROPERTIES, SDK_DEMO};
+    format!(
+        "  http_filters:\n  \
+         - {{name: headers, url: \"{HEADERS}\", plugin_config: bench}}\n  \
+         - {{name: properties, url: \"{PROPERTIES}\"}}\n  \
+         - {{name: counter, url: \"{COUNTER}\"}}\n  \
+         - {{name: sdk-demo, url: \"{SDK_DEMO}\", plugin_config: {{header: x-mesh, value: \"1\"}}}}\n"
+    )
+}
+
+/// wasmesh-proxy as [`wasmesh`], with `filters` (YAML lines of the listener) added.
+pub fn wasmesh_with_filters(
+    binary: &Path,
+    dir: &Path,
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    workers: usize,
+    filters: &str,
+) -> anyhow::Result<Process> {
+    let conf = dir.join(format!("wasmesh-{}.yaml", addr.port()));
     std::fs::write(
         &conf,
         format!(
-            "workers: {workers}\nlisteners:\n- name: ingress\n  address: \"{addr}\"\n  virtual_hosts:\n  \
+            "workers: {workers}\nlisteners:\n- name: ingress\n  address: \"{addr}\"\n{filters}  \
+             virtual_hosts:\n  \
              - name: all\n    domains: [\"*\"]\n    routes:\n    - cluster: backend\n\
              clusters:\n- name: backend\n  endpoints: [\"{upstream}\"]\n"
         ),
     )?;
+
     let child = Command::new(binary)
         .arg("--config")
         .arg(&conf)

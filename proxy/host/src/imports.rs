@@ -75,12 +75,17 @@ fn arg(c: &mut C<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
 fn give(c: &mut C<'_>, data: &[u8], ret_ptr: i32, ret_len: i32) -> R {
     let mut ptr = 0i32;
     if !data.is_empty() {
-        let Some(alloc) = c.data().alloc.clone() else {
+        // Taken out for the call, not cloned: cloning a TypedFunc costs more than the call.
+        let Some(alloc) = c.data_mut().alloc.take() else {
             return Err(wasmtime::Error::msg(
-                "module exports neither malloc nor proxy_on_memory_allocate",
+                "no guest allocator: the module exports neither malloc nor \
+                 proxy_on_memory_allocate, or its allocator called back into the host",
             ));
         };
-        ptr = alloc.call(&mut *c, data.len() as i32)?;
+        let result = alloc.call(&mut *c, data.len() as i32);
+        c.data_mut().alloc = Some(alloc);
+        ptr = result?;
+
         if ptr == 0 {
             return st(Status::InvalidMemoryAccess);
         }
@@ -110,26 +115,10 @@ fn count(c: &mut C<'_>) {
 /// Request headers as the guest sees them: Envoy's pseudo-headers first, `host` folded into
 /// `:authority`.
 fn request_pairs(p: &request::Parts) -> Pairs<'_> {
-    let authority: Cow<'_, [u8]> = match p.uri.authority() {
-        Some(a) => Cow::Borrowed(a.as_str().as_bytes()),
-        None => Cow::Borrowed(
-            p.headers
-                .get(http::header::HOST)
-                .map_or(&b""[..], |h| h.as_bytes()),
-        ),
-    };
-    let path = p.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut out = Vec::with_capacity(p.headers.len() + 4);
-    out.push((Cow::Borrowed(&b":authority"[..]), authority));
-    out.push((Cow::Borrowed(&b":path"[..]), Cow::Borrowed(path.as_bytes())));
-    out.push((
-        Cow::Borrowed(&b":method"[..]),
-        Cow::Borrowed(p.method.as_str().as_bytes()),
-    ));
-    out.push((
-        Cow::Borrowed(&b":scheme"[..]),
-        Cow::Borrowed(p.uri.scheme_str().unwrap_or("http").as_bytes()),
-    ));
+    for (k, v) in request_pseudo_headers(p) {
+        out.push((Cow::Borrowed(k), Cow::Borrowed(v)));
+    }
     for (k, v) in &p.headers {
         if k != http::header::HOST {
             out.push((
@@ -139,6 +128,23 @@ fn request_pairs(p: &request::Parts) -> Pairs<'_> {
         }
     }
     out
+}
+
+fn request_pseudo_headers(p: &request::Parts) -> [(&'static [u8], &[u8]); 4] {
+    let authority = match p.uri.authority() {
+        Some(a) => a.as_str().as_bytes(),
+        None => p
+            .headers
+            .get(http::header::HOST)
+            .map_or(&b""[..], |h| h.as_bytes()),
+    };
+    let path = p.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    [
+        (b":authority", authority),
+        (b":path", path.as_bytes()),
+        (b":method", p.method.as_str().as_bytes()),
+        (b":scheme", p.uri.scheme_str().unwrap_or("http").as_bytes()),
+    ]
 }
 
 fn response_pairs(p: &response::Parts) -> Pairs<'_> {
@@ -225,6 +231,78 @@ fn available_pairs<T>(
     .ok_or(Status::BadArgument)
 }
 
+/// Copies the first value of `key` in a map into `out`; false if there is none. The request
+/// and response headers, read on every request by most filters, are searched in place.
+fn map_value(
+    state: &HostState,
+    map_type: i32,
+    key: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<bool, Status> {
+        if (map_type == map::HTTP_REQUEST_HEADERS || map_type == map::HTTP_RESPONSE_HEADERS)
+        && let Some(stream) = state.stream()
+    {
+        let data = stream.data.borrow();
+        let found = if map_type == map::HTTP_REQUEST_HEADERS {
+            data.request.as_ref().map(|p| request_value(p, key, out))
+        } else {
+            data.response.as_ref().map(|p| response_value(p, key, out))
+        };
+        if let Some(found) = found {
+            return Ok(found);
+        }
+    }
+
+    with_pairs(state, map_type, |pairs| {
+        match pairs.into_iter().find(|(k, _)| k.eq_ignore_ascii_case(key)) {
+            Some((_, v)) => {
+                out.extend_from_slice(&v);
+                true
+            }
+            None => false,
+        }
+    })
+}
+
+fn request_value(p: &request::Parts, key: &[u8], out: &mut Vec<u8>) -> bool {
+    if key.first() == Some(&b':') {
+        return match request_pseudo_headers(p)
+            .into_iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        {
+            Some((_, v)) => {
+                out.extend_from_slice(v);
+                true
+            }
+            None => false,
+        };
+    }
+    if key.eq_ignore_ascii_case(b"host") {
+        return false; // folded into :authority, as Envoy has it
+    }
+
+    header_value(&p.headers, key, out)
+}
+
+fn response_value(p: &response::Parts, key: &[u8], out: &mut Vec<u8>) -> bool {
+    if key.eq_ignore_ascii_case(b":status") {
+        out.extend_from_slice(p.status.as_str().as_bytes());
+        return true;
+    }
+    header_value(&p.headers, key, out)
+}
+
+fn header_value(headers: &HeaderMap, key: &[u8], out: &mut Vec<u8>) -> bool {
+    // Lookup by &str lowercases on the stack; a HeaderName would allocate for custom names.
+    match std::str::from_utf8(key).ok().and_then(|k| headers.get(k)) {
+        Some(v) => {
+            out.extend_from_slice(v.as_bytes());
+            true
+        }
+        None => false,
+    }
+}
+
 enum Edit<'a> {
     Add(&'a [u8]),
     Replace(&'a [u8]),
@@ -237,10 +315,21 @@ fn edit_map(state: &HostState, map_type: i32, key: &[u8], edit: Edit<'_>) -> Sta
         return Status::BadArgument;
     };
     let mut data = stream.data.borrow_mut();
-    let key_lower = key.to_ascii_lowercase();
+    // Header names are short: lowercase them on the stack.
+    let mut buf = [0u8; 64];
+    let owned;
+    let key_lower: &[u8] = if key.len() <= buf.len() {
+        let b = &mut buf[..key.len()];
+        b.copy_from_slice(key);
+        b.make_ascii_lowercase();
+        b
+    } else {
+        owned = key.to_ascii_lowercase();
+        &owned
+    };
     match map_type {
         map::HTTP_REQUEST_HEADERS => match data.request.as_mut() {
-            Some(p) => edit_request(p, &key_lower, edit),
+            Some(p) => edit_request(p, key_lower, edit),
             None => Status::BadArgument,
         },
         map::HTTP_RESPONSE_HEADERS => match data.response.as_mut() {
@@ -260,7 +349,7 @@ fn edit_map(state: &HostState, map_type: i32, key: &[u8], edit: Edit<'_>) -> Sta
                 }
                 Edit::Remove => Status::Ok,
             },
-            Some(p) => edit_headers(&mut p.headers, &key_lower, edit),
+            Some(p) => edit_headers(&mut p.headers, key_lower, edit),
             None => Status::BadArgument,
         },
         map::HTTP_REQUEST_TRAILERS | map::HTTP_RESPONSE_TRAILERS => {
@@ -280,10 +369,10 @@ fn edit_map(state: &HostState, map_type: i32, key: &[u8], edit: Edit<'_>) -> Sta
                     &mut data.response_trailers
                 };
                 *trailers = Some(HeaderMap::new());
-                return edit_headers(trailers.as_mut().expect("just set"), &key_lower, edit);
+                return edit_headers(trailers.as_mut().expect("just set"), key_lower, edit);
             }
             match trailers.as_mut() {
-                Some(t) => edit_headers(t, &key_lower, edit),
+                Some(t) => edit_headers(t, key_lower, edit),
                 None => Status::Ok,
             }
         }
@@ -292,6 +381,21 @@ fn edit_map(state: &HostState, map_type: i32, key: &[u8], edit: Edit<'_>) -> Sta
 }
 
 fn edit_headers(headers: &mut HeaderMap, key: &[u8], edit: Edit<'_>) -> Status {
+    // Replacing the one value a header has, the common case, needs no new HeaderName (which
+    // allocates for a custom name).
+    if let Edit::Replace(v) = edit
+        && let Ok(k) = std::str::from_utf8(key)
+        && headers.get_all(k).iter().nth(1).is_none()
+        && let Some(slot) = headers.get_mut(k)
+    {
+        return match HeaderValue::from_bytes(v) {
+            Ok(value) => {
+                *slot = value;
+                Status::Ok
+            }
+            Err(_) => Status::BadArgument,
+        };
+    }
     let Ok(name) = HeaderName::from_bytes(key) else {
         return Status::BadArgument;
     };
@@ -740,20 +844,21 @@ pub fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                                                  ret_len: i32|
      -> R {
         count(&mut c);
-        let key = match arg(&mut c, kp, kl) {
-            Ok(k) => k.to_ascii_lowercase(),
-            Err(s) => return st(s),
+        let Some((mem, state)) = parts(&mut c) else {
+            return st(Status::InternalFailure);
         };
-        let value = with_pairs(c.data(), t, |p| {
-            p.into_iter()
-                .find(|(k, _)| k.as_ref() == key)
-                .map(|(_, v)| v.into_owned())
-        });
-        match value {
-            Ok(Some(v)) => give(&mut c, &v, ret_ptr, ret_len),
-            Ok(None) => st(Status::NotFound),
+        let Some(key) = slice(mem, kp, kl) else {
+            return st(Status::InvalidMemoryAccess);
+        };
+        let mut value = std::mem::take(&mut state.scratch);
+        value.clear();
+        let status = match map_value(state, t, key, &mut value) {
+            Ok(true) => give(&mut c, &value, ret_ptr, ret_len),
+            Ok(false) => st(Status::NotFound),
             Err(s) => st(s),
-        }
+        };
+        c.data_mut().scratch = value;
+        status
     });
     wrap!(linker, "proxy_add_header_map_value", |mut c: C<'_>,
                                                  t: i32,
@@ -1243,20 +1348,32 @@ pub fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                                          ret_len: i32|
      -> R {
         count(&mut c);
-        let path = match arg(&mut c, pp, pl) {
-            Ok(p) => p,
-            Err(s) => return st(s),
+        let Some((mem, state)) = parts(&mut c) else {
+            return st(Status::InternalFailure);
         };
-        let path = String::from_utf8_lossy(&path).into_owned();
-        let segments: Vec<&str> = path.split('\0').collect();
-        let state = c.data();
+        let Some(path) = slice(mem, pp, pl) else {
+            return st(Status::InvalidMemoryAccess);
+        };
+        // Paths are short: split on the stack rather than allocate for every read.
+        let Ok(path) = std::str::from_utf8(path) else {
+            return st(Status::NotFound);
+        };
+        let mut segments = [""; 16];
+        let mut n = 0;
+        for segment in path.split('\0') {
+            if n == segments.len() {
+                return st(Status::NotFound);
+            }
+            segments[n] = segment;
+            n += 1;
+        }
         let plugin = state.plugin();
         let facts = PluginFacts {
             name: plugin.map_or("", |p| p.name.as_str()),
             root_id: plugin.map_or("", |p| p.root_id.as_str()),
             vm_id: &state.vm_id,
         };
-        match properties::get(&segments, &facts, state.stream().map(|s| &**s)) {
+        match properties::get(&segments[..n], &facts, state.stream().map(|s| &**s)) {
             Ok(v) => give(&mut c, &v, ret_ptr, ret_len),
             Err(s) => st(s),
         }

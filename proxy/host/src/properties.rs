@@ -62,10 +62,15 @@ pub fn get(
         return Err(Status::NotFound);
     };
     // Values set by filters come first, as Envoy's filter state does.
-    let joined = path.join(".");
-    if let Some(v) = stream.filter_state.borrow().get(&joined) {
-        return Ok(v.clone());
+    {
+        let filter_state = stream.filter_state.borrow();
+        if !filter_state.is_empty()
+            && let Some(v) = filter_state.get(&path.join("."))
+        {
+            return Ok(v.clone());
+        }
     }
+
     let info = stream.info.borrow();
     let data = stream.data.borrow();
     let request = data.request.as_ref();

@@ -1,6 +1,7 @@
 //! The data of one VM's store: its contexts, what the running callback may see, and the
 //! follow-up work host calls leave for after the guest returns.
 
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -53,7 +54,8 @@ pub struct HostState {
     pub(crate) env: Vec<(String, String)>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) embedder: Rc<dyn Embedder>,
-    pub(crate) contexts: HashMap<u32, Context>,
+    // Looked up several times per host call: Fx rather than SipHash (keys are our own ids).
+    pub(crate) contexts: FxHashMap<u32, Context>,
     /// The context the running callback was delivered to (0 between callbacks).
     pub(crate) current: u32,
     /// The context host calls act on: `current`, or what `proxy_set_effective_context` chose.
@@ -76,6 +78,8 @@ pub struct HostState {
     pub(crate) last_error: Option<String>,
     /// Host calls made since the counter was last reset (for `wasmesh bench`).
     pub(crate) host_calls: u64,
+    /// A reusable buffer for values copied out to the guest, so reads do not allocate.
+    pub(crate) scratch: Vec<u8>,
 }
 
 impl HostState {

@@ -3,6 +3,7 @@
 //! a timeout or an exhausted memory fails the VM, and the failure strategy decides what the
 //! requests see.
 
+use rustc_hash::FxHashMap;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -87,29 +88,32 @@ impl ResourceLimiter for MemoryCap {
 }
 
 type Args5 = (i32, i32, i32, i32, i32);
+/// A callback, shared so that calling it needs no clone of the TypedFunc (which costs more
+/// than the call).
+type Cb<P, R> = Option<Rc<TypedFunc<P, R>>>;
 
 /// The callbacks a module exports (all optional, as the spec says).
 #[derive(Default)]
 struct Callbacks {
-    context_create: Option<TypedFunc<(i32, i32), ()>>,
-    vm_start: Option<TypedFunc<(i32, i32), i32>>,
-    configure: Option<TypedFunc<(i32, i32), i32>>,
-    request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
-    request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
-    request_trailers: Option<TypedFunc<(i32, i32), i32>>,
-    response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
-    response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
-    response_trailers: Option<TypedFunc<(i32, i32), i32>>,
-    done: Option<TypedFunc<i32, i32>>,
-    log: Option<TypedFunc<i32, ()>>,
-    delete: Option<TypedFunc<i32, ()>>,
-    tick: Option<TypedFunc<i32, ()>>,
-    queue_ready: Option<TypedFunc<(i32, i32), ()>>,
-    http_call_response: Option<TypedFunc<Args5, ()>>,
-    grpc_initial_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
-    grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
-    grpc_trailing_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
-    grpc_close: Option<TypedFunc<(i32, i32, i32), ()>>,
+    context_create: Cb<(i32, i32), ()>,
+    vm_start: Cb<(i32, i32), i32>,
+    configure: Cb<(i32, i32), i32>,
+    request_headers: Cb<(i32, i32, i32), i32>,
+    request_body: Cb<(i32, i32, i32), i32>,
+    request_trailers: Cb<(i32, i32), i32>,
+    response_headers: Cb<(i32, i32, i32), i32>,
+    response_body: Cb<(i32, i32, i32), i32>,
+    response_trailers: Cb<(i32, i32), i32>,
+    done: Cb<i32, i32>,
+    log: Cb<i32, ()>,
+    delete: Cb<i32, ()>,
+    tick: Cb<i32, ()>,
+    queue_ready: Cb<(i32, i32), ()>,
+    http_call_response: Cb<Args5, ()>,
+    grpc_initial_metadata: Cb<(i32, i32, i32), ()>,
+    grpc_receive: Cb<(i32, i32, i32), ()>,
+    grpc_trailing_metadata: Cb<(i32, i32, i32), ()>,
+    grpc_close: Cb<(i32, i32, i32), ()>,
 }
 
 pub struct Vm {
@@ -157,12 +161,14 @@ impl VmCell {
             },
             memory: None,
             alloc: None,
+            scratch: Vec::new(),
             vm_id: setup.vm_id,
+
             vm_config: setup.vm_config,
             env: setup.env,
             shared: setup.shared,
             embedder: setup.embedder.clone(),
-            contexts: HashMap::new(),
+            contexts: FxHashMap::default(),
             current: 0,
             effective: 0,
             config_buffer: None,
@@ -197,9 +203,14 @@ impl VmCell {
             ($name:literal) => {
                 match instance.get_export(&mut store, $name) {
                     None => None,
-                    Some(_) => Some(instance.get_typed_func(&mut store, $name).map_err(|e| {
-                        VmFailure::Start(format!("export {} has the wrong signature: {e}", $name))
-                    })?),
+                    Some(_) => Some(Rc::new(
+                        instance.get_typed_func(&mut store, $name).map_err(|e| {
+                            VmFailure::Start(format!(
+                                "export {} has the wrong signature: {e}",
+                                $name
+                            ))
+                        })?,
+                    )),
                 }
             };
         }
@@ -224,9 +235,9 @@ impl VmCell {
             grpc_trailing_metadata: cb!("proxy_on_grpc_receive_trailing_metadata"),
             grpc_close: cb!("proxy_on_grpc_close"),
         };
-        let initialize: Option<TypedFunc<(), ()>> = cb!("_initialize");
-        let main: Option<TypedFunc<(i32, i32), i32>> = cb!("main");
-        let start_fn: Option<TypedFunc<(), ()>> = cb!("_start");
+        let initialize: Cb<(), ()> = cb!("_initialize");
+        let main: Cb<(i32, i32), i32> = cb!("main");
+        let start_fn: Cb<(), ()> = cb!("_start");
         let vm = Vm {
             store,
             cb,
