@@ -5,7 +5,7 @@
 //! addresses and drains the proxy. `docs/ARCHITECTURE.md` describes the threads and the path
 //! of a request.
 
-pub mod config;
+pub use wasmesh_config as config;
 
 mod access_log;
 mod admin;

@@ -239,7 +239,7 @@ fn map_value(
     key: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<bool, Status> {
-        if (map_type == map::HTTP_REQUEST_HEADERS || map_type == map::HTTP_RESPONSE_HEADERS)
+    if (map_type == map::HTTP_REQUEST_HEADERS || map_type == map::HTTP_RESPONSE_HEADERS)
         && let Some(stream) = state.stream()
     {
         let data = stream.data.borrow();

@@ -368,7 +368,9 @@ impl Bootstrap {
         })
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks what parsing alone cannot (references, ranges, uniqueness); `parse` and `load`
+    /// call it, and so must code that builds a bootstrap itself.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(w) = self.workers
             && !(1..=1024).contains(&w)
         {
