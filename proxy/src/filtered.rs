@@ -85,7 +85,9 @@ pub async fn serve(
         ..Default::default()
     });
     stream.data.borrow_mut().request = Some(parts);
+    ex.attempts = Some(Vec::new());
     let filters = Rc::new(RefCell::new(chain.stream(stream.clone())));
+
     let end = body.is_end_stream();
     let verdict = wasmesh_host::request_headers(&filters, end).await;
     let parts = stream
@@ -102,7 +104,15 @@ pub async fn serve(
             )
             .await
         }
-        Verdict::Reply(local) => local_response(local, ex),
+        Verdict::Reply(local) => {
+            // A delay and an abort both injected: the abort comes after the delay (Envoy).
+            let delay = stream.decisions.borrow().delay_ms.filter(|ms| *ms > 0);
+            if let Some(ms) = delay {
+                ex.flags.insert(ResponseFlag::DelayInjected);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            local_response(local, ex)
+        }
         Verdict::Fail { plugin, reason } => plugin_failed(&plugin, &reason, ex),
         Verdict::Reset => return Err(StreamReset),
     };
@@ -144,10 +154,7 @@ async fn forward(
             },
             None => return LocalReply::cluster_not_found().into_response(ex),
         },
-        (None, Some(route)) => {
-            ex.capture_route(route);
-            Target::of(route)
-        }
+        (None, Some(route)) => Target::of(route),
         (None, None) => return LocalReply::no_route().into_response(ex),
     };
     if let Some(ms) = decisions.timeout_ms {
@@ -157,10 +164,19 @@ async fn forward(
         target.retry = Some(policy);
     }
     {
+        // A route a plugin chose (the router's VirtualService route) names the request.
+        let chosen = stream
+            .filter_state
+            .borrow()
+            .get("wasmesh.route_name")
+            .map(|n| String::from_utf8_lossy(n).into_owned());
         let mut info = stream.info.borrow_mut();
         info.cluster_name = target.cluster.name.clone();
-        info.route_name = route.map_or_else(String::new, |r| r.name.clone());
+        info.route_name =
+            chosen.unwrap_or_else(|| route.map_or_else(String::new, |r| r.name.clone()));
+        ex.capture_names(&info.route_name, &info.cluster_name);
     }
+
     apply_decisions(&decisions, snapshot, ex);
     if let Some(ms) = decisions.delay_ms.filter(|ms| *ms > 0) {
         ex.flags.insert(ResponseFlag::DelayInjected);
@@ -232,6 +248,14 @@ async fn respond(
 ) -> Result<Response<ProxyBody>, StreamReset> {
     let (parts, body) = response.into_parts();
     stream.data.borrow_mut().response = Some(parts);
+    {
+        // The endpoint (and every attempt) is known from the response on, as in Envoy.
+        let mut info = stream.info.borrow_mut();
+        info.upstream_address = ex.upstream_host;
+        if let Some(attempts) = &ex.attempts {
+            info.upstream_attempts.clone_from(attempts);
+        }
+    }
     let verdict = wasmesh_host::response_headers(filters, body.is_end_stream()).await;
     let mut parts = stream
         .data

@@ -294,6 +294,9 @@ impl Upstream<'_> {
             let (retry_wanted, result) = match outcome {
                 Ok(response) => {
                     let status = response.status();
+                    if let Some(attempts) = &mut ex.attempts {
+                        attempts.push((endpoint_pool.endpoint().addr, status.as_u16()));
+                    }
                     cluster.stats().rq_by_class[(status.as_u16() / 100).min(5) as usize].inc();
                     if status.is_server_error() {
                         endpoint_pool.endpoint().rq_error.fetch_add(1, Relaxed);
@@ -306,6 +309,10 @@ impl Upstream<'_> {
                 }
                 Err(e) => {
                     endpoint_pool.endpoint().rq_error.fetch_add(1, Relaxed);
+                    if let Some(attempts) = &mut ex.attempts {
+                        attempts.push((endpoint_pool.endpoint().addr, 0));
+                    }
+
                     let wanted = policy.is_some_and(|p| retriable_error(p.retry_on, &e));
                     (wanted, Err(self.failure_reply(e, ex)))
                 }
@@ -886,7 +893,10 @@ pub struct Exchange {
     pub flags: ResponseFlags,
     pub(crate) details: &'static str,
     pub(crate) grpc: bool,
-    upstream_host: Option<SocketAddr>,
+    pub(crate) upstream_host: Option<SocketAddr>,
+    /// Each attempt's endpoint and status (0: no response); recorded only when filters may
+    /// read it (`wasmesh.upstream_attempts`).
+    pub(crate) attempts: Option<Vec<(SocketAddr, u16)>>,
     upstream_time: Option<Duration>,
     failure_reason: Option<String>,
     bytes_received: Rc<std::cell::Cell<u64>>,
@@ -941,6 +951,7 @@ impl Exchange {
             details: "via_upstream",
             grpc,
             upstream_host: None,
+            attempts: None,
             upstream_time: None,
             failure_reason: None,
             bytes_received: Rc::default(),
@@ -959,9 +970,14 @@ impl Exchange {
     }
 
     pub(crate) fn capture_route(&mut self, route: &Route) {
+        self.capture_names(&route.name, &route.cluster.name);
+    }
+
+    /// The route and cluster a request went to, for the access log.
+    pub(crate) fn capture_names(&mut self, route: &str, cluster: &str) {
         if let Some(log) = &mut self.log {
-            log.route_name = Some(route.name.clone());
-            log.cluster = Some(route.cluster.name.clone());
+            log.route_name = Some(route.to_owned());
+            log.cluster = Some(cluster.to_owned());
         }
     }
 }
@@ -1053,6 +1069,9 @@ impl ResponseBody {
                 info.response_flags = ex.flags.iter().map(ResponseFlag::envoy_bit).sum();
                 info.response_code_details = ex.details.to_owned();
                 info.upstream_address = ex.upstream_host;
+                if let Some(attempts) = ex.attempts.take() {
+                    info.upstream_attempts = attempts;
+                }
             }
             filters.finish();
         }

@@ -32,7 +32,20 @@ pub fn set_retry_policy(
     foreign("wasmesh.set_retry_policy", policy.as_bytes()).map(drop)
 }
 
+/// Retries for this request, as the core's policy string:
+/// `attempts=3;per_try_timeout_ms=500;retry_on=5xx,reset[;retriable_status_codes=503,409]`.
+pub fn set_retry_policy_spec(policy: &str) -> Result<()> {
+    foreign("wasmesh.set_retry_policy", policy.as_bytes()).map(drop)
+}
+
+/// Names the route the request took (the access log's `%ROUTE_NAME%`, and what other
+/// plugins read as the property `wasmesh.route_name`).
+pub fn set_route_name(name: &str) -> Result<()> {
+    crate::host::set_property(&["wasmesh", "route_name"], name.as_bytes())
+}
+
 /// Holds the request this long before it goes upstream, without blocking the proxy.
+
 pub fn delay(duration: std::time::Duration) -> Result<()> {
     foreign("wasmesh.delay", duration.as_millis().to_string().as_bytes()).map(drop)
 }

@@ -1,4 +1,4 @@
-//! Builds every guest crate under `tests/filters/` for `wasm32-wasip1` with the workspace's
+//! Builds every guest crate under `tests/filters/` and `plugins/` for `wasm32-wasip1` with the workspace's
 //! `wasm` profile, once, into `<target>/wasm-artifacts`, and writes their paths as constants.
 //! The `wasm32-wasip1` target must be installed (`deploy/setup.sh` adds it).
 
@@ -21,7 +21,7 @@ fn main() {
         .join("wasm-artifacts");
 
     let mut guests = Vec::new();
-    for dir in ["tests/filters"] {
+    for dir in ["tests/filters", "plugins"] {
         let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
             continue;
         };
@@ -31,6 +31,9 @@ fn main() {
                 continue;
             }
             let text = std::fs::read_to_string(&manifest).unwrap();
+            if !text.contains("cdylib") {
+                continue; // a library the guests share (wasmesh-policy)
+            }
             let name = text
                 .lines()
                 .find_map(|l| l.strip_prefix("name = \""))
@@ -47,6 +50,10 @@ fn main() {
     }
     guests.sort();
     println!("cargo:rerun-if-changed={}", root.join("sdk/src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("plugins/policy/src").display()
+    );
 
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -89,6 +96,7 @@ fn main() {
         assert!(file.exists(), "{} was not built", file.display());
         let ident = g
             .trim_start_matches("filter-")
+            .trim_start_matches("plugin-")
             .replace('-', "_")
             .to_uppercase();
         consts.push_str(&format!(

@@ -299,3 +299,41 @@ pub struct OutlierDetection {
     /// Endpoints in the cluster (for max_ejection_percent).
     pub endpoints: u32,
 }
+
+/// The random draws the plugins make (weights, percentages): a small, fast generator
+/// (SplitMix64) per VM, seeded from the clock. Not for secrets.
+pub struct Dice(u64);
+
+impl Dice {
+    pub fn seeded() -> Dice {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9e37_79b9, |d| d.as_nanos() as u64);
+        Dice(nanos)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u32) -> u32 {
+        ((self.next_u64() >> 32) * n as u64 >> 32) as u32
+    }
+
+    /// True with probability `percent` / 100.
+    pub fn percent(&mut self, percent: f64) -> bool {
+        if percent >= 100.0 {
+            return true;
+        }
+        if percent <= 0.0 {
+            return false;
+        }
+        // 53 random bits as a fraction in [0, 1).
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) * 100.0 < percent
+    }
+}

@@ -155,6 +155,16 @@ pub fn get(
         ["destination", "port"] => addr(info.destination, true),
         ["upstream", "address"] => addr(info.upstream_address, false),
         ["upstream", "port"] => addr(info.upstream_address, true),
+        ["wasmesh", "upstream_attempts"] => {
+            let mut text = String::new();
+            for (i, (address, status)) in info.upstream_attempts.iter().enumerate() {
+                use std::fmt::Write;
+                let sep = if i == 0 { "" } else { "," };
+                let _ = write!(text, "{sep}{address} {status}");
+            }
+            Ok(string(text))
+        }
+
         ["connection", "id"] => Ok(uint(info.connection_id)),
         ["connection", "mtls"] => Ok(Bytes::from_static(&[0])),
         ["connection", "requested_server_name"] => Ok(Bytes::new()),

@@ -22,7 +22,11 @@ pub struct StreamInfo {
     pub route_name: String,
     pub cluster_name: String,
     pub upstream_address: Option<SocketAddr>,
+    /// Every upstream attempt (retries included): the endpoint and its response status, `0`
+    /// when it gave none (connect failure, reset, timeout). For outlier detection.
+    pub upstream_attempts: Vec<(SocketAddr, u16)>,
     pub response_flags: u64,
+
     pub response_code_details: String,
     pub start_time: Option<SystemTime>,
     pub request_size: u64,
