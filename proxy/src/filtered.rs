@@ -436,8 +436,20 @@ fn local_response(local: LocalResponse, ex: &mut Exchange) -> Response<ProxyBody
                 String::from_utf8_lossy(&local.body).replace(['\r', '\n'], " "),
             )
             .body(ProxyBody::Empty),
-        _ => builder.body(ProxyBody::full(local.body)),
+        // The body passes the response filters, which hide its size: say it in the head
+        // (a filter that rewrites it removes the header, as with any response).
+        _ => {
+            if !local
+                .headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            {
+                builder = builder.header(header::CONTENT_LENGTH, local.body.len());
+            }
+            builder.body(ProxyBody::full(local.body))
+        }
     };
+
     response.unwrap_or_else(|_| {
         LocalReply::new(
             StatusCode::INTERNAL_SERVER_ERROR,
