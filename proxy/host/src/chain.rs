@@ -14,6 +14,7 @@ use wasmtime::{InstancePre, Linker};
 use crate::abi::ACTION_PAUSE;
 use crate::callout::Embedder;
 use crate::module::PluginModule;
+use crate::profile::{self, Callback, Profiler};
 use crate::state::{HostState, PluginInfo};
 use crate::stream::{BodyPhase, LocalResponse, Stream};
 use crate::vm::{VmCell, VmFailure, VmLimits, VmSetup};
@@ -137,7 +138,10 @@ impl WorkerVms {
         for slot in &slots {
             slot.start().map_err(|e| (slot.spec.name.clone(), e))?;
         }
-        Ok(Rc::new(Chain { entries }))
+        Ok(Rc::new(Chain {
+            entries,
+            profiler: RefCell::new(None),
+        }))
     }
 }
 
@@ -261,6 +265,8 @@ struct ChainEntry {
 /// A listener's plugins on one worker, in the order they run on requests.
 pub struct Chain {
     entries: Vec<ChainEntry>,
+    /// Sees the callbacks of streams started after it was set (`wasmesh bench`).
+    profiler: RefCell<Option<Rc<dyn Profiler>>>,
 }
 
 impl Chain {
@@ -281,14 +287,25 @@ impl Chain {
         self.entries.get(index)?.slot.vm.borrow().clone()
     }
 
+    /// Reports the cost of every callback of the streams started from now on to `profiler`
+    /// (`None`: stop profiling). For benchmarks.
+    pub fn set_profiler(&self, profiler: Option<Rc<dyn Profiler>>) {
+        *self.profiler.borrow_mut() = profiler;
+    }
+
     /// Starts driving a stream through the chain.
     pub fn stream(self: &Rc<Self>, stream: Rc<Stream>) -> FilterStream {
+        let profiler = self.profiler.borrow().clone();
         let mut filters = Vec::with_capacity(self.entries.len());
-        for entry in &self.entries {
+        for (i, entry) in self.entries.iter().enumerate() {
             let state = match entry.slot.current() {
                 Some(vm) if vm.failure().is_none() => {
                     let root = entry.slot.root_of(&entry.spec);
-                    match vm.with(|v| v.create_stream(root, stream.clone())) {
+                    let created =
+                        profile::call(profiler.as_deref(), i, Callback::ContextCreate, &vm, |v| {
+                            v.create_stream(root, stream.clone())
+                        });
+                    match created {
                         Ok(ctx) => Filter::Active { vm, ctx },
                         Err(e) => Filter::Failed(e),
                     }
@@ -305,6 +322,7 @@ impl Chain {
             chain: self.clone(),
             stream,
             filters,
+            profiler,
             finished: false,
             headers_next: 0,
             headers_end: false,
@@ -373,6 +391,7 @@ pub struct FilterStream {
     chain: Rc<Chain>,
     pub stream: Rc<Stream>,
     filters: Vec<FilterState>,
+    profiler: Option<Rc<dyn Profiler>>,
     finished: bool,
     /// The next filter of the headers phase under way, and its end-of-stream flag.
     headers_next: usize,
@@ -519,10 +538,15 @@ impl FilterStream {
             };
             let count = header_count(&self.stream, response);
             let end = self.headers_end;
+            let profiler = self.profiler.as_deref();
             let result = if response {
-                vm.with(|v| v.response_headers(ctx, count, end))
+                profile::call(profiler, i, Callback::ResponseHeaders, &vm, |v| {
+                    v.response_headers(ctx, count, end)
+                })
             } else {
-                vm.with(|v| v.request_headers(ctx, count, end))
+                profile::call(profiler, i, Callback::RequestHeaders, &vm, |v| {
+                    v.request_headers(ctx, count, end)
+                })
             };
             let action = match self.settle(i, result) {
                 Ok(a) => a,
@@ -628,10 +652,15 @@ impl FilterStream {
                     d.request_body.len()
                 }
             };
+            let profiler = self.profiler.as_deref();
             let result = if response {
-                vm.with(|v| v.response_body(ctx, size, end))
+                profile::call(profiler, i, Callback::ResponseBody, &vm, |v| {
+                    v.response_body(ctx, size, end)
+                })
             } else {
-                vm.with(|v| v.request_body(ctx, size, end))
+                profile::call(profiler, i, Callback::RequestBody, &vm, |v| {
+                    v.request_body(ctx, size, end)
+                })
             };
             let buffer = {
                 let mut d = self.stream.data.borrow_mut();
@@ -714,10 +743,15 @@ impl FilterStream {
                 };
                 t.as_ref().map_or(0, |t| t.len())
             };
+            let profiler = self.profiler.as_deref();
             let result = if response {
-                vm.with(|v| v.response_trailers(ctx, count))
+                profile::call(profiler, i, Callback::ResponseTrailers, &vm, |v| {
+                    v.response_trailers(ctx, count)
+                })
             } else {
-                vm.with(|v| v.request_trailers(ctx, count))
+                profile::call(profiler, i, Callback::RequestTrailers, &vm, |v| {
+                    v.request_trailers(ctx, count)
+                })
             };
             match self.settle(i, result) {
                 Ok(_) | Err(Verdict::Continue) => {}
@@ -738,7 +772,9 @@ impl FilterStream {
         }
         for (i, f) in self.filters.iter().enumerate() {
             if let Filter::Active { vm, ctx } = &f.state {
-                vm.with(|v| v.finish_stream(*ctx));
+                profile::call(self.profiler.as_deref(), i, Callback::Done, vm, |v| {
+                    v.finish_stream(*ctx)
+                });
                 let stats = self.chain.entries[i]
                     .slot
                     .host

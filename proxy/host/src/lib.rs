@@ -17,6 +17,7 @@ pub mod foreign;
 mod imports;
 pub mod module;
 pub mod pairs;
+pub mod profile;
 pub mod properties;
 pub mod shared;
 mod state;
@@ -38,6 +39,7 @@ pub use chain::{
     WorkerVms, body_resumed, request_headers, response_headers,
 };
 pub use module::{ModuleCache, ModuleError, PluginModule};
+pub use profile::{Callback, Profiler};
 pub use shared::Shared;
 pub use stream::{Decisions, EndpointReport, LocalResponse, Stream, StreamInfo};
 pub use vm::{VmCell, VmFailure, VmLimits};
