@@ -1,0 +1,22 @@
+//! The wasmesh control plane: Istio manifests in, proxy configuration out.
+//!
+//! - [`manifests`] loads VirtualService, DestinationRule, ServiceEntry and WorkloadEntry
+//!   resources from YAML (strings, files, directories);
+//! - [`translate()`] turns them, by a pure function, into the proxy's
+//!   [`Bootstrap`](wasmesh_config::Bootstrap) and the configuration of the four traffic
+//!   plugins (router, fault, mirror, circuit-breaker; see `wasmesh-policy`);
+//! - [`Diagnostic`]s report problems in the style of `istioctl analyze`;
+//! - [`samples`] renders Bookinfo-like manifests and holds Istio's task manifests.
+
+pub mod diag;
+pub mod duration;
+pub mod istio;
+pub mod manifests;
+pub mod samples;
+mod translate;
+
+pub use diag::{Diagnostic, Level};
+pub use manifests::{Loaded, Resource, Source, Spec};
+pub use translate::{
+    Options, PLUGIN_NAMES, PluginModule, PluginModules, Translation, cluster_name, translate,
+};

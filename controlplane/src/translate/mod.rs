@@ -1,0 +1,244 @@
+//! Istio resources -> the proxy's bootstrap and the four plugins' configuration.
+//!
+//! [`translate`] is a pure function: no IO, no clock, no randomness, and its output is in a
+//! deterministic order (services by host and port, resources by namespace and name). See the
+//! crate's README for what maps to what.
+
+mod clusters;
+mod registry;
+mod routes;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use wasmesh_config::filters::{FailStrategy, HttpFilter, Phase, VmConfig};
+use wasmesh_config::{Bootstrap, Dur, HttpOptions, Listener, WasmOptions};
+use wasmesh_policy::{CircuitBreakerConfig, FaultConfig, MirrorConfig, RouterConfig};
+
+use crate::diag::Diagnostic;
+use crate::manifests::Resource;
+
+/// What the translation needs besides the manifests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    /// The cluster's DNS suffix: short host `reviews` in namespace `default` is
+    /// `reviews.default.svc.cluster.local`.
+    pub domain_suffix: String,
+    /// The namespace the proxy's clients live in: its services also answer to their bare short
+    /// name (`reviews`), as they do for an Istio sidecar in that namespace.
+    pub client_namespace: String,
+    pub listener_name: String,
+    /// `ip:port`; port 0 picks a free port.
+    pub listener_address: String,
+    /// The proxy's admin address, if any.
+    pub admin_address: Option<String>,
+    /// The four plugin modules; None puts everything the proxy's own routes can carry into
+    /// them and runs no plugin (a baseline).
+    pub plugins: Option<PluginModules>,
+    /// Istio sends a request that matches none of a VirtualService's routes nowhere (404, `NR`).
+    /// Set this to let it fall through to the service's default route instead.
+    pub fall_through_to_default_route: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            domain_suffix: "svc.cluster.local".into(),
+            client_namespace: "default".into(),
+            listener_name: "outbound".into(),
+            listener_address: "127.0.0.1:0".into(),
+            admin_address: None,
+            plugins: None,
+            fall_through_to_default_route: false,
+        }
+    }
+}
+
+/// Where each plugin's Wasm module is (a path, `file://` or `http://` with sha256).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginModules {
+    pub router: PluginModule,
+    pub fault: PluginModule,
+    pub mirror: PluginModule,
+    pub circuit_breaker: PluginModule,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginModule {
+    pub url: String,
+    pub sha256: Option<String>,
+}
+
+impl PluginModule {
+    pub fn new(url: impl Into<String>) -> PluginModule {
+        PluginModule {
+            url: url.into(),
+            sha256: None,
+        }
+    }
+}
+
+/// The translation's result. The plugin configs are also inside `bootstrap` (each filter's
+/// `plugin_config`) when plugins are on.
+#[derive(Clone, Debug)]
+pub struct Translation {
+    pub bootstrap: Bootstrap,
+    pub router: RouterConfig,
+    pub fault: FaultConfig,
+    pub mirror: MirrorConfig,
+    pub circuit_breaker: CircuitBreakerConfig,
+    /// What was wrong or left out, in the order found; resources with an error are left out.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// The names of the plugins in the chain, in order.
+pub const PLUGIN_NAMES: [&str; 4] = ["router", "fault", "mirror", "circuit-breaker"];
+
+/// Translates resources. Diagnostics name the resource and field at fault; a resource with an
+/// error diagnostic is left out and the rest still translate.
+pub fn translate(resources: &[Resource], options: &Options) -> Translation {
+    let mut diags = Vec::new();
+
+    // Valid resources only, each kind by namespace and name; the first of duplicates wins.
+    let mut seen = BTreeSet::new();
+    let mut valid: Vec<&Resource> = Vec::new();
+    for r in resources {
+        if !seen.insert((r.kind(), r.namespace().to_owned(), r.name().to_owned())) {
+            diags.push(r.diag(Diagnostic::warning(
+                crate::diag::code::SHADOWED,
+                format!(
+                    "Another {} named {}.{} came first: this one is ignored",
+                    r.kind(),
+                    r.name(),
+                    r.namespace()
+                ),
+            )));
+            continue;
+        }
+        let found = validate::resource(r, options);
+        let bad = found.iter().any(Diagnostic::is_error);
+        diags.extend(found);
+        if !bad {
+            valid.push(r);
+        }
+    }
+    valid.sort_by(|a, b| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
+
+    let registry = registry::Registry::build(&valid, options, &mut diags);
+    let clusters = clusters::build(&registry, &mut diags);
+    let routed = routes::build(&registry, &clusters, &valid, options, &mut diags);
+
+    let listener = Listener {
+        name: options.listener_name.clone(),
+        address: options.listener_address.clone(),
+        max_connections: 100_000,
+        http: HttpOptions::default(),
+        http_filters: match &options.plugins {
+            Some(modules) => filters(
+                modules,
+                &routed.router,
+                &routed.fault,
+                &routed.mirror,
+                &clusters.circuit_breaker,
+            ),
+            None => Vec::new(),
+        },
+        virtual_hosts: routed.core_virtual_hosts,
+    };
+    let bootstrap = Bootstrap {
+        workers: None,
+        admin: options
+            .admin_address
+            .as_ref()
+            .map(|a| wasmesh_config::Admin { address: a.clone() }),
+        listeners: vec![listener],
+        clusters: clusters.bootstrap,
+        access_log: None,
+        drain_timeout: Dur::secs(5),
+        wasm: WasmOptions::default(),
+        base_dir: None,
+    };
+
+    Translation {
+        bootstrap,
+        router: routed.router,
+        fault: routed.fault,
+        mirror: routed.mirror,
+        circuit_breaker: clusters.circuit_breaker,
+        diagnostics: dedup(diags),
+    }
+}
+
+fn filters(
+    modules: &PluginModules,
+    router: &RouterConfig,
+    fault: &FaultConfig,
+    mirror: &MirrorConfig,
+    circuit_breaker: &CircuitBreakerConfig,
+) -> Vec<HttpFilter> {
+    let json = |v: serde_json::Result<serde_json::Value>| v.expect("plugin configs serialize");
+    let configs = [
+        (&modules.router, json(serde_json::to_value(router))),
+        (&modules.fault, json(serde_json::to_value(fault))),
+        (&modules.mirror, json(serde_json::to_value(mirror))),
+        (
+            &modules.circuit_breaker,
+            json(serde_json::to_value(circuit_breaker)),
+        ),
+    ];
+    configs
+        .into_iter()
+        .zip(PLUGIN_NAMES)
+        .enumerate()
+        .map(|(i, ((module, config), name))| HttpFilter {
+            name: name.to_owned(),
+            url: module.url.clone(),
+            sha256: module.sha256.clone(),
+            plugin_config: Some(config),
+            plugin_name: String::new(),
+            phase: Phase::UnspecifiedPhase,
+            // The chain is ordered by priority, higher first: router, fault, mirror, breaker.
+            priority: 40 - 10 * i as i32,
+            // Without the router nothing is routed as configured; the others only add policy.
+            fail_strategy: if name == "router" {
+                FailStrategy::FailClose
+            } else {
+                FailStrategy::FailOpen
+            },
+            vm_config: VmConfig::default(),
+        })
+        .collect()
+}
+
+/// Drops repeated diagnostics (the same finding reached from several services), keeping order.
+fn dedup(diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut seen = BTreeMap::new();
+    let mut out = Vec::new();
+    for d in diags {
+        let key = d.to_string();
+        if seen.insert(key, ()).is_none() {
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// `reviews` in `default` -> `reviews.default.svc.cluster.local`; a name with a dot, and `*`,
+/// as they are (lowercased).
+pub(crate) fn qualify(host: &str, namespace: &str, options: &Options) -> String {
+    let host = host.trim().to_ascii_lowercase();
+    if host == "*" || host.contains('.') {
+        host
+    } else {
+        format!("{host}.{namespace}.{}", options.domain_suffix)
+    }
+}
+
+/// Istio's cluster names: `outbound|9080||reviews.default.svc.cluster.local`, and with a subset
+/// `outbound|9080|v1|reviews.default.svc.cluster.local`.
+pub fn cluster_name(port: u32, subset: Option<&str>, host: &str) -> String {
+    format!("outbound|{port}|{}|{host}", subset.unwrap_or(""))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,893 @@
+//! Per-resource checks that parsing alone cannot make (Istio's validation webhook, roughly),
+//! and notes on what wasmesh does not support. An error leaves the resource out.
+
+use std::collections::BTreeSet;
+
+use base64::Engine as _;
+
+use super::Options;
+use super::registry::is_http;
+use crate::diag::{Diagnostic, code};
+use crate::duration;
+use crate::istio::{self, Resolution, SimpleLb, StringMatch};
+use crate::manifests::{Resource, Spec};
+
+/// Envoy's retry conditions, which Istio's `retryOn` accepts (besides status codes).
+const RETRY_ON: [&str; 16] = [
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+/// gRPC status names (`grpcStatus`), by code.
+pub(crate) const GRPC_STATUS: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+struct Check<'a> {
+    res: &'a Resource,
+    out: Vec<Diagnostic>,
+}
+
+impl Check<'_> {
+    fn error(&mut self, field: &str, reason: impl std::fmt::Display) {
+        self.out.push(
+            self.res.diag(
+                Diagnostic::error(
+                    code::SCHEMA_VALIDATION_ERROR,
+                    format!("Schema validation error: {field}: {reason}"),
+                )
+                .at(field),
+            ),
+        );
+    }
+
+    fn unsupported(&mut self, field: &str, what: &str) {
+        self.out.push(
+            self.res.diag(
+                Diagnostic::warning(
+                    code::UNSUPPORTED_FIELD,
+                    format!("{field} is not supported by wasmesh yet: {what}"),
+                )
+                .at(field),
+            ),
+        );
+    }
+
+    fn note(&mut self, field: &str, what: &str) {
+        self.out.push(
+            self.res
+                .diag(Diagnostic::info(code::NOTE, format!("{field}: {what}")).at(field)),
+        );
+    }
+
+    fn deprecated(&mut self, field: &str, instead: &str) {
+        self.out.push(
+            self.res.diag(
+                Diagnostic::warning(
+                    code::DEPRECATED,
+                    format!("Deprecated: {field} is deprecated; use {instead}"),
+                )
+                .at(field),
+            ),
+        );
+    }
+
+    fn duration(&mut self, field: &str, text: Option<&String>, min_ms: Option<u64>) {
+        let Some(text) = text else {
+            return;
+        };
+        match duration::parse(text) {
+            Err(e) => self.error(field, e),
+            Ok(d) => {
+                if let Some(min) = min_ms
+                    && d < std::time::Duration::from_millis(min)
+                {
+                    self.error(field, format!("duration {text:?} must be at least {min}ms"));
+                }
+            }
+        }
+    }
+
+    fn regex(&mut self, field: &str, pattern: &str) {
+        if let Err(e) = regex::Regex::new(pattern) {
+            let problem = match e {
+                regex::Error::Syntax(s) => s
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with("error:"))
+                    .map(|l| l.trim_start_matches("error:").trim().to_owned())
+                    .unwrap_or(s),
+                other => other.to_string(),
+            };
+            self.out.push(
+                self.res.diag(
+                    Diagnostic::error(
+                        code::INVALID_REGEXP,
+                        format!(
+                            "Field {field:?} regular expression invalid: {pattern:?} ({problem})"
+                        ),
+                    )
+                    .at(field),
+                ),
+            );
+        }
+    }
+
+    fn string_match(&mut self, field: &str, m: &StringMatch, empty_ok: bool) {
+        let set = [&m.exact, &m.prefix, &m.regex]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if set > 1 {
+            self.error(field, "set only one of exact, prefix and regex");
+        } else if set == 0 && !empty_ok {
+            self.error(field, "set one of exact, prefix and regex");
+        }
+        if let Some(re) = &m.regex {
+            self.regex(&format!("{field}.regex"), re);
+        }
+    }
+
+    fn percent(&mut self, field: &str, p: Option<&istio::Percent>) {
+        if let Some(p) = p
+            && !(0.0..=100.0).contains(&p.value)
+        {
+            self.error(
+                &format!("{field}.value"),
+                format!("percentage {} is not in range 0..100", p.value),
+            );
+        }
+    }
+
+    fn headers(&mut self, field: &str, h: Option<&istio::Headers>) {
+        let Some(h) = h else {
+            return;
+        };
+        for (dir, ops) in [("request", &h.request), ("response", &h.response)] {
+            let Some(ops) = ops else {
+                continue;
+            };
+            let names = ops
+                .set
+                .keys()
+                .chain(ops.add.keys())
+                .chain(ops.remove.iter());
+            for name in names {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    self.error(
+                        &format!("{field}.{dir}"),
+                        format!("invalid header name {name:?}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Checks one resource; errors mean it is left out.
+pub(crate) fn resource(r: &Resource, options: &Options) -> Vec<Diagnostic> {
+    let mut c = Check {
+        res: r,
+        out: Vec::new(),
+    };
+    if r.name().is_empty() {
+        c.error("metadata.name", "must not be empty");
+    }
+    match &r.spec {
+        Spec::VirtualService(vs) => virtual_service(&mut c, vs, options),
+        Spec::DestinationRule(dr) => destination_rule(&mut c, dr),
+        Spec::ServiceEntry(se) => service_entry(&mut c, se),
+        Spec::WorkloadEntry(we) => workload(&mut c, "spec", we, None),
+    }
+    c.out
+}
+
+fn virtual_service(c: &mut Check, vs: &istio::VirtualService, _options: &Options) {
+    if vs.hosts.is_empty() {
+        c.error("spec.hosts", "at least one host is required");
+    }
+    for (i, h) in vs.hosts.iter().enumerate() {
+        host_name(c, &format!("spec.hosts[{i}]"), h);
+    }
+    if !vs.gateways.is_empty() && !vs.gateways.iter().any(|g| g == "mesh") {
+        c.note(
+            "spec.gateways",
+            "applies to gateways only (not \"mesh\"): nothing to translate for the mesh",
+        );
+    }
+    if vs.tls.is_some() {
+        c.unsupported("spec.tls", "TLS routes are ignored");
+    }
+    if vs.tcp.is_some() {
+        c.unsupported("spec.tcp", "TCP routes are ignored");
+    }
+    for (i, route) in vs.http.iter().enumerate() {
+        http_route(c, &format!("spec.http[{i}]"), route);
+    }
+}
+
+fn host_name(c: &mut Check, field: &str, host: &str) {
+    let h = host.trim();
+    let bad = h.is_empty()
+        || (h.contains('*')
+            && h != "*"
+            && h.strip_prefix("*.").is_none_or(|rest| rest.contains('*')))
+        || h.contains(['/', ' ', ':']);
+    if bad {
+        c.error(field, format!("invalid host {host:?}"));
+    }
+}
+
+fn http_route(c: &mut Check, at: &str, route: &istio::HttpRoute) {
+    for (j, m) in route.matches.iter().enumerate() {
+        let at = format!("{at}.match[{j}]");
+        for (name, sm) in [
+            ("uri", &m.uri),
+            ("scheme", &m.scheme),
+            ("method", &m.method),
+            ("authority", &m.authority),
+        ] {
+            if let Some(sm) = sm {
+                c.string_match(&format!("{at}.{name}"), sm, false);
+            }
+        }
+        if let Some(
+            StringMatch { exact: Some(p), .. }
+            | StringMatch {
+                prefix: Some(p), ..
+            },
+        ) = &m.uri
+            && !p.starts_with('/')
+        {
+            c.error(&format!("{at}.uri"), format!("{p:?} must start with '/'"));
+        }
+        for (field, map) in [
+            ("headers", &m.headers),
+            ("withoutHeaders", &m.without_headers),
+        ] {
+            for (name, sm) in map {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    c.error(
+                        &format!("{at}.{field}"),
+                        format!("invalid header name {name:?}"),
+                    );
+                }
+                c.string_match(&format!("{at}.{field}.{name}"), sm, true);
+            }
+        }
+        for (name, sm) in &m.query_params {
+            c.string_match(&format!("{at}.queryParams.{name}"), sm, true);
+        }
+        if let Some(p) = m.port
+            && !(1..=65535).contains(&p)
+        {
+            c.error(
+                &format!("{at}.port"),
+                format!("port {p} is not in range 1..65535"),
+            );
+        }
+        if !m.source_labels.is_empty() || m.source_namespace.is_some() {
+            c.unsupported(
+                &at,
+                "sourceLabels and sourceNamespace need per-workload proxies; this match never holds",
+            );
+        }
+        if !m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh") {
+            c.note(
+                &format!("{at}.gateways"),
+                "applies to gateways only: never holds in the mesh",
+            );
+        }
+    }
+
+    let actions = [
+        !route.route.is_empty(),
+        route.redirect.is_some(),
+        route.direct_response.is_some(),
+        route.delegate.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if actions == 0 {
+        c.error(
+            at,
+            "HTTP route requires one of route, redirect, directResponse",
+        );
+    } else if actions > 1 {
+        c.error(
+            at,
+            "HTTP route may set only one of route, redirect, directResponse, delegate",
+        );
+    }
+    if route.delegate.is_some() {
+        c.unsupported(&format!("{at}.delegate"), "the route is left out");
+    }
+    if route.cors_policy.is_some() {
+        c.unsupported(&format!("{at}.corsPolicy"), "ignored");
+    }
+
+    // route
+    if route.route.len() > 1 {
+        let total: i64 = route
+            .route
+            .iter()
+            .map(|d| d.weight.unwrap_or(0) as i64)
+            .sum();
+        if total != 100 {
+            c.error(
+                &format!("{at}.route"),
+                format!("total destination weight {total} != 100"),
+            );
+        }
+    }
+    for (j, d) in route.route.iter().enumerate() {
+        let at = format!("{at}.route[{j}]");
+        if let Some(w) = d.weight
+            && !(0..=100).contains(&w)
+        {
+            c.error(
+                &format!("{at}.weight"),
+                format!("weight {w} is not in range 0..100"),
+            );
+        }
+        destination(c, &format!("{at}.destination"), &d.destination);
+        c.headers(&format!("{at}.headers"), d.headers.as_ref());
+    }
+    c.headers(&format!("{at}.headers"), route.headers.as_ref());
+
+    if let Some(rw) = &route.rewrite {
+        let at = format!("{at}.rewrite");
+        if route.route.is_empty() {
+            c.error(&at, "rewrite is only allowed with route");
+        }
+        if rw.uri.is_some() && rw.uri_regex_rewrite.is_some() {
+            c.error(&at, "set only one of uri and uriRegexRewrite");
+        }
+        if let Some(rr) = &rw.uri_regex_rewrite {
+            c.regex(&format!("{at}.uriRegexRewrite.match"), &rr.pattern);
+        }
+    }
+    if let Some(rd) = &route.redirect {
+        let at = format!("{at}.redirect");
+        if let Some(code) = rd.redirect_code
+            && ![301, 302, 303, 307, 308].contains(&code)
+        {
+            c.error(
+                &format!("{at}.redirectCode"),
+                format!("{code} is not a redirect code (301, 302, 303, 307, 308)"),
+            );
+        }
+        if let Some(p) = rd.port
+            && !(1..=65535).contains(&p)
+        {
+            c.error(
+                &format!("{at}.port"),
+                format!("port {p} is not in range 1..65535"),
+            );
+        }
+        if rd.derive_port.is_some() {
+            c.unsupported(&format!("{at}.derivePort"), "ignored");
+        }
+    }
+    if let Some(dr) = &route.direct_response {
+        let at = format!("{at}.directResponse");
+        if !(200..=599).contains(&dr.status) {
+            c.error(
+                &format!("{at}.status"),
+                format!("status {} is not in range 200..599", dr.status),
+            );
+        }
+        if let Some(b) = &dr.body {
+            match (&b.string, &b.bytes) {
+                (Some(_), Some(_)) => {
+                    c.error(&format!("{at}.body"), "set only one of string and bytes")
+                }
+                (None, Some(bytes)) => match base64::engine::general_purpose::STANDARD.decode(bytes)
+                {
+                    Err(e) => c.error(&format!("{at}.body.bytes"), format!("not base64: {e}")),
+                    Ok(raw) if std::str::from_utf8(&raw).is_err() => c.unsupported(
+                        &format!("{at}.body.bytes"),
+                        "bytes that are not UTF-8 text are sent with invalid sequences replaced",
+                    ),
+                    Ok(_) => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    c.duration(&format!("{at}.timeout"), route.timeout.as_ref(), None);
+    if let Some(rt) = &route.retries {
+        retries(c, &format!("{at}.retries"), rt);
+    }
+    if let Some(f) = &route.fault {
+        fault(c, &format!("{at}.fault"), f);
+    }
+
+    // mirrors
+    if route.mirror.is_some() && !route.mirrors.is_empty() {
+        c.error(at, "set only one of mirror and mirrors");
+    }
+    if let Some(m) = &route.mirror {
+        destination(c, &format!("{at}.mirror"), m);
+    }
+    c.percent(
+        &format!("{at}.mirrorPercentage"),
+        route.mirror_percentage.as_ref(),
+    );
+    if let Some(p) = route.mirror_percent {
+        c.deprecated(&format!("{at}.mirrorPercent"), "mirrorPercentage");
+        if p > 100 {
+            c.error(
+                &format!("{at}.mirrorPercent"),
+                format!("percentage {p} is not in range 0..100"),
+            );
+        }
+    }
+    for (j, m) in route.mirrors.iter().enumerate() {
+        destination(c, &format!("{at}.mirrors[{j}].destination"), &m.destination);
+        c.percent(
+            &format!("{at}.mirrors[{j}].percentage"),
+            m.percentage.as_ref(),
+        );
+    }
+}
+
+fn destination(c: &mut Check, at: &str, d: &istio::Destination) {
+    host_name(c, &format!("{at}.host"), &d.host);
+    if d.host.contains('*') {
+        c.error(
+            &format!("{at}.host"),
+            "a destination host cannot be a wildcard",
+        );
+    }
+    if let Some(p) = &d.port
+        && !(1..=65535).contains(&p.number)
+    {
+        c.error(
+            &format!("{at}.port.number"),
+            format!("port {} is not in range 1..65535", p.number),
+        );
+    }
+}
+
+fn retries(c: &mut Check, at: &str, r: &istio::HttpRetry) {
+    if let Some(a) = r.attempts
+        && a < 0
+    {
+        c.error(&format!("{at}.attempts"), "attempts cannot be negative");
+    }
+    c.duration(
+        &format!("{at}.perTryTimeout"),
+        r.per_try_timeout.as_ref(),
+        Some(1),
+    );
+    if let Some(on) = &r.retry_on {
+        for token in on.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if token.parse::<u16>().is_ok_and(|n| (100..=599).contains(&n)) {
+                continue;
+            }
+            if !RETRY_ON.contains(&token) {
+                c.error(
+                    &format!("{at}.retryOn"),
+                    format!("{token:?} is not a valid retryOn policy"),
+                );
+            } else if wasmesh_config::RetryOn::parse(token).is_err() {
+                c.unsupported(
+                    &format!("{at}.retryOn"),
+                    &format!("condition {token:?} is dropped"),
+                );
+            }
+        }
+    }
+    if r.backoff.is_some() {
+        c.unsupported(
+            &format!("{at}.backoff"),
+            "the proxy's 25ms base interval is used",
+        );
+    }
+}
+
+fn fault(c: &mut Check, at: &str, f: &istio::HttpFaultInjection) {
+    if f.delay.is_none() && f.abort.is_none() {
+        c.error(at, "HTTP fault injection must have an abort and/or a delay");
+    }
+    if let Some(d) = &f.delay {
+        let at = format!("{at}.delay");
+        match (&d.fixed_delay, d.exponential_delay.is_some()) {
+            (None, false) => c.error(&at, "fixedDelay is required"),
+            (None, true) => {
+                c.unsupported(&format!("{at}.exponentialDelay"), "the delay is left out")
+            }
+            (Some(_), _) => {
+                c.duration(&format!("{at}.fixedDelay"), d.fixed_delay.as_ref(), Some(1))
+            }
+        }
+        c.percent(&format!("{at}.percentage"), d.percentage.as_ref());
+        if let Some(p) = d.percent {
+            c.deprecated(&format!("{at}.percent"), "percentage");
+            if !(0..=100).contains(&p) {
+                c.error(
+                    &format!("{at}.percent"),
+                    format!("percentage {p} is not in range 0..100"),
+                );
+            }
+        }
+        if d.percentage.is_none() && d.percent.is_none() {
+            c.note(
+                &format!("{at}.percentage"),
+                "unset: no request is delayed (Istio's semantics; set percentage.value: 100 for all)",
+            );
+        }
+    }
+    if let Some(a) = &f.abort {
+        let at = format!("{at}.abort");
+        let kinds = [
+            a.http_status.is_some(),
+            a.grpc_status.is_some(),
+            a.http2_error.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if kinds != 1 {
+            c.error(&at, "set exactly one of httpStatus and grpcStatus");
+        }
+        if let Some(s) = a.http_status
+            && !(200..=599).contains(&s)
+        {
+            c.error(
+                &format!("{at}.httpStatus"),
+                format!("httpStatus {s} is not in range 200..599"),
+            );
+        }
+        if let Some(g) = &a.grpc_status
+            && !GRPC_STATUS.contains(&g.as_str())
+        {
+            c.error(
+                &format!("{at}.grpcStatus"),
+                format!("{g:?} is not a gRPC status name (such as UNAVAILABLE)"),
+            );
+        }
+        if a.http2_error.is_some() {
+            c.unsupported(&format!("{at}.http2Error"), "the abort is left out");
+        }
+        c.percent(&format!("{at}.percentage"), a.percentage.as_ref());
+        if a.percentage.is_none() {
+            c.note(
+                &format!("{at}.percentage"),
+                "unset: no request is aborted (Istio's semantics; set percentage.value: 100 for all)",
+            );
+        }
+    }
+}
+
+fn destination_rule(c: &mut Check, dr: &istio::DestinationRule) {
+    host_name(c, "spec.host", &dr.host);
+    if dr.workload_selector.is_some() {
+        c.unsupported("spec.workloadSelector", "the rule applies to every client");
+    }
+    if let Some(tp) = &dr.traffic_policy {
+        traffic_policy(c, "spec.trafficPolicy", tp);
+    }
+    let mut names = BTreeSet::new();
+    for (i, s) in dr.subsets.iter().enumerate() {
+        let at = format!("spec.subsets[{i}]");
+        if s.name.is_empty() {
+            c.error(&format!("{at}.name"), "must not be empty");
+        } else if s.name.contains('|') {
+            c.error(
+                &format!("{at}.name"),
+                format!("invalid subset name {:?}", s.name),
+            );
+        }
+        if !names.insert(&s.name) {
+            c.error(
+                &format!("{at}.name"),
+                format!("duplicate subset name {:?}", s.name),
+            );
+        }
+        if let Some(tp) = &s.traffic_policy {
+            traffic_policy(c, &format!("{at}.trafficPolicy"), tp);
+        }
+    }
+}
+
+fn traffic_policy(c: &mut Check, at: &str, tp: &istio::TrafficPolicy) {
+    settings(
+        c,
+        at,
+        tp.load_balancer.as_ref(),
+        tp.connection_pool.as_ref(),
+        tp.outlier_detection.as_ref(),
+        tp.tls.is_some(),
+    );
+    if tp.tunnel.is_some() {
+        c.unsupported(&format!("{at}.tunnel"), "ignored");
+    }
+    if tp.proxy_protocol.is_some() {
+        c.unsupported(&format!("{at}.proxyProtocol"), "ignored");
+    }
+    for (i, pl) in tp.port_level_settings.iter().enumerate() {
+        let at = format!("{at}.portLevelSettings[{i}]");
+        match &pl.port {
+            None => c.error(&format!("{at}.port"), "port is required"),
+            Some(p) if !(1..=65535).contains(&p.number) => c.error(
+                &format!("{at}.port.number"),
+                format!("port {} is not in range 1..65535", p.number),
+            ),
+            _ => {}
+        }
+        settings(
+            c,
+            &at,
+            pl.load_balancer.as_ref(),
+            pl.connection_pool.as_ref(),
+            pl.outlier_detection.as_ref(),
+            pl.tls.is_some(),
+        );
+    }
+}
+
+fn settings(
+    c: &mut Check,
+    at: &str,
+    lb: Option<&istio::LoadBalancerSettings>,
+    pool: Option<&istio::ConnectionPoolSettings>,
+    outlier: Option<&istio::OutlierDetection>,
+    tls: bool,
+) {
+    if tls {
+        c.note(
+            &format!("{at}.tls"),
+            "ignored for now (mTLS comes with milestone 2)",
+        );
+    }
+    if let Some(lb) = lb {
+        let at = format!("{at}.loadBalancer");
+        if lb.simple == Some(SimpleLb::Passthrough) {
+            c.unsupported(
+                &format!("{at}.simple"),
+                "PASSTHROUGH: LEAST_REQUEST is used",
+            );
+        }
+        if lb.simple == Some(SimpleLb::LeastConn) {
+            c.deprecated(&format!("{at}.simple"), "LEAST_REQUEST");
+        }
+        if lb.consistent_hash.is_some() {
+            c.unsupported(&format!("{at}.consistentHash"), "LEAST_REQUEST is used");
+        }
+        if lb.locality_lb_setting.is_some() {
+            c.unsupported(&format!("{at}.localityLbSetting"), "ignored");
+        }
+        if lb.warmup_duration_secs.is_some() || lb.warmup.is_some() {
+            c.unsupported(&format!("{at}.warmup"), "ignored");
+        }
+    }
+    if let Some(pool) = pool {
+        let at = format!("{at}.connectionPool");
+        if let Some(t) = &pool.tcp {
+            let at = format!("{at}.tcp");
+            non_negative(c, &format!("{at}.maxConnections"), t.max_connections);
+            c.duration(
+                &format!("{at}.connectTimeout"),
+                t.connect_timeout.as_ref(),
+                Some(1),
+            );
+            for (set, name) in [
+                (t.tcp_keepalive.is_some(), "tcpKeepalive"),
+                (t.max_connection_duration.is_some(), "maxConnectionDuration"),
+                (t.idle_timeout.is_some(), "idleTimeout"),
+            ] {
+                if set {
+                    c.unsupported(&format!("{at}.{name}"), "ignored");
+                }
+            }
+        }
+        if let Some(h) = &pool.http {
+            let at = format!("{at}.http");
+            non_negative(
+                c,
+                &format!("{at}.http1MaxPendingRequests"),
+                h.http1_max_pending_requests,
+            );
+            non_negative(c, &format!("{at}.http2MaxRequests"), h.http2_max_requests);
+            non_negative(
+                c,
+                &format!("{at}.maxRequestsPerConnection"),
+                h.max_requests_per_connection,
+            );
+            non_negative(c, &format!("{at}.maxRetries"), h.max_retries);
+            c.duration(&format!("{at}.idleTimeout"), h.idle_timeout.as_ref(), None);
+            if h.max_concurrent_streams.is_some() {
+                c.unsupported(&format!("{at}.maxConcurrentStreams"), "ignored");
+            }
+        }
+    }
+    if let Some(o) = outlier {
+        let at = format!("{at}.outlierDetection");
+        if let Some(n) = o.consecutive_errors {
+            c.deprecated(
+                &format!("{at}.consecutiveErrors"),
+                "consecutiveGatewayErrors or consecutive5xxErrors",
+            );
+            non_negative(c, &format!("{at}.consecutiveErrors"), Some(n));
+        }
+        c.duration(&format!("{at}.interval"), o.interval.as_ref(), Some(1));
+        c.duration(
+            &format!("{at}.baseEjectionTime"),
+            o.base_ejection_time.as_ref(),
+            Some(1),
+        );
+        if let Some(p) = o.max_ejection_percent
+            && !(0..=100).contains(&p)
+        {
+            c.error(
+                &format!("{at}.maxEjectionPercent"),
+                format!("maxEjectionPercent {p} is not in range 0..100"),
+            );
+        }
+        for (set, name) in [
+            (
+                o.consecutive_local_origin_failures.is_some(),
+                "consecutiveLocalOriginFailures",
+            ),
+            (
+                o.split_external_local_origin_errors.is_some(),
+                "splitExternalLocalOriginErrors",
+            ),
+            (o.min_health_percent.is_some(), "minHealthPercent"),
+        ] {
+            if set {
+                c.unsupported(&format!("{at}.{name}"), "ignored");
+            }
+        }
+    }
+}
+
+fn non_negative(c: &mut Check, at: &str, v: Option<i32>) {
+    if let Some(n) = v
+        && n < 0
+    {
+        c.error(at, format!("{n} must not be negative"));
+    }
+}
+
+fn service_entry(c: &mut Check, se: &istio::ServiceEntry) {
+    if se.hosts.is_empty() {
+        c.error("spec.hosts", "at least one host is required");
+    }
+    for (i, h) in se.hosts.iter().enumerate() {
+        host_name(c, &format!("spec.hosts[{i}]"), h);
+        if h.trim() == "*" {
+            c.error(
+                &format!("spec.hosts[{i}]"),
+                "a ServiceEntry host cannot be \"*\"",
+            );
+        }
+    }
+    if se.ports.is_empty() {
+        c.error("spec.ports", "at least one port is required");
+    }
+    let mut numbers = BTreeSet::new();
+    let mut names = BTreeSet::new();
+    for (i, p) in se.ports.iter().enumerate() {
+        let at = format!("spec.ports[{i}]");
+        if !(1..=65535).contains(&p.number) {
+            c.error(
+                &format!("{at}.number"),
+                format!("port {} is not in range 1..65535", p.number),
+            );
+        }
+        if let Some(t) = p.target_port
+            && !(1..=65535).contains(&t)
+        {
+            c.error(
+                &format!("{at}.targetPort"),
+                format!("port {t} is not in range 1..65535"),
+            );
+        }
+        if !numbers.insert(p.number) {
+            c.error(
+                &format!("{at}.number"),
+                format!("duplicate port number {}", p.number),
+            );
+        }
+        if !p.name.is_empty() && !names.insert(&p.name) {
+            c.error(
+                &format!("{at}.name"),
+                format!("duplicate port name {:?}", p.name),
+            );
+        }
+        if !is_http(p) {
+            c.unsupported(
+                &at,
+                &format!(
+                    "port {} speaks {}; only HTTP, HTTP2 and GRPC ports are served: skipped",
+                    p.number,
+                    p.protocol.as_deref().unwrap_or(&p.name)
+                ),
+            );
+        }
+    }
+    if se.workload_selector.is_some() && !se.endpoints.is_empty() {
+        c.error(
+            "spec",
+            "only one of workloadSelector and endpoints is allowed",
+        );
+    }
+    let resolution = se.resolution.unwrap_or(Resolution::None);
+    if resolution == Resolution::None {
+        c.unsupported(
+            "spec.resolution",
+            "NONE (passthrough to the original destination): only the listed endpoints are used",
+        );
+    }
+    for (i, e) in se.endpoints.iter().enumerate() {
+        workload(c, &format!("spec.endpoints[{i}]"), e, Some(resolution));
+        if let Some(a) = &e.address
+            && resolution == Resolution::Static
+            && a.parse::<std::net::IpAddr>().is_err()
+        {
+            c.error(
+                &format!("spec.endpoints[{i}].address"),
+                format!("{a:?} is not an IP address (STATIC resolution)"),
+            );
+        }
+    }
+}
+
+fn workload(c: &mut Check, at: &str, w: &istio::WorkloadEntry, _resolution: Option<Resolution>) {
+    match &w.address {
+        None => c.error(&format!("{at}.address"), "address is required"),
+        Some(a) if a.starts_with("unix://") => c.unsupported(
+            &format!("{at}.address"),
+            "unix sockets; the endpoint is left out",
+        ),
+        Some(a) if a.trim().is_empty() || a.contains(['/', ' ']) => {
+            c.error(&format!("{at}.address"), format!("invalid address {a:?}"))
+        }
+        _ => {}
+    }
+    for (name, port) in &w.ports {
+        if !(1..=65535).contains(port) {
+            c.error(
+                &format!("{at}.ports.{name}"),
+                format!("port {port} is not in range 1..65535"),
+            );
+        }
+    }
+    if w.weight.is_some() {
+        c.unsupported(&format!("{at}.weight"), "endpoints are weighted equally");
+    }
+}
