@@ -1356,3 +1356,91 @@ fn loads_a_directory() {
     t.bootstrap.validate().unwrap();
     assert!(crate::manifests::load_path(&dir.path().join("missing.yaml")).is_err());
 }
+
+#[test]
+fn multi_port_destinations_need_a_port() {
+    let se = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.default.svc.cluster.local]
+  ports:
+  - {number: 80, name: http}
+  - {number: 8080, name: http-admin}
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: to-api}
+spec:
+  hosts: [ratings]
+  http:
+  - name: ambiguous
+    route: [{destination: {host: api}}]
+  - name: wrong-port
+    route: [{destination: {host: api, port: {number: 81}}}]
+  - name: admin
+    route: [{destination: {host: api, port: {number: 8080}}}]
+"#;
+    let t = run(&[&bookinfo(), se], &with_plugins());
+    assert_eq!(
+        printed(&t),
+        [
+            "Error [IST0112] (VirtualService to-api.default) This VirtualService routes to a service \"api\" that exposes multiple ports [80, 8080]. Specifying a port in the destination is required to disambiguate.",
+            "Error [IST0101] (VirtualService to-api.default) Referenced host+port not found: \"api+81\"",
+        ]
+    );
+    let vh = vhost(&t, "ratings.default.svc.cluster.local:9080");
+    let clusters: Vec<_> = vh
+        .routes
+        .iter()
+        .filter_map(|r| match &r.action {
+            policy::Action::Route { destinations, .. } => Some(destinations[0].cluster.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        clusters,
+        [
+            "outbound|80||api.default.svc.cluster.local",
+            "outbound|81||api.default.svc.cluster.local",
+            "outbound|8080||api.default.svc.cluster.local",
+        ]
+    );
+    // Only the first HTTP port answers to names without a port.
+    assert_eq!(
+        vhost(&t, "api.default.svc.cluster.local:8080").domains,
+        [
+            "api.default.svc.cluster.local:8080",
+            "api:8080",
+            "api.default:8080",
+            "api.default.svc:8080"
+        ]
+    );
+}
+
+#[test]
+fn duplicate_route_names_are_refused() {
+    let (_, said) = complaints(
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - name: main
+    match: [{uri: {prefix: /a}}]
+    route: [{destination: {host: reviews}}]
+  - name: main
+    route: [{destination: {host: reviews}}]
+"#,
+    );
+    assert_eq!(
+        said,
+        [
+            "Error [IST0106] (VirtualService reviews.default bad.yaml:215) Schema validation error: spec.http[1].name: route name \"main\" is used by an earlier route"
+        ]
+    );
+}

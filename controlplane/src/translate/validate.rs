@@ -231,7 +231,17 @@ fn virtual_service(c: &mut Check, vs: &istio::VirtualService, _options: &Options
     if vs.tcp.is_some() {
         c.unsupported("spec.tcp", "TCP routes are ignored");
     }
+    let mut names = BTreeSet::new();
     for (i, route) in vs.http.iter().enumerate() {
+        if let Some(name) = &route.name
+            && !names.insert(name)
+        {
+            // Route ids (`<vs>.<ns>/<name>`) key the fault and mirror configs.
+            c.error(
+                &format!("spec.http[{i}].name"),
+                format!("route name {name:?} is used by an earlier route"),
+            );
+        }
         http_route(c, &format!("spec.http[{i}]"), route);
     }
 }
