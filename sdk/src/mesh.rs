@@ -45,7 +45,6 @@ pub fn set_route_name(name: &str) -> Result<()> {
 }
 
 /// Holds the request this long before it goes upstream, without blocking the proxy.
-
 pub fn delay(duration: std::time::Duration) -> Result<()> {
     foreign("wasmesh.delay", duration.as_millis().to_string().as_bytes()).map(drop)
 }

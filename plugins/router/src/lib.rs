@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use table::{RequestView, RouteAction, Table, rewrite_path};
 use wasmesh_policy::{Dice, HeaderOps, Redirect, RouterConfig};
-use wasmesh_sdk::{Action, Config, FilterResult, HttpFilter, Plugin, Request, Response, mesh};
+use wasmesh_sdk::{
+    Action, Config, FilterResult, HttpFilter, Level, Plugin, Request, Response, mesh,
+};
 
 #[derive(Default)]
 struct Router {
@@ -65,6 +67,10 @@ impl HttpFilter for Exchange {
         let host = &table.hosts[h];
         let path = req.path()?;
         let Some((r, consumed)) = host.route_index(&path, &mut View(req)) else {
+            wasmesh_sdk::log(
+                Level::Debug,
+                &format!("no route of {} matches {path}", host.name),
+            );
             return Ok(Action::Continue);
         };
         let route = &host.routes[r];

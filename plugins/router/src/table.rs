@@ -23,6 +23,7 @@ pub struct Table {
 }
 
 pub struct Host {
+    /// The VirtualService host this entry came from, for logs.
     pub name: String,
     pub routes: Vec<Route>,
 }
@@ -162,12 +163,13 @@ impl Table {
                 routes,
             });
         }
-        table.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        table.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         Ok(table)
     }
 
     /// The virtual host for an authority: exact, then without its port, then the longest
     /// wildcard suffix, then `*`.
+    #[cfg(test)]
     pub fn host(&self, authority: &str) -> Option<&Host> {
         self.host_index(authority).map(|i| &self.hosts[i])
     }
