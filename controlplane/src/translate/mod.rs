@@ -115,7 +115,7 @@ pub fn translate(resources: &[Resource], options: &Options) -> Translation {
             )));
             continue;
         }
-        let found = validate::resource(r, options);
+        let found = validate::resource(r);
         let bad = found.iter().any(Diagnostic::is_error);
         diags.extend(found);
         if !bad {

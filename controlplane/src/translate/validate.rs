@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 
 use base64::Engine as _;
 
-use super::Options;
 use super::registry::is_http;
 use crate::diag::{Diagnostic, code};
 use crate::duration;
@@ -195,7 +194,7 @@ impl Check<'_> {
 }
 
 /// Checks one resource; errors mean it is left out.
-pub(crate) fn resource(r: &Resource, options: &Options) -> Vec<Diagnostic> {
+pub(crate) fn resource(r: &Resource) -> Vec<Diagnostic> {
     let mut c = Check {
         res: r,
         out: Vec::new(),
@@ -204,15 +203,15 @@ pub(crate) fn resource(r: &Resource, options: &Options) -> Vec<Diagnostic> {
         c.error("metadata.name", "must not be empty");
     }
     match &r.spec {
-        Spec::VirtualService(vs) => virtual_service(&mut c, vs, options),
+        Spec::VirtualService(vs) => virtual_service(&mut c, vs),
         Spec::DestinationRule(dr) => destination_rule(&mut c, dr),
         Spec::ServiceEntry(se) => service_entry(&mut c, se),
-        Spec::WorkloadEntry(we) => workload(&mut c, "spec", we, None),
+        Spec::WorkloadEntry(we) => workload(&mut c, "spec", we),
     }
     c.out
 }
 
-fn virtual_service(c: &mut Check, vs: &istio::VirtualService, _options: &Options) {
+fn virtual_service(c: &mut Check, vs: &istio::VirtualService) {
     if vs.hosts.is_empty() {
         c.error("spec.hosts", "at least one host is required");
     }
@@ -864,7 +863,7 @@ fn service_entry(c: &mut Check, se: &istio::ServiceEntry) {
         );
     }
     for (i, e) in se.endpoints.iter().enumerate() {
-        workload(c, &format!("spec.endpoints[{i}]"), e, Some(resolution));
+        workload(c, &format!("spec.endpoints[{i}]"), e);
         if let Some(a) = &e.address
             && resolution == Resolution::Static
             && a.parse::<std::net::IpAddr>().is_err()
@@ -877,7 +876,7 @@ fn service_entry(c: &mut Check, se: &istio::ServiceEntry) {
     }
 }
 
-fn workload(c: &mut Check, at: &str, w: &istio::WorkloadEntry, _resolution: Option<Resolution>) {
+fn workload(c: &mut Check, at: &str, w: &istio::WorkloadEntry) {
     match &w.address {
         None => c.error(&format!("{at}.address"), "address is required"),
         Some(a) if a.starts_with("unix://") => c.unsupported(
