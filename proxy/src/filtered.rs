@@ -20,8 +20,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use wasmesh_host::{
-    BodyStep, Chain, Decisions, EndpointReport, FilterStream, LocalResponse, Stream, StreamInfo,
-    Verdict,
+    BodyStep, Chain, Decisions, FilterStream, LocalResponse, Stream, StreamInfo, Verdict,
 };
 
 use crate::body::{BoxError, ProxyBody};
@@ -177,7 +176,7 @@ async fn forward(
         ex.capture_names(&info.route_name, &info.cluster_name);
     }
 
-    apply_decisions(&decisions, snapshot, ex);
+    apply_decisions(&decisions, ex);
     if let Some(ms) = decisions.delay_ms.filter(|ms| *ms > 0) {
         ex.flags.insert(ResponseFlag::DelayInjected);
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -294,22 +293,10 @@ async fn respond(
 }
 
 /// What the filters decided that acts on the proxy itself.
-fn apply_decisions(decisions: &Decisions, snapshot: &Snapshot, ex: &mut Exchange) {
+fn apply_decisions(decisions: &Decisions, ex: &mut Exchange) {
     for flag in &decisions.response_flags {
         if let Some(f) = flag_by_code(flag) {
             ex.flags.insert(f);
-        }
-    }
-    for report in &decisions.endpoint_reports {
-        let EndpointReport::Eject {
-            cluster,
-            address,
-            millis,
-        } = report;
-        if let Some(c) = snapshot.cluster(cluster)
-            && let Some(e) = c.endpoints.iter().find(|e| e.addr.to_string() == *address)
-        {
-            e.eject_until(crate::upstream::now_ms() + millis);
         }
     }
 }

@@ -165,6 +165,18 @@ pub struct ProxyEmbedder {
 }
 
 impl Embedder for ProxyEmbedder {
+    fn eject_endpoint(&self, cluster: &str, address: &str, millis: u64) {
+        let Some(worker) = self.worker.upgrade() else {
+            return;
+        };
+        let snapshot = worker.snapshot();
+        if let Some(c) = snapshot.cluster(cluster)
+            && let Some(e) = c.endpoints.iter().find(|e| e.addr.to_string() == address)
+        {
+            e.eject_until(crate::upstream::now_ms() + millis);
+        }
+    }
+
     fn cluster_exists(&self, cluster: &str) -> bool {
         self.worker
             .upgrade()

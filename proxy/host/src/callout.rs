@@ -74,6 +74,11 @@ pub trait Embedder {
     fn http_call(&self, request: CalloutRequest, done: CalloutDone);
     /// Starts a unary gRPC call, completed through `done` likewise.
     fn grpc_call(&self, request: GrpcRequest, done: GrpcDone);
+    /// Makes load balancing skip an endpoint of a cluster for `millis` (outlier ejection,
+    /// `wasmesh.eject_endpoint`). Embedders without endpoints ignore it.
+    fn eject_endpoint(&self, cluster: &str, address: &str, millis: u64) {
+        let _ = (cluster, address, millis);
+    }
 }
 
 /// Hands an HTTP call's answer back to the VM that made it.

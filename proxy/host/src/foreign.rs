@@ -8,7 +8,12 @@ use crate::stream::{EndpointReport, Stream};
 
 /// Runs foreign function `name`. Extensions that act on a request need a stream context
 /// (`proxy_set_effective_context` from a root context).
-pub fn call(name: &str, args: &[u8], stream: Option<&Stream>) -> Result<Bytes, Status> {
+pub fn call(
+    name: &str,
+    args: &[u8],
+    stream: Option<&Stream>,
+    embedder: &dyn crate::Embedder,
+) -> Result<Bytes, Status> {
     let text = || std::str::from_utf8(args).map_err(|_| Status::BadArgument);
     let stream_needed = || stream.ok_or(Status::BadArgument);
     match name {
@@ -82,6 +87,9 @@ pub fn call(name: &str, args: &[u8], stream: Option<&Stream>) -> Result<Bytes, S
             ) else {
                 return Err(Status::BadArgument);
             };
+            // Carried out at once (outlier detection reports from the response or the log
+            // phase too), and kept on the stream for whoever inspects its decisions.
+            embedder.eject_endpoint(cluster, address, millis);
             stream_needed()?
                 .decisions
                 .borrow_mut()

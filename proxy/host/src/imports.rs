@@ -1414,7 +1414,7 @@ pub fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             return st(Status::InvalidMemoryAccess);
         };
         let name = String::from_utf8_lossy(name).into_owned();
-        match crate::foreign::call(&name, args, state.stream().map(|s| &**s)) {
+        match crate::foreign::call(&name, args, state.stream().map(|s| &**s), &*state.embedder) {
             Ok(result) => give(&mut c, &result, ret_ptr, ret_len),
             Err(s) => st(s),
         }

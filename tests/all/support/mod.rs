@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod mesh;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
