@@ -136,6 +136,9 @@ impl EndpointPool {
         self: &Rc<Self>,
         deadline: Option<Instant>,
     ) -> Result<Box<H1Conn>, AcquireError> {
+        // As in Envoy, a request stays pending (and holds its pending slot) until it has a
+        // connection, including while it opens one after another closed.
+        let mut pending = None;
         loop {
             let now = crate::rt::coarse_now();
             while let Some(idle) = self.idle.borrow_mut().pop() {
@@ -154,10 +157,13 @@ impl EndpointPool {
                 return Box::pin(self.connect_h1()).await;
             }
             self.cluster.stats().cx_overflow.inc();
-            let Some(_pending) = self.cluster.try_start_pending() else {
-                self.cluster.stats().rq_pending_overflow.inc();
-                return Err(AcquireError::PendingOverflow);
-            };
+            if pending.is_none() {
+                let Some(slot) = self.cluster.try_start_pending() else {
+                    self.cluster.stats().rq_pending_overflow.inc();
+                    return Err(AcquireError::PendingOverflow);
+                };
+                pending = Some(slot);
+            }
             // Waiting is boxed too, for the same reason.
             let handoff = Box::pin(self.wait_for_connection(deadline)).await?;
             match handoff {

@@ -28,8 +28,8 @@ pub fn options() -> Options {
     }
 }
 
-/// Translates manifests; any error diagnostic fails the test.
-pub fn translate_yaml(yaml: &str, options: &Options) -> Bootstrap {
+/// Translates manifests for a proxy of `workers` workers; any error diagnostic fails the test.
+pub fn translate_yaml(yaml: &str, options: &Options, workers: usize) -> Bootstrap {
     let loaded = manifests::parse_str(yaml, None);
     let translation = translate(&loaded.resources, options);
     let errors: Vec<String> = loaded
@@ -45,7 +45,7 @@ pub fn translate_yaml(yaml: &str, options: &Options) -> Bootstrap {
         errors.join("\n")
     );
     let mut bootstrap = translation.bootstrap;
-    bootstrap.workers = Some(2);
+    bootstrap.workers = Some(workers);
     bootstrap
 }
 
@@ -55,6 +55,7 @@ pub struct Mesh {
     pub addr: SocketAddr,
     services: String,
     options: Options,
+    workers: usize,
     client: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         Body,
@@ -67,7 +68,16 @@ impl Mesh {
     }
 
     pub fn start_with(services: &str, policy: &str, options: Options) -> Mesh {
-        let bootstrap = translate_yaml(&format!("{services}\n---\n{policy}"), &options);
+        Mesh::launch(services, policy, options, 2)
+    }
+
+    /// A mesh whose proxy has one worker, so every client connection shares its pools.
+    pub fn single_worker(services: &str, policy: &str) -> Mesh {
+        Mesh::launch(services, policy, options(), 1)
+    }
+
+    fn launch(services: &str, policy: &str, options: Options, workers: usize) -> Mesh {
+        let bootstrap = translate_yaml(&format!("{services}\n---\n{policy}"), &options, workers);
         let proxy = Proxy::start(bootstrap).expect("the mesh proxy starts");
         let addr = proxy
             .listener_addr(&options.listener_name)
@@ -77,13 +87,18 @@ impl Mesh {
             addr,
             services: services.to_owned(),
             options,
+            workers,
             client: h1_client(),
         }
     }
 
     /// Replaces the policy (VirtualServices, DestinationRules) as a config change would.
     pub fn apply(&self, policy: &str) {
-        let bootstrap = translate_yaml(&format!("{}\n---\n{policy}", self.services), &self.options);
+        let bootstrap = translate_yaml(
+            &format!("{}\n---\n{policy}", self.services),
+            &self.options,
+            self.workers,
+        );
         self.proxy
             .reload(bootstrap)
             .expect("the new config is accepted");
