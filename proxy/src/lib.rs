@@ -266,6 +266,16 @@ pub fn check_filters(
     wasm::validate(host, &specs)
 }
 
+/// Loads and orders a listener's filters into the plugin specs a worker's chain is made of,
+/// without starting them (`wasmesh bench` drives them in-process). Errors name the filter.
+pub fn load_filters(
+    host: &Arc<Host>,
+    filters: &[config::filters::HttpFilter],
+    base_dir: Option<&std::path::Path>,
+) -> Result<Vec<Arc<wasmesh_host::PluginSpec>>, String> {
+    wasm::load_chain(host, filters, base_dir)
+}
+
 /// How long a SIGTERM drain may take before connections are closed.
 pub fn drain_timeout(bootstrap: &Bootstrap) -> Duration {
     bootstrap.drain_timeout.0

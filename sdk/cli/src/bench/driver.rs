@@ -1,0 +1,281 @@
+//! Driving requests through a chain in-process, on the real host, as a proxy worker does:
+//! request headers, request body, response headers, response body, then the end of the
+//! stream. The criterion benchmarks in `benches/` call [`exchange`] too, so their figures and
+//! the command's agree.
+//!
+//! Everything here runs on one thread, inside a tokio `LocalSet` (the host's timers and
+//! callout replies are local tasks).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use wasmesh_host::{
+    BodyStep, Callback, CalloutDone, CalloutRequest, CalloutResponse, Chain, Embedder,
+    FilterStream, GrpcDone, GrpcRequest, GrpcResponse, Host, PluginSpec, Profiler, Stream,
+    StreamInfo, Verdict, VmFailure, WorkerVms, body_resumed, request_headers, response_headers,
+};
+
+use super::profile::{RequestSpec, ResponseSpec};
+use super::stats::histogram;
+
+/// How one exchange ended.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Went to the upstream, whose response went back through the chain.
+    Upstream,
+    /// A filter answered with this status.
+    LocalReply(u16),
+    /// A plugin failed and its fail strategy closed the stream.
+    Failed(String),
+    Reset,
+}
+
+impl Outcome {
+    /// A short label for the report (`upstream`, `local reply 403`, ...).
+    pub fn label(&self) -> String {
+        match self {
+            Outcome::Upstream => "upstream".into(),
+            Outcome::LocalReply(s) => format!("local reply {s}"),
+            Outcome::Failed(p) => format!("plugin {p} failed"),
+            Outcome::Reset => "reset".into(),
+        }
+    }
+}
+
+/// Answers every callout at once with an empty `200` (gRPC: status 0), so filters that call
+/// out are measured without a network. Every cluster exists.
+pub struct InstantCallouts;
+
+impl Embedder for InstantCallouts {
+    fn cluster_exists(&self, _: &str) -> bool {
+        true
+    }
+
+    fn http_call(&self, _: CalloutRequest, done: CalloutDone) {
+        done.complete(Ok(CalloutResponse {
+            headers: vec![(Bytes::from_static(b":status"), Bytes::from_static(b"200"))],
+            ..Default::default()
+        }));
+    }
+
+    fn grpc_call(&self, _: GrpcRequest, done: GrpcDone) {
+        done.complete(GrpcResponse::default());
+    }
+}
+
+/// The VMs of one benchmark thread (one proxy worker's worth).
+pub struct Worker {
+    vms: WorkerVms,
+}
+
+impl Worker {
+    pub fn new(host: &Arc<Host>) -> Result<Worker, String> {
+        let vms = WorkerVms::new(host.clone(), Rc::new(InstantCallouts))
+            .map_err(|e| format!("cannot set up the Wasm host: {e}"))?;
+        Ok(Worker { vms })
+    }
+
+    /// Instantiates and configures a chain (`on_vm_start`, `on_configure`).
+    pub fn chain(&mut self, specs: &[Arc<PluginSpec>]) -> Result<Rc<Chain>, (String, VmFailure)> {
+        self.vms.chain(specs)
+    }
+}
+
+/// One request and its response through `chain`. Pauses (callouts, timers) are waited out.
+pub async fn exchange(
+    chain: &Rc<Chain>,
+    request: &RequestSpec,
+    response: &ResponseSpec,
+) -> Outcome {
+    let stream = Stream::new(StreamInfo {
+        protocol: "HTTP/1.1",
+        listener: "bench".into(),
+        request_size: request.body.len() as u64,
+        ..StreamInfo::default()
+    });
+    stream.data.borrow_mut().request = Some(request.parts());
+    let filters = RefCell::new(chain.stream(stream.clone()));
+    let outcome = run(&filters, &stream, request, response).await;
+    filters.borrow_mut().finish();
+    outcome
+}
+
+async fn run(
+    filters: &RefCell<FilterStream>,
+    stream: &Rc<Stream>,
+    request: &RequestSpec,
+    response: &ResponseSpec,
+) -> Outcome {
+    let v = request_headers(filters, request.body.is_empty()).await;
+    if let Some(o) = stopped(v) {
+        return o;
+    }
+    if !request.body.is_empty() {
+        let step = filters
+            .borrow_mut()
+            .request_body(request.body.clone(), true);
+        if let Some(o) = body_outcome(filters, step, false).await {
+            return o;
+        }
+    }
+    stream.data.borrow_mut().response = Some(response.parts());
+    let v = response_headers(filters, response.body.is_empty()).await;
+    if let Some(o) = stopped(v) {
+        return o;
+    }
+    if !response.body.is_empty() {
+        let step = filters
+            .borrow_mut()
+            .response_body(response.body.clone(), true);
+        if let Some(o) = body_outcome(filters, step, true).await {
+            return o;
+        }
+    }
+    Outcome::Upstream
+}
+
+fn stopped(v: Verdict) -> Option<Outcome> {
+    match v {
+        Verdict::Continue => None,
+        Verdict::Reply(r) => Some(Outcome::LocalReply(r.status)),
+        Verdict::Reset => Some(Outcome::Reset),
+        Verdict::Fail { plugin, .. } => Some(Outcome::Failed(plugin)),
+    }
+}
+
+async fn body_outcome(
+    filters: &RefCell<FilterStream>,
+    mut step: BodyStep,
+    response: bool,
+) -> Option<Outcome> {
+    loop {
+        match step {
+            BodyStep::Emit(_) | BodyStep::Held => return None,
+            BodyStep::Stop(v) => return stopped(v),
+            BodyStep::Wait => step = body_resumed(filters, response).await,
+        }
+    }
+}
+
+/// Runs [`exchange`] to its end if it needs no wait (no callout pending, no timer): what a
+/// criterion benchmark can call from a synchronous loop. `None` if it had to wait.
+pub fn exchange_now(
+    chain: &Rc<Chain>,
+    request: &RequestSpec,
+    response: &ResponseSpec,
+) -> Option<Outcome> {
+    let fut = std::pin::pin!(exchange(chain, request, response));
+    match fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(o) => Some(o),
+        std::task::Poll::Pending => None,
+    }
+}
+
+use std::future::Future as _;
+
+/// Per filter and per callback costs, gathered by a chain's [`Profiler`].
+pub struct Collector {
+    /// This request's time and host calls per filter and callback (`runs` 0: not called).
+    current: RefCell<Vec<[Sample; 8]>>,
+    filters: RefCell<Vec<FilterCosts>>,
+    requests: Cell<u64>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    nanos: u64,
+    host_calls: u64,
+    runs: u32,
+}
+
+/// What one filter cost over the requests a [`Collector`] saw.
+pub struct FilterCosts {
+    /// Time per request, all callbacks together.
+    pub per_request: Histogram<u64>,
+    pub host_calls: u64,
+    pub callbacks: Vec<CallbackCosts>,
+}
+
+/// What one callback of one filter cost, over the requests it ran for.
+pub struct CallbackCosts {
+    pub callback: Callback,
+    /// Time per request it ran for (the sum of its runs in that request).
+    pub per_request: Histogram<u64>,
+    /// Requests it ran for.
+    pub requests: u64,
+    pub host_calls: u64,
+}
+
+impl Collector {
+    pub fn new(filters: usize) -> Rc<Collector> {
+        Rc::new(Collector {
+            current: RefCell::new(vec![[Sample::default(); 8]; filters]),
+            filters: RefCell::new(
+                (0..filters)
+                    .map(|_| FilterCosts {
+                        per_request: histogram(),
+                        host_calls: 0,
+                        callbacks: Callback::ALL
+                            .iter()
+                            .map(|&callback| CallbackCosts {
+                                callback,
+                                per_request: histogram(),
+                                requests: 0,
+                                host_calls: 0,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            ),
+            requests: Cell::new(0),
+        })
+    }
+
+    /// Closes the request under way: its samples go to the histograms.
+    pub fn end_request(&self) {
+        self.requests.set(self.requests.get() + 1);
+        let mut current = self.current.borrow_mut();
+        let mut filters = self.filters.borrow_mut();
+        for (samples, costs) in current.iter_mut().zip(filters.iter_mut()) {
+            let mut total = 0;
+            for (sample, cb) in samples.iter().zip(costs.callbacks.iter_mut()) {
+                if sample.runs == 0 {
+                    continue;
+                }
+                total += sample.nanos;
+                cb.per_request.saturating_record(sample.nanos.max(1));
+                cb.requests += 1;
+                cb.host_calls += sample.host_calls;
+                costs.host_calls += sample.host_calls;
+            }
+            costs.per_request.saturating_record(total.max(1));
+            *samples = [Sample::default(); 8];
+        }
+    }
+
+    /// Requests seen.
+    pub fn requests(&self) -> u64 {
+        self.requests.get()
+    }
+
+    /// The costs gathered, per filter in chain order.
+    pub fn take(&self) -> Vec<FilterCosts> {
+        std::mem::take(&mut *self.filters.borrow_mut())
+    }
+}
+
+impl Profiler for Collector {
+    fn record(&self, filter: usize, callback: Callback, elapsed: Duration, host_calls: u64) {
+        let mut current = self.current.borrow_mut();
+        if let Some(samples) = current.get_mut(filter) {
+            let s = &mut samples[callback.index()];
+            s.nanos += elapsed.as_nanos() as u64;
+            s.host_calls += host_calls;
+            s.runs += 1;
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The library behind the `wasmesh` command, shared with wasmesh's criterion benchmarks.
+
+pub mod bench;
