@@ -15,6 +15,7 @@ mod istio_circuit_breaking;
 mod istio_faults;
 mod istio_mirroring;
 mod istio_routing;
+mod istio_timeouts;
 mod plugins;
 mod retries;
 mod routing;

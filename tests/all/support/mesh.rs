@@ -104,6 +104,18 @@ impl Mesh {
             .expect("the new config is accepted");
     }
 
+    /// Replaces the policy and the plugins' modules (the options' `plugins`).
+    pub fn apply_with(&self, policy: &str, options: &Options) {
+        let bootstrap = translate_yaml(
+            &format!("{}\n---\n{policy}", self.services),
+            options,
+            self.workers,
+        );
+        self.proxy
+            .reload(bootstrap)
+            .expect("the new config is accepted");
+    }
+
     /// A request to `host` (the `Host` header) through the mesh.
     pub async fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
         let mut req = Request::get(format!("http://{}{path}", self.addr)).header("host", host);
