@@ -1,305 +1,336 @@
-//! The wasmesh local demo: starts sample services, runs the real `wasmesh-proxy` binary in
-//! front of them from `examples/demo/proxy.yaml`, sends traffic through it, and reports what
-//! the clients saw and what the proxy counted.
+//! The wasmesh local demo: a mesh on the embedded default. Bookinfo's and httpbin's workloads
+//! run on loopback, Istio's own task manifests (embedded in wasmesh-controlplane) are
+//! translated into the real `wasmesh-proxy`'s config with the four traffic plugins, and each
+//! task's traffic goes through it: request routing, traffic shifting, a canary under load,
+//! fault injection, mirroring and circuit breaking. It prints what the clients saw.
+
+mod mesh;
+mod services;
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::AsyncBufReadExt;
+use anyhow::bail;
+use clap::Parser;
+use wasmesh_controlplane::samples::{
+    DESTINATION_RULE_ALL, HTTPBIN_CIRCUIT_BREAKER, HTTPBIN_DESTINATION_RULE, HTTPBIN_MIRROR,
+    VIRTUAL_SERVICE_ALL_V1, VIRTUAL_SERVICE_RATINGS_TEST_ABORT, VIRTUAL_SERVICE_RATINGS_TEST_DELAY,
+    VIRTUAL_SERVICE_REVIEWS_50_V3, VIRTUAL_SERVICE_REVIEWS_80_20, VIRTUAL_SERVICE_REVIEWS_TEST_V2,
+};
 
-const TEMPLATE: &str = include_str!("../proxy.yaml");
+use mesh::{Mesh, Reply};
+use services::Samples;
 
-/// A sample service: answers with its name; some fail or stall on purpose.
-#[derive(Clone, Copy)]
-enum Behaviour {
-    Ok,
-    /// Every `n`th request gets a 503.
-    FailEvery(usize),
-    Stall(Duration),
+#[derive(Parser)]
+#[command(about = "Istio's traffic-management tasks on a local wasmesh mesh")]
+struct Args {
+    /// Where the four traffic plugins' modules are.
+    #[arg(long, default_value = "target/wasm32-wasip1/release")]
+    plugins: PathBuf,
 }
 
-async fn start_service(name: &'static str, behaviour: Behaviour) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let seen = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                        let n = seen.fetch_add(1, SeqCst) + 1;
-                        async move {
-                            let status = match behaviour {
-                                Behaviour::FailEvery(k) if n.is_multiple_of(k) => {
-                                    StatusCode::SERVICE_UNAVAILABLE
-                                }
-                                Behaviour::Stall(d) => {
-                                    tokio::time::sleep(d).await;
-                                    StatusCode::OK
-                                }
-                                _ => StatusCode::OK,
-                            };
-                            let body = format!("{{\"service\":\"{name}\"}}");
-                            Ok::<_, Infallible>(
-                                Response::builder()
-                                    .status(status)
-                                    .header("x-served-by", name)
-                                    .body(Full::new(Bytes::from(body)))
-                                    .unwrap(),
-                            )
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
-/// The `wasmesh-proxy` binary built next to this one.
-fn proxy_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.with_file_name("wasmesh-proxy");
-    if !path.exists() {
-        bail!(
-            "{} not found: build it with `cargo build --release -p wasmesh-proxy`",
-            path.display()
-        );
+/// Who served a set of replies, as `name=count` pairs.
+fn tally(replies: &[Reply]) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for r in replies {
+        let key = if r.status == 200 {
+            r.served_by.clone()
+        } else {
+            format!("{} from {}", r.status, r.served_by)
+        };
+        *counts.entry(key).or_default() += 1;
     }
-    Ok(path)
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    parts.join(", ")
 }
 
-#[derive(Default)]
-struct RouteReport {
-    latencies: Vec<Duration>,
-    statuses: BTreeMap<u16, usize>,
-    served_by: BTreeMap<String, usize>,
+fn median_ms(replies: &[Reply]) -> f64 {
+    let mut ms: Vec<f64> = replies
+        .iter()
+        .map(|r| r.elapsed.as_secs_f64() * 1e3)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    ms.get(ms.len() / 2).copied().unwrap_or(0.0)
+}
+
+async fn send(
+    mesh: &Mesh,
+    host: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> anyhow::Result<Vec<Reply>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(mesh.get(host, headers).await?);
+    }
+    Ok(out)
+}
+
+fn step(title: &str, manifests: &str) {
+    println!("\n{title}\n  applied: {manifests}");
+}
+
+fn bookinfo(virtual_service: &str) -> String {
+    format!("{virtual_service}\n---\n{DESTINATION_RULE_ALL}\n---\n{VIRTUAL_SERVICE_ALL_V1}")
+}
+
+fn canary(percent: u32) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {{host: reviews, subset: v1}}
+      weight: {}
+    - destination: {{host: reviews, subset: v3}}
+      weight: {percent}
+",
+        100 - percent
+    )
+}
+
+/// Clients that send `n` requests each to `host` at the same time.
+async fn concurrent(
+    mesh: &Arc<Mesh>,
+    host: &'static str,
+    clients: usize,
+    n: usize,
+) -> anyhow::Result<Vec<Reply>> {
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let mesh = mesh.clone();
+            tokio::spawn(async move { send(&mesh, host, &[], n).await })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok(all)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let options = mesh::options(&args.plugins)?;
+    let samples = Samples::start().await?;
     let dir = tempfile::tempdir()?;
-    let access_log = dir.path().join("access.log");
-    let mut addrs = BTreeMap::new();
-    addrs.insert(
-        "productpage",
-        start_service("productpage", Behaviour::Ok).await?,
-    );
-    for v in ["reviews-v1", "reviews-v2", "reviews-v3"] {
-        addrs.insert(v, start_service(v, Behaviour::Ok).await?);
-    }
-    addrs.insert("ratings", start_service("ratings", Behaviour::Ok).await?);
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    addrs.insert("ratings-dead", dead);
-    addrs.insert(
-        "details",
-        start_service("details", Behaviour::FailEvery(4)).await?,
-    );
-    addrs.insert(
-        "slow",
-        start_service("slow", Behaviour::Stall(Duration::from_millis(500))).await?,
+    let mesh = Arc::new(
+        Mesh::start(
+            dir.path(),
+            &samples.manifests(),
+            &bookinfo(VIRTUAL_SERVICE_ALL_V1),
+            options,
+        )
+        .await?,
     );
 
-    let mut config = TEMPLATE.replace("{{access_log}}", &access_log.display().to_string());
-    for (name, addr) in &addrs {
-        config = config.replace(&format!("{{{{{name}}}}}"), &addr.to_string());
-    }
-    let config_path = dir.path().join("proxy.yaml");
-    std::fs::write(&config_path, &config)?;
+    println!("wasmesh demo: Istio's traffic-management tasks on a local mesh");
+    println!(
+        "  {} workloads on loopback: productpage, details, ratings, reviews v1/v2/v3, httpbin v1/v2",
+        samples.count()
+    );
+    println!(
+        "  wasmesh-proxy on {} (2 workers), admin on {}",
+        mesh.ingress, mesh.admin
+    );
+    println!(
+        "  traffic policy: the router, fault, mirror and circuit-breaker Wasm plugins from {}",
+        args.plugins.display()
+    );
+    println!(
+        "  config: Istio manifests translated by wasmesh-controlplane into {}",
+        mesh.config_path.display()
+    );
 
-    let mut proxy = tokio::process::Command::new(proxy_binary()?)
-        .arg("--config")
-        .arg(&config_path)
-        .env("WASMESH_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("start wasmesh-proxy")?;
-    let mut lines = tokio::io::BufReader::new(proxy.stderr.take().expect("piped")).lines();
-    let (mut ingress, mut admin) = (None, None);
-    while let Some(line) =
-        tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await??
-    {
-        let address = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("address="))
-            .and_then(|a| a.parse::<SocketAddr>().ok());
-        if line.contains("admin listening") {
-            admin = address;
-        } else if line.contains("listening") {
-            ingress = address;
-        }
-        if line.contains("wasmesh-proxy started") {
+    step(
+        "1. Request routing: all traffic to v1",
+        "destination-rule-all.yaml, virtual-service-all-v1.yaml",
+    );
+    let replies = send(&mesh, "reviews", &[], 100).await?;
+    println!("  100 requests to reviews: {}", tally(&replies));
+
+    step(
+        "2. Request routing: end-user jason to v2, everyone else to v1",
+        "virtual-service-reviews-test-v2.yaml",
+    );
+    mesh.apply(&bookinfo(VIRTUAL_SERVICE_REVIEWS_TEST_V2))
+        .await?;
+    let jason = send(&mesh, "reviews", &[("end-user", "jason")], 50).await?;
+    let others = send(&mesh, "reviews", &[], 50).await?;
+    println!("  jason:  {}", tally(&jason));
+    println!("  others: {}", tally(&others));
+
+    step(
+        "3. Traffic shifting: 50/50 between v1 and v3, then 80/20 between v1 and v2",
+        "virtual-service-reviews-50-v3.yaml, virtual-service-reviews-80-20.yaml",
+    );
+    mesh.apply(&bookinfo(VIRTUAL_SERVICE_REVIEWS_50_V3)).await?;
+    println!(
+        "  50/50, 400 requests: {}",
+        tally(&send(&mesh, "reviews", &[], 400).await?)
+    );
+    mesh.apply(&bookinfo(VIRTUAL_SERVICE_REVIEWS_80_20)).await?;
+    println!(
+        "  80/20, 400 requests: {}",
+        tally(&send(&mesh, "reviews", &[], 400).await?)
+    );
+
+    step(
+        "4. A canary rolled out under load: reviews v3 at 0, 10, 20, 50, 100 percent",
+        "a VirtualService re-weighted five times while 4 clients keep sending",
+    );
+    mesh.apply(&bookinfo(&canary(0))).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (mesh, stop, sent, failed) =
+                (mesh.clone(), stop.clone(), sent.clone(), failed.clone());
+            tokio::spawn(async move {
+                while !stop.load(SeqCst) {
+                    match mesh.get("reviews", &[]).await {
+                        Ok(r) if r.status == 200 => {}
+                        _ => {
+                            failed.fetch_add(1, SeqCst);
+                        }
+                    }
+                    sent.fetch_add(1, SeqCst);
+                }
+            })
+        })
+        .collect();
+    for percent in [10, 20, 50, 100] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        mesh.apply(&bookinfo(&canary(percent))).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, SeqCst);
+    for c in clients {
+        c.await?;
+    }
+    println!(
+        "  {} requests during the rollout, {} failed; now: {}",
+        sent.load(SeqCst),
+        failed.load(SeqCst),
+        tally(&send(&mesh, "reviews", &[], 20).await?)
+    );
+
+    step(
+        "5. Fault injection: a delay for jason's calls to ratings",
+        "virtual-service-ratings-test-delay.yaml (its 7s delay shortened to 500ms)",
+    );
+    let delay = VIRTUAL_SERVICE_RATINGS_TEST_DELAY.replace("fixedDelay: 7s", "fixedDelay: 500ms");
+    mesh.apply(&bookinfo(&format!(
+        "{delay}\n---\n{VIRTUAL_SERVICE_REVIEWS_TEST_V2}"
+    )))
+    .await?;
+    let jason = send(&mesh, "ratings", &[("end-user", "jason")], 4).await?;
+    let others = send(&mesh, "ratings", &[], 50).await?;
+    println!(
+        "  jason:  {} (median {:.0} ms)",
+        tally(&jason),
+        median_ms(&jason)
+    );
+    println!(
+        "  others: {} (median {:.2} ms)",
+        tally(&others),
+        median_ms(&others)
+    );
+
+    step(
+        "6. Fault injection: an HTTP abort for jason's calls to ratings",
+        "virtual-service-ratings-test-abort.yaml",
+    );
+    mesh.apply(&bookinfo(&format!(
+        "{VIRTUAL_SERVICE_RATINGS_TEST_ABORT}\n---\n{VIRTUAL_SERVICE_REVIEWS_TEST_V2}"
+    )))
+    .await?;
+    println!(
+        "  jason:  {}",
+        tally(&send(&mesh, "ratings", &[("end-user", "jason")], 20).await?)
+    );
+    println!(
+        "  others: {}",
+        tally(&send(&mesh, "ratings", &[], 20).await?)
+    );
+
+    step(
+        "7. Mirroring: every request to httpbin v1 copied to v2",
+        "httpbin-destination-rule.yaml, httpbin-mirror.yaml",
+    );
+    mesh.apply(&bookinfo(&format!(
+        "{HTTPBIN_DESTINATION_RULE}\n---\n{HTTPBIN_MIRROR}"
+    )))
+    .await?;
+    let before = samples.httpbin[1].hits();
+    println!(
+        "  100 requests to httpbin: {}",
+        tally(&send(&mesh, "httpbin:8000", &[], 100).await?)
+    );
+    // Mirrored copies are fire-and-forget: give the last ones a moment to land.
+    for _ in 0..50 {
+        if samples.httpbin[1].hits() >= before + 100 {
             break;
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (Some(ingress), Some(admin)) = (ingress, admin) else {
-        bail!("the proxy did not report its addresses")
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-
-    println!("wasmesh demo");
+    let shadow: Vec<String> = samples.httpbin[1]
+        .hosts()
+        .iter()
+        .map(|(h, n)| format!("Host {h}: {n}"))
+        .collect();
     println!(
-        "  {} sample services (one ratings endpoint is dead, details fails 1 in 4, slow stalls 500 ms)",
-        addrs.len()
+        "  {} saw the copies ({}), their responses discarded",
+        samples.httpbin[1].name,
+        shadow.join(", ")
     );
-    println!("  wasmesh-proxy on {ingress} (2 workers), admin on {admin}");
-    println!("  config: examples/demo/proxy.yaml\n");
 
-    // Traffic: 8 concurrent clients, each route in turn.
-    let routes = ["/productpage", "/reviews", "/ratings", "/details", "/slow"];
-    let per_route = [200, 300, 200, 200, 20];
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let reports: Arc<std::sync::Mutex<BTreeMap<&str, RouteReport>>> = Arc::default();
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (route, count) in routes.iter().zip(per_route) {
-        for chunk in 0..8 {
-            let (client, reports, route) = (client.clone(), reports.clone(), *route);
-            tasks.push(tokio::spawn(async move {
-                for _ in (chunk..count).step_by(8) {
-                    let t = Instant::now();
-                    let req = Request::get(format!("http://{ingress}{route}"))
-                        .body(Empty::new())
-                        .unwrap();
-                    let Ok(response) = client.request(req).await else {
-                        continue;
-                    };
-                    let status = response.status().as_u16();
-                    let by = response
-                        .headers()
-                        .get("x-served-by")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("proxy")
-                        .to_owned();
-                    let _ = response.into_body().collect().await;
-                    let mut reports = reports.lock().unwrap();
-                    let r = reports.entry(route).or_default();
-                    r.latencies.push(t.elapsed());
-                    *r.statuses.entry(status).or_default() += 1;
-                    *r.served_by.entry(by).or_default() += 1;
-                }
-            }));
-        }
-    }
-    for t in tasks {
-        t.await?;
-    }
-    let elapsed = started.elapsed();
-
-    let mut reports = std::mem::take(&mut *reports.lock().unwrap());
-    let total: usize = reports.values().map(|r| r.latencies.len()).sum();
-    println!(
-        "traffic: {total} requests in {:.2}s, 8 concurrent clients\n",
-        elapsed.as_secs_f64()
+    step(
+        "8. Circuit breaking: maxConnections 1, http1MaxPendingRequests 1, maxRequestsPerConnection 1",
+        "the task's httpbin DestinationRule",
     );
-    println!(
-        "{:<13} {:>8} {:>22} {:>9} {:>9}  served by",
-        "route", "requests", "status codes", "p50", "p99"
-    );
-    for route in routes {
-        let r = reports.entry(route).or_default();
-        r.latencies.sort();
-        let pct = |p: f64| {
-            r.latencies
-                .get(
-                    ((r.latencies.len() as f64 * p) as usize)
-                        .min(r.latencies.len().saturating_sub(1)),
-                )
-                .copied()
-                .unwrap_or_default()
-        };
-        let codes: Vec<String> = r.statuses.iter().map(|(c, n)| format!("{c}x{n}")).collect();
-        let by: Vec<String> = r
-            .served_by
-            .iter()
-            .map(|(s, n)| format!("{s}={n}"))
-            .collect();
+    mesh.apply(&bookinfo(HTTPBIN_CIRCUIT_BREAKER)).await?;
+    for clients in [1, 2, 3] {
+        let replies = concurrent(&mesh, "httpbin:8000", clients, 60).await?;
+        let overflow = replies.iter().filter(|r| r.status == 503).count();
         println!(
-            "{:<13} {:>8} {:>22} {:>8.2}ms {:>8.2}ms  {}",
-            route,
-            r.latencies.len(),
-            codes.join(" "),
-            pct(0.5).as_secs_f64() * 1e3,
-            pct(0.99).as_secs_f64() * 1e3,
-            by.join(" ")
+            "  {clients} concurrent client(s), {} requests: {} ({:.0}% tripped the breaker)",
+            replies.len(),
+            tally(&replies),
+            100.0 * overflow as f64 / replies.len() as f64
         );
     }
 
-    let stats = client_get(&client, admin, "/stats/prometheus").await?;
-    let sample = |name: &str| -> f64 {
-        stats
-            .lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    println!("\nwhat the proxy did (from its admin /stats/prometheus):");
+    println!("\nwhat the proxy counted (admin /stats/prometheus):");
     println!(
-        "  retries that turned details' 503s into 200s: {}",
-        sample("wasmesh_upstream_rq_retry_total{cluster=\"details\"}")
+        "  delays injected (DI): {}, aborts injected (FI): {}, overflows (UO): {}",
+        mesh.flagged("DI").await?,
+        mesh.flagged("FI").await?,
+        mesh.flagged("UO").await?
     );
     println!(
-        "  connect failures to the dead ratings endpoint: {} (then skipped by load balancing)",
-        sample("wasmesh_upstream_cx_connect_fail_total{cluster=\"ratings\"}")
-    );
-    println!(
-        "  route timeouts on /slow (504, flag UT): {}",
-        sample("wasmesh_upstream_rq_timeout_total{cluster=\"slow\"}")
-    );
-    println!(
-        "  upstream connections opened: {} for {total} requests (keep-alive pools)",
-        sample("wasmesh_upstream_cx_total")
+        "  config reloads: {} accepted, {} rejected (the demo's {} changes by POST \
+         /config_reload, and the proxy's own watch of its config file)",
+        mesh.stat("wasmesh_config_reloads_total{result=\"ok\"}")
+            .await?,
+        mesh.stat("wasmesh_config_reloads_total{result=\"rejected\"}")
+            .await?,
+        mesh.applied.load(SeqCst)
     );
 
-    // Drain with SIGTERM, as an orchestrator would.
-    let pid = proxy.id().context("proxy pid")?;
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    let status = tokio::time::timeout(Duration::from_secs(15), proxy.wait()).await??;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let log = std::fs::read_to_string(&access_log).unwrap_or_default();
-    println!(
-        "\naccess log: {} JSON lines; one of them:",
-        log.lines().count()
-    );
-    if let Some(line) = log
-        .lines()
-        .find(|l| l.contains("\"UT\""))
-        .or(log.lines().next())
-    {
-        println!("  {line}");
-    }
+    let mesh = Arc::into_inner(mesh).expect("clients are done");
+    let status = mesh.stop().await?;
     println!("\nproxy drained on SIGTERM and exited with {status}");
     if !status.success() {
         bail!("the proxy exited with {status}");
     }
     Ok(())
-}
-
-async fn client_get(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
-    addr: SocketAddr,
-    path: &str,
-) -> anyhow::Result<String> {
-    let response = client
-        .request(Request::get(format!("http://{addr}{path}")).body(Empty::new())?)
-        .await?;
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(String::from_utf8_lossy(&body).into_owned())
 }
