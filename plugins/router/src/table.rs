@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use regex_lite::Regex;
+use regex::Regex;
 use wasmesh_policy::{
     Action, Destination, HeaderMatch, HeaderOps, Redirect, RouteMatch, RouterConfig, StringMatch,
 };
@@ -349,7 +349,7 @@ fn compile_match(m: &RouteMatch) -> Result<Match, String> {
     })
 }
 
-/// RE2-style `\1` references in a substitution, as regex-lite's `${1}`.
+/// RE2-style `\1` references in a substitution, as regex's `${1}`.
 fn substitution(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();

@@ -37,9 +37,16 @@ the per-round mean latencies finds the difference significant at 99% (two-sided)
 Per filter figures come from rounds of their own, with every callback timed; the whole-chain
 figures come from rounds without that instrumentation.
 
+With --manifests, the Istio manifests (VirtualService, DestinationRule, ServiceEntry,
+WorkloadEntry) are translated as the control plane does, and the chain is the router, fault,
+mirror and circuit-breaker plugins of the `outbound` listener, with their modules from
+--plugins. Error diagnostics refuse the run; warnings are printed to stderr. Send requests to
+a host the manifests define (-H host:NAME).
+
 Examples:
   wasmesh bench --filter target/wasm32-wasip1/release/my_filter.wasm:'{\"header\": \"x-a\"}'
   wasmesh bench --config proxy.yaml --listener ingress --through-proxy --plot latency.svg
+  wasmesh bench --manifests manifests/ -H host:reviews -H end-user:jason
   wasmesh bench --filter new.wasm --baseline old.wasm --requests requests.jsonl --json
 ";
 
@@ -55,9 +62,22 @@ struct BenchArgs {
     /// The listener of --config (default: the only listener with http_filters).
     #[arg(long, requires = "config")]
     listener: Option<String>,
+    /// The four traffic plugins configured from Istio manifests instead (a directory of
+    /// *.yaml files, or one file), translated as the control plane does.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["filters", "config"])]
+    manifests: Option<PathBuf>,
+    /// Where the plugin modules of --manifests are: plugin_router.wasm, plugin_fault.wasm,
+    /// plugin_mirror.wasm and plugin_circuit_breaker.wasm [default:
+    /// target/wasm32-wasip1/release]
+    #[arg(long, value_name = "DIR")]
+    plugins: Option<PathBuf>,
     /// What the chain is compared with: `none` (no filters, the default), a proxy config
-    /// (`proxy.yaml` or `proxy.yaml#LISTENER`), or filters as for --filter (repeat).
-    #[arg(long, value_name = "none|proxy.yaml[#LISTENER]|FILE.wasm[:CONFIG]")]
+    /// (`proxy.yaml` or `proxy.yaml#LISTENER`), Istio manifests (`manifests:DIR`, with the
+    /// modules of --plugins), or filters as for --filter (repeat).
+    #[arg(
+        long,
+        value_name = "none|proxy.yaml[#LISTENER]|manifests:DIR|FILE.wasm[:CONFIG]"
+    )]
     baseline: Vec<String>,
     /// Request method.
     #[arg(long, default_value = "GET")]
@@ -144,29 +164,38 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-fn chain_source(
-    filters: &[FilterArg],
-    config: Option<&Path>,
-    listener: Option<&str>,
-) -> anyhow::Result<ChainSource> {
-    if let Some(config) = config {
+fn chain_source(args: &BenchArgs, plugins: &Path) -> anyhow::Result<ChainSource> {
+    if let Some(config) = &args.config {
         return Ok(ChainSource::Config {
-            path: config.to_owned(),
-            listener: listener.map(str::to_owned),
+            path: config.clone(),
+            listener: args.listener.clone(),
         });
     }
-    if filters.is_empty() {
+    if let Some(manifests) = &args.manifests {
+        return Ok(ChainSource::Manifests {
+            path: manifests.clone(),
+            plugins: plugins.to_owned(),
+        });
+    }
+    if args.filters.is_empty() {
         bail!(
-            "nothing to benchmark: give --filter FILE.wasm[:CONFIG] (repeat) or --config proxy.yaml"
+            "nothing to benchmark: give --filter FILE.wasm[:CONFIG] (repeat), --config proxy.yaml \
+             or --manifests DIR"
         );
     }
-    Ok(ChainSource::Filters(filters.to_vec()))
+    Ok(ChainSource::Filters(args.filters.clone()))
 }
 
-fn baseline_source(values: &[String]) -> anyhow::Result<ChainSource> {
+fn baseline_source(values: &[String], plugins: &Path) -> anyhow::Result<ChainSource> {
     match values {
         [] => return Ok(ChainSource::None),
         [one] if one == "none" => return Ok(ChainSource::None),
+        [one] if one.starts_with("manifests:") => {
+            return Ok(ChainSource::Manifests {
+                path: one["manifests:".len()..].into(),
+                plugins: plugins.to_owned(),
+            });
+        }
         [one] => {
             let (path, listener) = match one.split_once('#') {
                 Some((p, l)) => (p, Some(l.to_owned())),
@@ -189,12 +218,18 @@ fn baseline_source(values: &[String]) -> anyhow::Result<ChainSource> {
 }
 
 fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
-    let chain = chain_source(
-        &args.filters,
-        args.config.as_deref(),
-        args.listener.as_deref(),
-    )?;
-    let baseline = baseline_source(&args.baseline)?;
+    if args.plugins.is_some()
+        && args.manifests.is_none()
+        && !args.baseline.iter().any(|b| b.starts_with("manifests:"))
+    {
+        bail!("--plugins is for --manifests (or --baseline manifests:DIR)");
+    }
+    let plugins = args
+        .plugins
+        .clone()
+        .unwrap_or_else(bench::default_plugins_dir);
+    let chain = chain_source(&args, &plugins)?;
+    let baseline = baseline_source(&args.baseline, &plugins)?;
     let requests = match &args.requests {
         Some(file) => bench::profile::read_requests(file)?,
         None => {
@@ -241,6 +276,21 @@ fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
         through_proxy: args.through_proxy.then_some(args.connections),
     };
 
+    let chain = options.chain.resolve()?;
+    let baseline = options.baseline.resolve()?;
+    for (what, resolved) in [("chain", &chain), ("baseline", &baseline)] {
+        for w in &resolved.warnings {
+            eprintln!("{w}");
+        }
+        if !resolved.warnings.is_empty() {
+            eprintln!(
+                "({} warning(s) about the {what} {}; running anyway)",
+                resolved.warnings.len(),
+                resolved.label
+            );
+        }
+    }
+
     let show = !args.json && std::io::stderr().is_terminal();
     let bar = indicatif::ProgressBar::with_draw_target(
         None,
@@ -255,7 +305,7 @@ fn bench_command(args: BenchArgs) -> anyhow::Result<()> {
             .expect("a valid template")
             .progress_chars("=> "),
     );
-    let report = bench::run(&options, &mut |p| {
+    let report = bench::run_resolved(&options, &chain, &baseline, &mut |p| {
         bar.set_message(p.phase);
         bar.set_length(p.total);
         bar.set_position(p.done);

@@ -1,6 +1,6 @@
 //! Where a benchmarked chain comes from: Wasm modules given one by one, a listener of a proxy
-//! config, or (once the control plane translates them) a directory of Istio manifests. Every
-//! form becomes the listener `http_filters` the proxy itself loads.
+//! config, or a directory of Istio manifests translated by the control plane into the four
+//! traffic plugins. Every form becomes the listener `http_filters` the proxy itself loads.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,32 @@ pub enum ChainSource {
         path: PathBuf,
         listener: Option<String>,
     },
+    /// Istio manifests (a directory or a file) translated by wasmesh-controlplane: the
+    /// router, fault, mirror and circuit-breaker plugins of the `outbound` listener, with the
+    /// modules of `plugins` (see [`PLUGIN_FILES`]).
+    Manifests { path: PathBuf, plugins: PathBuf },
+}
+
+/// The plugin modules a `--plugins` directory must hold.
+pub const PLUGIN_FILES: [&str; 4] = [
+    "plugin_router.wasm",
+    "plugin_fault.wasm",
+    "plugin_mirror.wasm",
+    "plugin_circuit_breaker.wasm",
+];
+
+/// The command that builds [`PLUGIN_FILES`] into `target/wasm32-wasip1/release`.
+pub const BUILD_PLUGINS: &str = "cargo build --release --target wasm32-wasip1 \
+-p plugin-router -p plugin-fault -p plugin-mirror -p plugin-circuit-breaker";
+
+/// Where the plugins are when `--plugins` is not given: `target/wasm32-wasip1/release`
+/// (under `$CARGO_TARGET_DIR` when it is set).
+pub fn default_plugins_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"))
+        .join("wasm32-wasip1")
+        .join("release")
 }
 
 /// `FILE.wasm[:CONFIG]`: a module and the configuration `proxy_on_configure` gets, given
@@ -75,6 +101,8 @@ pub struct ResolvedChain {
     pub files: HashMap<String, String>,
     /// The bootstrap the chain came from, whose routes and clusters `--through-proxy` keeps.
     pub bootstrap: Option<(Bootstrap, String)>,
+    /// Warnings about where the chain came from (manifests: istioctl-style diagnostics).
+    pub warnings: Vec<String>,
 }
 
 impl ResolvedChain {
@@ -85,6 +113,7 @@ impl ResolvedChain {
             base_dir: None,
             files: HashMap::new(),
             bootstrap: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -129,8 +158,82 @@ impl ChainSource {
                 })?;
                 from_bootstrap(bootstrap, &path.display().to_string(), listener.as_deref())
             }
+            ChainSource::Manifests { path, plugins } => from_manifests(path, plugins),
         }
     }
+}
+
+/// The `outbound` listener's chain of the translation of the manifests at `path` (a
+/// directory or a file), with the plugin modules of `plugins`. Error diagnostics refuse the
+/// chain; warnings come with it.
+pub fn from_manifests(path: &Path, plugins: &Path) -> Result<ResolvedChain, Error> {
+    use wasmesh_controlplane::{Level, Options, PluginModule, PluginModules};
+
+    let file = path.display().to_string();
+    let mut modules = Vec::with_capacity(PLUGIN_FILES.len());
+    for name in PLUGIN_FILES {
+        let module = plugins.join(name);
+        if !module.is_file() {
+            return Err(Error::MissingPlugin {
+                file: module.display().to_string(),
+            });
+        }
+        let module = std::path::absolute(&module).unwrap_or(module);
+        modules.push(PluginModule::new(module.display().to_string()));
+    }
+    let [router, fault, mirror, circuit_breaker] =
+        <[PluginModule; 4]>::try_from(modules).expect("four modules");
+    let loaded = wasmesh_controlplane::manifests::load_path(path).map_err(|e| Error::Input {
+        file: file.clone(),
+        reason: format!("cannot read the manifests: {}", e.source),
+    })?;
+    let options = Options {
+        plugins: Some(PluginModules {
+            router,
+            fault,
+            mirror,
+            circuit_breaker,
+        }),
+        ..Options::default()
+    };
+    let translation = wasmesh_controlplane::translate(&loaded.resources, &options);
+    let diagnostics: Vec<_> = loaded
+        .diagnostics
+        .iter()
+        .chain(&translation.diagnostics)
+        .collect();
+    let errors: Vec<String> = diagnostics
+        .iter()
+        .filter(|d| d.level == Level::Error)
+        .map(ToString::to_string)
+        .collect();
+    if !errors.is_empty() {
+        return Err(Error::Manifests {
+            file,
+            diagnostics: errors,
+        });
+    }
+    if loaded.resources.is_empty() {
+        return Err(Error::Input {
+            file,
+            reason: "no VirtualService, DestinationRule, ServiceEntry or WorkloadEntry found \
+                     (manifests are *.yaml or *.yml files)"
+                .into(),
+        });
+    }
+    let warnings = diagnostics
+        .iter()
+        .filter(|d| d.level == Level::Warning)
+        .map(ToString::to_string)
+        .collect();
+    let bootstrap = translation.bootstrap;
+    bootstrap.validate().map_err(|e| Error::Input {
+        file: file.clone(),
+        reason: format!("the translated proxy config is not valid: {e}"),
+    })?;
+    let mut chain = from_bootstrap(bootstrap, &file, Some(&options.listener_name))?;
+    chain.warnings = warnings;
+    Ok(chain)
 }
 
 /// The chain of a listener of `bootstrap` (read from `file`).
@@ -194,6 +297,7 @@ pub fn from_bootstrap(
         base_dir: bootstrap.base_dir.clone(),
         files,
         bootstrap: Some((bootstrap, listener_name)),
+        warnings: Vec::new(),
     })
 }
 
@@ -262,6 +366,7 @@ fn resolve_filters(args: &[FilterArg]) -> Result<ResolvedChain, Error> {
         base_dir: None,
         files,
         bootstrap: None,
+        warnings: Vec::new(),
     })
 }
 

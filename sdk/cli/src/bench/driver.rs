@@ -7,6 +7,7 @@
 //! callout replies are local tasks).
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,6 +92,16 @@ pub async fn exchange(
     request: &RequestSpec,
     response: &ResponseSpec,
 ) -> Outcome {
+    exchange_stream(chain, request, response).await.0
+}
+
+/// [`exchange`], also giving back the stream: what the filters decided (its `decisions`,
+/// such as the upstream cluster, and its `filter_state`, such as `wasmesh.route_name`).
+pub async fn exchange_stream(
+    chain: &Rc<Chain>,
+    request: &RequestSpec,
+    response: &ResponseSpec,
+) -> (Outcome, Rc<Stream>) {
     let stream = Stream::new(StreamInfo {
         protocol: "HTTP/1.1",
         listener: "bench".into(),
@@ -101,7 +112,7 @@ pub async fn exchange(
     let filters = RefCell::new(chain.stream(stream.clone()));
     let outcome = run(&filters, &stream, request, response).await;
     filters.borrow_mut().finish();
-    outcome
+    (outcome, stream)
 }
 
 async fn run(
@@ -168,14 +179,17 @@ pub fn exchange_now(
     request: &RequestSpec,
     response: &ResponseSpec,
 ) -> Option<Outcome> {
-    let fut = std::pin::pin!(exchange(chain, request, response));
+    now(exchange(chain, request, response))
+}
+
+/// Runs a future to its end if it needs no wait; `None` if it had to wait.
+pub fn now<F: Future>(fut: F) -> Option<F::Output> {
+    let fut = std::pin::pin!(fut);
     match fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
         std::task::Poll::Ready(o) => Some(o),
         std::task::Poll::Pending => None,
     }
 }
-
-use std::future::Future as _;
 
 /// Per filter and per callback costs, gathered by a chain's [`Profiler`].
 pub struct Collector {

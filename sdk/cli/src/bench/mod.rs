@@ -26,7 +26,7 @@ use hdrhistogram::Histogram;
 use tracing_subscriber::layer::SubscriberExt;
 use wasmesh_host::{Chain, Host, PluginSpec, VmFailure};
 
-pub use chain::{ChainSource, FilterArg, ResolvedChain};
+pub use chain::{ChainSource, FilterArg, PLUGIN_FILES, ResolvedChain, default_plugins_dir};
 use driver::{Collector, Worker, exchange};
 pub use profile::{RequestProfile, RequestSpec, ResponseSpec};
 pub use report::Report;
@@ -45,6 +45,18 @@ pub enum Error {
         filter: String,
         file: String,
         reason: String,
+    },
+    /// A plugin module missing from the `--plugins` directory of `--manifests`.
+    #[error(
+        "{file}: no such plugin module: build the plugins with `{build}` or give --plugins DIR",
+        build = chain::BUILD_PLUGINS
+    )]
+    MissingPlugin { file: String },
+    /// Manifests with errors: the diagnostics, as `istioctl analyze` prints them.
+    #[error("{file}: the manifests have errors, nothing was run:\n{}", diagnostics.join("\n"))]
+    Manifests {
+        file: String,
+        diagnostics: Vec<String>,
     },
     #[error("{0}")]
     Usage(String),
@@ -116,14 +128,25 @@ pub struct Progress {
 
 /// Runs the benchmark.
 pub fn run(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Report, Error> {
+    let chain = options.chain.resolve()?;
+    let baseline = options.baseline.resolve()?;
+    run_resolved(options, &chain, &baseline, progress)
+}
+
+/// Runs the benchmark of chains already resolved (whose warnings the caller has shown);
+/// `options.chain` and `options.baseline` are not read.
+pub fn run_resolved(
+    options: &Options,
+    chain: &ResolvedChain,
+    baseline: &ResolvedChain,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Report, Error> {
     if options.profile.requests.is_empty() {
         return Err(Error::Usage("no requests to send".into()));
     }
     if options.rounds == 0 {
         return Err(Error::Usage("--rounds must be at least 1".into()));
     }
-    let chain = options.chain.resolve()?;
-    let baseline = options.baseline.resolve()?;
     let plugin_logs = logs::PluginLogs::default();
     let _logs =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(plugin_logs.clone()));
@@ -134,7 +157,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Repo
     let local = tokio::task::LocalSet::new();
     let (names, filters, in_process) = local.block_on(
         &runtime,
-        in_process(options, &chain, &baseline, &plugin_logs, progress),
+        in_process(options, chain, baseline, &plugin_logs, progress),
     )?;
     drop(local);
     drop(runtime);
@@ -143,8 +166,8 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Repo
         Some(connections) => {
             let budget = options.amount.per_block(options.rounds, 2);
             let (c, b) = through_proxy::run(
-                &chain,
-                &baseline,
+                chain,
+                baseline,
                 &options.profile,
                 options.rounds,
                 budget,
@@ -173,10 +196,12 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Repo
         chain: ChainInfo {
             label: chain.label.clone(),
             filters: names,
+            warnings: chain.warnings.clone(),
         },
         baseline: ChainInfo {
             label: baseline.label.clone(),
             filters: baseline_names,
+            warnings: baseline.warnings.clone(),
         },
         requests: options
             .profile
@@ -194,7 +219,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(Progress)) -> Result<Repo
 }
 
 /// Loads a chain's modules as the proxy does; errors name the filter's file.
-fn load(host: &Arc<Host>, chain: &ResolvedChain) -> Result<Vec<Arc<PluginSpec>>, Error> {
+pub fn load(host: &Arc<Host>, chain: &ResolvedChain) -> Result<Vec<Arc<PluginSpec>>, Error> {
     // One by one first, so that an error names the filter it is about.
     for f in &chain.filters {
         wasmesh_proxy::load_filters(host, std::slice::from_ref(f), chain.base_dir.as_deref())

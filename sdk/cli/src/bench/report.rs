@@ -29,6 +29,9 @@ pub struct ChainInfo {
     pub label: String,
     /// Filter names in the order they run on requests.
     pub filters: Vec<String>,
+    /// Warnings about where the chain came from (manifests: istioctl-style diagnostics).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One filter: the time its callbacks took per request, all together and one by one.
