@@ -1,7 +1,9 @@
 //! The callbacks the host calls, routed to the plugin and its per-request filters.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+
+// Context ids are small sequential integers looked up on every callback: FxHash, not SipHash.
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::abi;
 use crate::host::{Level, log};

@@ -119,7 +119,10 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>> {
 
 /// A property as text.
 pub fn property_str(path: &[&str]) -> Result<Option<String>> {
-    Ok(property(path)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    // Valid UTF-8 (the usual case) becomes the String without a copy.
+    Ok(property(path)?.map(|b| {
+        String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }))
 }
 
 /// An integer property (Envoy encodes integers as 8 little-endian bytes).
@@ -228,6 +231,17 @@ impl Gauge {
             unsafe { abi::proxy_increment_metric(self.0, delta) },
             "proxy_increment_metric",
         )
+    }
+
+    /// The gauge's value across the proxy (all workers).
+    pub fn value(self) -> Result<i64> {
+        let mut v = 0u64;
+        // SAFETY: `v` is ours.
+        check(
+            unsafe { abi::proxy_get_metric(self.0, &mut v) },
+            "proxy_get_metric",
+        )?;
+        Ok(v as i64)
     }
 }
 

@@ -2,7 +2,7 @@
 //! once, weights summed. Matching is pure: it reads the request through [`RequestView`], so it
 //! is tested natively.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use regex::Regex;
 use wasmesh_policy::{
@@ -137,7 +137,7 @@ impl Condition {
 impl Table {
     pub fn compile(config: &RouterConfig) -> Result<Table, String> {
         let mut table = Table {
-            exact: HashMap::new(),
+            exact: HashMap::default(),
             suffixes: Vec::new(),
             any: None,
             hosts: Vec::new(),

@@ -1171,12 +1171,19 @@ pub fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                                             ret_cas: i32|
      -> R {
         count(&mut c);
-        let key = match arg(&mut c, kp, kl) {
-            Ok(k) => String::from_utf8_lossy(&k).into_owned(),
-            Err(s) => return st(s),
+        // Looked up straight from guest memory: no copy of the key.
+        let found = {
+            let Some((mem, state)) = parts(&mut c) else {
+                return st(Status::InternalFailure);
+            };
+            let Some(key) = slice(mem, kp, kl) else {
+                return st(Status::InvalidMemoryAccess);
+            };
+            state
+                .shared
+                .get_data(&state.vm_id, &String::from_utf8_lossy(key))
         };
-        let state = c.data();
-        let Some((value, cas)) = state.shared.get_data(&state.vm_id, &key) else {
+        let Some((value, cas)) = found else {
             return st(Status::NotFound);
         };
         let result = give(&mut c, &value, ret_ptr, ret_len)?;

@@ -65,7 +65,7 @@ pub fn get(
     {
         let filter_state = stream.filter_state.borrow();
         if !filter_state.is_empty()
-            && let Some(v) = filter_state.get(&path.join("."))
+            && let Some(v) = filter_state.get_path(path)
         {
             return Ok(v.clone());
         }

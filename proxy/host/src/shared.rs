@@ -48,14 +48,24 @@ impl Shared {
     /// Sets a value. With `cas != 0` the write only happens if the value's CAS still matches.
     pub fn set_data(&self, vm_id: &str, key: &str, value: Bytes, cas: u32) -> Status {
         let mut data = self.data.lock().expect("shared data lock");
-        let entries = data.entry(vm_id.to_owned()).or_default();
-        if cas != 0 && entries.get(key).is_some_and(|(_, current)| *current != cas) {
-            return Status::CasMismatch;
+        // Keys are allocated only when new: counters are rewritten on every request.
+        if !data.contains_key(vm_id) {
+            data.insert(vm_id.to_owned(), VmData::default());
         }
+        let entries = data.get_mut(vm_id).expect("inserted above");
         // CAS values are never 0 and never reused.
-        let next = (self.next_cas.fetch_add(1, Relaxed) % u32::MAX as u64) as u32 + 1;
-        entries.insert(key.to_owned(), (value, next));
-        Status::Ok
+        let next = || (self.next_cas.fetch_add(1, Relaxed) % u32::MAX as u64) as u32 + 1;
+        match entries.get_mut(key) {
+            Some((_, current)) if cas != 0 && *current != cas => Status::CasMismatch,
+            Some(entry) => {
+                *entry = (value, next());
+                Status::Ok
+            }
+            None => {
+                entries.insert(key.to_owned(), (value, next()));
+                Status::Ok
+            }
+        }
     }
 
     /// Registers (or re-registers) a queue; `notify` receives `(root_context_id, queue_id)`.

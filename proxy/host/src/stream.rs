@@ -2,7 +2,6 @@
 //! while filters work on them, its properties, and the requests filters make of the proxy.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::SystemTime;
@@ -101,7 +100,7 @@ pub struct Stream {
     pub data: RefCell<StreamData>,
     pub info: RefCell<StreamInfo>,
     /// Values set with `proxy_set_property` (Envoy's filter state), visible to later filters.
-    pub filter_state: RefCell<HashMap<String, Bytes>>,
+    pub filter_state: RefCell<FilterState>,
     pub decisions: RefCell<Decisions>,
     pub local_response: RefCell<Option<LocalResponse>>,
     /// Set by `proxy_continue_stream`, `proxy_send_local_response` or `proxy_close_stream`.
@@ -131,5 +130,75 @@ impl Stream {
 
     pub(crate) fn wake(&self) {
         self.resumed.notify_one();
+    }
+}
+
+/// Values filters set with `proxy_set_property`, keyed by the dotted path. A request holds a
+/// handful at most, and every later property read looks here first: a short list searched
+/// without building the key beats a hash map that needs the joined path allocated per read.
+#[derive(Debug, Default)]
+pub struct FilterState(Vec<(String, Bytes)>);
+
+impl FilterState {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The value at a dotted path (`wasmesh.route_name`).
+    pub fn get(&self, key: &str) -> Option<&Bytes> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// The value at a path given as segments (`["wasmesh", "route_name"]`).
+    pub fn get_path(&self, path: &[&str]) -> Option<&Bytes> {
+        self.0
+            .iter()
+            .find(|(k, _)| dotted_eq(k, path))
+            .map(|(_, v)| v)
+    }
+
+    pub fn insert(&mut self, key: String, value: Bytes) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(entry) => entry.1 = value,
+            None => self.0.push((key, value)),
+        }
+    }
+}
+
+/// Whether `key` is `path` joined with dots.
+fn dotted_eq(key: &str, path: &[&str]) -> bool {
+    let mut rest = key;
+    for (i, segment) in path.iter().enumerate() {
+        if i > 0 {
+            let Some(r) = rest.strip_prefix('.') else {
+                return false;
+            };
+            rest = r;
+        }
+        let Some(r) = rest.strip_prefix(segment) else {
+            return false;
+        };
+        rest = r;
+    }
+    rest.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_state_is_found_by_segments() {
+        let mut state = FilterState::default();
+        state.insert("wasmesh.route_name".into(), Bytes::from_static(b"a"));
+        state.insert("my.key".into(), Bytes::from_static(b"b"));
+        state.insert("wasmesh.route_name".into(), Bytes::from_static(b"c"));
+        assert_eq!(state.get("wasmesh.route_name").unwrap(), "c");
+        assert_eq!(state.get_path(&["wasmesh", "route_name"]).unwrap(), "c");
+        assert_eq!(state.get_path(&["my", "key"]).unwrap(), "b");
+        assert!(state.get_path(&["wasmesh", "route"]).is_none());
+        assert!(state.get_path(&["wasmesh.route_name"]).is_some());
+        assert!(state.get_path(&["my", "key", "x"]).is_none());
+        assert!(state.get_path(&["my"]).is_none());
     }
 }
