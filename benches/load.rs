@@ -1,8 +1,11 @@
-//! The load benchmark. One upstream (nginx answering `200 hello world`) reached three ways with
-//! the same load tool and one worker each: directly, through nginx as a reverse proxy (with
-//! upstream keep-alive), through wasmesh-proxy, and through wasmesh-proxy running a chain of
-//! four realistic proxy-wasm filters on every request. It prints throughput and latency for
-//! each, and the ratios to nginx.
+//! The load benchmark. One upstream (nginx answering `200 hello world`) reached five ways with
+//! the same load tool, the same request and one worker each: directly, through nginx as a
+//! reverse proxy (with upstream keep-alive), through wasmesh-proxy, through wasmesh-proxy
+//! running a chain of four realistic proxy-wasm filters on every request, and through
+//! wasmesh-proxy as the mesh runs it: config translated from Istio manifests (a VirtualService
+//! of ten routes, a DestinationRule with pool limits and outlier detection) with the router,
+//! fault, mirror and circuit-breaker plugins. It prints throughput and latency for each, and
+//! the ratios to nginx.
 //!
 //! ```sh
 //! cargo bench -p wasmesh-benches --bench load      # or deploy/bench.sh, which installs the tools
@@ -15,6 +18,7 @@
 use std::time::Duration;
 
 use wasmesh_benches::load::{self, Measurement};
+use wasmesh_benches::peers::CATALOG_CHECKOUT;
 use wasmesh_benches::{build_proxy, find_program, free_addr, peers};
 
 fn env(name: &str, default: u64) -> u64 {
@@ -46,12 +50,22 @@ fn main() -> anyhow::Result<()> {
         1,
         &peers::realistic_chain(),
     )?;
+    let plugins = peers::wasmesh_with_plugins(
+        &proxy_binary,
+        dir.path(),
+        free_addr()?,
+        upstream.addr,
+        1,
+    )?;
     let targets = [
         ("direct", upstream.addr, None),
         ("nginx", nginx.addr, Some(nginx.pid())),
         ("wasmesh-proxy", wasmesh.addr, Some(wasmesh.pid())),
         ("wasmesh+4wasm", filtered.addr, Some(filtered.pid())),
+        ("wasmesh+mesh", plugins.addr, Some(plugins.pid())),
     ];
+    // Every target gets the request the mesh's VirtualService sends to its 6th route.
+    let request = &CATALOG_CHECKOUT;
 
     println!(
         "load benchmark: wrk -t1 -c{connections} -d{}s, {rounds} round(s) alternating targets \
@@ -60,12 +74,20 @@ fn main() -> anyhow::Result<()> {
     );
     // Warm up connection pools and caches.
     for (_, addr, _) in &targets {
-        load::wrk(*addr, connections, Duration::from_secs(1), None)?;
+        load::wrk(*addr, request, connections, Duration::from_secs(1), None)?;
     }
     let mut runs: Vec<Vec<Measurement>> = vec![Vec::new(); targets.len()];
     for round in 0..rounds {
         for (i, (name, addr, pid)) in targets.iter().enumerate() {
-            let m = load::wrk(*addr, connections, seconds, *pid)?;
+            let m = load::wrk(*addr, request, connections, seconds, *pid)?;
+            if m.errors * 1000 > m.requests {
+                anyhow::bail!(
+                    "{name}: {} of {} requests failed (non-2xx or socket errors): the \
+                     comparison would mean nothing",
+                    m.errors,
+                    m.requests
+                );
+            }
             let cpu = m.cpu_per_request.map_or(String::new(), |c| {
                 format!(", {:.2} us CPU/request", c.as_secs_f64() * 1e6)
             });
@@ -111,13 +133,15 @@ fn main() -> anyhow::Result<()> {
             ratio
         );
     }
-    if let (Some(n), Some(w), Some(f)) = (cpu[1], cpu[2], cpu[3]) {
+    if let (Some(n), Some(w), Some(f), Some(p)) = (cpu[1], cpu[2], cpu[3], cpu[4]) {
         println!(
-            "CPU per request vs nginx (lower is better): wasmesh {:.2}x, wasmesh+4wasm {:.2}x; \
-             the 4 filters cost {:.2} us",
+            "CPU per request vs nginx (lower is better): wasmesh {:.2}x, wasmesh+4wasm {:.2}x, \
+             wasmesh+mesh {:.2}x; the 4 filters cost {:.2} us, the mesh's 4 plugins {:.2} us",
             w / n,
             f / n,
-            f - w
+            p / n,
+            f - w,
+            p - w
         );
     }
 
@@ -138,7 +162,7 @@ fn main() -> anyhow::Result<()> {
     );
     let mut fixed = Vec::new();
     for (name, addr, _) in &targets[1..] {
-        let m = load::oha_fixed_rate(*addr, connections, rate, seconds)?;
+        let m = load::oha_fixed_rate(*addr, request, connections, rate, seconds)?;
         println!(
             "{name:<14} {:>10.0} {:>10} {:>10} {:>8}",
             m.requests_per_sec,
@@ -150,11 +174,14 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "\nvs nginx: wasmesh throughput {:.2}x, p99 at {rate} req/s {:.2}x; wasmesh+4wasm \
-         throughput {:.2}x, p99 {:.2}x (p99: lower is better)",
+         throughput {:.2}x, p99 {:.2}x; wasmesh+mesh throughput {:.2}x, p99 {:.2}x \
+         (p99: lower is better)",
         medians[2].requests_per_sec / nginx_rps,
         fixed[1].p99.as_secs_f64() / fixed[0].p99.as_secs_f64(),
         medians[3].requests_per_sec / nginx_rps,
-        fixed[2].p99.as_secs_f64() / fixed[0].p99.as_secs_f64()
+        fixed[2].p99.as_secs_f64() / fixed[0].p99.as_secs_f64(),
+        medians[4].requests_per_sec / nginx_rps,
+        fixed[3].p99.as_secs_f64() / fixed[0].p99.as_secs_f64()
     );
 
     Ok(())

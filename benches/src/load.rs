@@ -18,10 +18,36 @@ pub struct Measurement {
     pub errors: u64,
 }
 
+/// The request every load run sends: a path and extra headers (`name: value`).
+#[derive(Clone, Copy, Debug)]
+pub struct LoadRequest {
+    pub path: &'static str,
+    pub headers: &'static [&'static str],
+}
+
+impl LoadRequest {
+    /// `GET /` with no extra header.
+    pub const ROOT: LoadRequest = LoadRequest {
+        path: "/",
+        headers: &[],
+    };
+
+    fn args(&self, addr: SocketAddr) -> Vec<String> {
+        let mut args = Vec::new();
+        for h in self.headers {
+            args.push("-H".to_owned());
+            args.push((*h).to_owned());
+        }
+        args.push(format!("http://{addr}{}", self.path));
+        args
+    }
+}
+
 /// `wrk -t1 -c<connections> -d<secs> --latency`: saturating throughput. With `pid`, also the
 /// CPU time that process (and its children, such as nginx's worker) spent per request.
 pub fn wrk(
     addr: SocketAddr,
+    request: &LoadRequest,
     connections: u32,
     duration: Duration,
     pid: Option<u32>,
@@ -33,8 +59,8 @@ pub fn wrk(
             &format!("-c{connections}"),
             &format!("-d{}s", duration.as_secs().max(1)),
             "--latency",
-            &format!("http://{addr}/"),
         ])
+        .args(request.args(addr))
         .output()
         .context("run wrk (deploy/setup.sh installs it)")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -126,6 +152,7 @@ fn parse_wrk_duration(v: &str) -> anyhow::Result<Duration> {
 /// `oha` at a fixed rate with coordinated-omission correction: latency under a steady load.
 pub fn oha_fixed_rate(
     addr: SocketAddr,
+    request: &LoadRequest,
     connections: u32,
     rate: u32,
     duration: Duration,
@@ -142,8 +169,8 @@ pub fn oha_fixed_rate(
             &rate.to_string(),
             "-z",
             &format!("{}s", duration.as_secs().max(1)),
-            &format!("http://{addr}/"),
         ])
+        .args(request.args(addr))
         .output()
         .context("run oha (deploy/bench.sh installs it with cargo install oha)")?;
     if !out.status.success() {

@@ -124,9 +124,74 @@ pub fn wasmesh_with_filters(
         ),
     )?;
 
+    spawn_wasmesh(binary, &conf, addr)
+}
+
+/// The manifests of the plugins benchmark: a `catalog` service with a VirtualService of ten
+/// routes and a DestinationRule with a connection pool and outlier detection.
+pub const CATALOG_MANIFESTS: &str = include_str!("../manifests/catalog.yaml");
+
+/// The request of the plugins benchmark that takes the VirtualService's 6th route
+/// (`checkout`: prefix and header match, a 90/10 split, a fault delay at 0%, retries, timeout).
+pub const CATALOG_CHECKOUT: crate::load::LoadRequest = crate::load::LoadRequest {
+    path: "/api/v1/checkout/cart?id=42",
+    // `Host` capitalised: wrk adds its own unless the header is named exactly so.
+    headers: &[
+        "Host: catalog.shop.svc.cluster.local",
+        "user-agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Firefox/128.0",
+        "accept: application/json",
+        "cookie: session=3q2+7w; theme=dark",
+        "x-api-version: 2",
+    ],
+};
+
+/// wasmesh-proxy as the mesh runs it: its config translated by wasmesh-controlplane from
+/// [`CATALOG_MANIFESTS`], with the router, fault, mirror and circuit-breaker plugins, every
+/// cluster's endpoints pointed at `upstream`.
+pub fn wasmesh_with_plugins(
+    binary: &Path,
+    dir: &Path,
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    workers: usize,
+) -> anyhow::Result<Process> {
+    use wasmesh_artifacts::{CIRCUIT_BREAKER, FAULT, MIRROR, ROUTER};
+    use wasmesh_controlplane::{Level, Options, PluginModule, PluginModules, manifests, translate};
+
+    let loaded = manifests::parse_str(CATALOG_MANIFESTS, None);
+    let options = Options {
+        listener_address: addr.to_string(),
+        plugins: Some(PluginModules {
+            router: PluginModule::new(ROUTER),
+            fault: PluginModule::new(FAULT),
+            mirror: PluginModule::new(MIRROR),
+            circuit_breaker: PluginModule::new(CIRCUIT_BREAKER),
+        }),
+        ..Options::default()
+    };
+    let translation = translate(&loaded.resources, &options);
+    if let Some(e) = loaded
+        .diagnostics
+        .iter()
+        .chain(&translation.diagnostics)
+        .find(|d| d.level == Level::Error)
+    {
+        anyhow::bail!("benches/manifests/catalog.yaml: {e}");
+    }
+    let mut bootstrap = translation.bootstrap;
+    bootstrap.workers = Some(workers);
+    for cluster in &mut bootstrap.clusters {
+        cluster.endpoints = vec![upstream.to_string()];
+    }
+    let conf = dir.join(format!("wasmesh-{}.yaml", addr.port()));
+    std::fs::write(&conf, serde_saphyr::to_string(&bootstrap)?)?;
+    spawn_wasmesh(binary, &conf, addr)
+}
+
+fn spawn_wasmesh(binary: &Path, conf: &Path, addr: SocketAddr) -> anyhow::Result<Process> {
     let child = Command::new(binary)
         .arg("--config")
-        .arg(&conf)
+        .arg(conf)
         .env("WASMESH_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
