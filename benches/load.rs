@@ -50,13 +50,8 @@ fn main() -> anyhow::Result<()> {
         1,
         &peers::realistic_chain(),
     )?;
-    let plugins = peers::wasmesh_with_plugins(
-        &proxy_binary,
-        dir.path(),
-        free_addr()?,
-        upstream.addr,
-        1,
-    )?;
+    let plugins =
+        peers::wasmesh_with_plugins(&proxy_binary, dir.path(), free_addr()?, upstream.addr, 1)?;
     let targets = [
         ("direct", upstream.addr, None),
         ("nginx", nginx.addr, Some(nginx.pid())),
