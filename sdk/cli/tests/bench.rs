@@ -604,3 +604,218 @@ fn bad_manifests_are_refused_with_their_diagnostics() {
         "cargo build --release --target wasm32-wasip1 -p plugin-router",
     );
 }
+
+/// A service with two versions, and nothing else: the plugins it gives are the router with
+/// one default route and the other three with empty configurations.
+const SHOP_SERVICE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: shop}
+spec:
+  hosts: [shop.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.1, ports: {http: 9}, labels: {version: v1}}
+  - {address: 127.0.0.2, ports: {http: 9}, labels: {version: v2}}
+"#;
+
+/// Policy for [`SHOP_SERVICE`]: a connection pool and outlier detection, and `/api` routed to
+/// the v1 subset (anything else gets the router's 404).
+const SHOP_POLICY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: shop}
+spec:
+  host: shop.example.com
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 100}
+      http: {http1MaxPendingRequests: 100, http2MaxRequests: 1000}
+    outlierDetection:
+      consecutive5xxErrors: 5
+      interval: 10s
+      baseEjectionTime: 30s
+      maxEjectionPercent: 50
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop}
+spec:
+  hosts: [shop.example.com]
+  http:
+  - name: api
+    match: [{uri: {prefix: /api}}]
+    route: [{destination: {host: shop.example.com, subset: v1}}]
+"#;
+
+/// A manifests directory of `files`, one manifest each.
+fn manifests(files: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, yaml) in files.iter().enumerate() {
+        std::fs::write(dir.path().join(format!("{i}.yaml")), yaml).unwrap();
+    }
+    dir
+}
+
+const PLUGIN_CHAIN: [&str; 4] = ["router", "fault", "mirror", "circuit-breaker"];
+
+#[test]
+fn manifests_against_a_manifests_baseline() {
+    let with_policy = manifests(&[SHOP_SERVICE, SHOP_POLICY]);
+    let without = manifests(&[SHOP_SERVICE]);
+    let plugins = plugins_dir();
+    let (a, b) = (
+        with_policy.path().to_str().unwrap(),
+        without.path().to_str().unwrap(),
+    );
+    let baseline = format!("manifests:{b}");
+    let r = report(&[
+        "--manifests",
+        a,
+        "--baseline",
+        &baseline,
+        "--plugins",
+        plugins.path().to_str().unwrap(),
+        "-H",
+        "host:shop.example.com",
+        "--path",
+        "/api/items",
+        "--requests-count",
+        "300",
+        "--rounds",
+        "3",
+    ]);
+
+    // Both chains named by their directory, both the four plugins of the `outbound` listener,
+    // and no diagnostics about either.
+    assert_eq!(r["chain"]["label"], format!("{a}#outbound"), "{r}");
+    assert_eq!(r["baseline"]["label"], format!("{b}#outbound"), "{r}");
+    assert_eq!(r["chain"]["filters"], serde_json::json!(PLUGIN_CHAIN));
+    assert_eq!(r["baseline"]["filters"], serde_json::json!(PLUGIN_CHAIN));
+    assert!(r["chain"].get("warnings").is_none(), "{r}");
+    assert!(r["baseline"].get("warnings").is_none(), "{r}");
+
+    let filters = r["filters"].as_array().unwrap();
+    assert_eq!(filters.len(), 4, "{r}");
+    for (position, name) in PLUGIN_CHAIN.iter().enumerate() {
+        let f = filters.iter().find(|f| f["name"] == *name).unwrap();
+        assert_eq!(f["position"], position, "{f}");
+        assert!(num(&f["mean_ns"]) > 0.0, "{f}");
+        assert!(num(&f["p50_ns"]) > 0.0, "{f}");
+        assert!(num(&f["p99_ns"]) >= num(&f["p50_ns"]), "{f}");
+        assert!(num(&f["share_of_chain"]) > 0.0, "{f}");
+        assert!(!f["callbacks"].as_array().unwrap().is_empty(), "{f}");
+    }
+
+    let ip = &r["in_process"];
+    check_latency(&ip["chain"], 300);
+    check_latency(&ip["baseline"], 300);
+    // Both route every request: the chain to the v1 subset, the baseline to the service.
+    assert_eq!(
+        ip["chain"]["outcomes"],
+        serde_json::json!({"upstream": 300})
+    );
+    assert_eq!(
+        ip["baseline"]["outcomes"],
+        serde_json::json!({"upstream": 300})
+    );
+    assert_eq!(ip["chain"]["round_means_ns"].as_array().unwrap().len(), 3);
+    assert!(num(&ip["comparison"]["ratio"]) > 0.0);
+    let verdict = ip["comparison"]["verdict"].as_str().unwrap();
+    assert!(
+        ["slower", "faster", "no significant difference"].contains(&verdict),
+        "{verdict:?}"
+    );
+    assert!(r["through_proxy"].is_null());
+}
+
+#[test]
+fn a_chain_from_manifests_through_the_proxy() {
+    let dir = manifests(&[SHOP_SERVICE, SHOP_POLICY]);
+    let plugins = plugins_dir();
+    let r = report(&[
+        "--manifests",
+        dir.path().to_str().unwrap(),
+        "--plugins",
+        plugins.path().to_str().unwrap(),
+        "-H",
+        "host:shop.example.com",
+        "--path",
+        "/api/items",
+        "--response-body-size",
+        "128",
+        "--through-proxy",
+        "--connections",
+        "2",
+        "--requests-count",
+        "200",
+        "--rounds",
+        "2",
+    ]);
+    assert_eq!(r["chain"]["filters"], serde_json::json!(PLUGIN_CHAIN));
+    assert_eq!(
+        r["in_process"]["chain"]["outcomes"],
+        serde_json::json!({"upstream": 200})
+    );
+    let p = &r["through_proxy"];
+    assert_eq!(p["connections"], 2, "{p}");
+    check_latency(&p["chain"], 200);
+    check_latency(&p["baseline"], 200);
+    // Every request got the upstream's 200: the proxy's routes from the manifests matched the
+    // requests (unmatched ones get the router's 404), and none failed.
+    assert_eq!(
+        p["chain"]["outcomes"],
+        serde_json::json!({"200": 200}),
+        "{p}"
+    );
+    assert_eq!(
+        p["baseline"]["outcomes"],
+        serde_json::json!({"200": 200}),
+        "{p}"
+    );
+    assert!(num(&p["comparison"]["ratio"]) > 0.0);
+    assert!(p["comparison"]["verdict"].is_string());
+}
+
+#[test]
+fn a_manifests_baseline_through_the_proxy_has_its_own_clusters() {
+    // The baseline routes to the v1 subset, a cluster the chain's manifests do not have.
+    let chain = manifests(&[SHOP_SERVICE]);
+    let with_policy = manifests(&[SHOP_SERVICE, SHOP_POLICY]);
+    let plugins = plugins_dir();
+    let baseline = format!("manifests:{}", with_policy.path().display());
+    let r = report(&[
+        "--manifests",
+        chain.path().to_str().unwrap(),
+        "--baseline",
+        &baseline,
+        "--plugins",
+        plugins.path().to_str().unwrap(),
+        "-H",
+        "host:shop.example.com",
+        "--path",
+        "/api/items",
+        "--through-proxy",
+        "--connections",
+        "2",
+        "--requests-count",
+        "100",
+        "--rounds",
+        "2",
+    ]);
+    let p = &r["through_proxy"];
+    assert_eq!(
+        p["chain"]["outcomes"],
+        serde_json::json!({"200": 100}),
+        "{p}"
+    );
+    assert_eq!(
+        p["baseline"]["outcomes"],
+        serde_json::json!({"200": 100}),
+        "{p}"
+    );
+}

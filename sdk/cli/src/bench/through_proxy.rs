@@ -126,7 +126,8 @@ impl Drop for Upstream {
 
 /// The proxy config: the chain's listener (its routes when it came from a config, else one
 /// route to the upstream) as `chain`, the same with the baseline's filters as `baseline`,
-/// and every cluster pointed at the local upstream.
+/// the clusters of both configs (the chain's when both have one of a name), and every
+/// cluster pointed at the local upstream.
 fn bootstrap(
     chain: &ResolvedChain,
     baseline: &ResolvedChain,
@@ -162,6 +163,14 @@ clusters:
         listener.address = "127.0.0.1:0".into();
         b.listeners = vec![listener];
         let mut clusters = source.clusters.clone();
+        // A baseline from other manifests routes to clusters of its own (its subsets).
+        if let Some((other, _)) = &baseline.bootstrap {
+            for c in &other.clusters {
+                if !clusters.iter().any(|k| k.name == c.name) {
+                    clusters.push(c.clone());
+                }
+            }
+        }
         for c in &mut clusters {
             c.endpoints = vec![upstream.to_string()];
         }
