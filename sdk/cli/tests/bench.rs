@@ -819,3 +819,63 @@ fn a_manifests_baseline_through_the_proxy_has_its_own_clusters() {
         "{p}"
     );
 }
+
+#[test]
+fn answers_from_the_proxy_itself_are_called_out() {
+    // The proxy routes only /api: requests for / get its own 404, which is not the upstream's
+    // cost; the command still measures them but says so.
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        r#"
+listeners:
+- name: ingress
+  address: "127.0.0.1:0"
+  http_filters:
+  - {{name: noop, url: "{NOOP}"}}
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+    - match: {{prefix: /api}}
+      cluster: upstream
+clusters:
+- name: upstream
+  endpoints: ["127.0.0.1:9"]
+"#
+    );
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let config = config.display().to_string();
+    let out = wasmesh(&[
+        "bench",
+        "--json",
+        "--config",
+        &config,
+        "--path",
+        "/",
+        "--through-proxy",
+        "--connections",
+        "1",
+        "--requests-count",
+        "100",
+        "--rounds",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for side in ["chain", "baseline"] {
+        assert!(
+            stderr.contains(&format!(
+                "warning: through the proxy, 100 of the {side}'s 100 requests did not reach the \
+                 upstream (100 answered 404)"
+            )),
+            "{stderr}"
+        );
+    }
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["through_proxy"]["chain"]["outcomes"]["404"], 100, "{r}");
+}

@@ -183,6 +183,9 @@ pub fn run_resolved(
                 histogram: m.histogram,
             };
             let (c, b) = (latency(c), latency(b));
+            for (side, l) in [("chain", &c), ("baseline", &b)] {
+                warn_unless_upstream_answered(side, l);
+            }
             Some(ModeReport {
                 comparison: compare(&c.round_means_ns, &b.round_means_ns),
                 chain: c,
@@ -216,6 +219,27 @@ pub fn run_resolved(
         in_process,
         through_proxy,
     })
+}
+
+/// Through the proxy only the local upstream answers 200: anything else came from the proxy or a
+/// filter (a 404 for a route the requests miss, a 503 for a cluster that is not there). That may
+/// be the chain's point, but it changes what is measured, so it is said out loud.
+fn warn_unless_upstream_answered(side: &str, l: &Latency) {
+    let others: Vec<(&String, &u64)> = l.outcomes.iter().filter(|(s, _)| *s != "200").collect();
+    if others.is_empty() {
+        return;
+    }
+    let count: u64 = others.iter().map(|(_, n)| **n).sum();
+    let detail: Vec<String> = others
+        .iter()
+        .map(|(s, n)| format!("{n} answered {s}"))
+        .collect();
+    eprintln!(
+        "warning: through the proxy, {count} of the {side}'s {} requests did not reach the \
+         upstream ({}): the figures measure those answers",
+        l.requests,
+        detail.join(", ")
+    );
 }
 
 /// Loads a chain's modules as the proxy does; errors name the filter's file.
