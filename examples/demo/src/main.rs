@@ -298,6 +298,10 @@ async fn main() -> anyhow::Result<()> {
         "the task's httpbin DestinationRule",
     );
     mesh.apply(&bookinfo(HTTPBIN_CIRCUIT_BREAKER)).await?;
+    println!(
+        "  (as in Envoy, a worker with no connection to an endpoint may still open one: with two\n   \
+         workers and two httpbin pods, two clients may each get their own and never trip it)"
+    );
     for clients in [1, 2, 3] {
         let replies = concurrent(&mesh, "httpbin:8000", clients, 60).await?;
         let overflow = replies.iter().filter(|r| r.status == 503).count();
