@@ -70,8 +70,16 @@ impl Proxy {
     /// Starts from a bootstrap file, which `reload_from_file`, SIGHUP and
     /// `POST /config_reload` read again.
     pub fn start_from_file(path: &std::path::Path) -> Result<Proxy, StartError> {
-        let bootstrap = Bootstrap::load(path).map_err(|e| StartError::Config(e.to_string()))?;
-        Proxy::start_with(bootstrap, Some(path.to_owned()))
+        let config = |e: config::ConfigError| StartError::Config(e.to_string());
+        let text = Bootstrap::read(path).map_err(config)?;
+        let bootstrap = Bootstrap::from_file_text(path, &text).map_err(config)?;
+        let proxy = Proxy::start_with(bootstrap, Some(path.to_owned()))?;
+        *proxy
+            .shared
+            .loaded_text
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(text);
+        Ok(proxy)
     }
 
     /// Binds every listener (and the admin address) and starts serving.
@@ -217,6 +225,12 @@ impl Proxy {
     /// Reloads the file the proxy started from.
     pub fn reload_from_file(&self) -> Result<u64, String> {
         self.shared.reload_from_file()
+    }
+
+    /// Reloads the file unless its text is the one last loaded (then `None`), as the proxy's
+    /// watch of its config file does.
+    pub fn reload_from_file_if_changed(&self) -> Result<Option<u64>, String> {
+        self.shared.reload_from_file_if_changed()
     }
 
     /// Waits until the workers have drained (after [`Proxy::drain`], SIGTERM or

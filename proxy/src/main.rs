@@ -104,12 +104,13 @@ fn wait_for_signal(proxy: &Proxy, config: &std::path::Path) {
             tokio::select! {
                 _ = term.recv() => return,
                 _ = int.recv() => return,
-                _ = hup.recv() => reload(proxy, "SIGHUP").await,
+                _ = hup.recv() => reload(proxy, "SIGHUP", true).await,
                 _ = poll.tick() => {
                     let now = modified();
                     if now != seen {
                         seen = now;
-                        reload(proxy, "config file changed").await;
+                        // Unless an admin reload already loaded this text.
+                        reload(proxy, "config file changed", false).await;
                     }
                 }
             }
@@ -117,12 +118,24 @@ fn wait_for_signal(proxy: &Proxy, config: &std::path::Path) {
     });
 }
 
-async fn reload(proxy: &Proxy, why: &str) {
+async fn reload(proxy: &Proxy, why: &str, force: bool) {
     tracing::info!(reason = why, "reloading configuration");
     // Compiling and starting plugins runs its own runtime: do it on a plain thread.
-    let result = std::thread::scope(|s| s.spawn(|| proxy.reload_from_file()).join());
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            if force {
+                proxy.reload_from_file().map(Some)
+            } else {
+                proxy.reload_from_file_if_changed()
+            }
+        })
+        .join()
+    });
     match result {
-        Ok(Ok(_)) => {}
+        Ok(Ok(Some(_))) => {}
+        Ok(Ok(None)) => {
+            tracing::info!("the config file's text is the one in effect: nothing to do")
+        }
         Ok(Err(e)) => eprintln!("error: reload rejected: {e}"),
         Err(_) => eprintln!("error: reload failed"),
     }

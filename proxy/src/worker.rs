@@ -34,6 +34,8 @@ pub struct Shared {
     pub started: Instant,
     /// The file the bootstrap came from, for reloads.
     pub config_path: Option<std::path::PathBuf>,
+    /// The config file's text as last loaded (at start or by a reload).
+    pub loaded_text: std::sync::Mutex<Option<String>>,
     /// One reload at a time.
     reload_lock: std::sync::Mutex<()>,
     pub reloads_ok: AtomicU64,
@@ -72,6 +74,7 @@ impl Shared {
             drain: watch::channel(false).0,
             started: Instant::now(),
             config_path: None,
+            loaded_text: std::sync::Mutex::default(),
             reload_lock: std::sync::Mutex::new(()),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
@@ -136,12 +139,31 @@ impl Shared {
 
     /// Reloads from the file the bootstrap came from.
     pub fn reload_from_file(&self) -> Result<u64, String> {
+        self.reload_file(true)
+            .map(|v| v.expect("a forced reload happens"))
+    }
+
+    /// Reloads from the file unless its text is what was last loaded from it (`None`): a
+    /// watcher seeing a new modification time after an admin reload must not redo it.
+    pub fn reload_from_file_if_changed(&self) -> Result<Option<u64>, String> {
+        self.reload_file(false)
+    }
+
+    fn reload_file(&self, force: bool) -> Result<Option<u64>, String> {
         let path = self
             .config_path
             .as_ref()
             .ok_or("the proxy was not started from a file")?;
-        let bootstrap = crate::config::Bootstrap::load(path).map_err(|e| e.to_string())?;
-        self.reload(bootstrap)
+        let text = crate::config::Bootstrap::read(path).map_err(|e| e.to_string())?;
+        let mut loaded = self.loaded_text.lock().unwrap_or_else(|e| e.into_inner());
+        if !force && loaded.as_deref() == Some(text.as_str()) {
+            return Ok(None);
+        }
+        let bootstrap =
+            crate::config::Bootstrap::from_file_text(path, &text).map_err(|e| e.to_string())?;
+        let version = self.reload(bootstrap)?;
+        *loaded = Some(text);
+        Ok(Some(version))
     }
 
     pub fn drain_signal(&self) -> watch::Receiver<bool> {

@@ -465,6 +465,50 @@ async fn hot_reload_swaps_the_chain_under_load_without_failing_a_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_watch_reloads_only_a_changed_text() {
+    let up = Upstream::echo("up").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    let text = |value: &str| {
+        config(
+            up.addr,
+            &filter("headers", HEADERS, &format!("plugin_config: {value}")),
+            "",
+        )
+    };
+    std::fs::write(&path, text("v1")).unwrap();
+    let proxy = Arc::new(wasmesh_proxy::Proxy::start_from_file(&path).unwrap());
+    let reload = |force: bool| {
+        let proxy = proxy.clone();
+        tokio::task::spawn_blocking(move || {
+            if force {
+                proxy.reload_from_file().map(Some)
+            } else {
+                proxy.reload_from_file_if_changed()
+            }
+        })
+    };
+    // The text it started from: nothing to do (a touched file, or a watcher after an admin
+    // reload of the same text).
+    assert_eq!(reload(false).await.unwrap(), Ok(None));
+    std::fs::write(&path, text("v2")).unwrap();
+    assert_eq!(reload(false).await.unwrap(), Ok(Some(2)));
+    assert_eq!(reload(false).await.unwrap(), Ok(None));
+    // SIGHUP and `POST /config_reload` always reload.
+    assert_eq!(reload(true).await.unwrap(), Ok(Some(3)));
+    assert_eq!(reload(false).await.unwrap(), Ok(None));
+    // A rejected text is not taken for loaded: fixing it back reloads.
+    std::fs::write(&path, "listeners: [").unwrap();
+    assert!(reload(false).await.unwrap().is_err());
+    std::fs::write(&path, text("v2")).unwrap();
+    assert_eq!(reload(false).await.unwrap(), Ok(None), "v2 is what runs");
+    std::fs::write(&path, text("v3")).unwrap();
+    assert_eq!(reload(false).await.unwrap(), Ok(Some(4)));
+    let reply = get(proxy.listener_addr("ingress").unwrap(), "/").await;
+    assert_eq!(reply.json()["headers"]["x-plugin-config"], "v3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_and_admin_post_reload_the_binary() {
     let up = Upstream::echo("up").await;
     let yaml = config(

@@ -336,12 +336,22 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Tracked<T> {
 impl Bootstrap {
     /// Reads, parses and validates a bootstrap file.
     pub fn load(path: &Path) -> Result<Bootstrap, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        Bootstrap::from_file_text(path, &Bootstrap::read(path)?)
+    }
+
+    /// Reads a bootstrap file's text (errors name the file).
+    pub fn read(path: &Path) -> Result<String, ConfigError> {
+        std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: Some(path.to_owned()),
             field: String::new(),
             reason: format!("cannot read: {e}"),
-        })?;
-        let mut bootstrap = Bootstrap::parse(&text).map_err(|mut e| {
+        })
+    }
+
+    /// Parses and validates the text of the file at `path` (errors name it; relative module
+    /// paths resolve against its folder).
+    pub fn from_file_text(path: &Path, text: &str) -> Result<Bootstrap, ConfigError> {
+        let mut bootstrap = Bootstrap::parse(text).map_err(|mut e| {
             e.file = Some(path.to_owned());
             e
         })?;
