@@ -321,8 +321,8 @@ async fn main() -> anyhow::Result<()> {
         mesh.flagged("UO").await?
     );
     println!(
-        "  config reloads: {} accepted, {} rejected (the demo's {} changes by POST \
-         /config_reload, and the proxy's own watch of its config file)",
+        "  config reloads: {} accepted, {} rejected (the demo made {} changes, each by POST \
+         /config_reload; the proxy's watch of its file skips a text already loaded)",
         mesh.stat("wasmesh_config_reloads_total{result=\"ok\"}")
             .await?,
         mesh.stat("wasmesh_config_reloads_total{result=\"rejected\"}")
