@@ -2,54 +2,8 @@
 
 use std::time::Duration;
 
-/// Parses a duration: one or more `<number><unit>` with units `ns`, `us`, `µs`, `ms`, `s`, `m`,
-/// `h`; a bare `0` is zero. Negative durations are refused.
-pub fn parse(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if t == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if t.starts_with('-') {
-        return Err(format!("duration {text:?} must not be negative"));
-    }
-    let mut rest = t.strip_prefix('+').unwrap_or(t);
-    if rest.is_empty() {
-        return Err(format!("invalid duration {text:?}"));
-    }
-    let mut nanos: f64 = 0.0;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("duration {text:?} has no unit (use ms, s, m or h)"))?;
-        let (number, after) = rest.split_at(num_end);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}"))?;
-        let unit_end = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
-        let (unit, next) = after.split_at(unit_end);
-        let scale = match unit {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => {
-                return Err(format!(
-                    "duration {text:?} has unknown unit {unit:?} (use ms, s, m or h)"
-                ));
-            }
-        };
-        nanos += value * scale;
-        rest = next;
-    }
-    if !nanos.is_finite() || nanos > u64::MAX as f64 {
-        return Err(format!("duration {text:?} is too large"));
-    }
-    Ok(Duration::from_nanos(nanos.round() as u64))
-}
+/// Parses a duration (`2s`, `500ms`, `1h30m`): the same syntax as the proxy's bootstrap.
+pub use wasmesh_config::parse_duration as parse;
 
 /// Whole milliseconds, rounding a nonzero sub-millisecond remainder up.
 pub fn millis(d: Duration) -> u64 {

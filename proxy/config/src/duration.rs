@@ -25,37 +25,54 @@ impl Dur {
     }
 }
 
-/// Parses `<number><unit>` with units `ns`, `us`, `ms`, `s`, `m`, `h`; a bare `0` is zero.
+/// Parses one or more `<number><unit>` (`250ms`, `1.5s`, `1h30m`) with units `ns`, `us`, `ms`,
+/// `s`, `m`, `h`; a bare `0` is zero. The proxy's bootstrap and Istio's manifests (protobuf
+/// durations) both write durations this way.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text == "0" {
         return Ok(Duration::ZERO);
     }
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("duration {text:?} has no unit (use ms, s, m or h)"))?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("duration {text:?} does not start with a number"))?;
-    let nanos_per_unit = match unit {
-        "ns" => 1.0,
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" => 1e9,
-        "m" => 60e9,
-        "h" => 3600e9,
-        _ => {
-            return Err(format!(
-                "duration {text:?} has unknown unit {unit:?} (use ms, s, m or h)"
-            ));
+    if text.starts_with('-') {
+        return Err(format!("duration {text:?} must not be negative"));
+    }
+    let mut rest = text.strip_prefix('+').unwrap_or(text);
+    let mut nanos = 0.0;
+    loop {
+        let split = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("duration {text:?} has no unit (use ms, s, m or h)"))?;
+        let (number, after) = rest.split_at(split);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("duration {text:?} does not start with a number"))?;
+        let unit_end = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_end);
+        let nanos_per_unit = match unit {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => {
+                return Err(format!(
+                    "duration {text:?} has unknown unit {unit:?} (use ms, s, m or h)"
+                ));
+            }
+        };
+        nanos += value * nanos_per_unit;
+        if next.is_empty() {
+            break;
         }
-    };
-    let nanos = value * nanos_per_unit;
+        rest = next;
+    }
     if !nanos.is_finite() || nanos > u64::MAX as f64 {
         return Err(format!("duration {text:?} is too large"));
     }
-    Ok(Duration::from_nanos(nanos as u64))
+    Ok(Duration::from_nanos(nanos.round() as u64))
 }
 
 impl fmt::Display for Dur {

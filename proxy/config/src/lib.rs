@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
-pub use duration::Dur;
+pub use duration::{Dur, parse as parse_duration};
 pub use retry_on::RetryOn;
 
 /// A configuration error: where it is and what is wrong.
