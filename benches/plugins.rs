@@ -22,39 +22,20 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use wasmesh_artifacts::{CIRCUIT_BREAKER, FAULT, MIRROR, ROUTER};
+use wasmesh_benches::peers;
 use wasmesh_cli::bench::driver::{Outcome, Worker, exchange_now, exchange_stream, now};
 use wasmesh_cli::bench::profile::read_requests;
 use wasmesh_cli::bench::{RequestSpec, ResponseSpec, chain, load};
-use wasmesh_controlplane::{Level, Options, PluginModule, PluginModules, manifests, translate};
 use wasmesh_host::{Chain, Host};
 
-const MANIFESTS: &str = include_str!("manifests/catalog.yaml");
 /// The requests `wasmesh bench --requests` reads too: the 6th route's, then the default's.
 const REQUESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/requests.jsonl");
 const HOST: &str = "catalog.shop.svc.cluster.local";
 
 /// The plugins' chain: the manifests translated with the modules built from `plugins/`.
 fn translated() -> chain::ResolvedChain {
-    let loaded = manifests::parse_str(MANIFESTS, None);
-    let options = Options {
-        plugins: Some(PluginModules {
-            router: PluginModule::new(ROUTER),
-            fault: PluginModule::new(FAULT),
-            mirror: PluginModule::new(MIRROR),
-            circuit_breaker: PluginModule::new(CIRCUIT_BREAKER),
-        }),
-        ..Options::default()
-    };
-    let t = translate(&loaded.resources, &options);
-    let problems: Vec<String> = loaded
-        .diagnostics
-        .iter()
-        .chain(&t.diagnostics)
-        .filter(|d| d.level != Level::Info)
-        .map(ToString::to_string)
-        .collect();
-    assert!(problems.is_empty(), "the manifests: {problems:#?}");
+    let options = peers::catalog_options();
+    let t = peers::catalog_translation(&options).expect("the manifests translate cleanly");
     chain::from_bootstrap(
         t.bootstrap,
         "benches/manifests",

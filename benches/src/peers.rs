@@ -155,29 +155,10 @@ pub fn wasmesh_with_plugins(
     upstream: SocketAddr,
     workers: usize,
 ) -> anyhow::Result<Process> {
-    use wasmesh_artifacts::{CIRCUIT_BREAKER, FAULT, MIRROR, ROUTER};
-    use wasmesh_controlplane::{Level, Options, PluginModule, PluginModules, manifests, translate};
-
-    let loaded = manifests::parse_str(CATALOG_MANIFESTS, None);
-    let options = Options {
+    let translation = catalog_translation(&wasmesh_controlplane::Options {
         listener_address: addr.to_string(),
-        plugins: Some(PluginModules {
-            router: PluginModule::new(ROUTER),
-            fault: PluginModule::new(FAULT),
-            mirror: PluginModule::new(MIRROR),
-            circuit_breaker: PluginModule::new(CIRCUIT_BREAKER),
-        }),
-        ..Options::default()
-    };
-    let translation = translate(&loaded.resources, &options);
-    if let Some(e) = loaded
-        .diagnostics
-        .iter()
-        .chain(&translation.diagnostics)
-        .find(|d| d.level == Level::Error)
-    {
-        anyhow::bail!("benches/manifests/catalog.yaml: {e}");
-    }
+        ..catalog_options()
+    })?;
     let mut bootstrap = translation.bootstrap;
     bootstrap.workers = Some(workers);
     for cluster in &mut bootstrap.clusters {
@@ -186,6 +167,40 @@ pub fn wasmesh_with_plugins(
     let conf = dir.join(format!("wasmesh-{}.yaml", addr.port()));
     std::fs::write(&conf, serde_saphyr::to_string(&bootstrap)?)?;
     spawn_wasmesh(binary, &conf, addr)
+}
+
+/// Translation options with the four plugins built from `plugins/`.
+pub fn catalog_options() -> wasmesh_controlplane::Options {
+    use wasmesh_artifacts::{CIRCUIT_BREAKER, FAULT, MIRROR, ROUTER};
+    use wasmesh_controlplane::{Options, PluginModule, PluginModules};
+    Options {
+        plugins: Some(PluginModules {
+            router: PluginModule::new(ROUTER),
+            fault: PluginModule::new(FAULT),
+            mirror: PluginModule::new(MIRROR),
+            circuit_breaker: PluginModule::new(CIRCUIT_BREAKER),
+        }),
+        ..Options::default()
+    }
+}
+
+/// [`CATALOG_MANIFESTS`] translated; warnings and errors refuse it (the benchmarks measure the
+/// manifests as written).
+pub fn catalog_translation(
+    options: &wasmesh_controlplane::Options,
+) -> anyhow::Result<wasmesh_controlplane::Translation> {
+    use wasmesh_controlplane::{Level, manifests, translate_loaded};
+    let translation = translate_loaded(&manifests::parse_str(CATALOG_MANIFESTS, None), options);
+    let problems: Vec<String> = translation
+        .diagnostics
+        .iter()
+        .filter(|d| d.level != Level::Info)
+        .map(ToString::to_string)
+        .collect();
+    if !problems.is_empty() {
+        anyhow::bail!("benches/manifests/catalog.yaml: {problems:#?}");
+    }
+    Ok(translation)
 }
 
 fn spawn_wasmesh(binary: &Path, conf: &Path, addr: SocketAddr) -> anyhow::Result<Process> {

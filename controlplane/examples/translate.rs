@@ -3,12 +3,13 @@
 //! [LISTEN_ADDR] > proxy.yaml`. Diagnostics go to stderr; any error exits 1 and prints nothing.
 //!
 //! `PLUGINS_DIR` holds `plugin_router.wasm`, `plugin_fault.wasm`, `plugin_mirror.wasm` and
-//! `plugin_circuit_breaker.wasm`; without it the config has no plugins (the core's routes).
+//! `plugin_circuit_breaker.wasm` (a missing one is an error); without it the config has no
+//! plugins (the core's routes).
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use wasmesh_controlplane::{Level, Options, PluginModule, PluginModules, manifests, translate};
+use wasmesh_controlplane::{Options, PluginModules, manifests, translate_loaded};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,28 +24,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let module = |dir: &str, name: &str| {
-        let file = Path::new(dir).join(format!("plugin_{name}.wasm"));
-        let file = file.canonicalize().unwrap_or(file);
-        PluginModule::new(file.display().to_string())
+    let plugins = match args.get(1).map(|dir| PluginModules::in_dir(Path::new(dir))) {
+        None => None,
+        Some(Ok(modules)) => Some(modules),
+        Some(Err(missing)) => {
+            eprintln!("error: {} not found", missing.display());
+            return ExitCode::FAILURE;
+        }
     };
     let options = Options {
         listener_address: args.get(2).cloned().unwrap_or("127.0.0.1:15001".into()),
-        plugins: args.get(1).map(|dir| PluginModules {
-            router: module(dir, "router"),
-            fault: module(dir, "fault"),
-            mirror: module(dir, "mirror"),
-            circuit_breaker: module(dir, "circuit_breaker"),
-        }),
+        plugins,
         ..Options::default()
     };
-    let t = translate(&loaded.resources, &options);
-    let mut failed = false;
-    for d in loaded.diagnostics.iter().chain(&t.diagnostics) {
+    let t = translate_loaded(&loaded, &options);
+    for d in &t.diagnostics {
         eprintln!("{d}");
-        failed |= d.level == Level::Error;
     }
-    if failed {
+    if t.errors().next().is_some() {
         return ExitCode::FAILURE;
     }
     match serde_saphyr::to_string(&t.bootstrap) {

@@ -18,5 +18,6 @@ mod translate;
 pub use diag::{Diagnostic, Level};
 pub use manifests::{Loaded, Resource, Source, Spec};
 pub use translate::{
-    Options, PLUGIN_NAMES, PluginModule, PluginModules, Translation, cluster_name, translate,
+    Options, PLUGIN_FILES, PLUGIN_NAMES, PluginModule, PluginModules, Translation, cluster_name,
+    translate, translate_loaded,
 };

@@ -63,6 +63,36 @@ pub struct PluginModules {
     pub circuit_breaker: PluginModule,
 }
 
+/// The modules' file names as `cargo build --release --target wasm32-wasip1 -p plugin-router
+/// -p plugin-fault -p plugin-mirror -p plugin-circuit-breaker` writes them, in chain order.
+pub const PLUGIN_FILES: [&str; 4] = [
+    "plugin_router.wasm",
+    "plugin_fault.wasm",
+    "plugin_mirror.wasm",
+    "plugin_circuit_breaker.wasm",
+];
+
+impl PluginModules {
+    /// The four modules in `dir` ([`PLUGIN_FILES`]), as absolute paths; `Err` names the first
+    /// one missing.
+    pub fn in_dir(dir: &std::path::Path) -> Result<PluginModules, std::path::PathBuf> {
+        let module = |name: &str| {
+            let file = dir.join(name);
+            if !file.is_file() {
+                return Err(file);
+            }
+            let file = std::path::absolute(&file).unwrap_or(file);
+            Ok(PluginModule::new(file.display().to_string()))
+        };
+        Ok(PluginModules {
+            router: module(PLUGIN_FILES[0])?,
+            fault: module(PLUGIN_FILES[1])?,
+            mirror: module(PLUGIN_FILES[2])?,
+            circuit_breaker: module(PLUGIN_FILES[3])?,
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginModule {
     pub url: String,
@@ -93,6 +123,21 @@ pub struct Translation {
 
 /// The names of the plugins in the chain, in order.
 pub const PLUGIN_NAMES: [&str; 4] = ["router", "fault", "mirror", "circuit-breaker"];
+
+/// Translates what a load found; its diagnostics come first in the translation's.
+pub fn translate_loaded(loaded: &crate::Loaded, options: &Options) -> Translation {
+    let mut t = translate(&loaded.resources, options);
+    t.diagnostics
+        .splice(0..0, loaded.diagnostics.iter().cloned());
+    t
+}
+
+impl Translation {
+    /// The error diagnostics: what was asked for and left out.
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.is_error())
+    }
+}
 
 /// Translates resources. Diagnostics name the resource and field at fault; a resource with an
 /// error diagnostic is left out and the rest still translate.

@@ -15,59 +15,29 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::AsyncBufReadExt;
-use wasmesh_controlplane::{Level, Options, PluginModule, PluginModules, manifests, translate};
-
-/// The four traffic plugins' modules, as `cargo build --target wasm32-wasip1 --release` names
-/// them.
-const PLUGINS: [&str; 4] = [
-    "plugin_router.wasm",
-    "plugin_fault.wasm",
-    "plugin_mirror.wasm",
-    "plugin_circuit_breaker.wasm",
-];
+use wasmesh_controlplane::{Options, PluginModules, manifests, translate_loaded};
 
 /// Translation options: the outbound listener and admin on free ports, the plugins from `dir`.
 pub fn options(plugins: &Path) -> anyhow::Result<Options> {
-    let module = |file: &str| -> anyhow::Result<PluginModule> {
-        let path = plugins.join(file);
-        if !path.is_file() {
-            bail!(
-                "{} not found: build the plugins with `cargo build --release --target \
-                 wasm32-wasip1 -p plugin-router -p plugin-fault -p plugin-mirror \
-                 -p plugin-circuit-breaker`",
-                path.display()
-            );
-        }
-        Ok(PluginModule::new(
-            path.canonicalize()?.display().to_string(),
-        ))
-    };
+    let modules = PluginModules::in_dir(plugins).map_err(|missing| {
+        anyhow::anyhow!(
+            "{} not found: build the plugins with `cargo build --release --target \
+             wasm32-wasip1 -p plugin-router -p plugin-fault -p plugin-mirror \
+             -p plugin-circuit-breaker`",
+            missing.display()
+        )
+    })?;
     Ok(Options {
         admin_address: Some("127.0.0.1:0".into()),
-        plugins: Some(PluginModules {
-            router: module(PLUGINS[0])?,
-            fault: module(PLUGINS[1])?,
-            mirror: module(PLUGINS[2])?,
-            circuit_breaker: module(PLUGINS[3])?,
-        }),
+        plugins: Some(modules),
         ..Options::default()
     })
 }
 
 /// The proxy config for `manifests`, as YAML; error diagnostics refuse it.
 fn proxy_config(manifests_yaml: &str, options: &Options) -> anyhow::Result<String> {
-    let loaded = manifests::parse_str(manifests_yaml, None);
-    let translation = translate(&loaded.resources, options);
-    let diagnostics: Vec<_> = loaded
-        .diagnostics
-        .iter()
-        .chain(&translation.diagnostics)
-        .collect();
-    let errors: Vec<String> = diagnostics
-        .iter()
-        .filter(|d| d.level == Level::Error)
-        .map(ToString::to_string)
-        .collect();
+    let translation = translate_loaded(&manifests::parse_str(manifests_yaml, None), options);
+    let errors: Vec<String> = translation.errors().map(ToString::to_string).collect();
     if !errors.is_empty() {
         bail!("the manifests were refused:\n{}", errors.join("\n"));
     }

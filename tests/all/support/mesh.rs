@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::Request;
 use wasmesh_controlplane::samples::{self, BookinfoEndpoints, HttpbinEndpoints};
-use wasmesh_controlplane::{Level, Options, PluginModule, PluginModules, manifests, translate};
+use wasmesh_controlplane::{Options, PluginModule, PluginModules, manifests, translate_loaded};
 use wasmesh_proxy::Proxy;
 use wasmesh_proxy::config::Bootstrap;
 
@@ -30,15 +30,8 @@ pub fn options() -> Options {
 
 /// Translates manifests for a proxy of `workers` workers; any error diagnostic fails the test.
 pub fn translate_yaml(yaml: &str, options: &Options, workers: usize) -> Bootstrap {
-    let loaded = manifests::parse_str(yaml, None);
-    let translation = translate(&loaded.resources, options);
-    let errors: Vec<String> = loaded
-        .diagnostics
-        .iter()
-        .chain(&translation.diagnostics)
-        .filter(|d| d.level == Level::Error)
-        .map(ToString::to_string)
-        .collect();
+    let translation = translate_loaded(&manifests::parse_str(yaml, None), options);
+    let errors: Vec<String> = translation.errors().map(ToString::to_string).collect();
     assert!(
         errors.is_empty(),
         "manifests rejected:\n{}",

@@ -31,12 +31,7 @@ pub enum ChainSource {
 }
 
 /// The plugin modules a `--plugins` directory must hold.
-pub const PLUGIN_FILES: [&str; 4] = [
-    "plugin_router.wasm",
-    "plugin_fault.wasm",
-    "plugin_mirror.wasm",
-    "plugin_circuit_breaker.wasm",
-];
+pub use wasmesh_controlplane::PLUGIN_FILES;
 
 /// The command that builds [`PLUGIN_FILES`] into `target/wasm32-wasip1/release`.
 pub const BUILD_PLUGINS: &str = "cargo build --release --target wasm32-wasip1 \
@@ -167,46 +162,22 @@ impl ChainSource {
 /// directory or a file), with the plugin modules of `plugins`. Error diagnostics refuse the
 /// chain; warnings come with it.
 pub fn from_manifests(path: &Path, plugins: &Path) -> Result<ResolvedChain, Error> {
-    use wasmesh_controlplane::{Level, Options, PluginModule, PluginModules};
+    use wasmesh_controlplane::{Level, Options, PluginModules, translate_loaded};
 
     let file = path.display().to_string();
-    let mut modules = Vec::with_capacity(PLUGIN_FILES.len());
-    for name in PLUGIN_FILES {
-        let module = plugins.join(name);
-        if !module.is_file() {
-            return Err(Error::MissingPlugin {
-                file: module.display().to_string(),
-            });
-        }
-        let module = std::path::absolute(&module).unwrap_or(module);
-        modules.push(PluginModule::new(module.display().to_string()));
-    }
-    let [router, fault, mirror, circuit_breaker] =
-        <[PluginModule; 4]>::try_from(modules).expect("four modules");
+    let modules = PluginModules::in_dir(plugins).map_err(|missing| Error::MissingPlugin {
+        file: missing.display().to_string(),
+    })?;
     let loaded = wasmesh_controlplane::manifests::load_path(path).map_err(|e| Error::Input {
         file: file.clone(),
         reason: format!("cannot read the manifests: {}", e.source),
     })?;
     let options = Options {
-        plugins: Some(PluginModules {
-            router,
-            fault,
-            mirror,
-            circuit_breaker,
-        }),
+        plugins: Some(modules),
         ..Options::default()
     };
-    let translation = wasmesh_controlplane::translate(&loaded.resources, &options);
-    let diagnostics: Vec<_> = loaded
-        .diagnostics
-        .iter()
-        .chain(&translation.diagnostics)
-        .collect();
-    let errors: Vec<String> = diagnostics
-        .iter()
-        .filter(|d| d.level == Level::Error)
-        .map(ToString::to_string)
-        .collect();
+    let translation = translate_loaded(&loaded, &options);
+    let errors: Vec<String> = translation.errors().map(ToString::to_string).collect();
     if !errors.is_empty() {
         return Err(Error::Manifests {
             file,
@@ -221,7 +192,8 @@ pub fn from_manifests(path: &Path, plugins: &Path) -> Result<ResolvedChain, Erro
                 .into(),
         });
     }
-    let warnings = diagnostics
+    let warnings = translation
+        .diagnostics
         .iter()
         .filter(|d| d.level == Level::Warning)
         .map(ToString::to_string)
