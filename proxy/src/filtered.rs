@@ -176,7 +176,6 @@ async fn forward(
         ex.capture_names(&info.route_name, &info.cluster_name);
     }
 
-    apply_decisions(&decisions, ex);
     if let Some(ms) = decisions.delay_ms.filter(|ms| *ms > 0) {
         ex.flags.insert(ResponseFlag::DelayInjected);
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -256,6 +255,8 @@ async fn respond(
         }
     }
     let verdict = wasmesh_host::response_headers(filters, body.is_end_stream()).await;
+    // Every request that got this far passes here, whichever phase set the flags.
+    apply_flags(&stream.decisions.borrow(), ex);
     let mut parts = stream
         .data
         .borrow_mut()
@@ -279,11 +280,6 @@ async fn respond(
             parts.headers.append(n, v);
         }
     }
-    for flag in &decisions.response_flags {
-        if let Some(f) = flag_by_code(flag) {
-            ex.flags.insert(f);
-        }
-    }
     let body = if body.is_end_stream() {
         body
     } else {
@@ -292,8 +288,8 @@ async fn respond(
     Ok(Response::from_parts(parts, body))
 }
 
-/// What the filters decided that acts on the proxy itself.
-fn apply_decisions(decisions: &Decisions, ex: &mut Exchange) {
+/// The response flags filters set (`wasmesh.response_flag`), for stats and the access log.
+fn apply_flags(decisions: &Decisions, ex: &mut Exchange) {
     for flag in &decisions.response_flags {
         if let Some(f) = flag_by_code(flag) {
             ex.flags.insert(f);
