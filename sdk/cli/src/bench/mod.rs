@@ -174,15 +174,7 @@ pub fn run_resolved(
                 connections,
                 progress,
             )?;
-            let latency = |m: through_proxy::Measured| Latency {
-                requests: m.requests,
-                requests_per_sec: m.requests as f64 / m.elapsed.as_secs_f64().max(1e-9),
-                percentiles: Percentiles::of(&m.histogram),
-                round_means_ns: m.round_means,
-                outcomes: m.statuses,
-                histogram: m.histogram,
-            };
-            let (c, b) = (latency(c), latency(b));
+            let (c, b) = (c.latency(), b.latency());
             for (side, l) in [("chain", &c), ("baseline", &b)] {
                 warn_unless_upstream_answered(side, l);
             }
@@ -293,12 +285,15 @@ fn start(
     })
 }
 
-/// What the timed blocks of one chain gathered.
+/// What the timed blocks of one chain gathered (in-process or through the proxy).
 struct Timed {
     histogram: Histogram<u64>,
+    /// Mean latency of each round, for the verdict.
     round_means: Vec<f64>,
     requests: u64,
+    /// Wall time spent on the requests.
     wall: Duration,
+    /// Requests by how they ended.
     outcomes: BTreeMap<String, u64>,
 }
 

@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
@@ -13,32 +13,11 @@ use tokio::sync::oneshot;
 use wasmesh_proxy::Proxy;
 use wasmesh_proxy::config::Bootstrap;
 
+use super::Timed;
 use super::chain::ResolvedChain;
 use super::profile::{RequestProfile, ResponseSpec};
 use super::stats::histogram;
 use super::{Budget, Error, Progress};
-
-/// What the load measured for one listener.
-pub struct Measured {
-    pub histogram: Histogram<u64>,
-    pub round_means: Vec<f64>,
-    pub requests: u64,
-    /// Wall time spent sending requests.
-    pub elapsed: Duration,
-    pub statuses: std::collections::BTreeMap<String, u64>,
-}
-
-impl Measured {
-    fn new() -> Measured {
-        Measured {
-            histogram: histogram(),
-            round_means: Vec::new(),
-            requests: 0,
-            elapsed: Duration::ZERO,
-            statuses: Default::default(),
-        }
-    }
-}
 
 /// A local upstream answering every request with `response`.
 struct Upstream {
@@ -191,7 +170,7 @@ clusters:
 
 /// Runs the load: rounds alternating chain and baseline, each listener getting `budget` per
 /// round over `connections` connections.
-pub fn run(
+pub(super) fn run(
     chain: &ResolvedChain,
     baseline: &ResolvedChain,
     profile: &RequestProfile,
@@ -199,7 +178,7 @@ pub fn run(
     budget: Budget,
     connections: usize,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(Measured, Measured), Error> {
+) -> Result<(Timed, Timed), Error> {
     let upstream = Upstream::start(&profile.response)?;
     let config = bootstrap(chain, baseline, upstream.addr)?;
     let proxy = Proxy::start(config).map_err(|e| Error::Proxy(e.to_string()))?;
@@ -214,7 +193,7 @@ pub fn run(
         .build()
         .map_err(|e| Error::Proxy(e.to_string()))?;
     let result = runtime.block_on(async {
-        let mut measured = [Measured::new(), Measured::new()];
+        let mut measured = [Timed::new(), Timed::new()];
         // Warm up both listeners: connections, VMs, caches.
         for addr in addrs {
             load(
@@ -222,7 +201,7 @@ pub fn run(
                 profile,
                 connections,
                 Budget::Requests(64),
-                &mut Measured::new(),
+                &mut Timed::new(),
             )
             .await?;
         }
@@ -260,7 +239,7 @@ async fn load(
     profile: &RequestProfile,
     connections: usize,
     budget: Budget,
-    into: &mut Measured,
+    into: &mut Timed,
 ) -> Result<f64, Error> {
     let connections = connections.max(1);
     let start = Instant::now();
@@ -288,11 +267,11 @@ async fn load(
             .map_err(|e| Error::Proxy(e.to_string()))?;
         sum += one.sum;
         count += one.count;
-        for (k, v) in one.statuses {
-            *into.statuses.entry(k).or_default() += v;
+        for (k, v) in one.outcomes {
+            *into.outcomes.entry(k).or_default() += v;
         }
     }
-    into.elapsed += start.elapsed();
+    into.wall += start.elapsed();
     into.requests += count;
     Ok(if count == 0 {
         0.0
@@ -305,7 +284,7 @@ struct ConnectionRun {
     histogram: Histogram<u64>,
     sum: u128,
     count: u64,
-    statuses: std::collections::BTreeMap<String, u64>,
+    outcomes: std::collections::BTreeMap<String, u64>,
 }
 
 async fn connection(
@@ -319,7 +298,7 @@ async fn connection(
         histogram: histogram(),
         sum: 0,
         count: 0,
-        statuses: Default::default(),
+        outcomes: Default::default(),
     };
     let mut sender = None;
     let mut i = offset;
@@ -372,7 +351,7 @@ async fn connection(
         run.histogram.saturating_record(ns.max(1));
         run.sum += ns as u128;
         run.count += 1;
-        *run.statuses.entry(label).or_default() += 1;
+        *run.outcomes.entry(label).or_default() += 1;
         if sender.as_ref().is_some_and(|s| s.is_closed()) {
             sender = None;
         }
