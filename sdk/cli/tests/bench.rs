@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 use wasmesh_artifacts::{CIRCUIT_BREAKER, FAULT, MIRROR, NOOP, ROUTER, SLOW};
+use wasmesh_cli::bench::PLUGIN_FILES;
 
 const ROUTER_CONFIG: &str = r#"{"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
   {"id": "api", "matches": [{"uri": {"prefix": "/api"}}],
@@ -402,21 +403,14 @@ fn bad_input_is_refused_clearly() {
     assert!(!Path::new(&plot).exists());
 }
 
-/// A ServiceEntry with static endpoints, a DestinationRule with subsets, a connection pool and
-/// outlier detection, and a VirtualService with a header match, a 90/10 split, a fault that
-/// aborts no request and a mirror.
-const SHOP: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: shop}
-spec:
-  hosts: [shop.example.com]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  resolution: STATIC
-  endpoints:
-  - {address: 127.0.0.1, ports: {http: 9}, labels: {version: v1}}
-  - {address: 127.0.0.2, ports: {http: 9}, labels: {version: v2}}
----
+/// [`SHOP_SERVICE`] with a DestinationRule with subsets, a connection pool and outlier
+/// detection, and a VirtualService with a header match, a 90/10 split, a fault that aborts no
+/// request and a mirror.
+fn shop() -> String {
+    format!("{SHOP_SERVICE}---{SHOP_SPLIT}")
+}
+
+const SHOP_SPLIT: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: shop}
@@ -457,12 +451,10 @@ spec:
 /// A `--plugins` directory with the project's four plugins under the names it wants.
 fn plugins_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for (from, name) in [
-        (ROUTER, "plugin_router.wasm"),
-        (FAULT, "plugin_fault.wasm"),
-        (MIRROR, "plugin_mirror.wasm"),
-        (CIRCUIT_BREAKER, "plugin_circuit_breaker.wasm"),
-    ] {
+    for (from, name) in [ROUTER, FAULT, MIRROR, CIRCUIT_BREAKER]
+        .iter()
+        .zip(PLUGIN_FILES)
+    {
         std::fs::copy(from, dir.path().join(name)).unwrap();
     }
     dir
@@ -471,7 +463,7 @@ fn plugins_dir() -> tempfile::TempDir {
 #[test]
 fn a_chain_from_istio_manifests() {
     let manifests = tempfile::tempdir().unwrap();
-    std::fs::write(manifests.path().join("shop.yaml"), SHOP).unwrap();
+    std::fs::write(manifests.path().join("shop.yaml"), shop()).unwrap();
     let requests = manifests.path().join("requests.jsonl");
     std::fs::write(
         &requests,
@@ -573,11 +565,11 @@ fn bad_manifests_are_refused_with_their_diagnostics() {
         );
     };
     bad(
-        &SHOP.replace("weight: 90}", "weight: -5}"),
+        &shop().replace("weight: 90}", "weight: -5}"),
         &["spec.http[1].route[0].weight", "weight -5 is not in range"],
     );
     bad(
-        &SHOP.replace(
+        &shop().replace(
             "route: [{destination: {host: shop.example.com, subset: v2}}]",
             "route: [{destination: {subset: v2}}]",
         ),
@@ -586,7 +578,7 @@ fn bad_manifests_are_refused_with_their_diagnostics() {
 
     // A plugin module missing: the file and the command that builds it.
     let manifests = tempfile::tempdir().unwrap();
-    std::fs::write(manifests.path().join("shop.yaml"), SHOP).unwrap();
+    std::fs::write(manifests.path().join("shop.yaml"), shop()).unwrap();
     let empty = tempfile::tempdir().unwrap();
     let module = empty
         .path()
