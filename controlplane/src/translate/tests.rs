@@ -1444,3 +1444,32 @@ spec:
         ]
     );
 }
+
+#[test]
+fn translate_loaded_puts_the_loading_diagnostics_first() {
+    let text = format!(
+        "{}---\nkind: VirtualService\nspec: [\n---\n{}",
+        bookinfo(),
+        samples::VIRTUAL_SERVICE_ALL_V1
+    );
+    let loaded = parse_str(&text, Some(Path::new("mesh.yaml")));
+    assert!(
+        !loaded.diagnostics.is_empty(),
+        "the broken document is reported"
+    );
+    let t = super::translate_loaded(&loaded, &with_plugins());
+    assert_eq!(
+        t.diagnostics[..loaded.diagnostics.len()],
+        loaded.diagnostics[..]
+    );
+    let errors: Vec<_> = t.errors().collect();
+    assert!(!errors.is_empty());
+    assert!(errors.iter().all(|d| d.level == crate::Level::Error));
+    assert_eq!(
+        errors.len(),
+        t.diagnostics
+            .iter()
+            .filter(|d| d.level == crate::Level::Error)
+            .count()
+    );
+}
