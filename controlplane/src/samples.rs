@@ -130,3 +130,23 @@ spec:
         port = addr.port()
     );
 }
+
+/// A reviews VirtualService as a canary rollout writes it: `percent` to `subset`, the rest to
+/// v1 (the task's 80/20 and 50/50 files are two steps of it).
+pub fn reviews_canary(subset: &str, percent: u32) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {{host: reviews, subset: v1}}
+      weight: {}
+    - destination: {{host: reviews, subset: {subset}}}
+      weight: {percent}
+",
+        100 - percent
+    )
+}

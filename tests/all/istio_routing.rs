@@ -91,23 +91,9 @@ async fn traffic_shifting_splits_by_weight() {
     assert_share(&counts, "reviews-v2", n, 0.1);
 }
 
-/// reviews: v1 gets `100 - percent`, v2 `percent`.
+/// reviews: `percent` to v2, the rest to v1.
 fn canary(percent: u32) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - destination: {{host: reviews, subset: v1}}
-      weight: {}
-    - destination: {{host: reviews, subset: v2}}
-      weight: {percent}
-",
-        100 - percent
-    )
+    wasmesh_controlplane::samples::reviews_canary("v2", percent)
 }
 
 /// Clients sending requests for `reviews` in a loop until stopped, keeping every failure.

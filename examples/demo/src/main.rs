@@ -77,22 +77,9 @@ fn bookinfo(virtual_service: &str) -> String {
     format!("{virtual_service}\n---\n{DESTINATION_RULE_ALL}\n---\n{VIRTUAL_SERVICE_ALL_V1}")
 }
 
+/// reviews: `percent` to v3, the rest to v1.
 fn canary(percent: u32) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews]
-  http:
-  - route:
-    - destination: {{host: reviews, subset: v1}}
-      weight: {}
-    - destination: {{host: reviews, subset: v3}}
-      weight: {percent}
-",
-        100 - percent
-    )
+    wasmesh_controlplane::samples::reviews_canary("v3", percent)
 }
 
 /// Clients that send `n` requests each to `host` at the same time.
