@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use crate::abi::Status;
-use crate::stream::{EndpointReport, Stream};
+use crate::stream::Stream;
 
 /// Runs foreign function `name`. Extensions that act on a request need a stream context
 /// (`proxy_set_effective_context` from a root context).
@@ -87,18 +87,10 @@ pub fn call(
             ) else {
                 return Err(Status::BadArgument);
             };
-            // Carried out at once (outlier detection reports from the response or the log
-            // phase too), and kept on the stream for whoever inspects its decisions.
+            // A stream's outcome is what ejects (outlier detection, from its log phase); carried
+            // out at once, as the request is already over.
+            stream_needed()?;
             embedder.eject_endpoint(cluster, address, millis);
-            stream_needed()?
-                .decisions
-                .borrow_mut()
-                .endpoint_reports
-                .push(EndpointReport::Eject {
-                    cluster: cluster.to_owned(),
-                    address: address.to_owned(),
-                    millis,
-                });
         }
         // Envoy's: accepted and meaningless here (routes are chosen after filters run).
         "clear_route_cache" | "declare_property" => {}

@@ -41,7 +41,7 @@ pub use chain::{
 pub use module::{ModuleCache, ModuleError, PluginModule};
 pub use profile::{Callback, Profiler};
 pub use shared::Shared;
-pub use stream::{Decisions, EndpointReport, LocalResponse, Stream, StreamInfo};
+pub use stream::{Decisions, LocalResponse, Stream, StreamInfo};
 pub use vm::{VmCell, VmFailure, VmLimits};
 
 /// What one proxy (or harness) shares across its workers.

@@ -60,18 +60,6 @@ pub struct Decisions {
     pub delay_ms: Option<u64>,
     /// Extra response flags (Envoy codes such as "DI", "FI", "UO") a filter reports.
     pub response_flags: Vec<String>,
-    /// Endpoints a filter reported or ejected: (cluster, address, outcome).
-    pub endpoint_reports: Vec<EndpointReport>,
-}
-
-#[derive(Clone, Debug)]
-pub enum EndpointReport {
-    /// Skip `address` of `cluster` for `millis`.
-    Eject {
-        cluster: String,
-        address: String,
-        millis: u64,
-    },
 }
 
 /// The HTTP data of a stream while filters work on it.
