@@ -250,8 +250,9 @@ async fn respond(
         // The endpoint (and every attempt) is known from the response on, as in Envoy.
         let mut info = stream.info.borrow_mut();
         info.upstream_address = ex.upstream_host;
-        if let Some(attempts) = &ex.attempts {
-            info.upstream_attempts.clone_from(attempts);
+        // Complete by now: retries happen before a response is chosen.
+        if let Some(attempts) = ex.attempts.take() {
+            info.upstream_attempts = attempts;
         }
     }
     let verdict = wasmesh_host::response_headers(filters, body.is_end_stream()).await;

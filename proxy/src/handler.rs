@@ -895,7 +895,7 @@ pub struct Exchange {
     pub(crate) grpc: bool,
     pub(crate) upstream_host: Option<SocketAddr>,
     /// Each attempt's endpoint and status (0: no response); recorded only when filters may
-    /// read it (`wasmesh.upstream_attempts`).
+    /// read it (`wasmesh.upstream_attempts`), and handed to them with the response.
     pub(crate) attempts: Option<Vec<(SocketAddr, u16)>>,
     upstream_time: Option<Duration>,
     failure_reason: Option<String>,
@@ -1069,9 +1069,6 @@ impl ResponseBody {
                 info.response_flags = ex.flags.iter().map(ResponseFlag::envoy_bit).sum();
                 info.response_code_details = ex.details.to_owned();
                 info.upstream_address = ex.upstream_host;
-                if let Some(attempts) = ex.attempts.take() {
-                    info.upstream_attempts = attempts;
-                }
             }
             filters.finish();
         }

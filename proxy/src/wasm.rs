@@ -169,9 +169,12 @@ impl Embedder for ProxyEmbedder {
         let Some(worker) = self.worker.upgrade() else {
             return;
         };
+        let Ok(address) = address.parse::<std::net::SocketAddr>() else {
+            return;
+        };
         let snapshot = worker.snapshot();
         if let Some(c) = snapshot.cluster(cluster)
-            && let Some(e) = c.endpoints.iter().find(|e| e.addr.to_string() == address)
+            && let Some(e) = c.endpoints.iter().find(|e| e.addr == address)
         {
             e.eject_until(crate::upstream::now_ms() + millis);
         }
