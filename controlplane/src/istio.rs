@@ -49,19 +49,13 @@ pub struct Object<S> {
 // ----- VirtualService -----
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct VirtualService {
-    #[serde(default)]
     pub hosts: Vec<String>,
-    #[serde(default)]
     pub gateways: Vec<String>,
-    #[serde(default)]
     pub http: Vec<HttpRoute>,
-    #[serde(default)]
     pub tls: Unsupported,
-    #[serde(default)]
     pub tcp: Unsupported,
-    #[serde(default)]
     pub export_to: Vec<String>,
 }
 
@@ -104,36 +98,22 @@ pub struct HttpRoute {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct HttpMatchRequest {
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub uri: Option<StringMatch>,
-    #[serde(default)]
     pub scheme: Option<StringMatch>,
-    #[serde(default)]
     pub method: Option<StringMatch>,
-    #[serde(default)]
     pub authority: Option<StringMatch>,
     /// An empty match (`{}`) means the header is present.
-    #[serde(default)]
     pub headers: BTreeMap<String, StringMatch>,
-    #[serde(default)]
     pub port: Option<u32>,
-    #[serde(default)]
     pub source_labels: BTreeMap<String, String>,
-    #[serde(default)]
     pub gateways: Vec<String>,
-    #[serde(default)]
     pub query_params: BTreeMap<String, StringMatch>,
-    #[serde(default)]
     pub ignore_uri_case: bool,
-    #[serde(default)]
     pub without_headers: BTreeMap<String, StringMatch>,
-    #[serde(default)]
     pub source_namespace: Option<String>,
-    #[serde(default)]
     pub stat_prefix: Option<String>,
 }
 
@@ -202,30 +182,21 @@ pub struct HeaderOperations {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct HttpRedirect {
-    #[serde(default)]
     pub uri: Option<String>,
-    #[serde(default)]
     pub authority: Option<String>,
-    #[serde(default)]
     pub port: Option<u32>,
-    #[serde(default)]
     pub derive_port: Unsupported,
-    #[serde(default)]
     pub scheme: Option<String>,
-    #[serde(default)]
     pub redirect_code: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct HttpRewrite {
-    #[serde(default)]
     pub uri: Option<String>,
-    #[serde(default)]
     pub authority: Option<String>,
-    #[serde(default)]
     pub uri_regex_rewrite: Option<RegexRewrite>,
 }
 
@@ -256,19 +227,13 @@ pub struct HttpBody {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct HttpRetry {
-    #[serde(default)]
     pub attempts: Option<i32>,
-    #[serde(default)]
     pub per_try_timeout: Option<String>,
-    #[serde(default)]
     pub retry_on: Option<String>,
-    #[serde(default)]
     pub retry_remote_localities: Option<bool>,
-    #[serde(default)]
     pub retry_ignore_previous_hosts: Option<bool>,
-    #[serde(default)]
     pub backoff: Unsupported,
 }
 
@@ -282,30 +247,22 @@ pub struct HttpFaultInjection {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct FaultDelay {
-    #[serde(default)]
     pub fixed_delay: Option<String>,
-    #[serde(default)]
     pub exponential_delay: Unsupported,
-    #[serde(default)]
     pub percentage: Option<Percent>,
     /// Deprecated integer percentage, read when `percentage` is unset.
-    #[serde(default)]
     pub percent: Option<i32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct FaultAbort {
-    #[serde(default)]
     pub http_status: Option<i32>,
     /// A gRPC status name such as `UNAVAILABLE`.
-    #[serde(default)]
     pub grpc_status: Option<String>,
-    #[serde(default)]
     pub http2_error: Unsupported,
-    #[serde(default)]
     pub percentage: Option<Percent>,
 }
 
@@ -341,51 +298,34 @@ pub struct DestinationRule {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct TrafficPolicy {
-    #[serde(default)]
     pub load_balancer: Option<LoadBalancerSettings>,
-    #[serde(default)]
     pub connection_pool: Option<ConnectionPoolSettings>,
-    #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
-    #[serde(default)]
     pub tls: Unsupported,
-    #[serde(default)]
     pub port_level_settings: Vec<PortTrafficPolicy>,
-    #[serde(default)]
     pub tunnel: Unsupported,
-    #[serde(default)]
     pub proxy_protocol: Unsupported,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PortTrafficPolicy {
-    #[serde(default)]
     pub port: Option<PortSelector>,
-    #[serde(default)]
     pub load_balancer: Option<LoadBalancerSettings>,
-    #[serde(default)]
     pub connection_pool: Option<ConnectionPoolSettings>,
-    #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
-    #[serde(default)]
     pub tls: Unsupported,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct LoadBalancerSettings {
-    #[serde(default)]
     pub simple: Option<SimpleLb>,
-    #[serde(default)]
     pub consistent_hash: Unsupported,
-    #[serde(default)]
     pub locality_lb_setting: Unsupported,
-    #[serde(default)]
     pub warmup_duration_secs: Unsupported,
-    #[serde(default)]
     pub warmup: Unsupported,
 }
 
@@ -411,17 +351,12 @@ pub struct ConnectionPoolSettings {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct TcpSettings {
-    #[serde(default)]
     pub max_connections: Option<i32>,
-    #[serde(default)]
     pub connect_timeout: Option<String>,
-    #[serde(default)]
     pub tcp_keepalive: Unsupported,
-    #[serde(default)]
     pub max_connection_duration: Unsupported,
-    #[serde(default)]
     pub idle_timeout: Unsupported,
 }
 
@@ -491,25 +426,16 @@ pub struct Subset {
 // ----- ServiceEntry and WorkloadEntry -----
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ServiceEntry {
-    #[serde(default)]
     pub hosts: Vec<String>,
-    #[serde(default)]
     pub addresses: Vec<String>,
-    #[serde(default)]
     pub ports: Vec<ServicePort>,
-    #[serde(default)]
     pub location: Option<Location>,
-    #[serde(default)]
     pub resolution: Option<Resolution>,
-    #[serde(default)]
     pub endpoints: Vec<WorkloadEntry>,
-    #[serde(default)]
     pub workload_selector: Option<WorkloadSelector>,
-    #[serde(default)]
     pub export_to: Vec<String>,
-    #[serde(default)]
     pub subject_alt_names: Vec<String>,
 }
 
@@ -551,21 +477,14 @@ pub struct WorkloadSelector {
 
 /// A WorkloadEntry's spec, also the shape of a ServiceEntry's inline `endpoints`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct WorkloadEntry {
-    #[serde(default)]
     pub address: Option<String>,
     /// Service port name -> the workload's port.
-    #[serde(default)]
     pub ports: BTreeMap<String, u32>,
-    #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    #[serde(default)]
     pub network: Option<String>,
-    #[serde(default)]
     pub locality: Option<String>,
-    #[serde(default)]
     pub weight: Option<u32>,
-    #[serde(default)]
     pub service_account: Option<String>,
 }
