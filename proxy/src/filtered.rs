@@ -63,9 +63,9 @@ pub async fn serve(
     if let Err(reply) = request_authority(&parts) {
         return Ok((reply.into_response(ex), None));
     }
-    headers::strip_hop_by_hop(&mut parts.headers, is_upgrade);
-    headers::ensure_request_id(&mut parts.headers);
-    headers::add_forwarded(&mut parts.headers, &conn.client_ip);
+    // Filters see the headers the proxy adds, as they do in Envoy.
+    headers::Added::prepare(&mut parts.headers, is_upgrade, &conn.client_ip)
+        .apply_to(&mut parts.headers);
 
     let stream = Stream::new(StreamInfo {
         source: Some(conn.peer),
@@ -136,7 +136,7 @@ async fn forward(
         Ok(a) => a,
         Err(reply) => return reply.into_response(ex),
     };
-    ex.capture_request(&parts, authority.as_ref());
+    ex.capture_request(&parts, authority.as_ref(), &headers::Added::default());
     let decisions = stream.decisions.borrow().clone();
     let host = authority.as_ref().map_or("", Authority::as_str);
     let route = snapshot.routes[conn.listener].find(host, parts.uri.path());
@@ -227,7 +227,10 @@ async fn forward(
         parts.headers.remove(header::CONTENT_LENGTH);
         body = ProxyBody::full(bytes);
     }
-    match upstream.forward(parts, body, authority, ex).await {
+    match upstream
+        .forward(parts, headers::Added::default(), body, authority, ex)
+        .await
+    {
         Ok(r) => r,
         // A body filter that answered or failed mid-body aborted the upstream request.
         Err(reply) => match stream.local_response.borrow_mut().take() {
@@ -391,6 +394,7 @@ fn mirror(
                     &head.method,
                     target,
                     &head.headers,
+                    &headers::Added::default(),
                     shadow.as_ref(),
                     ProxyBody::full(body),
                 )

@@ -80,12 +80,13 @@ async fn serve_unfiltered(
         Ok(Prepared {
             upstream,
             parts,
+            added,
             body,
             authority,
             upgrade: None,
         }) => {
             upstream
-                .forward(parts, ProxyBody::Incoming(body), authority, ex)
+                .forward(parts, added, ProxyBody::Incoming(body), authority, ex)
                 .await
         }
         // Boxed: upgrades are rare, and their state would otherwise enlarge every request's.
@@ -104,6 +105,7 @@ async fn serve_unfiltered(
 struct Prepared<'a> {
     upstream: Upstream<'a>,
     parts: Parts,
+    added: headers::Added,
     body: Incoming,
     authority: Option<Authority>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -127,10 +129,11 @@ fn prepare<'a>(
     let upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let authority = request_authority(&parts)?;
-    headers::strip_hop_by_hop(&mut parts.headers, is_upgrade);
-    headers::ensure_request_id(&mut parts.headers);
-    headers::add_forwarded(&mut parts.headers, &conn.client_ip);
-    ex.capture_request(&parts, authority.as_ref());
+    let mut added = headers::Added::prepare(&mut parts.headers, is_upgrade, &conn.client_ip);
+    ex.capture_request(&parts, authority.as_ref(), &added);
+    if upgrade.is_some() {
+        std::mem::take(&mut added).apply_to(&mut parts.headers);
+    }
 
     let host = authority.as_ref().map_or("", Authority::as_str);
     let route = snapshot.routes[conn.listener]
@@ -145,6 +148,7 @@ fn prepare<'a>(
     Ok(Prepared {
         upstream,
         parts,
+        added,
         body,
         authority,
         upgrade,
@@ -229,9 +233,12 @@ impl RequestBody {
 }
 
 impl Upstream<'_> {
+    /// Sends the request upstream, with retries. `added` holds the headers the proxy adds
+    /// (see [`headers::Added`]); an HTTP/1.1 upstream gets them written after the request's.
     pub(crate) async fn forward(
         &self,
         mut parts: Parts,
+        mut added: headers::Added,
         body: ProxyBody,
         authority: Option<Authority>,
         ex: &mut Exchange,
@@ -255,6 +262,9 @@ impl Upstream<'_> {
             UpstreamProtocol::Http2 => true,
             UpstreamProtocol::Downstream => parts.version == Version::HTTP_2,
         };
+        if h2 {
+            std::mem::take(&mut added).apply_to(&mut parts.headers);
+        }
 
         let mut active = active;
         let mut tried = Tried::default();
@@ -276,6 +286,7 @@ impl Upstream<'_> {
             let outcome = self
                 .attempt(
                     &mut parts,
+                    &added,
                     authority.as_ref(),
                     &mut body,
                     &endpoint_pool,
@@ -395,6 +406,7 @@ impl Upstream<'_> {
     async fn attempt(
         &self,
         parts: &mut Parts,
+        added: &headers::Added,
         authority: Option<&Authority>,
         body: &mut RequestBody,
         pool: &Rc<EndpointPool>,
@@ -422,6 +434,7 @@ impl Upstream<'_> {
                         &parts.method,
                         target,
                         &parts.headers,
+                        added,
                         authority,
                         body.take(),
                     )
@@ -960,12 +973,17 @@ impl Exchange {
         }
     }
 
-    pub(crate) fn capture_request(&mut self, parts: &Parts, authority: Option<&Authority>) {
+    pub(crate) fn capture_request(
+        &mut self,
+        parts: &Parts,
+        authority: Option<&Authority>,
+        added: &headers::Added,
+    ) {
         if let Some(log) = &mut self.log {
             log.authority = authority.map(|a| a.as_str().to_owned());
             log.user_agent = parts.headers.get(header::USER_AGENT).cloned();
-            log.forwarded_for = parts.headers.get(&headers::X_FORWARDED_FOR).cloned();
-            log.request_id = parts.headers.get(&headers::X_REQUEST_ID).cloned();
+            log.forwarded_for = added.forwarded_for(&parts.headers).cloned();
+            log.request_id = added.request_id(&parts.headers).cloned();
         }
     }
 

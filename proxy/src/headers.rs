@@ -7,19 +7,24 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP: HeaderValue = HeaderValue::from_static("http");
 
-/// Removes hop-by-hop headers (RFC 9110 7.6.1), including those named by `Connection`.
-/// `keep_upgrade` keeps `Connection: upgrade` and `Upgrade` for a protocol upgrade.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names first: most messages carry few of these headers, and a
-    // comparison is cheaper than a hash lookup per name.
-    const CONN: u8 = 1;
-    const UPG: u8 = 2;
-    const TE_: u8 = 4;
-    const TRANSFER: u8 = 8;
-    const KEEP: u8 = 16;
-    const PROXY: u8 = 32;
-    let mut found = 0u8;
+// The names `scan` looks for, a bit each.
+const CONN: u16 = 1;
+const UPG: u16 = 2;
+const TE_: u16 = 4;
+const TRANSFER: u16 = 8;
+const KEEP: u16 = 16;
+const PROXY: u16 = 32;
+const REQUEST_ID: u16 = 64;
+const FORWARDED_FOR: u16 = 128;
+const FORWARDED_PROTO: u16 = 256;
+const HOP_BY_HOP: u16 = CONN | UPG | TE_ | TRANSFER | KEEP | PROXY;
+
+/// One pass over the names: most messages carry few of the headers a proxy acts on, and a
+/// comparison is cheaper than a hash lookup per name.
+fn scan(headers: &HeaderMap) -> u16 {
+    let mut found = 0;
     for name in headers.keys() {
         found |= if name == header::CONNECTION {
             CONN
@@ -33,11 +38,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             KEEP
         } else if name == PROXY_CONNECTION {
             PROXY
+        } else if name == X_REQUEST_ID {
+            REQUEST_ID
+        } else if name == X_FORWARDED_FOR {
+            FORWARDED_FOR
+        } else if name == X_FORWARDED_PROTO {
+            FORWARDED_PROTO
         } else {
             0
         };
     }
-    if found == 0 {
+    found
+}
+
+/// Removes hop-by-hop headers (RFC 9110 7.6.1), including those named by `Connection`.
+/// `keep_upgrade` keeps `Connection: upgrade` and `Upgrade` for a protocol upgrade.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    strip_found(headers, keep_upgrade, scan(headers));
+}
+
+fn strip_found(headers: &mut HeaderMap, keep_upgrade: bool, found: u16) {
+    if found & HOP_BY_HOP == 0 {
         return;
     }
     if found & CONN != 0 {
@@ -77,19 +98,33 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Adds `x-request-id` (a UUIDv4) when the client sent none; returns the request's id.
-pub fn ensure_request_id(headers: &mut HeaderMap) -> &HeaderValue {
-    headers.entry(&X_REQUEST_ID).or_insert_with(|| {
-        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        HeaderValue::from_str(text).expect("a UUID is a valid header value")
-    })
+/// What the proxy adds to a request on its way upstream: `x-request-id` (a UUIDv4) when the
+/// client sent none, the client's address appended to `x-forwarded-for`, and
+/// `x-forwarded-proto` if absent. Kept beside the request's headers until the upstream
+/// encoder writes them: most requests carry none of these, and inserting three names into the
+/// map hyper sized for the parsed headers would regrow it on every request.
+#[derive(Debug, Default)]
+pub struct Added {
+    request_id: Option<HeaderValue>,
+    forwarded_for: Option<HeaderValue>,
+    forwarded_proto: bool,
 }
 
-/// Appends the client's address to `x-forwarded-for` and sets `x-forwarded-proto` if absent.
-pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue) {
-    match headers.get(&X_FORWARDED_FOR) {
-        Some(existing) => {
+impl Added {
+    /// Strips hop-by-hop headers (see [`strip_hop_by_hop`]) and works out what to add, in one
+    /// pass over the names. An `x-forwarded-for` already present is extended in the map.
+    pub fn prepare(headers: &mut HeaderMap, keep_upgrade: bool, client_ip: &HeaderValue) -> Added {
+        let found = scan(headers);
+        strip_found(headers, keep_upgrade, found);
+        let request_id = (found & REQUEST_ID == 0).then(|| {
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            HeaderValue::from_str(text).expect("a UUID is a valid header value")
+        });
+        let mut forwarded_for = Some(client_ip.clone());
+        if found & FORWARDED_FOR != 0
+            && let Some(existing) = headers.get(&X_FORWARDED_FOR)
+        {
             let mut joined = Vec::with_capacity(existing.len() + 2 + client_ip.len());
             joined.extend_from_slice(existing.as_bytes());
             joined.extend_from_slice(b", ");
@@ -97,13 +132,45 @@ pub fn add_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue) {
             if let Ok(v) = HeaderValue::from_bytes(&joined) {
                 headers.insert(&X_FORWARDED_FOR, v);
             }
+            forwarded_for = None;
         }
-        None => {
-            headers.insert(&X_FORWARDED_FOR, client_ip.clone());
+        Added {
+            request_id,
+            forwarded_for,
+            forwarded_proto: found & FORWARDED_PROTO == 0,
         }
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+
+    /// Moves the added headers into the map (for filters, HTTP/2 and upgrades).
+    pub fn apply_to(self, headers: &mut HeaderMap) {
+        for (name, value) in self.iter() {
+            headers.insert(name, value.clone());
+        }
+    }
+
+    /// The request's id, added or sent by the client.
+    pub fn request_id<'a>(&'a self, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
+        self.request_id
+            .as_ref()
+            .or_else(|| headers.get(&X_REQUEST_ID))
+    }
+
+    /// The request's `x-forwarded-for`, added or extended.
+    pub fn forwarded_for<'a>(&'a self, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
+        self.forwarded_for
+            .as_ref()
+            .or_else(|| headers.get(&X_FORWARDED_FOR))
+    }
+
+    /// The headers still to be written after the request's own.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static HeaderName, &HeaderValue)> {
+        [
+            (&X_REQUEST_ID, self.request_id.as_ref()),
+            (&X_FORWARDED_FOR, self.forwarded_for.as_ref()),
+            (&X_FORWARDED_PROTO, self.forwarded_proto.then_some(&HTTP)),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
     }
 }
 
@@ -154,15 +221,35 @@ mod tests {
     }
 
     #[test]
-    fn appends_forwarded_for_and_keeps_request_id() {
-        let mut h = HeaderMap::new();
+    fn adds_request_id_and_forwarded_headers_beside_the_map() {
         let ip = HeaderValue::from_static("10.0.0.2");
-        add_forwarded(&mut h, &ip);
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        let added = Added::prepare(&mut h, false, &ip);
+        assert!(
+            h.is_empty(),
+            "hop-by-hop stripped, nothing added to the map"
+        );
+        let pairs: Vec<_> = added.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+        assert_eq!(pairs.len(), 3);
+        assert_eq!(pairs[0].0, "x-request-id");
+        assert_eq!(pairs[0].1.len(), 36);
+        assert_eq!(pairs[1], ("x-forwarded-for", ip.clone()));
+        assert_eq!(
+            pairs[2],
+            ("x-forwarded-proto", HeaderValue::from_static("http"))
+        );
+        assert_eq!(added.request_id(&h), Some(&pairs[0].1));
+
+        added.apply_to(&mut h);
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.2");
-        add_forwarded(&mut h, &ip);
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.2, 10.0.0.2");
-        let id = ensure_request_id(&mut h).clone();
-        assert_eq!(id.len(), 36);
-        assert_eq!(ensure_request_id(&mut h), &id);
+        let id = h[&X_REQUEST_ID].clone();
+        // A second hop keeps the id and the scheme and extends the chain.
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let added = Added::prepare(&mut h, false, &ip);
+        assert_eq!(added.iter().count(), 0);
+        assert_eq!(added.request_id(&h), Some(&id));
+        assert_eq!(added.forwarded_for(&h).unwrap(), "10.0.0.2, 10.0.0.2");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
     }
 }

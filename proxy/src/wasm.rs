@@ -273,6 +273,7 @@ async fn exchange(
             &parts.method,
             target,
             &parts.headers,
+            &crate::headers::Added::default(),
             authority.as_ref(),
             body,
         )

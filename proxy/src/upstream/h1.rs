@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 
 use super::pool::{ConnectionGuard, EndpointPool};
 use crate::body::{BoxError, ProxyBody};
+use crate::headers::Added;
 
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -83,11 +84,12 @@ impl H1Conn {
         method: &Method,
         target: &str,
         headers: &HeaderMap,
+        added: &Added,
         authority: Option<&Authority>,
         mut body: ProxyBody,
     ) -> Result<Response<UpstreamBody>, SendError> {
         self.uses += 1;
-        let framing = self.encode_head(method, target, headers, authority, &body);
+        let framing = self.encode_head(method, target, headers, added, authority, &body);
         // A small body goes out with the head in one write; others stream after it.
         let written = match (&body, framing) {
             (ProxyBody::Empty, _) => self.io.write_all(&self.head).await,
@@ -119,13 +121,15 @@ impl H1Conn {
         self.read_response(method == Method::HEAD).await
     }
 
-    /// Serialises the request head. `Host` comes from `authority` when the request has none
-    /// (HTTP/2 downstream); `Expect: 100-continue` is answered by the proxy, not forwarded.
+    /// Serialises the request head: its headers, then those the proxy adds. `Host` comes from
+    /// `authority` when the request has none (HTTP/2 downstream); `Expect: 100-continue` is
+    /// answered by the proxy, not forwarded.
     fn encode_head(
         &mut self,
         method: &Method,
         target: &str,
         headers: &HeaderMap,
+        added: &Added,
         authority: Option<&Authority>,
         body: &ProxyBody,
     ) -> BodyFraming {
@@ -147,6 +151,12 @@ impl H1Conn {
             {
                 continue;
             }
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        for (name, value) in added.iter() {
             head.extend_from_slice(name.as_str().as_bytes());
             head.extend_from_slice(b": ");
             head.extend_from_slice(value.as_bytes());
@@ -429,6 +439,9 @@ fn parse_head(
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            // Hop-by-hop headers this connection has consumed are not handed on: the
+            // downstream side would only strip them again.
+            continue;
         } else if name == header::CONNECTION {
             let v = value.as_bytes();
             if contains_token(v, b"close") {
@@ -436,6 +449,15 @@ fn parse_head(
             } else if http10 && contains_token(v, b"keep-alive") {
                 close = false;
             }
+            // Kept only when it names other headers, which must then be stripped too.
+            if v.split(|&b| b == b',').all(|t| {
+                let t = t.trim_ascii();
+                t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive")
+            }) {
+                continue;
+            }
+        } else if name.as_str() == "keep-alive" {
+            continue;
         }
         headers.append(name, value);
     }
@@ -719,6 +741,27 @@ mod tests {
         );
         assert!(matches!(f, Framing::Chunked(_)));
         assert!(!keep);
+
+        let (r, _, keep, _) = parse(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             Content-Length: 0\r\nX-A: b\r\n\r\n",
+            false,
+        );
+        assert!(keep);
+        assert_eq!(
+            r.headers().keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["content-length", "x-a"],
+            "consumed hop-by-hop headers are left out"
+        );
+        let (r, _, _, _) = parse(
+            "HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert_eq!(
+            r.headers()["connection"],
+            "x-hop",
+            "kept for the strip of x-hop"
+        );
 
         let (_, f, keep, _) = parse("HTTP/1.0 200 OK\r\n\r\n", false);
         assert!(matches!(f, Framing::Close));
