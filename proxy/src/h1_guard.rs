@@ -474,35 +474,37 @@ enum Scan {
 }
 
 /// Looks for the end of a head (`\r\n\r\n`) from `from`, refusing bare LF and bare CR.
+/// Jumps from line end to line end (memchr) rather than looking at every byte.
 fn scan_head(buf: &[u8], from: usize) -> Scan {
-    let mut i = from;
-    while i < buf.len() {
+    for i in memchr::memchr2_iter(b'\r', b'\n', &buf[from..]).map(|i| from + i) {
         match buf[i] {
             b'\n' if i == 0 || buf[i - 1] != b'\r' => return Scan::Bad(Violation::BareLf),
-            b'\r' => match buf.get(i + 1) {
+            b'\n' => {}
+            // A CR: the LF after it is looked at next. Leading empty lines before a request
+            // line are tolerated (RFC 9112 2.2).
+            _ => match buf.get(i + 1) {
                 None => return Scan::Incomplete(i),
                 Some(b'\n') => {
                     if i >= 2 && &buf[i - 2..i] == b"\r\n" {
                         return Scan::Complete(i + 2);
                     }
-                    if i == 0 {
-                        // Leading empty lines before a request line are tolerated (RFC 9112 2.2).
-                    }
                 }
                 Some(_) => return Scan::Bad(Violation::BareCr),
             },
-            _ => {}
         }
-        i += 1;
     }
-    Scan::Incomplete(i)
+    Scan::Incomplete(buf.len())
 }
 
 /// Checks the header lines of a complete head and says how the body is framed.
 pub fn validate_head(head: &[u8]) -> Result<Framing, Violation> {
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    // Line ends were checked by `scan_head`: every LF follows a CR.
+    let mut start = 0;
+    let mut lines = memchr::memchr_iter(b'\n', head).map(|end| {
+        let line = &head[start..end];
+        start = end + 1;
+        line.strip_suffix(b"\r").unwrap_or(line)
+    });
     // Skip empty lines before the request line, as hyper does.
     let request_line = lines.by_ref().find(|l| !l.is_empty()).unwrap_or_default();
     let is_connect = request_line.starts_with(b"CONNECT ");
@@ -519,7 +521,7 @@ pub fn validate_head(head: &[u8]) -> Result<Framing, Violation> {
         if line[0] == b' ' || line[0] == b'\t' {
             return Err(Violation::ObsFold);
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             // hyper rejects it with its own 400.
             continue;
         };

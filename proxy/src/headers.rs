@@ -21,31 +21,22 @@ const FORWARDED_FOR: u16 = 128;
 const FORWARDED_PROTO: u16 = 256;
 const HOP_BY_HOP: u16 = CONN | UPG | TE_ | TRANSFER | KEEP | PROXY;
 
-/// One pass over the names: most messages carry few of the headers a proxy acts on, and a
-/// comparison is cheaper than a hash lookup per name.
+/// One pass over the names: most messages carry few of the headers a proxy acts on, and
+/// matching a name's text is cheaper than a hash lookup per header.
 fn scan(headers: &HeaderMap) -> u16 {
     let mut found = 0;
     for name in headers.keys() {
-        found |= if name == header::CONNECTION {
-            CONN
-        } else if name == header::UPGRADE {
-            UPG
-        } else if name == header::TE {
-            TE_
-        } else if name == header::TRANSFER_ENCODING {
-            TRANSFER
-        } else if name == KEEP_ALIVE {
-            KEEP
-        } else if name == PROXY_CONNECTION {
-            PROXY
-        } else if name == X_REQUEST_ID {
-            REQUEST_ID
-        } else if name == X_FORWARDED_FOR {
-            FORWARDED_FOR
-        } else if name == X_FORWARDED_PROTO {
-            FORWARDED_PROTO
-        } else {
-            0
+        found |= match name.as_str() {
+            "connection" => CONN,
+            "upgrade" => UPG,
+            "te" => TE_,
+            "transfer-encoding" => TRANSFER,
+            "keep-alive" => KEEP,
+            "proxy-connection" => PROXY,
+            "x-request-id" => REQUEST_ID,
+            "x-forwarded-for" => FORWARDED_FOR,
+            "x-forwarded-proto" => FORWARDED_PROTO,
+            _ => 0,
         };
     }
     found

@@ -389,9 +389,11 @@ fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
 ) -> Result<Option<(Response<()>, Framing, bool)>, ClientError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf) {
+    // Uninitialised: zeroing room for every possible header cost more than parsing the usual few.
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
@@ -405,19 +407,22 @@ fn parse_head(
     let count = parsed.headers.len();
     // Copy out the offsets, then take the head bytes so header values share them.
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        *span = (name, name + h.name.len(), value, value + h.value.len());
-    }
+    let spans: Vec<_> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            (name, name + h.name.len(), value, value + h.value.len())
+        })
+        .collect();
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut has_te = false;
     let mut close = http10;
-    for &(ns, ne, vs, ve) in &spans[..count] {
+    for &(ns, ne, vs, ve) in &spans {
         let name = HeaderName::from_bytes(&head[ns..ne])
             .map_err(|_| ClientError::Invalid("bad header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
