@@ -103,19 +103,29 @@ impl RouteTable {
         } else {
             host
         };
+        let name = strip_port(host);
         let index = self
-            .exact
-            .get(host)
-            .copied()
-            .or_else(|| self.by_name(strip_port(host)))
+            .exact(host)
+            .or_else(|| {
+                (name.len() != host.len())
+                    .then(|| self.exact(name))
+                    .flatten()
+            })
+            .or_else(|| self.wildcard(name))
             .or(self.any)?;
         Some(&self.vhosts[index])
     }
 
-    fn by_name(&self, host: &str) -> Option<usize> {
-        if let Some(&i) = self.exact.get(host) {
-            return Some(i);
+    /// A domain named exactly. Most meshes' listeners have none, and a lookup hashes the host.
+    fn exact(&self, host: &str) -> Option<usize> {
+        if self.exact.is_empty() {
+            return None;
         }
+        self.exact.get(host).copied()
+    }
+
+    /// The longest `*.suffix` or `prefix.*` domain that matches.
+    fn wildcard(&self, host: &str) -> Option<usize> {
         let suffix = self
             .suffixes
             .iter()

@@ -514,6 +514,15 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
+    /// True when the rest of the body has already arrived: reading it cannot stall.
+    pub fn is_buffered_whole(&self) -> bool {
+        match (&self.framing, &self.conn) {
+            (Framing::Done, _) => true,
+            (Framing::Length(left), Some(conn)) => conn.buf.len() as u64 >= *left,
+            _ => false,
+        }
+    }
+
     /// Hands the connection back once the response is complete.
     fn release_if_done(&mut self) {
         if !matches!(self.framing, Framing::Done) {
