@@ -988,7 +988,7 @@ impl Exchange {
             log.authority = authority.map(|a| a.as_str().to_owned());
             log.user_agent = parts.headers.get(header::USER_AGENT).cloned();
             log.forwarded_for = added.forwarded_for(&parts.headers).cloned();
-            log.request_id = added.request_id(&parts.headers).cloned();
+            log.request_id = added.request_id(&parts.headers);
         }
     }
 

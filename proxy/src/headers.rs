@@ -96,7 +96,8 @@ fn strip_found(headers: &mut HeaderMap, keep_upgrade: bool, found: u16) {
 /// map hyper sized for the parsed headers would regrow it on every request.
 #[derive(Debug, Default)]
 pub struct Added {
-    request_id: Option<HeaderValue>,
+    /// A new UUID's text, made into a header value only if something needs one.
+    request_id: Option<[u8; uuid::fmt::Hyphenated::LENGTH]>,
     forwarded_for: Option<HeaderValue>,
     forwarded_proto: bool,
 }
@@ -109,8 +110,8 @@ impl Added {
         strip_found(headers, keep_upgrade, found);
         let request_id = (found & REQUEST_ID == 0).then(|| {
             let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-            let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-            HeaderValue::from_str(text).expect("a UUID is a valid header value")
+            uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            buf
         });
         let mut forwarded_for = Some(client_ip.clone());
         if found & FORWARDED_FOR != 0
@@ -134,16 +135,26 @@ impl Added {
 
     /// Moves the added headers into the map (for filters, HTTP/2 and upgrades).
     pub fn apply_to(self, headers: &mut HeaderMap) {
-        for (name, value) in self.iter() {
-            headers.insert(name, value.clone());
+        if let Some(id) = self.new_request_id() {
+            headers.insert(&X_REQUEST_ID, id);
+        }
+        if let Some(v) = self.forwarded_for {
+            headers.insert(&X_FORWARDED_FOR, v);
+        }
+        if self.forwarded_proto {
+            headers.insert(&X_FORWARDED_PROTO, HTTP.clone());
         }
     }
 
+    fn new_request_id(&self) -> Option<HeaderValue> {
+        let id = self.request_id.as_ref()?;
+        Some(HeaderValue::from_bytes(id).expect("a UUID is a valid header value"))
+    }
+
     /// The request's id, added or sent by the client.
-    pub fn request_id<'a>(&'a self, headers: &'a HeaderMap) -> Option<&'a HeaderValue> {
-        self.request_id
-            .as_ref()
-            .or_else(|| headers.get(&X_REQUEST_ID))
+    pub fn request_id(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        self.new_request_id()
+            .or_else(|| headers.get(&X_REQUEST_ID).cloned())
     }
 
     /// The request's `x-forwarded-for`, added or extended.
@@ -154,11 +165,11 @@ impl Added {
     }
 
     /// The headers still to be written after the request's own.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static HeaderName, &HeaderValue)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&'static HeaderName, &[u8])> {
         [
-            (&X_REQUEST_ID, self.request_id.as_ref()),
-            (&X_FORWARDED_FOR, self.forwarded_for.as_ref()),
-            (&X_FORWARDED_PROTO, self.forwarded_proto.then_some(&HTTP)),
+            (&X_REQUEST_ID, self.request_id.as_ref().map(|id| &id[..])),
+            (&X_FORWARDED_FOR, self.forwarded_for.as_ref().map(HeaderValue::as_bytes)),
+            (&X_FORWARDED_PROTO, self.forwarded_proto.then_some(HTTP.as_bytes())),
         ]
         .into_iter()
         .filter_map(|(name, value)| Some((name, value?)))
@@ -221,16 +232,13 @@ mod tests {
             h.is_empty(),
             "hop-by-hop stripped, nothing added to the map"
         );
-        let pairs: Vec<_> = added.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+        let pairs: Vec<_> = added.iter().map(|(n, v)| (n.as_str(), v.to_vec())).collect();
         assert_eq!(pairs.len(), 3);
         assert_eq!(pairs[0].0, "x-request-id");
         assert_eq!(pairs[0].1.len(), 36);
-        assert_eq!(pairs[1], ("x-forwarded-for", ip.clone()));
-        assert_eq!(
-            pairs[2],
-            ("x-forwarded-proto", HeaderValue::from_static("http"))
-        );
-        assert_eq!(added.request_id(&h), Some(&pairs[0].1));
+        assert_eq!(pairs[1], ("x-forwarded-for", b"10.0.0.2".to_vec()));
+        assert_eq!(pairs[2], ("x-forwarded-proto", b"http".to_vec()));
+        assert_eq!(added.request_id(&h).unwrap().as_bytes(), pairs[0].1);
 
         added.apply_to(&mut h);
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.2");
@@ -239,7 +247,7 @@ mod tests {
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         let added = Added::prepare(&mut h, false, &ip);
         assert_eq!(added.iter().count(), 0);
-        assert_eq!(added.request_id(&h), Some(&id));
+        assert_eq!(added.request_id(&h), Some(id));
         assert_eq!(added.forwarded_for(&h).unwrap(), "10.0.0.2, 10.0.0.2");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
     }

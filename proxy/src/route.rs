@@ -9,7 +9,7 @@ use crate::upstream::Cluster;
 
 /// One listener's compiled routes.
 pub struct RouteTable {
-    exact: HashMap<String, usize>,
+    exact: rustc_hash::FxHashMap<String, usize>,
     /// `*.example.com` / `*-suffix` domains, longest first.
     suffixes: Vec<(String, usize)>,
     /// `example.*` domains, longest first.
@@ -42,7 +42,7 @@ impl RouteTable {
         clusters: &HashMap<String, Arc<Cluster>>,
     ) -> RouteTable {
         let mut table = RouteTable {
-            exact: HashMap::new(),
+            exact: Default::default(),
             suffixes: Vec::new(),
             prefixes: Vec::new(),
             any: None,
@@ -96,6 +96,10 @@ impl RouteTable {
     }
 
     fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
+        if self.exact.is_empty() && self.suffixes.is_empty() && self.prefixes.is_empty() {
+            // Only `*` (or nothing): the host need not be looked at.
+            return self.any.map(|i| &self.vhosts[i]);
+        }
         let lower;
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             lower = host.to_ascii_lowercase();

@@ -159,7 +159,7 @@ impl H1Conn {
         for (name, value) in added.iter() {
             head.extend_from_slice(name.as_str().as_bytes());
             head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(value);
             head.extend_from_slice(b"\r\n");
         }
         if let (false, Some(authority)) = (has_host, authority) {

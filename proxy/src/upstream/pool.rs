@@ -7,7 +7,7 @@
 //! body is done; HTTP/2 keeps one multiplexed connection per endpoint.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -42,7 +42,8 @@ pub enum AcquireError {
 /// All pools of one worker.
 #[derive(Default)]
 pub struct Pools {
-    clusters: RefCell<HashMap<u64, Rc<ClusterPool>>>,
+    /// By cluster id; looked up per request, so with a cheap hash.
+    clusters: RefCell<rustc_hash::FxHashMap<u64, Rc<ClusterPool>>>,
 }
 
 impl Pools {
