@@ -168,8 +168,14 @@ impl Added {
     pub fn iter(&self) -> impl Iterator<Item = (&'static HeaderName, &[u8])> {
         [
             (&X_REQUEST_ID, self.request_id.as_ref().map(|id| &id[..])),
-            (&X_FORWARDED_FOR, self.forwarded_for.as_ref().map(HeaderValue::as_bytes)),
-            (&X_FORWARDED_PROTO, self.forwarded_proto.then_some(HTTP.as_bytes())),
+            (
+                &X_FORWARDED_FOR,
+                self.forwarded_for.as_ref().map(HeaderValue::as_bytes),
+            ),
+            (
+                &X_FORWARDED_PROTO,
+                self.forwarded_proto.then_some(HTTP.as_bytes()),
+            ),
         ]
         .into_iter()
         .filter_map(|(name, value)| Some((name, value?)))
@@ -232,7 +238,10 @@ mod tests {
             h.is_empty(),
             "hop-by-hop stripped, nothing added to the map"
         );
-        let pairs: Vec<_> = added.iter().map(|(n, v)| (n.as_str(), v.to_vec())).collect();
+        let pairs: Vec<_> = added
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_vec()))
+            .collect();
         assert_eq!(pairs.len(), 3);
         assert_eq!(pairs[0].0, "x-request-id");
         assert_eq!(pairs[0].1.len(), 36);
