@@ -34,6 +34,8 @@ pub enum Violation {
     BadContentLength,
     BadTransferEncoding,
     WhitespaceBeforeColon,
+    /// More than one `Host` (RFC 9112 3.2): hops could route on different ones.
+    DuplicateHost,
     BadChunkFraming,
 }
 
@@ -546,6 +548,7 @@ pub fn validate_head(head: &[u8]) -> Result<Framing, Violation> {
     let mut te_chunked_count = 0;
     let mut has_te = false;
     let mut upgrade = false;
+    let mut host = false;
     for line in lines {
         if line.is_empty() {
             break;
@@ -587,6 +590,11 @@ pub fn validate_head(head: &[u8]) -> Result<Framing, Violation> {
             }
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             upgrade = true;
+        } else if name.eq_ignore_ascii_case(b"host") {
+            if host {
+                return Err(Violation::DuplicateHost);
+            }
+            host = true;
         }
     }
     if has_te {
@@ -753,6 +761,10 @@ mod tests {
             (
                 "GET / HTTP/1.1\r\nContent-Length : 0\r\n\r\n",
                 WhitespaceBeforeColon,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+                DuplicateHost,
             ),
         ];
         for (text, want) in cases {
