@@ -56,8 +56,10 @@ fn nginx(
 ) -> anyhow::Result<Process> {
     let binary = find_program("nginx").context("nginx not found (deploy/setup.sh installs it)")?;
     let conf = dir.join(format!("nginx-{name}.conf"));
+    // One process (no master): it serves as a single worker does, and killing it leaves no
+    // orphaned worker behind (a killed master's workers live on).
     let text = format!(
-        "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log {err} warn;\n\
+        "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {pid};\nerror_log {err} warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 1000000;\n  \
          client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; \
