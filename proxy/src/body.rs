@@ -34,6 +34,15 @@ impl ProxyBody {
     pub fn boxed(body: impl Body<Data = Bytes, Error = BoxError> + 'static) -> Self {
         ProxyBody::Boxed(Box::pin(body))
     }
+
+    /// True when the rest of the body is already in memory, so reading it cannot stall.
+    pub fn is_buffered_whole(&self) -> bool {
+        match self {
+            ProxyBody::Empty | ProxyBody::Full(_) => true,
+            ProxyBody::Upstream(body) => body.is_buffered_whole(),
+            other => other.is_end_stream(),
+        }
+    }
 }
 
 impl Body for ProxyBody {

@@ -506,12 +506,8 @@ impl Upstream<'_> {
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
         // A body that has fully arrived (the usual small response) cannot go idle.
-        let buffered = match &body {
-            ProxyBody::Upstream(b) => b.is_buffered_whole(),
-            other => other.is_end_stream(),
-        };
         let body = match self.conn.opts.stream_idle_timeout.nonzero() {
-            Some(t) if !buffered => ProxyBody::boxed(IdleTimeout::new(body, t)),
+            Some(t) if !body.is_buffered_whole() => ProxyBody::boxed(IdleTimeout::new(body, t)),
             _ => body,
         };
         Response::from_parts(parts, body)
