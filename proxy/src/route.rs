@@ -110,11 +110,8 @@ impl RouteTable {
         let name = strip_port(host);
         let index = self
             .exact(host)
-            .or_else(|| {
-                (name.len() != host.len())
-                    .then(|| self.exact(name))
-                    .flatten()
-            })
+            // Without the port, unless there was none.
+            .or_else(|| (name.len() < host.len()).then(|| self.exact(name))?)
             .or_else(|| self.wildcard(name))
             .or(self.any)?;
         Some(&self.vhosts[index])
