@@ -446,6 +446,18 @@ impl Collector for MeshCollector {
             "Requests refused as malformed or ambiguous (400)",
             &per_listener(&|s| s.rq_rejected.get()),
         )?;
+        counter(
+            &mut encoder,
+            "wasmesh_downstream_rq_too_many_premature_resets",
+            "HTTP/2 connections sent away for resetting most of their streams early",
+            &per_listener(&|s| s.rq_too_many_premature_resets.get()),
+        )?;
+        counter(
+            &mut encoder,
+            "wasmesh_downstream_cx_control_frame_flood",
+            "HTTP/2 connections sent away for flooding PING or SETTINGS frames",
+            &per_listener(&|s| s.cx_control_frame_flood.get()),
+        )?;
         let active: Vec<(&[(&str, &str)], i64)> = (0..listeners.len())
             .map(|i| {
                 (

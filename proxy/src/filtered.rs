@@ -60,7 +60,7 @@ pub async fn serve(
         req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
     let on_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    if let Err(reply) = request_authority(&parts) {
+    if let Err(reply) = request_authority(&mut parts) {
         return Ok((reply.into_response(ex), None));
     }
     // Filters see the headers the proxy adds, as they do in Envoy.
@@ -132,7 +132,7 @@ async fn forward(
     filters: &Rc<RefCell<FilterStream>>,
     ex: &mut Exchange,
 ) -> Response<ProxyBody> {
-    let authority = match request_authority(&parts) {
+    let authority = match request_authority(&mut parts) {
         Ok(a) => a,
         Err(reply) => return reply.into_response(ex),
     };

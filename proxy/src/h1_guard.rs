@@ -8,15 +8,26 @@
 //! is replaced by one hyper cannot parse, so hyper answers `400 Bad Request` and closes the
 //! connection, in order with any response still being written.
 //!
+//! A request asking to switch protocols (`Upgrade`, or `CONNECT`) ends the checking only once
+//! the response switched (`101`, or a `2xx` to `CONNECT`): the guard watches the status line
+//! hyper writes and holds back the bytes after such a request until it has seen it. Any other
+//! answer leaves the connection HTTP/1, checked as before.
+//!
 //! It also enforces Envoy's `request_headers_timeout`: once the first byte of a head arrives,
 //! the whole head must follow within the timeout or the connection is closed.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU8;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use futures_util::task::AtomicWaker;
+use http::header::{self, HeaderMap};
+use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
@@ -45,8 +56,83 @@ pub enum Framing {
     None,
     Length(u64),
     Chunked,
-    /// An upgrade or CONNECT: once accepted the connection is no longer HTTP.
-    Opaque,
+}
+
+/// What a checked head says: its body's framing, and whether it asks to switch protocols.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub framing: Framing,
+    pub switch: Option<SwitchOn>,
+}
+
+/// The response that switches a connection away from HTTP/1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwitchOn {
+    /// `101 Switching Protocols`, to a request with `Upgrade`.
+    Upgrade,
+    /// Any `2xx`, to `CONNECT`.
+    Connect,
+}
+
+/// Shared by the guard and the request handler: the guard marks a request that asks to switch
+/// protocols, and the handler says how it was answered. hyper switches on any `101` (and on a
+/// `2xx` to `CONNECT`), so the status the handler returns is exactly what decides.
+#[derive(Default)]
+pub struct SwitchWatch {
+    state: AtomicU8,
+    reader: AtomicWaker,
+}
+
+const OFF: u8 = 0;
+const PENDING_UPGRADE: u8 = 1;
+const PENDING_CONNECT: u8 = 2;
+const SWITCHED: u8 = 3;
+const REFUSED: u8 = 4;
+
+impl SwitchWatch {
+    /// Whether a request asks to switch protocols, judged as the guard judges its head.
+    pub fn asks(method: &Method, version: Version, headers: &HeaderMap) -> bool {
+        method == Method::CONNECT
+            || (version != Version::HTTP_10 && headers.contains_key(header::UPGRADE))
+    }
+
+    /// True while the guard waits for the answer to such a request. At most one is pending:
+    /// the guard holds back everything after it.
+    pub fn is_pending(&self) -> bool {
+        matches!(self.state.load(Relaxed), PENDING_UPGRADE | PENDING_CONNECT)
+    }
+
+    /// The handler's answer (the response status) to the request that asked to switch.
+    pub fn answered(&self, status: StatusCode) {
+        let switched = match self.state.load(Relaxed) {
+            PENDING_UPGRADE => status == StatusCode::SWITCHING_PROTOCOLS,
+            PENDING_CONNECT => status.is_success() || status == StatusCode::SWITCHING_PROTOCOLS,
+            _ => return,
+        };
+        self.state
+            .store(if switched { SWITCHED } else { REFUSED }, Relaxed);
+        self.reader.wake();
+    }
+
+    fn start(&self, on: SwitchOn) {
+        let state = match on {
+            SwitchOn::Upgrade => PENDING_UPGRADE,
+            SwitchOn::Connect => PENDING_CONNECT,
+        };
+        self.state.store(state, Relaxed);
+    }
+
+    /// The answer, once there is one: `Some(true)` if the connection switched. Clears it.
+    fn take_answer(&self) -> Option<bool> {
+        match self.state.load(Relaxed) {
+            SWITCHED => Some(true),
+            REFUSED => {
+                self.state.store(OFF, Relaxed);
+                Some(false)
+            }
+            _ => None,
+        }
+    }
 }
 
 enum State {
@@ -63,6 +149,9 @@ enum State {
         remaining: u64,
     },
     Chunked(Chunk),
+    /// A request asking to switch protocols was passed on whole: what follows waits until its
+    /// response says whether the connection is still HTTP/1.
+    AwaitSwitch,
     Opaque,
     /// The poison head is being handed over; then end of stream.
     Rejected {
@@ -72,30 +161,18 @@ enum State {
 
 #[derive(Clone, Copy)]
 enum Then {
-    Head,
+    /// The message ended: the next head, or the wait for a switch.
+    NextMessage,
     Body(u64),
     Chunked(Chunk),
-    Opaque,
 }
 
 impl From<Framing> for Then {
     fn from(f: Framing) -> Then {
         match f {
-            Framing::None | Framing::Length(0) => Then::Head,
+            Framing::None | Framing::Length(0) => Then::NextMessage,
             Framing::Length(n) => Then::Body(n),
             Framing::Chunked => Then::Chunked(Chunk::START),
-            Framing::Opaque => Then::Opaque,
-        }
-    }
-}
-
-impl Then {
-    fn state(self) -> State {
-        match self {
-            Then::Head => State::Head { scanned: 0 },
-            Then::Body(len) => State::Body { remaining: len },
-            Then::Chunked(chunk) => State::Chunked(chunk),
-            Then::Opaque => State::Opaque,
         }
     }
 }
@@ -116,6 +193,8 @@ enum Chunk {
         digits: u32,
         value: u64,
         ext: bool,
+        /// Whitespace followed the digits: only more of it, `;` or CR may come.
+        lws: bool,
         cr: bool,
     },
     Data(u64),
@@ -132,6 +211,7 @@ impl Chunk {
         digits: 0,
         value: 0,
         ext: false,
+        lws: false,
         cr: false,
     };
 }
@@ -145,6 +225,10 @@ pub struct H1Guard<T> {
     header_timeout: Option<Duration>,
     deadline: Option<Pin<Box<Sleep>>>,
     on_reject: Option<Box<dyn FnMut(Violation) + Send>>,
+    /// How a request that asked to switch protocols was answered.
+    switch: Arc<SwitchWatch>,
+    /// Such a request was passed on: once its message ends, wait for the answer.
+    switch_asked: bool,
 }
 
 impl<T> H1Guard<T> {
@@ -157,7 +241,15 @@ impl<T> H1Guard<T> {
             header_timeout,
             deadline: None,
             on_reject: None,
+            switch: Arc::default(),
+            switch_asked: false,
         }
+    }
+
+    /// Shares the record of switch requests with the handler that answers them.
+    pub fn with_switch_watch(mut self, watch: Arc<SwitchWatch>) -> Self {
+        self.switch = watch;
+        self
     }
 
     /// Calls `f` with the reason whenever a head is refused.
@@ -188,9 +280,9 @@ impl<T> H1Guard<T> {
                         Scan::Complete(len) => {
                             self.deadline = None;
                             match validate_head(&self.buf[..len]) {
-                                Ok(framing) => State::Release {
+                                Ok(head) => State::Release {
                                     n: len,
-                                    then: framing.into(),
+                                    then: self.accept(head),
                                 },
                                 Err(v) => return self.reject(v),
                             }
@@ -198,7 +290,7 @@ impl<T> H1Guard<T> {
                     }
                 }
                 State::Release { n, .. } => return n,
-                State::Body { remaining: 0 } => State::Head { scanned: 0 },
+                State::Body { remaining: 0 } => self.next_message(),
                 State::Body { remaining } => return remaining.min(self.buf.len() as u64) as usize,
                 State::Chunked(mut chunk) => {
                     if self.buf.is_empty() {
@@ -207,7 +299,7 @@ impl<T> H1Guard<T> {
                     match walk_chunks(&mut chunk, &self.buf) {
                         Ok((n, true)) => State::Release {
                             n,
-                            then: Then::Head,
+                            then: Then::NextMessage,
                         },
                         Ok((n, false)) => State::Release {
                             n,
@@ -222,11 +314,42 @@ impl<T> H1Guard<T> {
                         }
                     }
                 }
+                State::AwaitSwitch => match self.switch.take_answer() {
+                    Some(true) => State::Opaque,
+                    Some(false) => State::Head { scanned: 0 },
+                    None => return 0,
+                },
                 State::Opaque => return self.buf.len(),
                 State::Rejected { .. } => return 0,
             };
             self.state = next;
         }
+    }
+
+    /// Takes a checked head: notes a switch request, and says what follows the head.
+    fn accept(&mut self, head: Head) -> Then {
+        if let Some(on) = head.switch {
+            self.switch.start(on);
+            self.switch_asked = true;
+        }
+        head.framing.into()
+    }
+
+    /// The state after a message ends: the next head, or the wait for a switch's answer.
+    fn next_message(&mut self) -> State {
+        if std::mem::take(&mut self.switch_asked) {
+            State::AwaitSwitch
+        } else {
+            State::Head { scanned: 0 }
+        }
+    }
+
+    fn enter(&mut self, then: Then) {
+        self.state = match then {
+            Then::NextMessage => self.next_message(),
+            Then::Body(len) => State::Body { remaining: len },
+            Then::Chunked(chunk) => State::Chunked(chunk),
+        };
     }
 
     fn reject(&mut self, v: Violation) -> usize {
@@ -252,9 +375,10 @@ impl<T> H1Guard<T> {
             match self.state {
                 State::Head { .. } => match scan_head(rest, 0) {
                     Scan::Complete(len) => match validate_head(&rest[..len]) {
-                        Ok(framing) => {
+                        Ok(head) => {
                             pos += len;
-                            self.state = Then::from(framing).state();
+                            let then = self.accept(head);
+                            self.enter(then);
                         }
                         Err(v) => {
                             self.reject(v);
@@ -274,7 +398,7 @@ impl<T> H1Guard<T> {
                     let n = remaining.min(rest.len() as u64);
                     pos += n as usize;
                     self.state = if n == remaining {
-                        State::Head { scanned: 0 }
+                        self.next_message()
                     } else {
                         State::Body {
                             remaining: remaining - n,
@@ -285,7 +409,7 @@ impl<T> H1Guard<T> {
                     Ok((n, done)) => {
                         pos += n;
                         self.state = if done {
-                            State::Head { scanned: 0 }
+                            self.next_message()
                         } else {
                             State::Chunked(chunk)
                         };
@@ -297,6 +421,8 @@ impl<T> H1Guard<T> {
                         return InPlace::Reject(pos);
                     }
                 },
+                // Whatever follows a switch request waits for its answer.
+                State::AwaitSwitch => return InPlace::Hold(pos),
                 State::Opaque => return InPlace::Pass,
                 State::Release { .. } | State::Rejected { .. } => {
                     unreachable!("only reached with an empty buffer")
@@ -318,7 +444,8 @@ impl<T> H1Guard<T> {
             State::Release { n: left, then } => {
                 *left -= n;
                 if *left == 0 {
-                    self.state = then.state();
+                    let then = *then;
+                    self.enter(then);
                 }
             }
             State::Body { remaining } => *remaining -= n as u64,
@@ -351,6 +478,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
             if matches!(this.state, State::Rejected { .. }) {
                 continue;
             }
+            if matches!(this.state, State::AwaitSwitch) {
+                // Nothing more goes to hyper until the handler answers the switch request.
+                this.switch.reader.register(cx.waker());
+                if this.switch.is_pending() {
+                    return Poll::Pending;
+                }
+                continue;
+            }
             // Bodies of known length go straight into hyper's buffer, without a copy.
             if let State::Body { remaining } = this.state
                 && this.buf.is_empty()
@@ -370,7 +505,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for H1Guard<T> {
                 return Pin::new(&mut this.inner).poll_read(cx, out);
             }
             // Nothing held back: read straight into hyper's buffer and check the bytes there.
-            // Only a head left incomplete by the read is taken back into our buffer.
+            // Only what must wait (an incomplete head, or what follows a switch request) is
+            // taken back into our buffer.
             if this.buf.is_empty()
                 && matches!(
                     this.state,
@@ -469,7 +605,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
     }
 }
 
-enum Scan {
+pub(crate) enum Scan {
     Incomplete(usize),
     Complete(usize),
     Bad(Violation),
@@ -479,7 +615,7 @@ enum Scan {
 ///
 /// Jumps from LF to LF (memchr), then counts the CRs in one vectorised pass: a clean head has
 /// one per LF. Only a head that fails this is walked byte by byte, to name the first fault.
-fn scan_head(buf: &[u8], from: usize) -> Scan {
+pub(crate) fn scan_head(buf: &[u8], from: usize) -> Scan {
     let mut lfs = 0;
     let mut end = None;
     for i in memchr::memchr_iter(b'\n', &buf[from..]).map(|i| from + i) {
@@ -531,7 +667,7 @@ fn scan_head_bytewise(buf: &[u8], from: usize) -> Scan {
 }
 
 /// Checks the header lines of a complete head and says how the body is framed.
-pub fn validate_head(head: &[u8]) -> Result<Framing, Violation> {
+pub fn validate_head(head: &[u8]) -> Result<Head, Violation> {
     // Line ends were checked by `scan_head`: every LF follows a CR.
     let mut start = 0;
     let mut lines = memchr::memchr_iter(b'\n', head).map(|end| {
@@ -605,14 +741,19 @@ pub fn validate_head(head: &[u8]) -> Result<Framing, Violation> {
             return Err(Violation::BadTransferEncoding);
         }
     }
-    if is_connect || (upgrade && !http10) {
-        return Ok(Framing::Opaque);
-    }
-    Ok(match (has_te, content_length) {
+    let framing = match (has_te, content_length) {
         (true, _) => Framing::Chunked,
         (false, Some(0)) | (false, None) => Framing::None,
         (false, Some(n)) => Framing::Length(n),
-    })
+    };
+    let switch = if is_connect {
+        Some(SwitchOn::Connect)
+    } else if upgrade && !http10 {
+        Some(SwitchOn::Upgrade)
+    } else {
+        None
+    };
+    Ok(Head { framing, switch })
 }
 
 fn trim_ows(mut s: &[u8]) -> &[u8] {
@@ -644,10 +785,12 @@ fn walk_chunks(state: &mut Chunk, buf: &[u8]) -> Result<(usize, bool), Violation
                 digits,
                 value,
                 ext,
+                lws,
                 cr,
             } => {
                 let b = buf[i];
                 match b {
+                    b'\n' if !*cr => return Err(Violation::BareLf),
                     b'\n' => {
                         if *digits == 0 {
                             return Err(Violation::BadChunkFraming);
@@ -661,8 +804,9 @@ fn walk_chunks(state: &mut Chunk, buf: &[u8]) -> Result<(usize, bool), Violation
                     _ if *cr => return Err(Violation::BareCr),
                     b'\r' => *cr = true,
                     _ if *ext => {}
-                    b';' => *ext = true,
-                    b' ' | b'\t' => {}
+                    b';' if *digits > 0 => *ext = true,
+                    b' ' | b'\t' if *digits > 0 => *lws = true,
+                    _ if *lws => return Err(Violation::BadChunkFraming),
                     _ => {
                         let d = (b as char).to_digit(16).ok_or(Violation::BadChunkFraming)?;
                         *digits += 1;
@@ -682,6 +826,7 @@ fn walk_chunks(state: &mut Chunk, buf: &[u8]) -> Result<(usize, bool), Violation
                 _ => return Err(Violation::BadChunkFraming),
             },
             Chunk::Trailer { line, cr } => match buf[i] {
+                b'\n' if !*cr => return Err(Violation::BareLf),
                 b'\n' => {
                     if *line == 0 {
                         return Ok((i + 1, true));
@@ -705,7 +850,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     fn head(lines: &str) -> Result<Framing, Violation> {
-        validate_head(lines.as_bytes())
+        validate_head(lines.as_bytes()).map(|h| h.framing)
     }
 
     #[test]
@@ -719,9 +864,20 @@ mod tests {
             head("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
             Ok(Framing::Chunked)
         );
+        let switch = |text: &str| validate_head(text.as_bytes()).unwrap().switch;
         assert_eq!(
-            head("GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"),
-            Ok(Framing::Opaque)
+            switch("GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"),
+            Some(SwitchOn::Upgrade)
+        );
+        assert_eq!(
+            switch("GET / HTTP/1.1\r\nUpgrade: x\r\n\r\n"),
+            Some(SwitchOn::Upgrade),
+            "hyper switches on any 101, whatever Connection says"
+        );
+        assert_eq!(switch("GET / HTTP/1.0\r\nUpgrade: x\r\n\r\n"), None);
+        assert_eq!(
+            switch("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"),
+            Some(SwitchOn::Connect)
         );
     }
 
@@ -910,5 +1066,84 @@ mod tests {
         let input = b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\nHost: x\r\n\r\n";
         let out = through_guard(input).await;
         assert_eq!(out, [&b"GET /a HTTP/1.1\r\n\r\n"[..], POISON].concat());
+    }
+
+    /// Reads what the guard hands to hyper until it would wait.
+    async fn read_available<T: AsyncRead + Unpin>(guard: &mut H1Guard<T>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let read = futures_util::FutureExt::now_or_never(guard.read(&mut buf));
+            match read {
+                Some(Ok(0)) | None => return out,
+                Some(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Some(Err(e)) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// What follows a request asking to switch protocols waits for its answer; a refusal
+    /// leaves the connection checked as HTTP/1, a switch leaves it alone.
+    #[tokio::test]
+    async fn holds_what_follows_a_switch_request_until_it_is_answered() {
+        let upgrade = b"GET /a HTTP/1.1\r\nHost: a\r\nUpgrade: x\r\n\r\n";
+        let smuggled = b"GET /b HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n";
+        let input = [&upgrade[..], smuggled].concat();
+        for step in [1, 7, input.len()] {
+            // Refused: the next head is checked (and poisoned).
+            let watch = Arc::new(SwitchWatch::default());
+            let mut guard = H1Guard::new(Trickle { data: &input, step }, 1024, None)
+                .with_switch_watch(watch.clone());
+            assert_eq!(read_available(&mut guard).await, upgrade, "step {step}");
+            assert!(watch.is_pending());
+            watch.answered(StatusCode::OK);
+            let mut rest = Vec::new();
+            guard.read_to_end(&mut rest).await.unwrap();
+            assert_eq!(rest, POISON, "step {step}");
+
+            // Switched: the bytes after it are no longer HTTP and pass as they are.
+            let watch = Arc::new(SwitchWatch::default());
+            let mut guard = H1Guard::new(Trickle { data: &input, step }, 1024, None)
+                .with_switch_watch(watch.clone());
+            assert_eq!(read_available(&mut guard).await, upgrade, "step {step}");
+            watch.answered(StatusCode::SWITCHING_PROTOCOLS);
+            let mut rest = Vec::new();
+            guard.read_to_end(&mut rest).await.unwrap();
+            assert_eq!(rest, smuggled, "step {step}");
+        }
+    }
+
+    /// A refused CONNECT, even with a 101 for a later request, never switches the guard off:
+    /// only the answer to the request that asked counts.
+    #[tokio::test]
+    async fn a_refused_connect_keeps_the_connection_checked() {
+        let connect = b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n";
+        let bad = b"GET /b HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx";
+        let input = [&connect[..], bad].concat();
+        let watch = Arc::new(SwitchWatch::default());
+        let mut guard = H1Guard::new(&input[..], 1024, None).with_switch_watch(watch.clone());
+        assert_eq!(read_available(&mut guard).await, connect);
+        watch.answered(StatusCode::METHOD_NOT_ALLOWED);
+        assert!(!watch.is_pending());
+        watch.answered(StatusCode::SWITCHING_PROTOCOLS);
+        let mut rest = Vec::new();
+        guard.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, POISON);
+    }
+
+    /// A switch request's own body is passed on before the wait.
+    #[tokio::test]
+    async fn a_switch_request_body_passes_before_the_wait() {
+        let upgrade =
+            b"POST /a HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\r\nabc";
+        let next = b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n";
+        let input = [&upgrade[..], next].concat();
+        let watch = Arc::new(SwitchWatch::default());
+        let mut guard = H1Guard::new(&input[..], 1024, None).with_switch_watch(watch.clone());
+        assert_eq!(read_available(&mut guard).await, upgrade);
+        watch.answered(StatusCode::OK);
+        let mut rest = Vec::new();
+        guard.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, next);
     }
 }

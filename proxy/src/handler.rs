@@ -22,11 +22,13 @@ use tokio::time::Instant;
 use crate::access_log::Entry;
 use crate::body::{BoxError, IdleTimeout, ProxyBody, StreamIdleTimeout};
 use crate::config::{RetryOn, RetryPolicy, UpstreamProtocol};
+use crate::h1_guard::SwitchWatch;
 use crate::headers;
 use crate::route::Route;
 use crate::server::ConnCtx;
 use crate::snapshot::Snapshot;
 use crate::stats::{ResponseFlag, ResponseFlags};
+use crate::upstream::h1::ClientError;
 use crate::upstream::pool::{AcquireError, ClusterPool, EndpointPool};
 use crate::upstream::{Cluster, pick_endpoint};
 
@@ -39,8 +41,16 @@ pub async fn serve(
     conn: Rc<ConnCtx>,
 ) -> Result<Response<ResponseBody>, crate::filtered::StreamReset> {
     conn.request_started();
+    // The HTTP/1 guard holds back what follows a request that asks to switch protocols until
+    // it knows the answer; this is that request (at most one is pending per connection).
+    let asks_switch =
+        conn.switch.is_pending() && SwitchWatch::asks(req.method(), req.version(), req.headers());
     let snapshot = conn.worker.snapshot();
     let mut ex = Exchange::new(&req, &conn);
+    let unanswered = Unanswered {
+        conn: &conn,
+        start: ex.start,
+    };
     let (response, filters) = match conn.worker.chain(&snapshot, conn.listener) {
         None => (serve_unfiltered(req, &conn, &snapshot, &mut ex).await, None),
         Some(Ok(chain)) => {
@@ -51,7 +61,13 @@ pub async fn serve(
             match served {
                 Ok(pair) => pair,
                 Err(reset) => {
+                    if asks_switch {
+                        // hyper ends the connection; nothing follows on it.
+                        conn.switch.answered(StatusCode::INTERNAL_SERVER_ERROR);
+                    }
+                    std::mem::forget(unanswered);
                     conn.request_finished(Instant::now());
+                    conn.stream_closed(None);
                     return Err(reset);
                 }
             }
@@ -62,9 +78,29 @@ pub async fn serve(
             (reply.into_response(&mut ex), None)
         }
     };
+    if asks_switch {
+        conn.switch.answered(response.status());
+    }
+    // From here the response body accounts for the request.
+    std::mem::forget(unanswered);
     let mut response = ResponseBody::new(response, ex, conn);
     response.body_mut().filters = filters;
     Ok(response)
+}
+
+/// A request whose handler has not answered yet. hyper drops the handler when the client
+/// resets the stream (HTTP/2) or goes away: the request is over then, and the reset counts
+/// toward the connection's premature resets.
+struct Unanswered<'a> {
+    conn: &'a ConnCtx,
+    start: std::time::Instant,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        self.conn.request_finished(Instant::now());
+        self.conn.stream_closed(Some(self.start.elapsed()));
+    }
 }
 
 async fn serve_unfiltered(
@@ -128,7 +164,7 @@ fn prepare<'a>(
         req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
     let upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let authority = request_authority(&parts)?;
+    let authority = request_authority(&mut parts)?;
     let mut added = headers::Added::prepare(&mut parts.headers, is_upgrade, &conn.client_ip);
     ex.capture_request(&parts, authority.as_ref(), &added);
     if upgrade.is_some() {
@@ -156,8 +192,19 @@ fn prepare<'a>(
 }
 
 /// The authority a request is for: `:authority` (HTTP/2, absolute-form) or `Host`.
-pub(crate) fn request_authority(parts: &Parts) -> Result<Option<Authority>, LocalReply> {
+///
+/// A `Host` header that disagrees with the target's authority is replaced by it, so the
+/// upstream sees the authority the request was routed on (RFC 9112 3.2.2; Envoy drops `host`
+/// beside `:authority`).
+pub(crate) fn request_authority(parts: &mut Parts) -> Result<Option<Authority>, LocalReply> {
     if let Some(a) = parts.uri.authority() {
+        if let Some(host) = parts.headers.get(header::HOST)
+            && host.as_bytes() != a.as_str().as_bytes()
+        {
+            let routed = HeaderValue::from_str(a.as_str())
+                .map_err(|_| LocalReply::bad_request("invalid authority"))?;
+            parts.headers.insert(header::HOST, routed);
+        }
         return Ok(Some(a.clone()));
     }
     match parts.headers.get(header::HOST) {
@@ -202,6 +249,8 @@ enum AttemptError {
         refused: bool,
         error: BoxError,
     },
+    /// The upstream's response broke HTTP framing or syntax.
+    Protocol(BoxError),
     PerTryTimeout,
     GlobalTimeout,
 }
@@ -452,6 +501,9 @@ impl Upstream<'_> {
                         if reused && e.before_response && body.can_replay() {
                             continue;
                         }
+                        if let ClientError::Invalid(_) = e.error {
+                            return Err(AttemptError::Protocol(e.error.into()));
+                        }
                         return Err(AttemptError::Reset {
                             refused: not_sent,
                             error: e.error.into(),
@@ -492,6 +544,11 @@ impl Upstream<'_> {
                 stats.rq_reset.inc();
                 ex.failure_reason = Some(error.to_string());
                 LocalReply::upstream_reset()
+            }
+            AttemptError::Protocol(error) => {
+                stats.rq_reset.inc();
+                ex.failure_reason = Some(error.to_string());
+                LocalReply::upstream_protocol_error()
             }
         }
     }
@@ -561,6 +618,14 @@ impl Upstream<'_> {
             )
         })?;
         ex.upstream_time = Some(started.elapsed());
+        let headers = response.headers();
+        if headers.contains_key(header::CONTENT_LENGTH)
+            && headers.contains_key(header::TRANSFER_ENCODING)
+        {
+            // hyper's client frames by the chunking and would pass the length on.
+            let error = "both content-length and transfer-encoding".into();
+            return Err(self.failure_reply(AttemptError::Protocol(error), ex));
+        }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream = hyper::upgrade::on(&mut response);
             tokio::task::spawn_local(async move {
@@ -690,7 +755,9 @@ fn retriable_error(on: RetryOn, e: &AttemptError) -> bool {
         AttemptError::Reset { refused: true, .. } => {
             on.any(broad.union(RetryOn::REFUSED_STREAM).union(RetryOn::RESET))
         }
-        AttemptError::Reset { refused: false, .. } => on.any(broad.union(RetryOn::RESET)),
+        AttemptError::Reset { refused: false, .. } | AttemptError::Protocol(_) => {
+            on.any(broad.union(RetryOn::RESET))
+        }
         AttemptError::PerTryTimeout => on.any(broad.union(RetryOn::RESET)),
         AttemptError::GlobalTimeout => false,
     }
@@ -836,6 +903,16 @@ impl LocalReply {
             "upstream_reset_before_response_started{connection_termination}",
         )
         .flagged(ResponseFlag::UpstreamConnectionTermination)
+    }
+
+    /// Envoy's answer to a response it cannot parse: 502, flag `UPE`.
+    fn upstream_protocol_error() -> Self {
+        LocalReply::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+            "upstream_reset_before_response_started{protocol_error}",
+        )
+        .flagged(ResponseFlag::UpstreamProtocolError)
     }
 
     fn upstream_timeout() -> Self {
@@ -1078,6 +1155,8 @@ impl ResponseBody {
             ex.flags
                 .insert(ResponseFlag::DownstreamConnectionTermination);
         }
+        self.conn
+            .stream_closed((!self.ended).then(|| ex.start.elapsed()));
         drop(ex.active.take());
         if let Some(filters) = self.filters.take() {
             let mut filters = filters.borrow_mut();

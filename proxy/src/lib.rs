@@ -12,6 +12,7 @@ mod admin;
 mod body;
 mod filtered;
 mod h1_guard;
+mod h2_guard;
 mod handler;
 mod headers;
 mod route;

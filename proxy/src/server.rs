@@ -6,6 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -20,12 +21,20 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::config::HttpOptions;
-use crate::h1_guard::H1Guard;
+use crate::h1_guard::{H1Guard, SwitchWatch};
+use crate::h2_guard::H2Guard;
 use crate::handler;
 use crate::rt::LocalExec;
 use crate::worker::Worker;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Envoy's premature-reset rule (its runtime defaults): once this many streams of a connection
+/// have closed, a connection on which at least half were reset by the client within
+/// [`PREMATURE_RESET_AGE`] of their start is sent away. It catches rapid reset however it is
+/// paced, and a client that cancels now and then never comes near it.
+const PREMATURE_RESET_MIN_STREAMS: u32 = 500;
+const PREMATURE_RESET_AGE: Duration = Duration::from_secs(1);
 
 /// What every request on a connection shares.
 pub struct ConnCtx {
@@ -40,6 +49,10 @@ pub struct ConnCtx {
     pub opts: HttpOptions,
     pub in_flight: Cell<u32>,
     pub last_active: Cell<Instant>,
+    streams_closed: Cell<u32>,
+    premature_resets: Cell<u32>,
+    /// How a request asking to switch protocols was answered, for the HTTP/1 guard.
+    pub switch: Arc<SwitchWatch>,
     shutdown_requested: Cell<bool>,
     waker: RefCell<Option<Waker>>,
 }
@@ -52,6 +65,34 @@ impl ConnCtx {
     pub fn request_finished(&self, now: Instant) {
         self.in_flight.set(self.in_flight.get() - 1);
         self.last_active.set(now);
+    }
+
+    /// A request's stream ended: completed (`None`), or reset by the client at this age.
+    pub fn stream_closed(&self, reset_at: Option<Duration>) {
+        let closed = self.streams_closed.get().saturating_add(1);
+        self.streams_closed.set(closed);
+        if reset_at.is_none_or(|age| age >= PREMATURE_RESET_AGE) {
+            return;
+        }
+        let resets = self.premature_resets.get() + 1;
+        self.premature_resets.set(resets);
+        if closed >= PREMATURE_RESET_MIN_STREAMS
+            && u64::from(resets) * 2 >= u64::from(closed)
+            && !self.shutdown_requested.get()
+        {
+            tracing::warn!(
+                peer = %self.peer,
+                streams = closed,
+                resets,
+                "too many premature stream resets: sending GOAWAY"
+            );
+            self.worker.shared.listener_stats[self.listener]
+                .shards
+                .local()
+                .rq_too_many_premature_resets
+                .inc();
+            self.request_shutdown();
+        }
     }
 
     /// Asks the connection to finish its requests in flight and close.
@@ -155,6 +196,9 @@ async fn serve_connection(
         opts: opts.clone(),
         in_flight: Cell::new(0),
         last_active: Cell::new(Instant::now()),
+        streams_closed: Cell::new(0),
+        premature_resets: Cell::new(0),
+        switch: Arc::default(),
         shutdown_requested: Cell::new(worker.shared.is_draining()),
         waker: RefCell::new(None),
     });
@@ -164,6 +208,12 @@ async fn serve_connection(
         service_fn(move |req| handler::serve(req, ctx.clone()))
     };
     if is_h2 {
+        let flooded = ctx.clone();
+        let io = H2Guard::new(io, move || {
+            let stats = &flooded.worker.shared.listener_stats[flooded.listener];
+            stats.shards.local().cx_control_frame_flood.inc();
+            flooded.request_shutdown();
+        });
         let conn = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
             .max_concurrent_streams(opts.max_concurrent_streams)
@@ -178,6 +228,7 @@ async fn serve_connection(
         let max_head = opts.max_request_headers_kb as usize * 1024;
         let stats = worker.shared.listener_stats[listener].clone();
         let guard = H1Guard::new(io, max_head + 1024, header_timeout)
+            .with_switch_watch(ctx.switch.clone())
             .on_reject(move |_| stats.shards.local().rq_rejected.inc());
         let mut builder = http1::Builder::new();
         builder

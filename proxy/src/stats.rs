@@ -153,10 +153,12 @@ pub enum ResponseFlag {
     FaultInjected,
     /// The cluster a filter chose does not exist.
     NoClusterFound,
+    /// The upstream's response broke HTTP framing or syntax.
+    UpstreamProtocolError,
 }
 
 impl ResponseFlag {
-    pub const ALL: [ResponseFlag; 14] = [
+    pub const ALL: [ResponseFlag; 15] = [
         ResponseFlag::NoHealthyUpstream,
         ResponseFlag::UpstreamConnectionFailure,
         ResponseFlag::UpstreamOverflow,
@@ -171,6 +173,7 @@ impl ResponseFlag {
         ResponseFlag::DelayInjected,
         ResponseFlag::FaultInjected,
         ResponseFlag::NoClusterFound,
+        ResponseFlag::UpstreamProtocolError,
     ];
 
     /// The bit Envoy uses for the flag in the `response.flags` property.
@@ -189,6 +192,7 @@ impl ResponseFlag {
             ResponseFlag::DownstreamConnectionTermination => 0x4000,
             ResponseFlag::UpstreamRetryLimitExceeded => 0x8000,
             ResponseFlag::StreamIdleTimeout => 0x10000,
+            ResponseFlag::UpstreamProtocolError => 0x800000,
             ResponseFlag::NoClusterFound => 0x1000000,
         }
     }
@@ -210,6 +214,7 @@ impl ResponseFlag {
             ResponseFlag::DelayInjected => "DI",
             ResponseFlag::FaultInjected => "FI",
             ResponseFlag::NoClusterFound => "NC",
+            ResponseFlag::UpstreamProtocolError => "UPE",
         }
     }
 }
@@ -267,6 +272,11 @@ pub struct ListenerShard {
     pub flags: [Counter; ResponseFlag::ALL.len()],
     /// Requests rejected before routing (smuggling shapes, bad framing).
     pub rq_rejected: Counter,
+    /// Connections sent away for resetting too many streams early (Envoy's
+    /// `downstream_rq_too_many_premature_resets`).
+    pub rq_too_many_premature_resets: Counter,
+    /// HTTP/2 connections sent away for flooding PING or SETTINGS frames.
+    pub cx_control_frame_flood: Counter,
 }
 
 impl Default for ListenerShard {
@@ -279,6 +289,8 @@ impl Default for ListenerShard {
             rq_time: Histogram::default(),
             flags: Default::default(),
             rq_rejected: Counter::default(),
+            rq_too_many_premature_resets: Counter::default(),
+            cx_control_frame_flood: Counter::default(),
         }
     }
 }

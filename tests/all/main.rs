@@ -17,6 +17,7 @@ mod istio_mirroring;
 mod istio_routing;
 mod istio_timeouts;
 mod plugins;
+mod probes;
 mod retries;
 mod routing;
 mod sdk;

@@ -77,6 +77,33 @@ impl H1Conn {
         })
     }
 
+    /// True if the upstream sent nothing (no byte, no end of stream) since the last response.
+    ///
+    /// Costs no system call in the usual case: tokio clears a socket's read readiness when a
+    /// read leaves it drained, so readiness here means something arrived since.
+    pub(super) fn quiet_while_idle(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                // Readiness may be left over from a read that filled its buffer: look.
+                let mut probe = [0u8; 1];
+                let quiet = matches!(
+                    self.io.try_read(&mut probe),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock
+                );
+                if !quiet {
+                    tracing::debug!(
+                        upstream = %self.pool.endpoint().addr,
+                        "closing an idle upstream connection that received data or was closed"
+                    );
+                }
+                quiet
+            }
+        }
+    }
+
     /// Writes the request and reads the response head. The returned body owns the connection
     /// and hands it back to the pool once the response is complete.
     pub async fn send(
@@ -240,9 +267,14 @@ impl H1Conn {
                 got_bytes = true;
                 match parse_head(&mut self.buf, head_request) {
                     Ok(Some((response, framing, keep_alive))) => {
-                        if response.status().is_informational()
-                            && response.status() != StatusCode::SWITCHING_PROTOCOLS
-                        {
+                        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                            // Upgrades have connections of their own: this one never asked.
+                            return Err(fail(
+                                ClientError::Invalid("unsolicited 101 Switching Protocols"),
+                                false,
+                            ));
+                        }
+                        if response.status().is_informational() {
                             continue; // 100 Continue, 103 Early Hints: wait for the real response.
                         }
                         let body = UpstreamBody {
@@ -389,6 +421,14 @@ fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
 ) -> Result<Option<(Response<()>, Framing, bool)>, ClientError> {
+    // The same line-end strictness as the downstream guard: a bare LF or CR is refused.
+    match crate::h1_guard::scan_head(buf, 0) {
+        crate::h1_guard::Scan::Incomplete(_) => return Ok(None),
+        crate::h1_guard::Scan::Bad(_) => {
+            return Err(ClientError::Invalid("bare CR or LF in the response head"));
+        }
+        crate::h1_guard::Scan::Complete(_) => {}
+    }
     // Uninitialised: zeroing room for every possible header cost more than parsing the usual few.
     let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -402,6 +442,9 @@ fn parse_head(
         Err(_) => return Err(ClientError::Invalid("malformed response head")),
     };
     let code = parsed.code.ok_or(ClientError::Invalid("missing status"))?;
+    if !(100..=599).contains(&code) {
+        return Err(ClientError::Invalid("status code outside 100-599"));
+    }
     let status = StatusCode::from_u16(code).map_err(|_| ClientError::Invalid("bad status code"))?;
     let http10 = parsed.version == Some(0);
     let count = parsed.headers.len();
@@ -428,14 +471,19 @@ fn parse_head(
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
             .map_err(|_| ClientError::Invalid("bad header value"))?;
         if name == header::CONTENT_LENGTH {
+            // Digits only, and once (as the downstream guard has it): `+5` or `5, 5` are refused.
+            let digits = value.as_bytes();
+            if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(ClientError::Invalid("bad content-length"));
+            }
+            if content_length.is_some() {
+                return Err(ClientError::Invalid("more than one content-length"));
+            }
             let n = value
                 .to_str()
                 .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
+                .and_then(|v| v.parse::<u64>().ok())
                 .ok_or(ClientError::Invalid("bad content-length"))?;
-            if content_length.is_some_and(|m| m != n) {
-                return Err(ClientError::Invalid("conflicting content-length"));
-            }
             content_length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
             has_te = true;
@@ -466,10 +514,23 @@ fn parse_head(
         }
         headers.append(name, value);
     }
+    if has_te && content_length.is_some() {
+        // Which one frames the body is exactly what a smuggler hopes hops disagree on.
+        return Err(ClientError::Invalid(
+            "both content-length and transfer-encoding",
+        ));
+    }
     let no_body = head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
+    if (status == StatusCode::NO_CONTENT || status.is_informational())
+        && (has_te || content_length.is_some_and(|n| n > 0))
+    {
+        // A response that cannot have a body announces one: whatever follows is in doubt, so
+        // the connection is not reused.
+        close = true;
+    }
     let framing = if no_body {
         Framing::Done
     } else if has_te {
@@ -607,25 +668,33 @@ enum Decoded {
     NeedMore,
 }
 
-/// Decodes chunked framing from the front of `buf`.
+/// Decodes chunked framing from the front of `buf`. Line ends must be CRLF, as the downstream
+/// guard requires of requests.
 fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Decoded, ClientError> {
     loop {
         match state {
             Chunked::Size => {
-                let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
+                let Some(eol) = memchr::memchr(b'\n', buf) else {
                     if buf.len() > 4096 {
                         return Err(ClientError::Invalid("chunk size line too long"));
                     }
                     return Ok(Decoded::NeedMore);
                 };
-                let line = &buf[..eol];
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let line = buf[..eol]
+                    .strip_suffix(b"\r")
+                    .ok_or(ClientError::Invalid("bare LF in chunked framing"))?;
+                if memchr::memchr(b'\r', line).is_some() {
+                    return Err(ClientError::Invalid("bare CR in chunked framing"));
+                }
                 let digits = line
                     .split(|&b| b == b';')
                     .next()
                     .unwrap_or_default()
-                    .trim_ascii();
-                if digits.is_empty() || digits.len() > 15 {
+                    .trim_ascii_end();
+                if digits.is_empty()
+                    || digits.len() > 15
+                    || !digits.iter().all(u8::is_ascii_hexdigit)
+                {
                     return Err(ClientError::Invalid("bad chunk size"));
                 }
                 let size = std::str::from_utf8(digits)
@@ -651,27 +720,23 @@ fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Decoded, Cl
                 }
                 return Ok(Decoded::Data(data));
             }
-            Chunked::DataEnd => match buf.first() {
-                None => return Ok(Decoded::NeedMore),
-                Some(b'\n') => {
-                    buf.advance(1);
+            Chunked::DataEnd => match (buf.first(), buf.get(1)) {
+                (None, _) | (Some(b'\r'), None) => return Ok(Decoded::NeedMore),
+                (Some(b'\r'), Some(b'\n')) => {
+                    buf.advance(2);
                     *state = Chunked::Size;
                 }
-                Some(b'\r') => match buf.get(1) {
-                    None => return Ok(Decoded::NeedMore),
-                    Some(b'\n') => {
-                        buf.advance(2);
-                        *state = Chunked::Size;
-                    }
-                    Some(_) => return Err(ClientError::Invalid("missing CRLF after chunk")),
-                },
-                Some(_) => return Err(ClientError::Invalid("missing CRLF after chunk")),
+                _ => return Err(ClientError::Invalid("missing CRLF after chunk")),
             },
             Chunked::Trailers => {
                 // Trailer fields end with an empty line.
-                if buf.starts_with(b"\r\n") || buf.starts_with(b"\n") {
-                    buf.advance(if buf[0] == b'\r' { 2 } else { 1 });
-                    return Ok(Decoded::End);
+                match (buf.first(), buf.get(1)) {
+                    (None, _) | (Some(b'\r'), None) => return Ok(Decoded::NeedMore),
+                    (Some(b'\r'), Some(b'\n')) => {
+                        buf.advance(2);
+                        return Ok(Decoded::End);
+                    }
+                    _ => {}
                 }
                 let Some(i) = find(buf, b"\r\n\r\n") else {
                     if buf.len() > MAX_HEAD {
@@ -681,12 +746,13 @@ fn decode_chunked(state: &mut Chunked, buf: &mut BytesMut) -> Result<Decoded, Cl
                 };
                 let fields = buf.split_to(i + 4);
                 let mut trailers = HeaderMap::new();
-                for line in fields[..i].split(|&b| b == b'\n') {
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    let colon = line
-                        .iter()
-                        .position(|&b| b == b':')
-                        .ok_or(ClientError::Invalid("bad trailer"))?;
+                for line in fields[..i + 2].split_inclusive(|&b| b == b'\n') {
+                    let line = line
+                        .strip_suffix(b"\r\n")
+                        .filter(|l| !l.contains(&b'\r') && !l.contains(&b'\n'))
+                        .ok_or(ClientError::Invalid("bare CR or LF in trailers"))?;
+                    let colon =
+                        memchr::memchr(b':', line).ok_or(ClientError::Invalid("bad trailer"))?;
                     let name = HeaderName::from_bytes(&line[..colon])
                         .map_err(|_| ClientError::Invalid("bad trailer name"))?;
                     let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii())

@@ -142,8 +142,10 @@ impl EndpointPool {
         let mut pending = None;
         loop {
             let now = crate::rt::coarse_now();
-            while let Some(idle) = self.idle.borrow_mut().pop() {
-                if idle.usable(now, self.cluster.idle_timeout) {
+            while let Some(mut idle) = self.idle.borrow_mut().pop() {
+                // As Envoy does, a connection the upstream wrote to (or closed) while it sat
+                // idle is closed: those bytes answer nobody, and must never reach a client.
+                if idle.usable(now, self.cluster.idle_timeout) && idle.conn.quiet_while_idle() {
                     return Ok(idle.conn);
                 }
             }
