@@ -269,6 +269,54 @@ async fn hostile_plugins_fail_open_or_reload() {
     );
 }
 
+/// FAIL_RELOAD replaces a failed VM only `reload_backoff` after the failure, the first time
+/// too (issue 9: the first replacement came with the next request); meanwhile requests get
+/// 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_fail_reload_replacement_waits_its_backoff() {
+    let up = Upstream::echo("up").await;
+    let backoff = Duration::from_millis(1500);
+    let extra =
+        "fail_strategy: FAIL_RELOAD\nvm_config: {call_deadline: 50ms, reload_backoff: 1500ms}";
+    // One worker: one VM, which the misbehaving request fails.
+    let yaml =
+        config(up.addr, &filter("hostile", HOSTILE, extra), "").replace("workers: 2", "workers: 1");
+    let proxy = start_proxy(&yaml);
+    let addr = proxy.listener_addr("ingress").unwrap();
+    assert_eq!(get(addr, "/").await.status, 200);
+    let reloads = r#"wasmesh_wasm_vm_reloads_total{plugin="hostile"}"#;
+
+    let failed = Instant::now();
+    let req = http::Request::get(format!("http://{addr}/"))
+        .header("x-misbehave", "trap")
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&h1_client(), req).await.status, 503);
+    // The VM failed after `failed`: no replacement may serve before `failed + backoff`.
+    let mut refused = 0;
+    let served = loop {
+        let reply = get(addr, "/").await;
+        if reply.status == 200 {
+            assert_eq!(reply.json()["headers"]["x-hostile"], "passed");
+            break failed.elapsed();
+        }
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        refused += 1;
+        assert!(
+            failed.elapsed() < backoff + Duration::from_secs(15),
+            "no new VM after {:?}",
+            failed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        served >= backoff,
+        "a new VM served {served:?} after the failure, before the backoff of {backoff:?} \
+         ({refused} requests refused meanwhile)"
+    );
+    assert_eq!(metric(&proxy, reloads).await, Some(1.0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wild_pointers_get_error_statuses_not_a_crash() {
     let (status, _, _proxy, addr) = hostile("wild", "FAIL_CLOSE").await;
@@ -443,7 +491,8 @@ async fn hot_reload_swaps_the_chain_under_load_without_failing_a_request() {
     let err = tokio::task::spawn_blocking(move || reloader.reload_from_file())
         .await
         .unwrap()
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cannot read"), "{err}");
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop.store(true, SeqCst);

@@ -62,6 +62,13 @@ pub struct PluginStats {
 const CRASH_LOOP_LIMIT: u32 = 10;
 const CRASH_LOOP_WINDOW: Duration = Duration::from_secs(300);
 
+/// The wait before replacement number `n` (from 0) of a failed VM: `base`, doubling, at
+/// most 30 s.
+fn reload_backoff(base: Duration, n: usize) -> Duration {
+    base.saturating_mul(1 << n.min(10))
+        .min(Duration::from_secs(30))
+}
+
 /// The VMs of one worker.
 pub struct WorkerVms {
     host: Arc<Host>,
@@ -118,9 +125,8 @@ impl WorkerVms {
                         pre,
                         vm: RefCell::new(None),
                         plugins: RefCell::new(Vec::new()),
-                        next_reload: Cell::new(None),
                         reloads: RefCell::new(Vec::new()),
-                        failed_at: Cell::new(None),
+                        failure_counted: Cell::new(false),
                         host: self.host.clone(),
                         embedder: self.embedder.clone(),
                         spec: spec.clone(),
@@ -152,9 +158,10 @@ struct VmSlot {
     vm: RefCell<Option<Rc<VmCell>>>,
     /// The plugins hosted, with their root context ids in the current VM.
     plugins: RefCell<Vec<(Arc<PluginSpec>, Cell<u32>)>>,
-    next_reload: Cell<Option<Instant>>,
+    /// When the VM was replaced (or tried to be), within the crash-loop window.
     reloads: RefCell<Vec<Instant>>,
-    failed_at: Cell<Option<Instant>>,
+    /// Whether the current VM's failure has been counted.
+    failure_counted: Cell<bool>,
     host: Arc<Host>,
     embedder: Rc<dyn Embedder>,
     spec: Arc<PluginSpec>,
@@ -199,18 +206,20 @@ impl VmSlot {
             root.set(id);
         }
         *self.vm.borrow_mut() = Some(cell);
-        self.failed_at.set(None);
+        self.failure_counted.set(false);
         Ok(())
     }
 
-    /// The VM to use for a new stream, replacing a failed one when FAIL_RELOAD allows.
+    /// The VM to use for a new stream, replacing a failed one when FAIL_RELOAD allows: the
+    /// n-th replacement within the crash-loop window waits `reload_backoff * 2^n` (at most
+    /// 30 s) after the failure, or after the previous attempt if that was later. The first
+    /// one waits `reload_backoff` too.
     fn current(&self) -> Option<Rc<VmCell>> {
         let vm = self.vm.borrow().clone()?;
-        if vm.failure().is_none() {
+        let Some(failed_at) = vm.failed_at() else {
             return Some(vm);
-        }
-        if self.failed_at.get().is_none() {
-            self.failed_at.set(Some(Instant::now()));
+        };
+        if !self.failure_counted.replace(true) {
             for (p, _) in self.plugins.borrow().iter() {
                 self.host.stats(&p.name).failures.fetch_add(1, Relaxed);
             }
@@ -221,18 +230,15 @@ impl VmSlot {
         let now = Instant::now();
         let mut reloads = self.reloads.borrow_mut();
         reloads.retain(|t| now.duration_since(*t) < CRASH_LOOP_WINDOW);
-        let due = self.next_reload.get().is_none_or(|t| now >= t);
-        if !due || reloads.len() as u32 >= CRASH_LOOP_LIMIT {
+        if reloads.len() as u32 >= CRASH_LOOP_LIMIT {
             return Some(vm);
         }
-        let backoff = self
-            .spec
-            .reload_backoff
-            .saturating_mul(1 << reloads.len().min(10))
-            .min(Duration::from_secs(30));
+        let since = reloads.last().map_or(failed_at, |&t| t.max(failed_at));
+        if now < since + reload_backoff(self.spec.reload_backoff, reloads.len()) {
+            return Some(vm);
+        }
         reloads.push(now);
         drop(reloads);
-        self.next_reload.set(Some(now + backoff));
         for (p, _) in self.plugins.borrow().iter() {
             self.host.stats(&p.name).reloads.fetch_add(1, Relaxed);
         }

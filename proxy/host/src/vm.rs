@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -122,7 +122,8 @@ pub struct Vm {
     next_context: u32,
     started: bool,
     limits: VmLimits,
-    failure: Option<VmFailure>,
+    /// Why the VM failed, and when: a failure sticks.
+    failure: Option<(VmFailure, Instant)>,
     /// Per root context, a generation number that stops a superseded tick loop.
     ticks: HashMap<u32, Rc<Cell<u64>>>,
     this: Weak<VmCell>,
@@ -379,7 +380,12 @@ impl VmCell {
     }
 
     pub fn failure(&self) -> Option<VmFailure> {
-        self.vm.borrow().failure.clone()
+        self.vm.borrow().failure.as_ref().map(|(f, _)| f.clone())
+    }
+
+    /// When the VM failed, if it did.
+    pub fn failed_at(&self) -> Option<Instant> {
+        self.vm.borrow().failure.as_ref().map(|(_, at)| *at)
     }
 
     /// Bytes of linear memory the VM holds.
@@ -406,7 +412,7 @@ impl Vm {
         args: P,
         context: u32,
     ) -> Result<R, VmFailure> {
-        if let Some(f) = &self.failure {
+        if let Some((f, _)) = &self.failure {
             return Err(f.clone());
         }
         let state = self.store.data_mut();
@@ -449,7 +455,7 @@ impl Vm {
                 stream.wake();
             }
         }
-        self.failure = Some(failure.clone());
+        self.failure = Some((failure.clone(), Instant::now()));
         failure
     }
 
@@ -681,6 +687,6 @@ impl Vm {
     }
 
     pub fn failure(&self) -> Option<&VmFailure> {
-        self.failure.as_ref()
+        self.failure.as_ref().map(|(f, _)| f)
     }
 }
