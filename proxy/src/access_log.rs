@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::time::SystemTime;
@@ -22,13 +23,71 @@ pub struct AccessLogSink {
     pub dropped: AtomicU64,
 }
 
+fn is_stdout(path: &str) -> bool {
+    path == "-" || path == "/dev/stdout"
+}
+
+/// The directory a log file goes in.
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if d.as_os_str().is_empty() => Path::new("."),
+        Some(d) => d,
+        None => Path::new("/"),
+    }
+}
+
+/// Why `path` cannot be appended to, in words: a missing directory is named as such.
+fn open_error(path: &str, e: &std::io::Error) -> String {
+    let dir = dir_of(Path::new(path));
+    if e.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() {
+        format!(
+            "cannot open {path:?} for appending: directory {:?} does not exist",
+            dir.display()
+        )
+    } else {
+        format!("cannot open {path:?} for appending: {e}")
+    }
+}
+
+/// Checks that the access log could be opened at `path` without creating or changing
+/// anything (`--validate`): an existing file must open for appending, a new one needs its
+/// directory. Returns the reason it cannot.
+pub fn check_destination(path: &str) -> Result<(), String> {
+    if is_stdout(path) {
+        return Ok(());
+    }
+    let p = Path::new(path);
+    if p.exists() {
+        return OpenOptions::new()
+            .append(true)
+            .open(p)
+            .map(drop)
+            .map_err(|e| open_error(path, &e));
+    }
+    let dir = dir_of(p);
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!(
+            "cannot open {path:?} for appending: {:?} is not a directory",
+            dir.display()
+        )),
+        Err(e) => Err(open_error(path, &e)),
+    }
+}
+
 impl AccessLogSink {
-    /// Opens the destination and starts the writer thread.
-    pub fn open(path: &str) -> std::io::Result<AccessLogSink> {
-        let mut out: Box<dyn Write + Send> = if path == "-" || path == "/dev/stdout" {
+    /// Opens the destination and starts the writer thread. Returns the reason it cannot.
+    pub fn open(path: &str) -> Result<AccessLogSink, String> {
+        let mut out: Box<dyn Write + Send> = if is_stdout(path) {
             Box::new(std::io::stdout())
         } else {
-            Box::new(OpenOptions::new().create(true).append(true).open(path)?)
+            Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| open_error(path, &e))?,
+            )
         };
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(1024);
         std::thread::Builder::new()
@@ -39,7 +98,8 @@ impl AccessLogSink {
                         break;
                     }
                 }
-            })?;
+            })
+            .map_err(|e| format!("cannot start the access log's writer thread: {e}"))?;
         Ok(AccessLogSink {
             tx,
             dropped: AtomicU64::new(0),

@@ -124,7 +124,7 @@ fn handle(req: &Request<Incoming>, shared: &Shared, registry: &Registry) -> Resp
                 "uptime_seconds": shared.started.elapsed().as_secs(),
                 "workers": shared.workers,
                 "config_version": shared.snapshot().version,
-                "last_reload_error": *shared.last_reload_error.lock().unwrap_or_else(|e| e.into_inner()),
+                "last_reload_error": shared.last_reload_error().map(|e| e.to_string()),
             });
             reply(StatusCode::OK, "application/json", format!("{info:#}\n"))
         }

@@ -25,6 +25,7 @@ mod wasm;
 mod worker;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -33,7 +34,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 use crate::access_log::AccessLogSink;
-use crate::config::Bootstrap;
+use crate::config::{Bootstrap, ConfigError};
 use crate::snapshot::Snapshot;
 use crate::worker::Shared;
 use wasmesh_host::Host;
@@ -41,21 +42,32 @@ use wasmesh_host::Host;
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The config is wrong, or names something that is not there (a plugin's module, the
+    /// access log's directory): the error names the file (when started from one), the field
+    /// and the reason.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("listener {listener:?}: cannot listen on {address}: {source}")]
     Bind {
         listener: String,
         address: SocketAddr,
         source: std::io::Error,
     },
-    #[error("access log {path:?}: {source}")]
-    AccessLog {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Config(String),
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+}
+
+/// Why a reload was refused. The config in effect keeps serving.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadError {
+    /// The file could not be read or parsed, the config is invalid or changes what needs a
+    /// restart (`listeners`, `workers`), or a plugin could not be loaded or started: the
+    /// error names the file (for reloads of a file), the field and the reason.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A reload from a file was asked of a proxy started from a bootstrap value.
+    #[error("the proxy was not started from a file")]
+    NoFile,
 }
 
 /// A running proxy.
@@ -70,10 +82,9 @@ pub struct Proxy {
 impl Proxy {
     /// Starts from a bootstrap file, which `reload_from_file`, SIGHUP and
     /// `POST /config_reload` read again.
-    pub fn start_from_file(path: &std::path::Path) -> Result<Proxy, StartError> {
-        let config = |e: config::ConfigError| StartError::Config(e.to_string());
-        let text = Bootstrap::read(path).map_err(config)?;
-        let bootstrap = Bootstrap::from_file_text(path, &text).map_err(config)?;
+    pub fn start_from_file(path: &Path) -> Result<Proxy, StartError> {
+        let text = Bootstrap::read(path)?;
+        let bootstrap = Bootstrap::from_file_text(path, &text)?;
         let proxy = Proxy::start_with(bootstrap, Some(path.to_owned()))?;
         *proxy
             .shared
@@ -92,17 +103,15 @@ impl Proxy {
         bootstrap: Bootstrap,
         config_path: Option<std::path::PathBuf>,
     ) -> Result<Proxy, StartError> {
+        let file = config_path.as_deref();
+        let in_file = |e: ConfigError| StartError::Config(e.in_file(file));
         let workers = bootstrap.worker_count();
         let drain_timeout = bootstrap.drain_timeout.0;
         let access_log = match &bootstrap.access_log {
-            Some(a) => {
-                Some(
-                    AccessLogSink::open(&a.path).map_err(|source| StartError::AccessLog {
-                        path: a.path.clone(),
-                        source,
-                    })?,
-                )
-            }
+            Some(a) => Some(
+                AccessLogSink::open(&a.path)
+                    .map_err(|reason| in_file(ConfigError::at("access_log.path", reason)))?,
+            ),
             None => None,
         };
 
@@ -110,8 +119,9 @@ impl Proxy {
         let mut per_worker: Vec<Vec<std::net::TcpListener>> =
             (0..workers).map(|_| Vec::new()).collect();
         let mut listeners = Vec::new();
-        for l in &bootstrap.listeners {
-            let wanted = config::parse_listen_address(&l.address).map_err(StartError::Config)?;
+        for (i, l) in bootstrap.listeners.iter().enumerate() {
+            let wanted = config::parse_listen_address(&l.address)
+                .map_err(|r| in_file(ConfigError::at(format!("listeners[{i}].address"), r)))?;
             let bind_err = |source| StartError::Bind {
                 listener: l.name.clone(),
                 address: wanted,
@@ -128,8 +138,8 @@ impl Proxy {
 
         let admin_socket = match &bootstrap.admin {
             Some(a) => {
-                let address =
-                    config::parse_listen_address(&a.address).map_err(StartError::Config)?;
+                let address = config::parse_listen_address(&a.address)
+                    .map_err(|r| in_file(ConfigError::at("admin.address", r)))?;
                 let socket =
                     std::net::TcpListener::bind(address).map_err(|source| StartError::Bind {
                         listener: "admin".into(),
@@ -148,7 +158,7 @@ impl Proxy {
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join("wasmesh-wasm-cache"));
         let host = Host::new(Some(cache_dir));
-        let snapshot = Snapshot::build(bootstrap, 1, workers, &host).map_err(StartError::Config)?;
+        let snapshot = Snapshot::build(bootstrap, 1, workers, &host).map_err(in_file)?;
         let mut shared = Shared::new(snapshot, workers, access_log, host);
         shared.config_path = config_path;
         let shared = Arc::new(shared);
@@ -218,20 +228,26 @@ impl Proxy {
     }
 
     /// Applies a new bootstrap (see `docs/configuration.md`, "Reloading"); returns the new
-    /// config version. On error the running config is untouched.
-    pub fn reload(&self, bootstrap: Bootstrap) -> Result<u64, String> {
+    /// config version. On error the running config is untouched. Either way the outcome is
+    /// recorded as for every reload (`wasmesh_config_reloads_total`, `last_reload_error`).
+    pub fn reload(&self, bootstrap: Bootstrap) -> Result<u64, ReloadError> {
         self.shared.reload(bootstrap)
     }
 
-    /// Reloads the file the proxy started from.
-    pub fn reload_from_file(&self) -> Result<u64, String> {
+    /// Reloads the file the proxy started from (as SIGHUP and `POST /config_reload` do).
+    pub fn reload_from_file(&self) -> Result<u64, ReloadError> {
         self.shared.reload_from_file()
     }
 
     /// Reloads the file unless its text is the one last loaded (then `None`), as the proxy's
     /// watch of its config file does.
-    pub fn reload_from_file_if_changed(&self) -> Result<Option<u64>, String> {
+    pub fn reload_from_file_if_changed(&self) -> Result<Option<u64>, ReloadError> {
         self.shared.reload_from_file_if_changed()
+    }
+
+    /// Why the last reload was refused, until a reload succeeds (as `/server_info` shows it).
+    pub fn last_reload_error(&self) -> Option<ReloadError> {
+        self.shared.last_reload_error()
     }
 
     /// Waits until the workers have drained (after [`Proxy::drain`], SIGTERM or
@@ -271,14 +287,30 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Loads and starts a listener's filters without serving: the errors `--validate` reports.
+/// Checks a bootstrap as far as starting it would, short of binding its addresses: the access
+/// log's destination can be opened (nothing is created), endpoints resolve, and every
+/// listener's plugins load, compile and start. `wasmesh-proxy --validate` runs it. Errors
+/// name `file` (the bootstrap's file, if any), the field and the reason.
+pub fn check(bootstrap: &Bootstrap, file: Option<&Path>) -> Result<(), ConfigError> {
+    bootstrap.validate().map_err(|e| e.in_file(file))?;
+    if let Some(a) = &bootstrap.access_log {
+        access_log::check_destination(&a.path)
+            .map_err(|reason| ConfigError::at("access_log.path", reason).in_file(file))?;
+    }
+    // No disk cache: checking leaves nothing behind.
+    let host = Host::new(None);
+    Snapshot::build(bootstrap.clone(), 0, 1, &host).map_err(|e| e.in_file(file))?;
+    Ok(())
+}
+
+/// Loads and starts a listener's filters without serving. Errors name the filter.
 pub fn check_filters(
     host: &Arc<Host>,
     filters: &[config::filters::HttpFilter],
     base_dir: Option<&std::path::Path>,
 ) -> Result<(), String> {
-    let specs = wasm::load_chain(host, filters, base_dir)?;
-    wasm::validate(host, &specs)
+    let specs = wasm::load_chain(host, filters, base_dir).map_err(|e| e.to_string())?;
+    wasm::validate(host, filters, &specs).map_err(|e| e.to_string())
 }
 
 /// Loads and orders a listener's filters into the plugin specs a worker's chain is made of,
@@ -288,7 +320,7 @@ pub fn load_filters(
     filters: &[config::filters::HttpFilter],
     base_dir: Option<&std::path::Path>,
 ) -> Result<Vec<Arc<wasmesh_host::PluginSpec>>, String> {
-    wasm::load_chain(host, filters, base_dir)
+    wasm::load_chain(host, filters, base_dir).map_err(|e| e.to_string())
 }
 
 /// How long a SIGTERM drain may take before connections are closed.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use wasmesh_host::{Host, PluginSpec};
 
-use crate::config::Bootstrap;
+use crate::config::{Bootstrap, ConfigError};
 use crate::route::RouteTable;
 use crate::upstream::Cluster;
 
@@ -24,17 +24,23 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Compiles a bootstrap: resolves endpoints, loads and checks every plugin (each chain is
-    /// started once, so a plugin that refuses its configuration is reported here).
+    /// started once, so a plugin that refuses its configuration is reported here). Errors
+    /// name the field (the caller names the file).
     pub fn build(
         bootstrap: Bootstrap,
         version: u64,
         workers: usize,
         host: &Arc<Host>,
-    ) -> Result<Snapshot, String> {
+    ) -> Result<Snapshot, ConfigError> {
         let clusters = bootstrap
             .clusters
             .iter()
-            .map(|c| Cluster::new(c, workers).map(Arc::new))
+            .enumerate()
+            .map(|(i, c)| {
+                Cluster::new(c, workers)
+                    .map(Arc::new)
+                    .map_err(|reason| ConfigError::at(format!("clusters[{i}]"), reason))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let by_name: HashMap<String, usize> = clusters
             .iter()
@@ -51,12 +57,11 @@ impl Snapshot {
             .map(|l| RouteTable::new(&l.virtual_hosts, &named))
             .collect();
         let mut chains = Vec::with_capacity(bootstrap.listeners.len());
-        for l in &bootstrap.listeners {
+        for (i, l) in bootstrap.listeners.iter().enumerate() {
             let specs =
                 crate::wasm::load_chain(host, &l.http_filters, bootstrap.base_dir.as_deref())
-                    .map_err(|e| format!("listener {:?}: {e}", l.name))?;
-            crate::wasm::validate(host, &specs)
-                .map_err(|e| format!("listener {:?}: {e}", l.name))?;
+                    .map_err(|e| e.at_listener(i))?;
+            crate::wasm::validate(host, &l.http_filters, &specs).map_err(|e| e.at_listener(i))?;
             chains.push(specs);
         }
         Ok(Snapshot {

@@ -11,10 +11,11 @@ use http::{Request, Uri, Version};
 use http_body_util::BodyExt;
 use wasmesh_host::{
     CalloutDone, CalloutFailure, CalloutRequest, CalloutResponse, Embedder, FailStrategy, GrpcDone,
-    GrpcRequest, GrpcResponse, Host, PluginSpec, VmLimits,
+    GrpcRequest, GrpcResponse, Host, ModuleError, PluginSpec, VmFailure, VmLimits,
 };
 
 use crate::body::ProxyBody;
+use crate::config::ConfigError;
 use crate::config::filters::{self, EnvSource, HttpFilter};
 use crate::upstream::pick_endpoint;
 use crate::worker::Worker;
@@ -22,14 +23,46 @@ use crate::worker::Worker;
 /// Largest callout response body a plugin receives.
 const CALLOUT_BODY_LIMIT: usize = 4 << 20;
 
-/// Loads, checks and orders a listener's plugins. Errors name the filter and the reason.
+/// Why one of a listener's filters could not be loaded or started.
+#[derive(Debug, thiserror::Error)]
+#[error("filter {name:?}: {reason}")]
+pub struct FilterError {
+    /// The filter's position in the listener's `http_filters`, as written (not as run);
+    /// `None` when no one filter is at fault.
+    pub index: Option<usize>,
+    pub name: String,
+    /// The field of the filter at fault (`url`, `sha256`, `plugin_config`, ...); empty when
+    /// it is the filter as a whole.
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl FilterError {
+    /// The error as a config error about listener `listener`'s filter, with its field path
+    /// (such as `listeners[0].http_filters[1].url`).
+    pub fn at_listener(&self, listener: usize) -> ConfigError {
+        let mut field = format!("listeners[{listener}].http_filters");
+        let Some(index) = self.index else {
+            return ConfigError::at(field, self.to_string());
+        };
+        field.push_str(&format!("[{index}]"));
+        if !self.field.is_empty() {
+            field.push('.');
+            field.push_str(self.field);
+        }
+        ConfigError::at(field, self.to_string())
+    }
+}
+
+/// Loads, checks and orders a listener's plugins. Errors name the filter, its field and the
+/// reason.
 pub fn load_chain(
     host: &Arc<Host>,
     chain: &[HttpFilter],
     base_dir: Option<&Path>,
-) -> Result<Vec<Arc<PluginSpec>>, String> {
-    let mut ordered: Vec<&HttpFilter> = chain.iter().collect();
-    ordered.sort_by(|a, b| {
+) -> Result<Vec<Arc<PluginSpec>>, FilterError> {
+    let mut ordered: Vec<(usize, &HttpFilter)> = chain.iter().enumerate().collect();
+    ordered.sort_by(|(_, a), (_, b)| {
         (a.phase.order(), std::cmp::Reverse(a.priority), &a.name).cmp(&(
             b.phase.order(),
             std::cmp::Reverse(b.priority),
@@ -37,12 +70,21 @@ pub fn load_chain(
         ))
     });
     let mut specs = Vec::with_capacity(ordered.len());
-    for f in ordered {
-        let bytes = fetch(f, base_dir).map_err(|e| format!("filter {:?}: {e}", f.name))?;
-        let module = host
-            .cache
-            .load(&bytes, f.sha256.as_deref())
-            .map_err(|e| format!("filter {:?}: {e}", f.name))?;
+    for (index, f) in ordered {
+        let error = |field: &'static str, reason: String| FilterError {
+            index: Some(index),
+            name: f.name.clone(),
+            field,
+            reason,
+        };
+        let bytes = fetch(f, base_dir).map_err(|(field, reason)| error(field, reason))?;
+        let module = host.cache.load(&bytes, f.sha256.as_deref()).map_err(|e| {
+            let field = match e {
+                ModuleError::Sha256Mismatch { .. } => "sha256",
+                _ => "url",
+            };
+            error(field, e.to_string())
+        })?;
         let env = f
             .vm_config
             .env
@@ -75,30 +117,55 @@ pub fn load_chain(
     Ok(specs)
 }
 
-/// Checks a chain starts (`on_vm_start`, `on_configure`) without serving anything.
-pub fn validate(host: &Arc<Host>, specs: &[Arc<PluginSpec>]) -> Result<(), String> {
+/// Checks a chain starts (`on_vm_start`, `on_configure`) without serving anything. `chain`
+/// is the listener's filters as written, to name the one that refused.
+pub fn validate(
+    host: &Arc<Host>,
+    chain: &[HttpFilter],
+    specs: &[Arc<PluginSpec>],
+) -> Result<(), FilterError> {
     if specs.is_empty() {
         return Ok(());
     }
     // On a thread of its own: callers may be inside a runtime already (the library API).
-    std::thread::scope(|s| {
+    let result = std::thread::scope(|s| {
         s.spawn(|| {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| (String::new(), VmFailure::Start(e.to_string())))?;
             let local = tokio::task::LocalSet::new();
-            local
-                .block_on(&runtime, async { host.validate(specs) })
-                .map_err(|(name, e)| format!("filter {name:?}: {e}"))
+            local.block_on(&runtime, async { host.validate(specs) })
         })
         .join()
-        .unwrap_or_else(|_| Err("plugin validation panicked".into()))
+        .unwrap_or_else(|_| {
+            Err((
+                String::new(),
+                VmFailure::Start("plugin validation panicked".into()),
+            ))
+        })
+    });
+    result.map_err(|(name, failure)| {
+        let index = chain.iter().position(|f| f.name == name);
+        let field = match failure {
+            VmFailure::Rejected("proxy_on_configure") => "plugin_config",
+            VmFailure::Rejected("proxy_on_vm_start") => "vm_config.configuration",
+            VmFailure::Memory(_) => "vm_config.memory_limit_mb",
+            VmFailure::Deadline(_) => "vm_config.call_deadline",
+            _ => "",
+        };
+        FilterError {
+            index,
+            name,
+            field,
+            reason: failure.to_string(),
+        }
     })
 }
 
-/// Reads a module from a path, `file://` or `http://` (downloads are kept by sha256).
-fn fetch(f: &HttpFilter, base_dir: Option<&Path>) -> Result<Vec<u8>, String> {
+/// Reads a module from a path, `file://` or `http://` (downloads are kept by sha256). An
+/// error names the filter's field at fault (`url` or `sha256`) and the reason.
+fn fetch(f: &HttpFilter, base_dir: Option<&Path>) -> Result<Vec<u8>, (&'static str, String)> {
     if let Some(rest) = f.url.strip_prefix("http://") {
         let sha = f.sha256.as_deref().unwrap_or_default();
         let cached = std::env::temp_dir()
@@ -107,11 +174,14 @@ fn fetch(f: &HttpFilter, base_dir: Option<&Path>) -> Result<Vec<u8>, String> {
         if let Ok(bytes) = std::fs::read(&cached) {
             return Ok(bytes);
         }
-        let bytes = http_get(&format!("http://{rest}"))?;
+        let bytes = http_get(&format!("http://{rest}")).map_err(|e| ("url", e))?;
         // Kept only once verified: a download never sits under a digest it does not have.
         let actual = wasmesh_host::module::sha256_hex(&bytes);
         if !actual.eq_ignore_ascii_case(sha) {
-            return Err(format!("sha256 mismatch: expected {sha}, got {actual}"));
+            return Err((
+                "sha256",
+                format!("sha256 mismatch: expected {sha}, got {actual}"),
+            ));
         }
         let _ = std::fs::create_dir_all(cached.parent().expect("a parent"));
         let _ = std::fs::write(&cached, &bytes);
@@ -122,7 +192,7 @@ fn fetch(f: &HttpFilter, base_dir: Option<&Path>) -> Result<Vec<u8>, String> {
         Some(dir) if path.is_relative() => dir.join(path),
         _ => path,
     };
-    std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    std::fs::read(&path).map_err(|e| ("url", format!("cannot read {}: {e}", path.display())))
 }
 
 fn http_get(url: &str) -> Result<Vec<u8>, String> {

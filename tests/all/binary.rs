@@ -130,3 +130,69 @@ async fn sigterm_drains_requests_in_flight_then_exits() {
         "listener closed"
     );
 }
+
+/// Issue 9: what is missing on disk (a plugin's module, the access log's directory) is named
+/// like any config error, by file, field and reason, at start-up and by `--validate`.
+#[tokio::test]
+async fn missing_files_at_start_name_file_field_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing_dir = dir.path().join("no-such-dir");
+    let cases = [
+        (
+            // The module of the second filter as written (it runs first: names order them).
+            GOOD.replace(
+                "  virtual_hosts:",
+                &format!(
+                    "  http_filters:\n  - {{name: zz, url: \"{}\"}}\n  - {{name: aa, url: missing.wasm}}\n  virtual_hosts:",
+                    wasmesh_artifacts::HEADERS
+                ),
+            ),
+            "field `listeners[0].http_filters[1].url`",
+            vec![
+                "filter \"aa\"".to_owned(),
+                "cannot read".to_owned(),
+                dir.path().join("missing.wasm").display().to_string(),
+            ],
+        ),
+        (
+            format!(
+                "access_log: {{path: \"{}\"}}\n{GOOD}",
+                missing_dir.join("access.log").display()
+            ),
+            "field `access_log.path`",
+            vec![
+                "does not exist".to_owned(),
+                missing_dir.display().to_string(),
+            ],
+        ),
+    ];
+    for (i, (yaml, field, reasons)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("missing{i}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        for validate in [true, false] {
+            let mut args = vec!["--config", path.to_str().unwrap()];
+            if validate {
+                args.push("--validate");
+            }
+            let out = run(proxy_binary(), &args).await;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let what = format!("case {i}, --validate {validate}");
+            assert!(!out.status.success(), "{what} must fail: {stderr}");
+            assert!(
+                stderr.contains(&format!("error: {}: {field}: ", path.display())),
+                "{what} names the file and {field}: {stderr}"
+            );
+            for reason in reasons {
+                assert!(
+                    stderr.contains(reason.as_str()),
+                    "{what} says {reason}: {stderr}"
+                );
+            }
+            assert!(
+                !stderr.contains("listening"),
+                "{what} started nothing: {stderr}"
+            );
+        }
+    }
+    assert!(!missing_dir.exists(), "checking created nothing");
+}

@@ -20,7 +20,7 @@ pub use duration::{Dur, parse as parse_duration};
 pub use retry_on::RetryOn;
 
 /// A configuration error: where it is and what is wrong.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
     pub file: Option<PathBuf>,
     /// The field path, such as `listeners[0].virtual_hosts[1].routes[2].cluster`.
@@ -42,12 +42,22 @@ impl fmt::Display for ConfigError {
 }
 
 impl ConfigError {
-    fn at(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// An error about `field` (a path such as `listeners[0].address`; empty for the whole
+    /// file), in no file yet.
+    pub fn at(field: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError {
             file: None,
             field: field.into(),
             reason: reason.into(),
         }
+    }
+
+    /// Names the file the error is in, unless it names one already.
+    pub fn in_file(mut self, file: Option<&Path>) -> Self {
+        if self.file.is_none() {
+            self.file = file.map(Path::to_owned);
+        }
+        self
     }
 }
 
