@@ -196,3 +196,116 @@ async fn missing_files_at_start_name_file_field_and_reason() {
     }
     assert!(!missing_dir.exists(), "checking created nothing");
 }
+
+/// Resident memory (VmRSS) of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc status")
+}
+
+/// Opens `count` connections to `addr`, `parallel` at a time, each with one request answered
+/// (a 2-byte body), and returns them all still open.
+async fn open_answered_connections(
+    addr: std::net::SocketAddr,
+    count: usize,
+    parallel: usize,
+) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(parallel));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        tasks.spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: burst\r\n\r\n")
+                .await
+                .unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            // The head, then the body "ok".
+            while !seen.ends_with(b"\r\n\r\nok") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+                seen.extend_from_slice(&buf[..n]);
+            }
+            assert!(seen.starts_with(b"HTTP/1.1 200"));
+            drop(permit);
+            s
+        });
+    }
+    tasks.join_all().await
+}
+
+/// Issue 9: after a burst of 10,000 connections closed, the idle binary kept its peak memory
+/// (197 MB for 40 s and more): jemalloc purged freed pages only while threads allocated. Its
+/// background thread now returns them within `dirty_decay_ms` (10 s) of their last use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_binary_returns_memory_to_the_os_after_a_burst() {
+    const CONNECTIONS: usize = 10_000;
+    let up = Upstream::start(|_| async { Response::new(full("ok")) }).await;
+    let proxy = ProxyProcess::spawn(&simple_config(&[up.addr], "", "")).await;
+    let addr = proxy.listeners["ingress"];
+    let admin = proxy.admin.expect("admin address logged");
+    let pid = proxy.pid();
+    {
+        let log = proxy.log.lock().unwrap();
+        let allocator = log.iter().find(|l| l.contains("allocator: jemalloc"));
+        assert!(
+            allocator.is_some_and(|l| l.contains(" background_thread=true")),
+            "jemalloc's background thread is on: {allocator:?}"
+        );
+    }
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/").await.status, 200);
+    }
+    let before = rss_kib(pid);
+
+    let open = open_answered_connections(addr, CONNECTIONS, 200).await;
+    let peak = rss_kib(pid);
+    let cx_active = r#"wasmesh_downstream_cx_active{listener="ingress"} "#;
+    let active = || async {
+        let text = get(admin, "/stats/prometheus").await.text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(cx_active))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("the active connections gauge")
+    };
+    assert!(active().await >= CONNECTIONS as f64, "all held open");
+    drop(open);
+    eventually(
+        "the proxy closed them all",
+        Duration::from_secs(30),
+        || async { active().await == 0.0 },
+    )
+    .await;
+    let closed = Instant::now();
+    let at_close = rss_kib(pid);
+    let added = peak.saturating_sub(before);
+    assert!(
+        added > 20 * 1024,
+        "the burst grew the proxy: {before} KiB -> {peak} KiB"
+    );
+    // Idle now: within the decay time and a margin, most of what the burst took goes back.
+    let target = before + added / 4;
+    let mut now = at_close;
+    while now > target {
+        assert!(
+            closed.elapsed() < Duration::from_secs(60),
+            "idle RSS stayed at {now} KiB for {:?} after the burst closed (before {before} \
+             KiB, peak {peak} KiB, at close {at_close} KiB, target {target} KiB)",
+            closed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        now = rss_kib(pid);
+    }
+    eprintln!(
+        "RSS of wasmesh-proxy: {before} KiB before, {peak} KiB with {CONNECTIONS} connections \
+         open, {at_close} KiB when they had closed, {now} KiB {:?} later",
+        closed.elapsed()
+    );
+}
