@@ -9,6 +9,7 @@ mod binary;
 mod bodies;
 mod circuit_breakers;
 mod compat;
+mod differential;
 mod grpc;
 mod hardening;
 mod istio_circuit_breaking;
