@@ -187,7 +187,9 @@ async fn forward(
         conn,
     };
     if let Some(on_upgrade) = on_upgrade {
-        return match Box::pin(upstream.forward_upgrade(parts, authority, on_upgrade, ex)).await {
+        let body = ProxyBody::Incoming(body);
+        let upgrade = upstream.forward_upgrade(parts, body, authority, on_upgrade, ex);
+        return match Box::pin(upgrade).await {
             Ok(r) => r,
             Err(reply) => reply.into_response(ex),
         };

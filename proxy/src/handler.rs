@@ -129,10 +129,14 @@ async fn serve_unfiltered(
         Ok(Prepared {
             upstream,
             parts,
+            body,
             authority,
             upgrade: Some(on_upgrade),
             ..
-        }) => Box::pin(upstream.forward_upgrade(parts, authority, on_upgrade, ex)).await,
+        }) => {
+            let body = ProxyBody::Incoming(body);
+            Box::pin(upstream.forward_upgrade(parts, body, authority, on_upgrade, ex)).await
+        }
     };
     result.unwrap_or_else(|reply| reply.into_response(ex))
 }
@@ -251,6 +255,9 @@ enum AttemptError {
     },
     /// The upstream's response broke HTTP framing or syntax.
     Protocol(BoxError),
+    /// The client's request body failed (its framing broke, it stalled, or the client went
+    /// away): the client's fault, never held against the endpoint.
+    RequestBody(BoxError),
     PerTryTimeout,
     GlobalTimeout,
 }
@@ -366,6 +373,9 @@ impl Upstream<'_> {
                         ex.upstream_time = Some(started.elapsed());
                     }
                     (wanted, Ok(response))
+                }
+                Err(AttemptError::RequestBody(error)) => {
+                    (false, Err(LocalReply::request_body_failed(&*error, ex)))
                 }
                 Err(e) => {
                     endpoint_pool.endpoint().rq_error.fetch_add(1, Relaxed);
@@ -501,8 +511,14 @@ impl Upstream<'_> {
                         if reused && e.before_response && body.can_replay() {
                             continue;
                         }
-                        if let ClientError::Invalid(_) = e.error {
-                            return Err(AttemptError::Protocol(e.error.into()));
+                        match e.error {
+                            ClientError::Invalid(_) => {
+                                return Err(AttemptError::Protocol(e.error.into()));
+                            }
+                            ClientError::RequestBody(error) => {
+                                return Err(AttemptError::RequestBody(error));
+                            }
+                            _ => {}
                         }
                         return Err(AttemptError::Reset {
                             refused: not_sent,
@@ -550,6 +566,7 @@ impl Upstream<'_> {
                 ex.failure_reason = Some(error.to_string());
                 LocalReply::upstream_protocol_error()
             }
+            AttemptError::RequestBody(error) => LocalReply::request_body_failed(&*error, ex),
         }
     }
 
@@ -575,6 +592,7 @@ impl Upstream<'_> {
     pub(crate) async fn forward_upgrade(
         &self,
         parts: Parts,
+        body: ProxyBody,
         authority: Option<Authority>,
         downstream: hyper::upgrade::OnUpgrade,
         ex: &mut Exchange,
@@ -600,22 +618,18 @@ impl Upstream<'_> {
         }
         .map_err(|e| self.failure_reply(AttemptError::Acquire(e), ex))?;
         let mut parts = parts;
-        let req = upstream_request(
-            &mut parts,
-            authority.as_ref(),
-            ProxyBody::Empty,
-            false,
-            pool,
-            true,
-        );
+        // The request's own body (rare, but legal) goes with it.
+        let req = upstream_request(&mut parts, authority.as_ref(), body, false, pool, true);
         let mut response = sender.send_request(req).await.map_err(|error| {
-            self.failure_reply(
+            let e = if error.is_user() {
+                AttemptError::RequestBody(error.into())
+            } else {
                 AttemptError::Reset {
                     refused: false,
                     error: error.into(),
-                },
-                ex,
-            )
+                }
+            };
+            self.failure_reply(e, ex)
         })?;
         ex.upstream_time = Some(started.elapsed());
         let headers = response.headers();
@@ -759,7 +773,7 @@ fn retriable_error(on: RetryOn, e: &AttemptError) -> bool {
             on.any(broad.union(RetryOn::RESET))
         }
         AttemptError::PerTryTimeout => on.any(broad.union(RetryOn::RESET)),
-        AttemptError::GlobalTimeout => false,
+        AttemptError::GlobalTimeout | AttemptError::RequestBody(_) => false,
     }
 }
 
@@ -930,6 +944,17 @@ impl LocalReply {
             "request timeout",
             "request_overall_timeout",
         )
+    }
+
+    /// The client's request body failed while it streamed upstream: `408` if it stalled
+    /// (flag `SI`), else the client broke its framing or went away (`400`, flag `DC`).
+    fn request_body_failed(error: &(dyn std::error::Error + 'static), ex: &mut Exchange) -> Self {
+        ex.failure_reason = Some(error.to_string());
+        if error.is::<StreamIdleTimeout>() {
+            return LocalReply::new(StatusCode::REQUEST_TIMEOUT, "", "stream_idle_timeout")
+                .flagged(ResponseFlag::StreamIdleTimeout);
+        }
+        LocalReply::downstream_reset()
     }
 
     pub(crate) fn downstream_reset() -> Self {
