@@ -5,6 +5,7 @@ mod support;
 
 mod access_log;
 mod admin;
+mod assemblyscript;
 mod binary;
 mod bodies;
 mod circuit_breakers;
