@@ -411,9 +411,18 @@ fn mirror(
 
 /// A filter's local reply as a response (a gRPC status for gRPC requests).
 fn local_response(local: LocalResponse, ex: &mut Exchange) -> Response<ProxyBody> {
-    ex.details = "wasm_local_reply";
+    ex.details = "wasm_local_reply".into();
     let mut builder = Response::builder().status(local.status);
+    // As Envoy's local-reply path: the length is always the body's; an empty body goes
+    // without a content type, a non-empty one gets `text/plain` unless the filter gave one.
+    let empty = local.body.is_empty();
+    let mut has_type = false;
     for (k, v) in &local.headers {
+        let is_type = k.eq_ignore_ascii_case("content-type");
+        if k.eq_ignore_ascii_case("content-length") || (empty && is_type) {
+            continue;
+        }
+        has_type |= is_type;
         builder = builder.header(k.as_str(), v.as_ref());
     }
     let response = match (local.grpc_status, ex.grpc) {
@@ -426,17 +435,16 @@ fn local_response(local: LocalResponse, ex: &mut Exchange) -> Response<ProxyBody
                 String::from_utf8_lossy(&local.body).replace(['\r', '\n'], " "),
             )
             .body(ProxyBody::Empty),
+        _ if empty => builder.body(ProxyBody::Empty),
         // The body passes the response filters, which hide its size: say it in the head
         // (a filter that rewrites it removes the header, as with any response).
         _ => {
-            if !local
-                .headers
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            {
-                builder = builder.header(header::CONTENT_LENGTH, local.body.len());
+            if !has_type {
+                builder = builder.header(header::CONTENT_TYPE, "text/plain");
             }
-            builder.body(ProxyBody::full(local.body))
+            builder
+                .header(header::CONTENT_LENGTH, local.body.len())
+                .body(ProxyBody::full(local.body))
         }
     };
 
@@ -453,7 +461,7 @@ fn local_response(local: LocalResponse, ex: &mut Exchange) -> Response<ProxyBody
 /// FAIL_CLOSE (and a failing FAIL_RELOAD request): 503, naming the plugin.
 fn plugin_failed(plugin: &str, reason: &str, ex: &mut Exchange) -> Response<ProxyBody> {
     tracing::debug!(plugin, reason, "plugin failure closed a request");
-    ex.details = "wasm_fail_stream";
+    ex.details = "wasm_fail_stream".into();
     let mut response =
         LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "", "wasm_fail_stream").into_response(ex);
     *response.body_mut() = ProxyBody::full(format!("plugin {plugin} failed\n"));

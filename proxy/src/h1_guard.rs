@@ -605,7 +605,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for H1Guard<T> {
     }
 }
 
-pub(crate) enum Scan {
+enum Scan {
     Incomplete(usize),
     Complete(usize),
     Bad(Violation),
@@ -615,7 +615,7 @@ pub(crate) enum Scan {
 ///
 /// Jumps from LF to LF (memchr), then counts the CRs in one vectorised pass: a clean head has
 /// one per LF. Only a head that fails this is walked byte by byte, to name the first fault.
-pub(crate) fn scan_head(buf: &[u8], from: usize) -> Scan {
+fn scan_head(buf: &[u8], from: usize) -> Scan {
     let mut lfs = 0;
     let mut end = None;
     for i in memchr::memchr_iter(b'\n', &buf[from..]).map(|i| from + i) {

@@ -1,6 +1,7 @@
 //! The path of one request: prepare headers, route, forward with retries and timeouts, and
 //! account for the response when its last byte is sent.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -21,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::access_log::Entry;
 use crate::body::{BoxError, IdleTimeout, ProxyBody, StreamIdleTimeout};
-use crate::config::{RetryOn, RetryPolicy, UpstreamProtocol};
+use crate::config::{RetryOn, RetryPolicy, ServerHeaderTransformation, UpstreamProtocol};
 use crate::h1_guard::SwitchWatch;
 use crate::headers;
 use crate::route::Route;
@@ -31,6 +32,9 @@ use crate::stats::{ResponseFlag, ResponseFlags};
 use crate::upstream::h1::ClientError;
 use crate::upstream::pool::{AcquireError, ClusterPool, EndpointPool};
 use crate::upstream::{Cluster, pick_endpoint};
+
+const UPSTREAM_SERVICE_TIME: header::HeaderName =
+    header::HeaderName::from_static("x-envoy-upstream-service-time");
 
 /// Request bodies up to this size are kept so the request can be retried.
 const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
@@ -81,11 +85,28 @@ pub async fn serve(
     if asks_switch {
         conn.switch.answered(response.status());
     }
+    let mut response = response;
+    set_server_header(response.headers_mut(), &conn);
     // From here the response body accounts for the request.
     std::mem::forget(unanswered);
     let mut response = ResponseBody::new(response, ex, conn);
     response.body_mut().filters = filters;
     Ok(response)
+}
+
+/// Envoy's `server_header_transformation`, on every response the client gets.
+fn set_server_header(headers: &mut header::HeaderMap, conn: &ConnCtx) {
+    match conn.opts.server_header_transformation {
+        ServerHeaderTransformation::Overwrite => {
+            headers.insert(header::SERVER, conn.server_name.clone());
+        }
+        ServerHeaderTransformation::AppendIfAbsent => {
+            if !headers.contains_key(header::SERVER) {
+                headers.insert(header::SERVER, conn.server_name.clone());
+            }
+        }
+        ServerHeaderTransformation::PassThrough => {}
+    }
 }
 
 /// A request whose handler has not answered yet. hyper drops the handler when the client
@@ -369,9 +390,7 @@ impl Upstream<'_> {
                         endpoint_pool.endpoint().rq_error.fetch_add(1, Relaxed);
                     }
                     let wanted = policy.is_some_and(|p| retriable_response(p, &response));
-                    if ex.log.is_some() {
-                        ex.upstream_time = Some(started.elapsed());
-                    }
+                    ex.upstream_time = Some(started.elapsed());
                     (wanted, Ok(response))
                 }
                 Err(AttemptError::RequestBody(error)) => {
@@ -384,7 +403,7 @@ impl Upstream<'_> {
                     }
 
                     let wanted = policy.is_some_and(|p| retriable_error(p.retry_on, &e));
-                    (wanted, Err(self.failure_reply(e, ex)))
+                    (wanted, Err(self.failure_reply(e, attempt > 1, ex)))
                 }
             };
             let can_retry =
@@ -536,7 +555,8 @@ impl Upstream<'_> {
         }
     }
 
-    fn failure_reply(&self, e: AttemptError, ex: &mut Exchange) -> LocalReply {
+    /// The local reply for a failed attempt; `retried` if it was not the first.
+    fn failure_reply(&self, e: AttemptError, retried: bool, ex: &mut Exchange) -> LocalReply {
         let stats = self.route.cluster.stats();
         match e {
             AttemptError::Acquire(AcquireError::PendingOverflow) => LocalReply::overflow(),
@@ -550,21 +570,21 @@ impl Upstream<'_> {
             }
             AttemptError::Acquire(AcquireError::ConnectFailed(e)) => {
                 ex.failure_reason = Some(e.to_string());
-                LocalReply::connect_failure()
+                LocalReply::connect_failure(&e, retried)
             }
             AttemptError::Acquire(AcquireError::Handshake(e)) => {
                 ex.failure_reason = Some(e.to_string());
-                LocalReply::connect_failure()
+                LocalReply::connect_failure(&std::io::Error::other(e), retried)
             }
             AttemptError::Reset { error, .. } => {
                 stats.rq_reset.inc();
                 ex.failure_reason = Some(error.to_string());
-                LocalReply::upstream_reset()
+                LocalReply::upstream_reset(retried)
             }
             AttemptError::Protocol(error) => {
                 stats.rq_reset.inc();
                 ex.failure_reason = Some(error.to_string());
-                LocalReply::upstream_protocol_error()
+                LocalReply::upstream_protocol_error(retried)
             }
             AttemptError::RequestBody(error) => LocalReply::request_body_failed(&*error, ex),
         }
@@ -579,6 +599,11 @@ impl Upstream<'_> {
         ex.active = Some(active);
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
+        if let Some(time) = ex.upstream_time {
+            // Envoy's router header: milliseconds from the request to the upstream's answer.
+            let millis = HeaderValue::from(time.as_millis() as u64);
+            parts.headers.insert(UPSTREAM_SERVICE_TIME, millis);
+        }
         // A body that has fully arrived (the usual small response) cannot go idle.
         let body = match self.conn.opts.stream_idle_timeout.nonzero() {
             Some(t) if !body.is_buffered_whole() => ProxyBody::boxed(IdleTimeout::new(body, t)),
@@ -616,7 +641,7 @@ impl Upstream<'_> {
                 .map_err(|_| LocalReply::upstream_timeout())?,
             None => connect.await,
         }
-        .map_err(|e| self.failure_reply(AttemptError::Acquire(e), ex))?;
+        .map_err(|e| self.failure_reply(AttemptError::Acquire(e), false, ex))?;
         let mut parts = parts;
         // The request's own body (rare, but legal) goes with it.
         let req = upstream_request(&mut parts, authority.as_ref(), body, false, pool, true);
@@ -629,7 +654,7 @@ impl Upstream<'_> {
                     error: error.into(),
                 }
             };
-            self.failure_reply(e, ex)
+            self.failure_reply(e, false, ex)
         })?;
         ex.upstream_time = Some(started.elapsed());
         let headers = response.headers();
@@ -638,7 +663,7 @@ impl Upstream<'_> {
         {
             // hyper's client frames by the chunking and would pass the length on.
             let error = "both content-length and transfer-encoding".into();
-            return Err(self.failure_reply(AttemptError::Protocol(error), ex));
+            return Err(self.failure_reply(AttemptError::Protocol(error), false, ex));
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream = hyper::upgrade::on(&mut response);
@@ -849,17 +874,21 @@ impl Drop for ActiveRequest {
 /// A reply the proxy makes itself, with Envoy's texts and response flags.
 pub(crate) struct LocalReply {
     status: StatusCode,
-    body: &'static str,
-    details: &'static str,
+    body: Cow<'static, str>,
+    details: Cow<'static, str>,
     flag: Option<ResponseFlag>,
 }
 
 impl LocalReply {
-    pub fn new(status: StatusCode, body: &'static str, details: &'static str) -> Self {
+    pub fn new(
+        status: StatusCode,
+        body: impl Into<Cow<'static, str>>,
+        details: impl Into<Cow<'static, str>>,
+    ) -> Self {
         LocalReply {
             status,
-            body,
-            details,
+            body: body.into(),
+            details: details.into(),
             flag: None,
         }
     }
@@ -901,32 +930,73 @@ impl LocalReply {
         .flagged(ResponseFlag::UpstreamOverflow)
     }
 
-    fn connect_failure() -> Self {
-        LocalReply::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
-            "upstream_reset_before_response_started{connection_failure}",
-        )
-        .flagged(ResponseFlag::UpstreamConnectionFailure)
+    /// Envoy's router reply to an upstream that failed before its response headers: the reset
+    /// reason, the transport's own reason when there is one, and whether it was retried, in
+    /// the body and (as a token) in the response code details.
+    fn upstream_failure(
+        status: StatusCode,
+        reason: &str,
+        transport: Option<&str>,
+        retried: bool,
+    ) -> Self {
+        let retried_text = if retried {
+            "retried and the latest "
+        } else {
+            ""
+        };
+        let mut body = format!(
+            "upstream connect error or disconnect/reset before headers. {retried_text}reset reason: {reason}"
+        );
+        let mut details = format!("upstream_reset_before_response_started{{{reason}");
+        if let Some(transport) = transport {
+            body.push_str(", transport failure reason: ");
+            body.push_str(transport);
+            details.push(',');
+            details.push_str(transport);
+        }
+        details.push('}');
+        LocalReply::new(status, body, details.replace(' ', "_"))
     }
 
-    fn upstream_reset() -> Self {
-        LocalReply::new(
+    /// A connection that could not be opened: Envoy's `delayed connect error: <errno>`, or a
+    /// connection timeout.
+    fn connect_failure(error: &std::io::Error, retried: bool) -> Self {
+        let reply = if error.kind() == std::io::ErrorKind::TimedOut {
+            Self::upstream_failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connection timeout",
+                None,
+                retried,
+            )
+        } else {
+            let transport = match error.raw_os_error() {
+                Some(errno) => format!("delayed connect error: {errno}"),
+                None => error.to_string(),
+            };
+            Self::upstream_failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connection failure",
+                Some(&transport),
+                retried,
+            )
+        };
+        reply.flagged(ResponseFlag::UpstreamConnectionFailure)
+    }
+
+    fn upstream_reset(retried: bool) -> Self {
+        Self::upstream_failure(
             StatusCode::SERVICE_UNAVAILABLE,
-            "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
-            "upstream_reset_before_response_started{connection_termination}",
+            "connection termination",
+            None,
+            retried,
         )
         .flagged(ResponseFlag::UpstreamConnectionTermination)
     }
 
     /// Envoy's answer to a response it cannot parse: 502, flag `UPE`.
-    fn upstream_protocol_error() -> Self {
-        LocalReply::new(
-            StatusCode::BAD_GATEWAY,
-            "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
-            "upstream_reset_before_response_started{protocol_error}",
-        )
-        .flagged(ResponseFlag::UpstreamProtocolError)
+    fn upstream_protocol_error(retried: bool) -> Self {
+        Self::upstream_failure(StatusCode::BAD_GATEWAY, "protocol error", None, retried)
+            .flagged(ResponseFlag::UpstreamProtocolError)
     }
 
     fn upstream_timeout() -> Self {
@@ -968,7 +1038,7 @@ impl LocalReply {
             ex.flags.insert(flag);
         }
         ex.details = self.details;
-        let mut builder = Response::builder().header(header::SERVER, "wasmesh");
+        let mut builder = Response::builder();
         if self.flag == Some(ResponseFlag::UpstreamOverflow) {
             builder = builder.header("x-envoy-overloaded", "true");
         }
@@ -977,7 +1047,7 @@ impl LocalReply {
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, "application/grpc")
                 .header("grpc-status", grpc_status_for(self.status).to_string())
-                .header("grpc-message", self.body)
+                .header("grpc-message", &*self.body)
                 .body(ProxyBody::Empty)
         } else if self.body.is_empty() {
             builder.status(self.status).body(ProxyBody::Empty)
@@ -985,7 +1055,10 @@ impl LocalReply {
             builder
                 .status(self.status)
                 .header(header::CONTENT_TYPE, "text/plain")
-                .body(ProxyBody::full(Bytes::from_static(self.body.as_bytes())))
+                .body(ProxyBody::full(match self.body {
+                    Cow::Borrowed(text) => Bytes::from_static(text.as_bytes()),
+                    Cow::Owned(text) => Bytes::from(text),
+                }))
         };
         response.expect("a local reply is a valid response")
     }
@@ -1007,7 +1080,7 @@ fn grpc_status_for(status: StatusCode) -> u8 {
 pub struct Exchange {
     start: std::time::Instant,
     pub flags: ResponseFlags,
-    pub(crate) details: &'static str,
+    pub(crate) details: Cow<'static, str>,
     pub(crate) grpc: bool,
     pub(crate) upstream_host: Option<SocketAddr>,
     /// Each attempt's endpoint and status (0: no response); recorded only when filters may
@@ -1064,7 +1137,7 @@ impl Exchange {
         Exchange {
             start: std::time::Instant::now(),
             flags: ResponseFlags::default(),
-            details: "via_upstream",
+            details: Cow::Borrowed("via_upstream"),
             grpc,
             upstream_host: None,
             attempts: None,
@@ -1190,7 +1263,7 @@ impl ResponseBody {
                 info.response_size = self.bytes_sent;
                 info.request_size = ex.bytes_received.get();
                 info.response_flags = ex.flags.iter().map(ResponseFlag::envoy_bit).sum();
-                info.response_code_details = ex.details.to_owned();
+                info.response_code_details = ex.details.to_string();
                 info.upstream_address = ex.upstream_host;
             }
             filters.finish();
@@ -1210,7 +1283,7 @@ impl ResponseBody {
                 protocol: log.protocol,
                 response_code: self.status,
                 response_flags: flags,
-                response_code_details: ex.details,
+                response_code_details: &ex.details,
                 bytes_received: ex.bytes_received.get(),
                 bytes_sent: self.bytes_sent,
                 duration: elapsed.as_millis() as u64,

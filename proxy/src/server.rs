@@ -46,6 +46,8 @@ pub struct ConnCtx {
     pub local: SocketAddr,
     /// The peer's IP, ready for `x-forwarded-for`.
     pub client_ip: HeaderValue,
+    /// The listener's `server_name`, ready for the `server` header.
+    pub server_name: HeaderValue,
     pub opts: HttpOptions,
     pub in_flight: Cell<u32>,
     pub last_active: Cell<Instant>,
@@ -189,6 +191,7 @@ async fn serve_connection(
         id: NEXT_ID.fetch_add(1, Relaxed),
         client_ip: HeaderValue::from_str(&peer.ip().to_string())
             .expect("an IP is a valid header value"),
+        server_name: HeaderValue::from_str(&opts.server_name).expect("validated as a header value"),
         worker: worker.clone(),
         listener,
         peer,

@@ -11,6 +11,7 @@ mod bodies;
 mod circuit_breakers;
 mod compat;
 mod differential;
+mod envoy_parity;
 mod grpc;
 mod hardening;
 mod istio_circuit_breaking;

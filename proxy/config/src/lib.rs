@@ -142,6 +142,23 @@ pub struct HttpOptions {
     pub max_concurrent_streams: u32,
     /// HTTP/2 streams a client may reset before the proxy answers with GOAWAY (reset floods).
     pub max_pending_accept_reset_streams: u32,
+    /// The `server` header the proxy sends (Envoy's `server_name`; Istio's is `istio-envoy`).
+    pub server_name: String,
+    /// What happens to a response's `server` header (Envoy's `server_header_transformation`).
+    pub server_header_transformation: ServerHeaderTransformation,
+}
+
+/// Envoy's `server_header_transformation`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerHeaderTransformation {
+    /// Every response carries `server_name`, whatever the upstream said (Envoy's default).
+    #[default]
+    Overwrite,
+    /// `server_name` only where the response has no `server` header.
+    AppendIfAbsent,
+    /// The upstream's `server` header, or none; local replies carry none either.
+    PassThrough,
 }
 
 impl Default for HttpOptions {
@@ -154,6 +171,8 @@ impl Default for HttpOptions {
             stream_idle_timeout: Dur::secs(300),
             max_concurrent_streams: 1024,
             max_pending_accept_reset_streams: 100,
+            server_name: "wasmesh".into(),
+            server_header_transformation: ServerHeaderTransformation::Overwrite,
         }
     }
 }
@@ -498,6 +517,17 @@ impl Bootstrap {
                 return Err(ConfigError::at(
                     at("http.max_concurrent_streams"),
                     "must be at least 1",
+                ));
+            }
+            if h.server_name.is_empty()
+                || !h
+                    .server_name
+                    .bytes()
+                    .all(|b| b == b' ' || b.is_ascii_graphic())
+            {
+                return Err(ConfigError::at(
+                    at("http.server_name"),
+                    "must be non-empty visible ASCII (it is sent as a header value)",
                 ));
             }
             if l.virtual_hosts.is_empty() {

@@ -421,14 +421,6 @@ fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
 ) -> Result<Option<(Response<()>, Framing, bool)>, ClientError> {
-    // The same line-end strictness as the downstream guard: a bare LF or CR is refused.
-    match crate::h1_guard::scan_head(buf, 0) {
-        crate::h1_guard::Scan::Incomplete(_) => return Ok(None),
-        crate::h1_guard::Scan::Bad(_) => {
-            return Err(ClientError::Invalid("bare CR or LF in the response head"));
-        }
-        crate::h1_guard::Scan::Complete(_) => {}
-    }
     // Uninitialised: zeroing room for every possible header cost more than parsing the usual few.
     let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
@@ -441,6 +433,12 @@ fn parse_head(
         }
         Err(_) => return Err(ClientError::Invalid("malformed response head")),
     };
+    // httparse takes a bare LF as a line end; the downstream guard refuses it, and so do we.
+    // httparse refuses a CR that does not end a line, so a head whose every line (the status
+    // line, each field, the empty line) ends in CRLF has exactly that many CRs.
+    if memchr::memchr_iter(b'\r', &buf[..len]).count() != parsed.headers.len() + 2 {
+        return Err(ClientError::Invalid("bare LF in the response head"));
+    }
     let code = parsed.code.ok_or(ClientError::Invalid("missing status"))?;
     if !(100..=599).contains(&code) {
         return Err(ClientError::Invalid("status code outside 100-599"));
@@ -552,11 +550,9 @@ fn parse_head(
     };
     let mut response = Response::new(());
     *response.status_mut() = status;
-    *response.version_mut() = if http10 {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
+    // The client gets the proxy's own version (Envoy's too), whatever the upstream spoke;
+    // an HTTP/1.0 upstream's framing was settled above.
+    *response.version_mut() = Version::HTTP_11;
     *response.headers_mut() = headers;
     Ok(Some((response, framing, !close)))
 }
@@ -854,6 +850,24 @@ mod tests {
             false,
         );
         assert!(matches!(f, Framing::Done));
+    }
+
+    #[test]
+    fn refuses_bare_line_ends() {
+        for bad in [
+            &b"HTTP/1.1 200 OK\nA: b\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nA: b\nC: d\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA: b\r\n\n",
+            b"HTTP/1.1 200 OK\r\nA: \rb\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\r\nA: b\r\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(bad);
+            assert!(
+                parse_head(&mut buf, false).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
