@@ -152,7 +152,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             command: PluginCommand::New { name, dir, sdk },
         } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            let sdk = sdk.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".."));
+            let sdk =
+                sdk.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sdk"));
             plugin_new(&name, &dir, &sdk)?;
             println!("created {} ({})", dir.display(), name);
             println!(

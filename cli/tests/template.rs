@@ -70,7 +70,7 @@ fn get(addr: SocketAddr, path: &str) -> String {
 
 #[test]
 fn a_new_plugin_builds_tests_and_runs_in_the_proxy() {
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("hello-filter");
     run(
