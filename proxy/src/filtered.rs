@@ -24,8 +24,10 @@ use wasmesh_host::{
 };
 
 use crate::body::{BoxError, ProxyBody};
-use crate::config::{RetryOn, RetryPolicy};
-use crate::handler::{Exchange, LocalReply, Target, Upstream, request_authority};
+use crate::config::{RetryOn, RetryPolicy, UpstreamProtocol};
+use crate::handler::{
+    Exchange, LocalReply, Target, Upstream, request_authority, send_h2, upstream_request,
+};
 use crate::headers;
 use crate::server::ConnCtx;
 use crate::snapshot::Snapshot;
@@ -60,12 +62,16 @@ pub async fn serve(
         req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
     let on_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    if let Err(reply) = request_authority(&mut parts) {
-        return Ok((reply.into_response(ex), None));
-    }
+    let authority = match request_authority(&mut parts) {
+        Ok(a) => a,
+        Err(reply) => return Ok((reply.into_response(ex), None)),
+    };
     // Filters see the headers the proxy adds, as they do in Envoy.
     headers::Added::prepare(&mut parts.headers, is_upgrade, &conn.client_ip)
         .apply_to(&mut parts.headers);
+    // Logged as received, even if a filter answers before the request goes anywhere (Envoy);
+    // taken again after the filters, who may change them.
+    ex.capture_request(&parts, authority.as_ref(), &headers::Added::default());
 
     let stream = Stream::new(StreamInfo {
         source: Some(conn.peer),
@@ -211,10 +217,19 @@ async fn forward(
             false,
         ))
     };
-    if !decisions.mirrors.is_empty() && (end || small) {
+    // Filters that see the body may change its length: a small body is read through them
+    // whole and goes with its real length (as do mirrored ones); a larger one goes without a
+    // declared length (chunked, or HTTP/2 DATA frames).
+    let reshaped = !end && filters.borrow().chain().reads_request_body();
+    if (reshaped || !decisions.mirrors.is_empty()) && (end || small) {
         let bytes = match body.collect().await {
             Ok(c) => c.to_bytes(),
-            Err(_) => return LocalReply::downstream_reset().into_response(ex),
+            Err(_) => {
+                return match stream.local_response.borrow_mut().take() {
+                    Some(local) => local_response(local, ex),
+                    None => LocalReply::downstream_reset().into_response(ex),
+                };
+            }
         };
         for cluster in &decisions.mirrors {
             mirror(
@@ -227,7 +242,13 @@ async fn forward(
             );
         }
         parts.headers.remove(header::CONTENT_LENGTH);
-        body = ProxyBody::full(bytes);
+        body = if bytes.is_empty() {
+            ProxyBody::Empty
+        } else {
+            ProxyBody::full(bytes)
+        };
+    } else if reshaped {
+        parts.headers.remove(header::CONTENT_LENGTH);
     }
     match upstream
         .forward(parts, headers::Added::default(), body, authority, ex)
@@ -388,7 +409,26 @@ fn mirror(
             return;
         };
         let endpoint = pool.endpoints[index].clone();
+        let h2 = match cluster.protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Downstream => head.version == Version::HTTP_2,
+        };
         let send = async {
+            if h2 {
+                // The cluster speaks HTTP/2 (gRPC, say): so does its mirror.
+                let req = upstream_request(
+                    &mut head,
+                    shadow.as_ref(),
+                    ProxyBody::full(body),
+                    true,
+                    &endpoint,
+                    true,
+                );
+                let response = send_h2(&endpoint, req).await.ok()?;
+                let _ = response.into_body().collect().await;
+                return Some(());
+            }
             let conn = endpoint.acquire_h1(None).await.ok()?;
             let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
             let response = conn

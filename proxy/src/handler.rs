@@ -267,7 +267,7 @@ pub(crate) struct Upstream<'a> {
 }
 
 /// How one attempt ended, when it did not produce a response.
-enum AttemptError {
+pub(crate) enum AttemptError {
     Acquire(AcquireError),
     /// The request failed after it was handed to a connection.
     Reset {
@@ -537,6 +537,9 @@ impl Upstream<'_> {
                             ClientError::RequestBody(error) => {
                                 return Err(AttemptError::RequestBody(error));
                             }
+                            ClientError::BodyLength(_) => {
+                                return Err(AttemptError::RequestBody(e.error.into()));
+                            }
                             _ => {}
                         }
                         return Err(AttemptError::Reset {
@@ -685,7 +688,7 @@ impl Upstream<'_> {
 
 /// Builds the request for one attempt. On the last possible attempt the headers are moved
 /// instead of copied.
-fn upstream_request(
+pub(crate) fn upstream_request(
     parts: &mut Parts,
     authority: Option<&Authority>,
     body: ProxyBody,
@@ -1024,6 +1027,14 @@ impl LocalReply {
             return LocalReply::new(StatusCode::REQUEST_TIMEOUT, "", "stream_idle_timeout")
                 .flagged(ResponseFlag::StreamIdleTimeout);
         }
+        if let Some(ClientError::BodyLength(_)) = error.downcast_ref::<ClientError>() {
+            // Not the client's doing: a filter changed the body under a declared length.
+            return LocalReply::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "",
+                "request_body_length_mismatch",
+            );
+        }
         LocalReply::downstream_reset()
     }
 
@@ -1361,7 +1372,7 @@ impl Drop for ResponseBody {
 }
 
 /// One attempt over the worker's multiplexed HTTP/2 connection to an endpoint.
-async fn send_h2(
+pub(crate) async fn send_h2(
     pool: &Rc<EndpointPool>,
     req: Request<ProxyBody>,
 ) -> Result<Response<ProxyBody>, AttemptError> {

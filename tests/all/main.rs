@@ -21,6 +21,7 @@ mod istio_routing;
 mod istio_timeouts;
 mod plugins;
 mod probes;
+mod request_path;
 mod retries;
 mod routing;
 mod sdk;

@@ -288,6 +288,18 @@ impl Chain {
         self.entries.iter().map(|e| e.spec.name.as_str()).collect()
     }
 
+    /// Whether any plugin can see (and so change) request bodies: a body that passes them
+    /// cannot keep a length declared before it.
+    pub fn reads_request_body(&self) -> bool {
+        self.entries.iter().any(|e| {
+            e.slot
+                .vm
+                .borrow()
+                .as_ref()
+                .is_none_or(|vm| vm.with(|v| v.reads_request_body()))
+        })
+    }
+
     /// The VM serving plugin `index` now (for benchmarks and tests).
     pub fn vm(&self, index: usize) -> Option<Rc<VmCell>> {
         self.entries.get(index)?.slot.vm.borrow().clone()

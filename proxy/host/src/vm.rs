@@ -525,6 +525,11 @@ impl Vm {
         }
     }
 
+    /// Whether the module can see (and so change) request bodies.
+    pub fn reads_request_body(&self) -> bool {
+        self.cb.request_body.is_some()
+    }
+
     pub fn request_body(&mut self, ctx: u32, size: usize, end: bool) -> Result<i32, VmFailure> {
         match self.cb.request_body.clone() {
             Some(f) => self.call(&f, (ctx as i32, size as i32, end as i32), ctx),

@@ -39,6 +39,9 @@ pub enum ClientError {
     Invalid(&'static str),
     #[error("request body failed: {0}")]
     RequestBody(BoxError),
+    /// The body did not match the `Content-Length` sent ahead of it; the connection is closed.
+    #[error("request body {0} its content-length")]
+    BodyLength(&'static str),
 }
 
 /// An idle or checked-out HTTP/1.1 connection.
@@ -117,10 +120,27 @@ impl H1Conn {
     ) -> Result<Response<UpstreamBody>, SendError> {
         self.uses += 1;
         let framing = self.encode_head(method, target, headers, added, authority, &body);
+        // A body known whole must match the length declared for it before anything is sent.
+        let known = match &body {
+            ProxyBody::Empty => Some(0),
+            ProxyBody::Full(bytes) => Some(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            _ => None,
+        };
+        if let (Some(len), BodyFraming::Length(declared)) = (known, framing)
+            && len != declared
+        {
+            let error = ClientError::BodyLength(if len > declared {
+                "is longer than"
+            } else {
+                "is shorter than"
+            });
+            // Not `before_response`: another connection would fail the same way.
+            return Err(fail(error, false));
+        }
         // A small body goes out with the head in one write; others stream after it.
         let written = match (&body, framing) {
             (ProxyBody::Empty, _) => self.io.write_all(&self.head).await,
-            (ProxyBody::Full(Some(bytes)), BodyFraming::Length) => {
+            (ProxyBody::Full(Some(bytes)), BodyFraming::Length(_)) => {
                 write_all_vectored(&mut self.io, &self.head, bytes).await
             }
             _ => self.io.write_all(&self.head).await,
@@ -135,7 +155,7 @@ impl H1Conn {
         let sent_whole = matches!(body, ProxyBody::Empty)
             || matches!(
                 (&body, framing),
-                (ProxyBody::Full(Some(_)), BodyFraming::Length)
+                (ProxyBody::Full(Some(_)), BodyFraming::Length(_))
             );
         // Boxed: streaming a body is the rarer path and its state is large.
         if !sent_whole && let Err(error) = Box::pin(self.write_body(&mut body, framing)).await {
@@ -166,11 +186,15 @@ impl H1Conn {
         head.push(b' ');
         head.extend_from_slice(target.as_bytes());
         head.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut has_length = false;
+        let mut declared = None;
         let mut has_host = false;
         for (name, value) in headers {
             if name == header::CONTENT_LENGTH {
-                has_length = true;
+                // Checked downstream (and a filter's is held to the body by the count).
+                let n = std::str::from_utf8(value.as_bytes())
+                    .ok()
+                    .and_then(|v| v.parse().ok());
+                declared = Some(n.unwrap_or(u64::MAX));
             } else if name == header::HOST {
                 has_host = true;
             } else if name == header::EXPECT
@@ -194,15 +218,15 @@ impl H1Conn {
             head.extend_from_slice(authority.as_str().as_bytes());
             head.extend_from_slice(b"\r\n");
         }
-        let framing = match (body, has_length) {
-            (ProxyBody::Empty, _) => BodyFraming::None,
-            (_, true) => BodyFraming::Length,
-            (body, false) => match body.size_hint().exact() {
+        let framing = match (body, declared) {
+            (_, Some(n)) => BodyFraming::Length(n),
+            (ProxyBody::Empty, None) => BodyFraming::None,
+            (body, None) => match body.size_hint().exact() {
                 Some(n) => {
                     head.extend_from_slice(b"content-length: ");
                     head.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
                     head.extend_from_slice(b"\r\n");
-                    BodyFraming::Length
+                    BodyFraming::Length(n)
                 }
                 None => {
                     head.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -220,6 +244,12 @@ impl H1Conn {
         framing: BodyFraming,
     ) -> Result<(), ClientError> {
         let chunked = framing == BodyFraming::Chunked;
+        // What the declared length still allows: a body that says otherwise fails the request
+        // and its connection (never pooled), rather than desynchronise it.
+        let mut left = match framing {
+            BodyFraming::Length(n) => n,
+            _ => u64::MAX,
+        };
         loop {
             let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
             let frame = match frame {
@@ -234,7 +264,12 @@ impl H1Conn {
                     let n = hex_len(data.len(), &mut size);
                     write_all_vectored3(&mut self.io, &size[..n], &data, b"\r\n").await?;
                 }
-                Ok(data) => self.io.write_all(&data).await?,
+                Ok(data) => {
+                    left = left
+                        .checked_sub(data.len() as u64)
+                        .ok_or(ClientError::BodyLength("is longer than"))?;
+                    self.io.write_all(&data).await?
+                }
                 Err(frame) => {
                     if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
                         let mut out = b"0\r\n".to_vec();
@@ -253,6 +288,8 @@ impl H1Conn {
         }
         if chunked {
             self.io.write_all(b"0\r\n\r\n").await?;
+        } else if matches!(framing, BodyFraming::Length(_)) && left > 0 {
+            return Err(ClientError::BodyLength("is shorter than"));
         }
         Ok(())
     }
@@ -320,7 +357,8 @@ fn fail(error: ClientError, before_response: bool) -> SendError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum BodyFraming {
     None,
-    Length,
+    /// As declared: this many bytes follow.
+    Length(u64),
     Chunked,
 }
 

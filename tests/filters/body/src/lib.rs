@@ -15,8 +15,11 @@ impl Context for Body {}
 
 impl HttpContext for Body {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        // The body changes size: the length is recomputed downstream of the filter.
-        self.set_http_request_header("content-length", None);
+        // The body changes size: the length is recomputed downstream of the filter. A request
+        // with `x-keep-length` keeps it, as a filter that forgets to remove it would.
+        if self.get_http_request_header("x-keep-length").is_none() {
+            self.set_http_request_header("content-length", None);
+        }
         Action::Continue
     }
 
