@@ -1,11 +1,68 @@
-//! Buffers: request and response bodies, callout bodies, configurations.
+//! Buffers: request and response bodies (in their body callbacks), callout response bodies
+//! and gRPC messages, the VM and plugin configurations.
 
 use wasmtime::Linker;
 
-use super::guest::{C, OK, R, count, give, parts, put_u32, slice, st};
+use super::call::{Answer, C, answer, host_fn};
+use super::guest::{give, memory_and_state};
 use crate::abi::{Status, buffer};
 use crate::state::HostState;
 use crate::stream::BodyPhase;
+
+pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    host_fn(linker, "proxy_get_buffer_bytes", get_buffer_bytes)?;
+    host_fn(linker, "proxy_set_buffer_bytes", set_buffer_bytes)?;
+    host_fn(linker, "proxy_get_buffer_status", get_buffer_status)?;
+    // ABI 0.1.0, for modules built with old SDKs.
+    host_fn(linker, "proxy_get_configuration", get_configuration)?;
+    Ok(())
+}
+
+/// `(buffer_type, start, max_size, ret_ptr, ret_len)`: at most `max_size` bytes from `start`.
+fn get_buffer_bytes(
+    c: &mut C<'_>,
+    t: i32,
+    start: i32,
+    max: i32,
+    ret_ptr: i32,
+    ret_len: i32,
+) -> Answer {
+    let (start, max) = (start as u32 as usize, max as u32 as usize);
+    let data = with_buffer(c.data(), t, |bytes, _| {
+        let begin = start.min(bytes.len());
+        let end = begin.saturating_add(max).min(bytes.len());
+        bytes[begin..end].to_vec()
+    })?;
+    give(c, &data, ret_ptr, ret_len)
+}
+
+/// `(buffer_type, start, size, ptr, len)`: replaces `size` bytes at `start`.
+fn set_buffer_bytes(c: &mut C<'_>, t: i32, start: i32, size: i32, ptr: i32, len: i32) -> Answer {
+    let (mem, state) = memory_and_state(c)?;
+    let bytes = mem.read(ptr, len)?;
+    answer(set_buffer(state, t, start as u32, size as u32, bytes))
+}
+
+/// `(buffer_type, ret_len, ret_flags)`: the length, and 1 in the flags at the end of stream.
+fn get_buffer_status(c: &mut C<'_>, t: i32, ret_len: i32, ret_flags: i32) -> Answer {
+    let (mut mem, state) = memory_and_state(c)?;
+    let (len, flags) = with_buffer(state, t, |bytes, end| (bytes.len() as u32, end as u32))?;
+    mem.write_u32(ret_len, len)?;
+    mem.write_u32(ret_flags, flags)?;
+    Ok(())
+}
+
+/// `(ret_ptr, ret_len)`: the configuration `proxy_on_vm_start` or `proxy_on_configure` is
+/// given (ABI 0.1.0).
+fn get_configuration(c: &mut C<'_>, ret_ptr: i32, ret_len: i32) -> Answer {
+    let config = c
+        .data()
+        .config_buffer
+        .as_ref()
+        .map(|(_, b)| b.clone())
+        .unwrap_or_default();
+    give(c, &config, ret_ptr, ret_len)
+}
 
 fn with_buffer<T>(
     state: &HostState,
@@ -65,77 +122,4 @@ fn set_buffer(state: &HostState, buffer_type: i32, start: u32, size: u32, bytes:
     out.extend_from_slice(&body[end..]);
     *body = out;
     Status::Ok
-}
-
-pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    wrap!(linker, "proxy_get_buffer_bytes", |mut c: C<'_>,
-                                             t: i32,
-                                             start: i32,
-                                             max: i32,
-                                             ret_ptr: i32,
-                                             ret_len: i32|
-     -> R {
-        count(&mut c);
-        let (start, max) = (start as u32 as usize, max as u32 as usize);
-        let data = with_buffer(c.data(), t, |bytes, _| {
-            let begin = start.min(bytes.len());
-            let end = begin.saturating_add(max).min(bytes.len());
-            bytes[begin..end].to_vec()
-        });
-        match data {
-            Ok(d) => give(&mut c, &d, ret_ptr, ret_len),
-            Err(s) => st(s),
-        }
-    });
-    wrap!(linker, "proxy_set_buffer_bytes", |mut c: C<'_>,
-                                             t: i32,
-                                             start: i32,
-                                             size: i32,
-                                             ptr: i32,
-                                             len: i32|
-     -> R {
-        count(&mut c);
-        let Some((mem, state)) = parts(&mut c) else {
-            return st(Status::InternalFailure);
-        };
-        let Some(bytes) = slice(mem, ptr, len) else {
-            return st(Status::InvalidMemoryAccess);
-        };
-        st(set_buffer(state, t, start as u32, size as u32, bytes))
-    });
-    wrap!(linker, "proxy_get_buffer_status", |mut c: C<'_>,
-                                              t: i32,
-                                              ret_len: i32,
-                                              ret_flags: i32|
-     -> R {
-        count(&mut c);
-        let Some((mem, state)) = parts(&mut c) else {
-            return st(Status::InternalFailure);
-        };
-        match with_buffer(state, t, |bytes, end| (bytes.len() as u32, end as u32)) {
-            Ok((len, flags)) => {
-                if put_u32(mem, ret_len, len) && put_u32(mem, ret_flags, flags) {
-                    Ok(OK)
-                } else {
-                    st(Status::InvalidMemoryAccess)
-                }
-            }
-            Err(s) => st(s),
-        }
-    });
-    // ABI 0.1.0 names, for modules built with old SDKs.
-    wrap!(linker, "proxy_get_configuration", |mut c: C<'_>,
-                                              ret_ptr: i32,
-                                              ret_len: i32|
-     -> R {
-        count(&mut c);
-        let config = c
-            .data()
-            .config_buffer
-            .as_ref()
-            .map(|(_, b)| b.clone())
-            .unwrap_or_default();
-        give(&mut c, &config, ret_ptr, ret_len)
-    });
-    Ok(())
 }

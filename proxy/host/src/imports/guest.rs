@@ -1,97 +1,86 @@
-//! Guest memory: reading arguments, writing out-parameters, and handing bytes to the guest
-//! through its allocator.
+//! Guest memory, the one place a guest pointer is checked: arguments read, out-parameters
+//! written, and bytes handed to the guest through its allocator. A pointer or length outside
+//! linear memory is `INVALID_MEMORY_ACCESS` and a module without memory `INTERNAL_FAILURE`,
+//! never a host panic; both come back as `Status` errors, for `?` in a host function.
 
-use wasmtime::Caller;
-
+use super::call::{Answer, C, Stop};
 use crate::abi::Status;
 use crate::state::HostState;
 
-pub(super) type C<'a> = Caller<'a, HostState>;
-pub(super) type R = wasmtime::Result<i32>;
+/// The guest's linear memory during a host call. Pointers and lengths are the guest's `u32`s,
+/// passed as wasm `i32`s.
+pub(super) struct Memory<'a>(&'a mut [u8]);
 
-pub(super) const OK: i32 = Status::Ok as i32;
+impl Memory<'_> {
+    /// The `len` bytes at `ptr`, borrowed from guest memory (no copy).
+    pub(super) fn read(&self, ptr: i32, len: i32) -> Result<&[u8], Status> {
+        let start = ptr as u32 as usize;
+        start
+            .checked_add(len as u32 as usize)
+            .and_then(|end| self.0.get(start..end))
+            .ok_or(Status::InvalidMemoryAccess)
+    }
 
-pub(super) fn st(s: Status) -> R {
-    Ok(s as i32)
+    /// Copies `data` to `ptr`.
+    pub(super) fn write(&mut self, ptr: i32, data: &[u8]) -> Result<(), Status> {
+        let start = ptr as u32 as usize;
+        let dst = start
+            .checked_add(data.len())
+            .and_then(|end| self.0.get_mut(start..end))
+            .ok_or(Status::InvalidMemoryAccess)?;
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+
+    /// Writes a `u32` out-parameter (little-endian, as wasm is).
+    pub(super) fn write_u32(&mut self, ptr: i32, v: u32) -> Result<(), Status> {
+        self.write(ptr, &v.to_le_bytes())
+    }
+
+    /// Writes a `u64` out-parameter.
+    pub(super) fn write_u64(&mut self, ptr: i32, v: u64) -> Result<(), Status> {
+        self.write(ptr, &v.to_le_bytes())
+    }
 }
 
 /// Guest memory and host state together.
-pub(super) fn parts<'a>(c: &'a mut C<'_>) -> Option<(&'a mut [u8], &'a mut HostState)> {
-    let memory = c.data().memory?;
-    Some(memory.data_and_store_mut(c))
+pub(super) fn memory_and_state<'a>(
+    c: &'a mut C<'_>,
+) -> Result<(Memory<'a>, &'a mut HostState), Status> {
+    let memory = c.data().memory.ok_or(Status::InternalFailure)?;
+    let (bytes, state) = memory.data_and_store_mut(c);
+    Ok((Memory(bytes), state))
 }
 
-pub(super) fn slice(mem: &[u8], ptr: i32, len: i32) -> Option<&[u8]> {
-    let start = ptr as u32 as usize;
-    mem.get(start..start.checked_add(len as u32 as usize)?)
-}
-
-pub(super) fn put_u32(mem: &mut [u8], ptr: i32, v: u32) -> bool {
-    let at = ptr as u32 as usize;
-    match mem.get_mut(at..at.saturating_add(4)) {
-        Some(dst) => {
-            dst.copy_from_slice(&v.to_le_bytes());
-            true
-        }
-        None => false,
-    }
-}
-
-pub(super) fn put_u64(mem: &mut [u8], ptr: i32, v: u64) -> bool {
-    let at = ptr as u32 as usize;
-    match mem.get_mut(at..at.saturating_add(8)) {
-        Some(dst) => {
-            dst.copy_from_slice(&v.to_le_bytes());
-            true
-        }
-        None => false,
-    }
-}
-
-/// Reads a guest string argument into an owned buffer.
-pub(super) fn arg(c: &mut C<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
-    let (mem, _) = parts(c).ok_or(Status::InternalFailure)?;
-    slice(mem, ptr, len)
-        .map(<[u8]>::to_vec)
-        .ok_or(Status::InvalidMemoryAccess)
+/// Guest memory alone.
+pub(super) fn memory<'a>(c: &'a mut C<'_>) -> Result<Memory<'a>, Status> {
+    memory_and_state(c).map(|(memory, _)| memory)
 }
 
 /// Copies `data` into memory the guest allocates, and writes its address and length to the
-/// guest's out-parameters. Empty data is returned as (0, 0) without allocating.
-pub(super) fn give(c: &mut C<'_>, data: &[u8], ret_ptr: i32, ret_len: i32) -> R {
+/// guest's out-parameters. Empty data is returned as (0, 0) without allocating. The guest's
+/// allocator answering 0 is `INVALID_MEMORY_ACCESS`; its trapping, or there being none, traps.
+pub(super) fn give(c: &mut C<'_>, data: &[u8], ret_ptr: i32, ret_len: i32) -> Answer {
     let mut ptr = 0i32;
     if !data.is_empty() {
         // Taken out for the call, not cloned: cloning a TypedFunc costs more than the call.
         let Some(alloc) = c.data_mut().alloc.take() else {
-            return Err(wasmtime::Error::msg(
+            return Err(Stop::Trap(wasmtime::Error::msg(
                 "no guest allocator: the module exports neither malloc nor \
                  proxy_on_memory_allocate, or its allocator called back into the host",
-            ));
+            )));
         };
         let result = alloc.call(&mut *c, data.len() as i32);
         c.data_mut().alloc = Some(alloc);
         ptr = result?;
 
         if ptr == 0 {
-            return st(Status::InvalidMemoryAccess);
+            return Err(Status::InvalidMemoryAccess.into());
         }
     }
-    let Some((mem, _)) = parts(c) else {
-        return st(Status::InternalFailure);
-    };
-    if !data.is_empty() {
-        let at = ptr as u32 as usize;
-        match mem.get_mut(at..at.saturating_add(data.len())) {
-            Some(dst) => dst.copy_from_slice(data),
-            None => return st(Status::InvalidMemoryAccess),
-        }
-    }
-    if !put_u32(mem, ret_ptr, ptr as u32) || !put_u32(mem, ret_len, data.len() as u32) {
-        return st(Status::InvalidMemoryAccess);
-    }
-    Ok(OK)
-}
-
-pub(super) fn count(c: &mut C<'_>) {
-    c.data_mut().host_calls += 1;
+    let mut mem = memory(c)?;
+    mem.write(ptr, data)?;
+    mem.write_u32(ret_ptr, ptr as u32)?;
+    mem.write_u32(ret_len, data.len() as u32)?;
+    Ok(())
 }

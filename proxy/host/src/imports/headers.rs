@@ -1,4 +1,7 @@
-//! Header maps: `proxy_*_header_map_*`, with Envoy's pseudo-headers.
+//! Header maps: `proxy_*_header_map_*`. Request headers carry Envoy's pseudo-headers
+//! (`:authority`, `:path`, `:method`, `:scheme`; `host` is folded into `:authority`), response
+//! headers `:status`. Reading a value is on every request's path: it is looked up in place and
+//! copied once, into the guest.
 
 use std::borrow::Cow;
 
@@ -7,11 +10,94 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, request, response};
 use wasmtime::Linker;
 
-use super::guest::{C, OK, R, count, give, parts, put_u32, slice, st};
+use super::call::{Answer, C, answer, host_fn};
+use super::guest::{give, memory_and_state};
 use crate::abi::{Status, map};
 use crate::pairs;
 use crate::state::HostState;
 use crate::stream::BodyPhase;
+
+pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    host_fn(linker, "proxy_get_header_map_size", get_header_map_size)?;
+    host_fn(linker, "proxy_get_header_map_pairs", get_header_map_pairs)?;
+    host_fn(linker, "proxy_set_header_map_pairs", set_header_map_pairs)?;
+    host_fn(linker, "proxy_get_header_map_value", get_header_map_value)?;
+    host_fn(linker, "proxy_add_header_map_value", add_header_map_value)?;
+    host_fn(
+        linker,
+        "proxy_replace_header_map_value",
+        replace_header_map_value,
+    )?;
+    host_fn(
+        linker,
+        "proxy_remove_header_map_value",
+        remove_header_map_value,
+    )?;
+    Ok(())
+}
+
+/// `(map_type, ret_size)`: the size of the map serialised.
+fn get_header_map_size(c: &mut C<'_>, t: i32, ret: i32) -> Answer {
+    let (mut mem, state) = memory_and_state(c)?;
+    let size = with_pairs(state, t, |p| pairs::serialize(&p).len())?;
+    mem.write_u32(ret, size as u32)?;
+    Ok(())
+}
+
+/// `(map_type, ret_ptr, ret_len)`: the map, serialised.
+fn get_header_map_pairs(c: &mut C<'_>, t: i32, ret_ptr: i32, ret_len: i32) -> Answer {
+    let bytes = with_pairs(c.data(), t, |p| pairs::serialize(&p))?;
+    give(c, &bytes, ret_ptr, ret_len)
+}
+
+/// `(map_type, ptr, len)`: replaces the whole map.
+fn set_header_map_pairs(c: &mut C<'_>, t: i32, ptr: i32, len: i32) -> Answer {
+    let (mem, state) = memory_and_state(c)?;
+    answer(set_map(state, t, mem.read(ptr, len)?))
+}
+
+/// `(map_type, key_ptr, key_len, ret_ptr, ret_len)`: the first value of a key.
+fn get_header_map_value(
+    c: &mut C<'_>,
+    t: i32,
+    kp: i32,
+    kl: i32,
+    ret_ptr: i32,
+    ret_len: i32,
+) -> Answer {
+    let (mem, state) = memory_and_state(c)?;
+    let key = mem.read(kp, kl)?;
+    // The value goes through a buffer kept in the state, so reads do not allocate.
+    let mut value = std::mem::take(&mut state.scratch);
+    value.clear();
+    let result = match map_value(state, t, key, &mut value) {
+        Ok(true) => give(c, &value, ret_ptr, ret_len),
+        Ok(false) => Err(Status::NotFound.into()),
+        Err(s) => Err(s.into()),
+    };
+    c.data_mut().scratch = value;
+    result
+}
+
+/// `(map_type, key_ptr, key_len, value_ptr, value_len)`: appends a value.
+fn add_header_map_value(c: &mut C<'_>, t: i32, kp: i32, kl: i32, vp: i32, vl: i32) -> Answer {
+    let (mem, state) = memory_and_state(c)?;
+    let (key, value) = (mem.read(kp, kl)?, mem.read(vp, vl)?);
+    answer(edit_map(state, t, key, Edit::Add(value)))
+}
+
+/// `(map_type, key_ptr, key_len, value_ptr, value_len)`: sets a key to one value.
+fn replace_header_map_value(c: &mut C<'_>, t: i32, kp: i32, kl: i32, vp: i32, vl: i32) -> Answer {
+    let (mem, state) = memory_and_state(c)?;
+    let (key, value) = (mem.read(kp, kl)?, mem.read(vp, vl)?);
+    answer(edit_map(state, t, key, Edit::Replace(value)))
+}
+
+/// `(map_type, key_ptr, key_len)`: removes a key (`OK` if it was not there).
+fn remove_header_map_value(c: &mut C<'_>, t: i32, kp: i32, kl: i32) -> Answer {
+    let (mem, state) = memory_and_state(c)?;
+    answer(edit_map(state, t, mem.read(kp, kl)?, Edit::Remove))
+}
 
 /// Header pairs as the guest sees them, borrowed where possible.
 type Pairs<'a> = Vec<(Cow<'a, [u8]>, Cow<'a, [u8]>)>;
@@ -418,123 +504,4 @@ fn set_map(state: &HostState, map_type: i32, pairs_bytes: &[u8]) -> Status {
         }
     }
     Status::Ok
-}
-
-pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    wrap!(linker, "proxy_get_header_map_size", |mut c: C<'_>,
-                                                t: i32,
-                                                ret: i32|
-     -> R {
-        count(&mut c);
-        let Some((mem, state)) = parts(&mut c) else {
-            return st(Status::InternalFailure);
-        };
-        let size = with_pairs(state, t, |p| pairs::serialize(&p).len());
-        match size {
-            Ok(n) => {
-                if put_u32(mem, ret, n as u32) {
-                    Ok(OK)
-                } else {
-                    st(Status::InvalidMemoryAccess)
-                }
-            }
-            Err(s) => st(s),
-        }
-    });
-    wrap!(linker, "proxy_get_header_map_pairs", |mut c: C<'_>,
-                                                 t: i32,
-                                                 ret_ptr: i32,
-                                                 ret_len: i32|
-     -> R {
-        count(&mut c);
-        match with_pairs(c.data(), t, |p| pairs::serialize(&p)) {
-            Ok(bytes) => give(&mut c, &bytes, ret_ptr, ret_len),
-            Err(s) => st(s),
-        }
-    });
-    wrap!(linker, "proxy_set_header_map_pairs", |mut c: C<'_>,
-                                                 t: i32,
-                                                 ptr: i32,
-                                                 len: i32|
-     -> R {
-        count(&mut c);
-        let Some((mem, state)) = parts(&mut c) else {
-            return st(Status::InternalFailure);
-        };
-        let Some(bytes) = slice(mem, ptr, len) else {
-            return st(Status::InvalidMemoryAccess);
-        };
-        st(set_map(state, t, bytes))
-    });
-    wrap!(linker, "proxy_get_header_map_value", |mut c: C<'_>,
-                                                 t: i32,
-                                                 kp: i32,
-                                                 kl: i32,
-                                                 ret_ptr: i32,
-                                                 ret_len: i32|
-     -> R {
-        count(&mut c);
-        let Some((mem, state)) = parts(&mut c) else {
-            return st(Status::InternalFailure);
-        };
-        let Some(key) = slice(mem, kp, kl) else {
-            return st(Status::InvalidMemoryAccess);
-        };
-        let mut value = std::mem::take(&mut state.scratch);
-        value.clear();
-        let status = match map_value(state, t, key, &mut value) {
-            Ok(true) => give(&mut c, &value, ret_ptr, ret_len),
-            Ok(false) => st(Status::NotFound),
-            Err(s) => st(s),
-        };
-        c.data_mut().scratch = value;
-        status
-    });
-    wrap!(linker, "proxy_add_header_map_value", |mut c: C<'_>,
-                                                 t: i32,
-                                                 kp: i32,
-                                                 kl: i32,
-                                                 vp: i32,
-                                                 vl: i32|
-     -> R {
-        count(&mut c);
-        let Some((mem, state)) = parts(&mut c) else {
-            return st(Status::InternalFailure);
-        };
-        let (Some(k), Some(v)) = (slice(mem, kp, kl), slice(mem, vp, vl)) else {
-            return st(Status::InvalidMemoryAccess);
-        };
-        st(edit_map(state, t, k, Edit::Add(v)))
-    });
-    wrap!(linker, "proxy_replace_header_map_value", |mut c: C<'_>,
-                                                     t: i32,
-                                                     kp: i32,
-                                                     kl: i32,
-                                                     vp: i32,
-                                                     vl: i32|
-     -> R {
-        count(&mut c);
-        let Some((mem, state)) = parts(&mut c) else {
-            return st(Status::InternalFailure);
-        };
-        let (Some(k), Some(v)) = (slice(mem, kp, kl), slice(mem, vp, vl)) else {
-            return st(Status::InvalidMemoryAccess);
-        };
-        st(edit_map(state, t, k, Edit::Replace(v)))
-    });
-    wrap!(linker, "proxy_remove_header_map_value", |mut c: C<'_>,
-                                                    t: i32,
-                                                    kp: i32,
-                                                    kl: i32|
-     -> R {
-        count(&mut c);
-        let Some((mem, state)) = parts(&mut c) else {
-            return st(Status::InternalFailure);
-        };
-        let Some(k) = slice(mem, kp, kl) else {
-            return st(Status::InvalidMemoryAccess);
-        };
-        st(edit_map(state, t, k, Edit::Remove))
-    });
-    Ok(())
 }

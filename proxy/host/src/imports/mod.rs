@@ -3,8 +3,24 @@
 //! `INVALID_MEMORY_ACCESS`, never a host crash; nothing here calls back into the guest except
 //! its allocator, and follow-up work is left in `HostState::effects`.
 //!
-//! One module per ABI area, each with a `define` that registers its functions; `guest` holds
-//! guest memory access and the guest allocator.
+//! Each function is an ordinary Rust function, `fn(&mut Caller, args...) -> Answer`, in the
+//! module of its ABI area, which registers it in its `define`:
+//!
+//! | module | functions |
+//! |---|---|
+//! | `lifecycle` | logging, time, ticks, `proxy_done`, the effective context; a stream continued, closed or answered locally; emscripten's names |
+//! | `headers` | header maps and pseudo-headers |
+//! | `buffers` | bodies, callout bodies, configurations |
+//! | `properties` | properties |
+//! | `callouts` | HTTP and gRPC calls, `proxy_get_status` |
+//! | `shared` | shared data and shared queues |
+//! | `metrics` | metrics |
+//! | `foreign` | foreign functions |
+//!
+//! Two modules serve them all: `call` registers a function, counts its calls
+//! (`HostState::host_calls`) and turns its `Answer` into the status the guest gets; `guest` is
+//! the only code that touches guest memory, and turns a bad pointer into
+//! `INVALID_MEMORY_ACCESS` (and a module without memory into `INTERNAL_FAILURE`) for `?`.
 
 use wasmtime::Linker;
 
@@ -59,13 +75,8 @@ pub const ENV_FUNCTIONS: &[&str] = &[
     "pthread_equal",
 ];
 
-macro_rules! wrap {
-    ($linker:expr, $name:literal, $f:expr) => {
-        $linker.func_wrap("env", $name, $f)?;
-    };
-}
-
 mod buffers;
+mod call;
 mod callouts;
 mod foreign;
 mod guest;
