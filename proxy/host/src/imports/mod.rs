@@ -85,6 +85,8 @@ mod lifecycle;
 mod metrics;
 mod properties;
 mod shared;
+#[cfg(test)]
+mod tests;
 
 /// Defines every `env` function a proxy-wasm module may import.
 pub fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
