@@ -87,6 +87,9 @@ fn a_new_plugin_builds_tests_and_runs_in_the_proxy() {
         &["build", "--target", "wasm32-wasip1", "--release"],
         None,
     );
+    // Its own target directory, not the workspace's: the crate resolves its dependencies'
+    // features alone (smallvec, hashbrown, anyhow, log, ... differ from the workspace's union),
+    // so cargo could reuse none of the workspace's wasmtime and cranelift builds anyway.
     let tests_target = workspace.join("target/template-test");
     run(&dir, "cargo", &["test"], Some(&tests_target));
 
