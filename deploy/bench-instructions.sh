@@ -1,26 +1,47 @@
 #!/usr/bin/env bash
 # User-space instructions per proxied request, wasmesh-proxy against nginx, counted by valgrind
-# (callgrind). Unlike throughput on a shared 2-core VM, the count repeats to within 0.1%, so it
-# shows what a change to the request path is worth. Both proxies get the load benchmark's
-# request from h2load over 8 keep-alive connections and forward it to the same nginx upstream.
-# Each runs twice (N1 and N2 requests); the difference divided by N2 - N1 leaves out start-up.
+# (callgrind; built by deploy/valgrind-wide.sh). Unlike throughput on a shared 2-core VM, the
+# count repeats to within 0.1%, so it shows what a change to the request path is worth. Three
+# proxies get the load benchmark's request from h2load over 8 keep-alive connections and forward
+# it to the same nginx upstream:
+# nginx, the bare wasmesh-proxy (one catch-all route), and the mesh: wasmesh-proxy configured as
+# the load benchmark's "wasmesh+mesh" target, translated by wasmesh-controlplane from
+# benches/manifests (a VirtualService of ten routes, a DestinationRule with a connection pool and
+# outlier detection) with the router, fault, mirror and circuit-breaker plugins, every cluster
+# pointed at the upstream; the request takes the 6th route (`checkout`). Each runs twice (N1 and
+# N2 requests); the difference divided by N2 - N1 leaves out start-up.
 #
 #   deploy/bench-instructions.sh [N1 N2]        # default 5000 25000
+#
+# Honours CARGO_TARGET_DIR (the proxy, the plugins and the translator are built there).
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 
 n1=${1:-5000}
 n2=${2:-25000}
 deploy/setup.sh
-if ! command -v valgrind >/dev/null 2>&1; then
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo=sudo
-  echo "bench-instructions: installing valgrind"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends valgrind >/dev/null
-fi
 cargo build --release --locked -p wasmesh-proxy
-proxy=$PWD/target/release/wasmesh-proxy
+target=$(cargo metadata --format-version 1 --no-deps --locked |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+# Stock valgrind cannot host the mesh: the Wasm host reserves ~250 GiB of address space for its
+# pooling allocator. This one differs only in that limit (built once into the target dir).
+valgrind=$(deploy/valgrind-wide.sh "$target/valgrind-wide")
+proxy=$target/release/wasmesh-proxy
+# The mesh's plugins, built as tests/artifacts/build.rs builds them for the load benchmark (the
+# same packages in one invocation, so features unify the same way, into the same directory).
+guests=()
+for manifest in tests/filters/*/Cargo.toml plugins/*/Cargo.toml; do
+  grep -q cdylib "$manifest" && guests+=(-p "$(sed -n 's/^name = "\(.*\)"$/\1/p' "$manifest")")
+done
+env -u CARGO_TARGET_DIR -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_RUSTFLAGS \
+  -u CARGO_BUILD_TARGET -u RUSTC_WORKSPACE_WRAPPER \
+  cargo build --quiet --locked --target wasm32-wasip1 --profile wasm \
+  --target-dir "$target/wasm-artifacts" "${guests[@]}"
+plugins=$target/wasm-artifacts/wasm32-wasip1/wasm
+# The control plane's translation (translate_loaded, as the load benchmark's catalog_translation).
+cargo build --quiet --locked -p wasmesh-controlplane --example translate
+translate=$target/debug/examples/translate
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
 
 dir=$(mktemp -d)
@@ -34,8 +55,8 @@ trap cleanup EXIT
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
-wait_port() {
-  for _ in $(seq 200); do
+wait_port() { # under valgrind the mesh's start (plugins loaded) takes a while
+  for _ in $(seq 1200); do
     curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
     sleep 0.1
   done
@@ -65,7 +86,7 @@ wait_port "$upstream"
 count() {
   local n=$1 port=$2 stop=$3
   shift 3
-  valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" "$@" >"$dir/proxy.log" 2>&1 &
+  "$valgrind" --tool=callgrind --callgrind-out-file="$dir/cg.out" "$@" >"$dir/proxy.log" 2>&1 &
   local pid=$!
   wait_port "$port"
   h2load --h1 -n "$n" -c 8 \
@@ -79,13 +100,13 @@ count() {
   wait "$pid" || true
   awk '/^(summary|totals):/ { print $2; exit }' "$dir/cg.out"
 }
-per_request() { # nginx | wasmesh
+per_request() { # nginx | wasmesh | mesh
   local a b
   a=$(count_one "$1" "$n1")
   b=$(count_one "$1" "$n2")
   echo $(((b - a) / (n2 - n1)))
 }
-count_one() { # nginx | wasmesh, requests
+count_one() { # nginx | wasmesh | mesh, requests
   local port
   port=$(free_port)
   if [ "$1" = nginx ]; then
@@ -93,6 +114,10 @@ count_one() { # nginx | wasmesh, requests
       "upstream backend { server 127.0.0.1:$upstream; keepalive 64; keepalive_requests 1000000; }" \
       'proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";'
     count "$2" "$port" QUIT "$nginx" -c "$dir/proxy-$port.conf"
+  elif [ "$1" = mesh ]; then
+    mesh_config "$port" >"$dir/mesh-$port.yaml"
+    warm_wasm_cache "$dir/mesh-$port.yaml" "$port"
+    count "$2" "$port" TERM "$proxy" --config "$dir/mesh-$port.yaml"
   else
     cat >"$dir/wasmesh-$port.yaml" <<EOF
 workers: 1
@@ -112,8 +137,53 @@ EOF
   fi
 }
 
+# The mesh's config for a listener on port $1: the translation of benches/manifests with the four
+# plugins, then what the load benchmark's wasmesh_with_plugins changes in it: one worker, and
+# every cluster's endpoints replaced by the upstream. Compiled modules are kept in $dir.
+mesh_config() {
+  "$translate" benches/manifests "$plugins" "127.0.0.1:$1" >"$dir/translated.yaml" 2>"$dir/translate.err" ||
+    { cat "$dir/translate.err" >&2; return 1; }
+  if grep -qv '^Info ' "$dir/translate.err"; then # the load benchmark refuses these too
+    echo "bench-instructions: benches/manifests do not translate cleanly:" >&2
+    cat "$dir/translate.err" >&2
+    return 1
+  fi
+  awk -v up="127.0.0.1:$upstream" -v cache="$dir/wasm-cache" '
+    /^[^ -]/ { top = $1 }
+    /^workers:/ { print "workers: 1"; workers = 1; next }
+    /^wasm:/ { print "wasm: {cache_dir: \"" cache "\"}"; wasm = 1; next }
+    top == "wasm:" && /^ / { next }
+    top == "clusters:" && /^  endpoints:/ { print; print "  - " up; items = 1; clusters++; next }
+    items && /^  - / { next }
+    { items = 0; print }
+    END {
+      if (!wasm) print "wasm: {cache_dir: \"" cache "\"}"
+      if (!workers || !clusters) exit 1
+    }' "$dir/translated.yaml" >"$dir/mesh.yaml"
+  if grep -q '10\.1\.0\.' "$dir/mesh.yaml"; then
+    echo "bench-instructions: an endpoint of benches/manifests was left in the mesh config" >&2
+    return 1
+  fi
+  cat "$dir/mesh.yaml"
+}
+# Starts the proxy once (under valgrind, whose CPU lacks some of the host's features, so that the
+# modules are compiled for it) to fill the module cache: both counted runs then load the
+# compiled modules instead of one of them compiling them (start-up must be the same to cancel).
+warm_wasm_cache() { # config, port
+  [ -n "$(ls -A "$dir/wasm-cache" 2>/dev/null)" ] && return 0
+  "$valgrind" --tool=none "$proxy" --config "$1" >"$dir/warm.log" 2>&1 &
+  local pid=$!
+  wait_port "$2" || { cat "$dir/warm.log" >&2; kill "$pid"; return 1; }
+  kill -TERM "$pid"
+  wait "$pid" || true
+}
+
 echo "instructions per request (valgrind callgrind, user space, $((n2 - n1)) requests):"
 ng=$(per_request nginx)
 wm=$(per_request wasmesh)
-printf '  nginx          %8d\n  wasmesh-proxy  %8d  (%s of nginx)\n' "$ng" "$wm" \
-  "$(awk -v a="$wm" -v b="$ng" 'BEGIN { printf "%.2fx", a / b }')"
+ms=$(per_request mesh)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
+printf '  nginx          %8d\n' "$ng"
+printf '  wasmesh-proxy  %8d  (%s of nginx)\n' "$wm" "$(ratio "$wm" "$ng")"
+printf '  wasmesh mesh   %8d  (%s of nginx, %s of bare)\n' "$ms" "$(ratio "$ms" "$ng")" \
+  "$(ratio "$ms" "$wm")"
