@@ -24,7 +24,7 @@ use wasmesh_host::{
 };
 
 use crate::body::{BoxError, ProxyBody};
-use crate::config::{RetryOn, RetryPolicy, UpstreamProtocol};
+use crate::config::UpstreamProtocol;
 use crate::handler::{
     Exchange, LocalReply, Target, Upstream, request_authority, send_h2, upstream_request,
 };
@@ -146,10 +146,7 @@ async fn forward(
     let decisions = stream.decisions.borrow().clone();
     let host = authority.as_ref().map_or("", Authority::as_str);
     let route = snapshot.routes[conn.listener].find(host, parts.uri.path());
-    let retry_override = decisions
-        .retry_policy
-        .as_deref()
-        .and_then(parse_retry_policy);
+    let retry_override = decisions.retry_policy.clone();
     let mut target = match (&decisions.upstream_cluster, route) {
         (Some(name), route) => match snapshot.cluster(name) {
             Some(cluster) => Target {
@@ -318,42 +315,8 @@ async fn respond(
 /// The response flags filters set (`wasmesh.response_flag`), for stats and the access log.
 fn apply_flags(decisions: &Decisions, ex: &mut Exchange) {
     for flag in &decisions.response_flags {
-        if let Some(f) = flag_by_code(flag) {
-            ex.flags.insert(f);
-        }
+        ex.flags.insert(*flag);
     }
-}
-
-fn flag_by_code(code: &str) -> Option<ResponseFlag> {
-    ResponseFlag::ALL.into_iter().find(|f| f.code() == code)
-}
-
-/// Parses `attempts=3;per_try_timeout_ms=500;retry_on=5xx,reset` (wasmesh.set_retry_policy).
-fn parse_retry_policy(text: &str) -> Option<RetryPolicy> {
-    let mut policy = RetryPolicy {
-        retry_on: RetryOn::parse("connect-failure,refused-stream,reset").ok()?,
-        num_retries: 1,
-        per_try_timeout: Default::default(),
-        retriable_status_codes: Vec::new(),
-        base_interval: crate::config::Dur::millis(25),
-        max_interval: None,
-    };
-    for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once('=')?;
-        match k.trim() {
-            "attempts" => policy.num_retries = v.trim().parse().ok()?,
-            "per_try_timeout_ms" => {
-                policy.per_try_timeout = crate::config::Dur::millis(v.trim().parse().ok()?)
-            }
-            "retry_on" => policy.retry_on = RetryOn::parse(v).ok()?,
-            "retriable_status_codes" => {
-                policy.retriable_status_codes =
-                    v.split(',').filter_map(|c| c.trim().parse().ok()).collect();
-            }
-            _ => return None,
-        }
-    }
-    Some(policy)
 }
 
 /// A copy of the request head, for filters that read it in later phases.

@@ -768,7 +768,7 @@ impl Retry {
     pub fn core_policy(&self) -> RetryPolicy {
         RetryPolicy {
             retry_on: RetryOn::parse(&self.retry_on.join(",")).unwrap_or_default(),
-            num_retries: self.attempts.min(10),
+            num_retries: self.attempts.min(wasmesh_config::MAX_RETRIES),
             per_try_timeout: Dur::millis(self.per_try_timeout_ms.unwrap_or(0)),
             retriable_status_codes: self.status_codes.clone(),
             base_interval: Dur::millis(25),

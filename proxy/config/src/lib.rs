@@ -230,6 +230,58 @@ pub struct RetryPolicy {
     pub max_interval: Option<Dur>,
 }
 
+/// Retries a route (or a filter) may ask for, as Envoy caps them.
+pub const MAX_RETRIES: u32 = 10;
+
+impl RetryPolicy {
+    /// Parses the policy a filter states through `wasmesh.set_retry_policy`:
+    /// `attempts=3;per_try_timeout_ms=500;retry_on=5xx,reset;retriable_status_codes=503`.
+    /// Unnamed fields take the defaults of a route's policy; `attempts` is the retry count,
+    /// held to [`MAX_RETRIES`].
+    pub fn parse_spec(text: &str) -> Result<RetryPolicy, String> {
+        let mut policy = RetryPolicy {
+            retry_on: defaults::retry_on(),
+            num_retries: 1,
+            per_try_timeout: Dur::default(),
+            retriable_status_codes: Vec::new(),
+            base_interval: defaults::retry_base_interval(),
+            max_interval: None,
+        };
+        for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not key=value"))?;
+            let value = value.trim();
+            let number = |what: &str| {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| format!("{what} {value:?} is not a number"))
+            };
+            match key.trim() {
+                "attempts" => {
+                    // Held to the cap, as Envoy holds a route's retries to its circuit breaker.
+                    policy.num_retries = number("attempts")?.min(u64::from(MAX_RETRIES)) as u32;
+                }
+                "per_try_timeout_ms" => {
+                    policy.per_try_timeout = Dur::millis(number("per_try_timeout_ms")?)
+                }
+                "retry_on" => policy.retry_on = RetryOn::parse(value)?,
+                "retriable_status_codes" => {
+                    policy.retriable_status_codes = value
+                        .split(',')
+                        .map(|c| match c.trim().parse::<u16>() {
+                            Ok(code) if (100..=599).contains(&code) => Ok(code),
+                            _ => Err(format!("{c:?} is not an HTTP status code")),
+                        })
+                        .collect::<Result<_, _>>()?;
+                }
+                other => return Err(format!("unknown field {other:?}")),
+            }
+        }
+        Ok(policy)
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
@@ -574,10 +626,10 @@ impl Bootstrap {
                         _ => {}
                     }
                     if let Some(rp) = &r.retry_policy {
-                        if rp.num_retries > 10 {
+                        if rp.num_retries > MAX_RETRIES {
                             return Err(ConfigError::at(
                                 at("retry_policy.num_retries"),
-                                "must be at most 10",
+                                format!("must be at most {MAX_RETRIES}"),
                             ));
                         }
                         if let Some(code) = rp

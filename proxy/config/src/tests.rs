@@ -118,3 +118,31 @@ fn load_names_the_file() {
     let missing = Bootstrap::load(&dir.join("missing.yaml")).unwrap_err();
     assert!(missing.to_string().contains("cannot read"), "{missing}");
 }
+
+#[test]
+fn filter_retry_specs_parse_and_are_capped_like_routes() {
+    let p = RetryPolicy::parse_spec(
+        "attempts=3; per_try_timeout_ms=500; retry_on=5xx,reset; retriable_status_codes=503,409",
+    )
+    .unwrap();
+    assert_eq!(p.num_retries, 3);
+    assert_eq!(p.per_try_timeout, Dur::millis(500));
+    assert!(p.retry_on.contains(RetryOn::FIVE_XX));
+    assert_eq!(p.retriable_status_codes, [503, 409]);
+    let defaults = RetryPolicy::parse_spec("").unwrap();
+    assert_eq!(defaults.num_retries, 1);
+    assert_eq!(
+        RetryPolicy::parse_spec("attempts=50").unwrap().num_retries,
+        MAX_RETRIES
+    );
+    for (bad, why) in [
+        ("attempts=x", "not a number"),
+        ("retry_on=sometimes", "sometimes"),
+        ("retriable_status_codes=99", "not an HTTP status code"),
+        ("tries=2", "unknown field"),
+        ("attempts", "key=value"),
+    ] {
+        let err = RetryPolicy::parse_spec(bad).unwrap_err();
+        assert!(err.contains(why), "{bad}: {err}");
+    }
+}

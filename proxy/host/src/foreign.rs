@@ -3,7 +3,10 @@
 
 use bytes::Bytes;
 
+use wasmesh_config::RetryPolicy;
+
 use crate::abi::Status;
+use crate::flags::ResponseFlag;
 use crate::stream::Stream;
 
 /// Runs foreign function `name`. Extensions that act on a request need a stream context
@@ -42,9 +45,14 @@ pub fn call(
             let ms = text()?.trim().parse().map_err(|_| Status::BadArgument)?;
             stream_needed()?.decisions.borrow_mut().timeout_ms = Some(ms);
         }
-        // Retry policy for this request: `attempts=3;per_try_timeout_ms=500;retry_on=5xx,reset`.
+        // Retry policy for this request: `attempts=3;per_try_timeout_ms=500;retry_on=5xx,reset`,
+        // held to the bootstrap's limits; a policy that is not one is refused, not ignored.
         "wasmesh.set_retry_policy" => {
-            stream_needed()?.decisions.borrow_mut().retry_policy = Some(text()?.to_owned());
+            let policy = RetryPolicy::parse_spec(text()?).map_err(|reason| {
+                tracing::debug!(%reason, "wasmesh.set_retry_policy refused");
+                Status::BadArgument
+            })?;
+            stream_needed()?.decisions.borrow_mut().retry_policy = Some(policy);
         }
         // Hold the request this many milliseconds before it goes upstream (fault injection),
         // without blocking the worker.
@@ -54,15 +62,12 @@ pub fn call(
         }
         // Add an Envoy response flag (such as `FI`, `DI`, `UO`) to this request's record.
         "wasmesh.response_flag" => {
-            let flag = text()?.trim();
-            if flag.is_empty() || flag.len() > 4 {
-                return Err(Status::BadArgument);
-            }
+            let flag = ResponseFlag::from_code(text()?.trim()).ok_or(Status::BadArgument)?;
             stream_needed()?
                 .decisions
                 .borrow_mut()
                 .response_flags
-                .push(flag.to_owned());
+                .push(flag);
         }
         // A header for the response the client gets: `name: value`.
         "wasmesh.add_response_header" => {
@@ -97,4 +102,87 @@ pub fn call(
         _ => return Err(Status::NotFound),
     }
     Ok(Bytes::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::callout::{CalloutDone, CalloutRequest, Embedder, GrpcDone, GrpcRequest};
+    use crate::stream::StreamInfo;
+
+    struct NoUpstreams;
+    impl Embedder for NoUpstreams {
+        fn cluster_exists(&self, _: &str) -> bool {
+            false
+        }
+        fn http_call(&self, _: CalloutRequest, _: CalloutDone) {}
+        fn grpc_call(&self, _: GrpcRequest, _: GrpcDone) {}
+    }
+
+    fn call_on(stream: &Stream, name: &str, args: &str) -> Result<Bytes, Status> {
+        call(name, args.as_bytes(), Some(stream), &NoUpstreams)
+    }
+
+    #[test]
+    fn a_retry_policy_is_parsed_where_it_arrives_and_held_to_the_cap() {
+        let stream = Stream::new(StreamInfo::default());
+        let spec =
+            "attempts=3;per_try_timeout_ms=500;retry_on=5xx,reset;retriable_status_codes=418";
+        call_on(&stream, "wasmesh.set_retry_policy", spec).unwrap();
+        let policy = stream.decisions.borrow().retry_policy.clone().unwrap();
+        assert_eq!(policy.num_retries, 3);
+        assert_eq!(policy.per_try_timeout.0.as_millis(), 500);
+        assert_eq!(policy.retriable_status_codes, [418]);
+
+        call_on(&stream, "wasmesh.set_retry_policy", "attempts=25").unwrap();
+        let capped = stream.decisions.borrow().retry_policy.clone().unwrap();
+        assert_eq!(capped.num_retries, wasmesh_config::MAX_RETRIES);
+        call_on(&stream, "wasmesh.set_retry_policy", spec).unwrap();
+
+        for bad in [
+            "attempts=lots",
+            "retry_on=sometimes",
+            "retriable_status_codes=42",
+            "colour=blue",
+            "attempts",
+        ] {
+            let fresh = Stream::new(StreamInfo::default());
+            assert_eq!(
+                call_on(&fresh, "wasmesh.set_retry_policy", bad),
+                Err(Status::BadArgument),
+                "{bad}"
+            );
+            assert!(fresh.decisions.borrow().retry_policy.is_none(), "{bad}");
+        }
+        // Refused input leaves an earlier good policy in place.
+        assert_eq!(
+            call_on(&stream, "wasmesh.set_retry_policy", "attempts=-1"),
+            Err(Status::BadArgument)
+        );
+        assert_eq!(
+            stream
+                .decisions
+                .borrow()
+                .retry_policy
+                .as_ref()
+                .unwrap()
+                .num_retries,
+            3
+        );
+    }
+
+    #[test]
+    fn response_flags_are_envoy_codes_or_refused() {
+        let stream = Stream::new(StreamInfo::default());
+        call_on(&stream, "wasmesh.response_flag", "FI").unwrap();
+        call_on(&stream, "wasmesh.response_flag", " DI ").unwrap();
+        assert_eq!(
+            call_on(&stream, "wasmesh.response_flag", "XYZ"),
+            Err(Status::BadArgument)
+        );
+        assert_eq!(
+            stream.decisions.borrow().response_flags,
+            [ResponseFlag::FaultInjected, ResponseFlag::DelayInjected]
+        );
+    }
 }

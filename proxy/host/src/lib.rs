@@ -13,6 +13,7 @@
 pub mod abi;
 pub mod callout;
 pub mod chain;
+pub mod flags;
 pub mod foreign;
 mod imports;
 pub mod module;
@@ -38,6 +39,7 @@ pub use chain::{
     BodyStep, Chain, FailStrategy, FilterStream, HeadersStep, PluginSpec, PluginStats, Verdict,
     WorkerVms, body_resumed, request_headers, response_headers,
 };
+pub use flags::ResponseFlag;
 pub use module::{ModuleCache, ModuleError, PluginModule};
 pub use profile::{Callback, Profiler};
 pub use shared::Shared;

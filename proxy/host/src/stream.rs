@@ -9,6 +9,9 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, request, response};
 use tokio::sync::Notify;
+use wasmesh_config::RetryPolicy;
+
+use crate::flags::ResponseFlag;
 
 /// Connection and routing facts the proxy knows about a stream (read by `get_property`).
 #[derive(Clone, Debug, Default)]
@@ -53,13 +56,13 @@ pub struct Decisions {
     pub mirrors: Vec<String>,
     /// Route-level timeout and retries set by a filter (router plugin).
     pub timeout_ms: Option<u64>,
-    pub retry_policy: Option<String>,
+    pub retry_policy: Option<RetryPolicy>,
     /// Headers to add to the response the client gets.
     pub response_headers_to_add: Vec<(String, Bytes)>,
     /// A delay a filter injected before the request continues.
     pub delay_ms: Option<u64>,
-    /// Extra response flags (Envoy codes such as "DI", "FI", "UO") a filter reports.
-    pub response_flags: Vec<String>,
+    /// Extra response flags (such as `DI`, `FI`, `UO`) a filter reports.
+    pub response_flags: Vec<ResponseFlag>,
 }
 
 /// The HTTP data of a stream while filters work on it.
