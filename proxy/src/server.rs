@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::config::HttpOptions;
 use crate::h1_guard::{H1Guard, SwitchWatch};
 use crate::h2_guard::H2Guard;
-use crate::handler;
+use crate::request;
 use crate::rt::LocalExec;
 use crate::worker::Worker;
 
@@ -208,7 +208,7 @@ async fn serve_connection(
     worker.register_connection(&ctx);
     let service = {
         let ctx = ctx.clone();
-        service_fn(move |req| handler::serve(req, ctx.clone()))
+        service_fn(move |req| request::serve(req, ctx.clone()))
     };
     if is_h2 {
         let flooded = ctx.clone();

@@ -1,0 +1,615 @@
+//! Forward: the request goes to its target's cluster, attempt after attempt as the retry
+//! policy allows, under the route and per-try deadlines. Filters' decisions (a delay, mirrors,
+//! a body they read) are carried out first.
+
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+
+use super::context::Exchange;
+use super::filters::Filters;
+use super::local_reply::LocalReply;
+use super::prepare::Prepared;
+use super::retry::{Tried, backoff, earliest, retriable_error, retriable_response};
+use super::routing::Target;
+use crate::body::{BoxError, IdleTimeout, ProxyBody};
+use crate::config::UpstreamProtocol;
+use crate::headers;
+use crate::server::ConnCtx;
+use crate::snapshot::Snapshot;
+use crate::stats::{ResponseFlag, ResponseFlags};
+use crate::upstream::h1::ClientError;
+use crate::upstream::pool::{AcquireError, ClusterPool, EndpointPool};
+use crate::upstream::{Cluster, pick_endpoint};
+
+const UPSTREAM_SERVICE_TIME: header::HeaderName =
+    header::HeaderName::from_static("x-envoy-upstream-service-time");
+
+/// Request bodies up to this size are kept so the request can be retried.
+const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
+
+/// Forwards a prepared request to `target` and returns the response for the client: the
+/// upstream's, or a local reply.
+pub(super) async fn forward(
+    request: Prepared,
+    target: Target<'_>,
+    conn: &ConnCtx,
+    snapshot: &Snapshot,
+    filters: Option<&Filters>,
+    ex: &mut Exchange,
+) -> Response<ProxyBody> {
+    let upstream = Upstream {
+        pool: conn.worker.pools.cluster(target.cluster),
+        route: target,
+        conn,
+    };
+    let Prepared {
+        mut parts,
+        body,
+        added,
+        authority,
+        upgrade,
+    } = request;
+    if let Some(filters) = filters
+        && let Some(delay) = filters.injected_delay(ex)
+    {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(on_upgrade) = upgrade {
+        // Boxed: upgrades are rare, and their state would otherwise enlarge every request's.
+        let body = ProxyBody::Incoming(body);
+        let upgrade = upstream.forward_upgrade(parts, body, authority, on_upgrade, ex);
+        return Box::pin(upgrade)
+            .await
+            .unwrap_or_else(|reply| reply.into_response(ex));
+    }
+    let body = match filters {
+        None => ProxyBody::Incoming(body),
+        // Boxed too: only filtered requests pay for reading a body through the filters.
+        Some(filters) => {
+            let shaped =
+                filters.request_body(&mut parts, body, authority.as_ref(), conn, snapshot, ex);
+            match Box::pin(shaped).await {
+                Ok(body) => body,
+                Err(answer) => return answer,
+            }
+        }
+    };
+    match upstream.send(parts, added, body, authority, ex).await {
+        Ok(response) => response,
+        // A body filter that answered or failed mid-body aborted the upstream request.
+        Err(reply) => match filters.and_then(Filters::take_local_reply) {
+            Some(local) => super::filters::local_response(local, ex),
+            None => reply.into_response(ex),
+        },
+    }
+}
+
+pub(super) struct Upstream<'a> {
+    pub route: Target<'a>,
+    pub pool: Rc<ClusterPool>,
+    pub conn: &'a ConnCtx,
+}
+
+/// How one attempt ended, when it did not produce a response.
+pub(super) enum AttemptError {
+    Acquire(AcquireError),
+    /// The request failed after it was handed to a connection.
+    Reset {
+        refused: bool,
+        error: BoxError,
+    },
+    /// The upstream's response broke HTTP framing or syntax.
+    Protocol(BoxError),
+    /// The client's request body failed (its framing broke, it stalled, or the client went
+    /// away): the client's fault, never held against the endpoint.
+    RequestBody(BoxError),
+    PerTryTimeout,
+    GlobalTimeout,
+}
+
+/// The request body, kept for replay when it is small enough to retry.
+enum RequestBody {
+    Replayable(Option<Bytes>),
+    Streaming(Option<ProxyBody>),
+}
+
+impl RequestBody {
+    fn take(&mut self) -> ProxyBody {
+        match self {
+            RequestBody::Replayable(None) => ProxyBody::Empty,
+            RequestBody::Replayable(Some(b)) => ProxyBody::Full(Some(b.clone())),
+            RequestBody::Streaming(body) => body.take().unwrap_or_default(),
+        }
+    }
+
+    fn put_back(&mut self, body: ProxyBody) {
+        if let RequestBody::Streaming(slot) = self {
+            *slot = Some(body);
+        }
+    }
+
+    fn can_replay(&self) -> bool {
+        !matches!(self, RequestBody::Streaming(None))
+    }
+}
+
+impl Upstream<'_> {
+    /// Sends the request upstream, with retries. `added` holds the headers the proxy adds
+    /// (see [`headers::Added`]); an HTTP/1.1 upstream gets them written after the request's.
+    pub(super) async fn send(
+        &self,
+        mut parts: Parts,
+        mut added: headers::Added,
+        body: ProxyBody,
+        authority: Option<Authority>,
+        ex: &mut Exchange,
+    ) -> Result<Response<ProxyBody>, LocalReply> {
+        let cluster = &self.route.cluster;
+        let policy = self.route.retry.as_deref();
+        let max_attempts = 1 + policy.map_or(0, |p| p.num_retries);
+        let started = Instant::from_std(ex.start);
+        let deadline = self.route.timeout.map(|t| started + t);
+        let mut body = self
+            .prepare_body(body, max_attempts > 1, ex, deadline)
+            .await?;
+
+        let Some(active) = ActiveRequest::start(cluster) else {
+            cluster.stats().rq_overflow.inc();
+            return Err(LocalReply::overflow());
+        };
+        cluster.stats().rq_total.inc();
+        let h2 = match cluster.protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Downstream => parts.version == Version::HTTP_2,
+        };
+        if h2 {
+            std::mem::take(&mut added).apply_to(&mut parts.headers);
+        }
+
+        let mut active = active;
+        let mut tried = Tried::default();
+        let mut _retry_slot = None;
+        let mut attempt = 1;
+        loop {
+            let Some(index) = pick_endpoint(cluster, &self.pool.rr, tried.as_slice()) else {
+                return Err(LocalReply::no_healthy_upstream());
+            };
+            tried.push(index);
+            let endpoint_pool = self.pool.endpoints[index].clone();
+            active.set_endpoint(index);
+            ex.upstream_host = Some(endpoint_pool.endpoint().addr);
+            endpoint_pool.endpoint().rq_total.fetch_add(1, Relaxed);
+
+            let last_possible = attempt >= max_attempts;
+            let per_try = policy.and_then(|p| p.per_try_timeout.nonzero());
+            let try_deadline = earliest(deadline, per_try.map(|t| Instant::now() + t));
+            let outcome = self
+                .attempt(
+                    &mut parts,
+                    &added,
+                    authority.as_ref(),
+                    &mut body,
+                    &endpoint_pool,
+                    h2,
+                    try_deadline,
+                    last_possible,
+                )
+                .await;
+            let outcome = match outcome {
+                Err(AttemptError::PerTryTimeout) if try_deadline == deadline => {
+                    Err(AttemptError::GlobalTimeout)
+                }
+                other => other,
+            };
+            // Decide: done, or retry.
+            let (retry_wanted, result) = match outcome {
+                Ok(response) => {
+                    let status = response.status();
+                    if let Some(attempts) = &mut ex.attempts {
+                        attempts.push((endpoint_pool.endpoint().addr, status.as_u16()));
+                    }
+                    cluster.stats().rq_by_class[(status.as_u16() / 100).min(5) as usize].inc();
+                    if status.is_server_error() {
+                        endpoint_pool.endpoint().rq_error.fetch_add(1, Relaxed);
+                    }
+                    let wanted = policy.is_some_and(|p| retriable_response(p, &response));
+                    ex.upstream_time = Some(started.elapsed());
+                    (wanted, Ok(response))
+                }
+                Err(AttemptError::RequestBody(error)) => {
+                    (false, Err(LocalReply::request_body_failed(&*error, ex)))
+                }
+                Err(e) => {
+                    endpoint_pool.endpoint().rq_error.fetch_add(1, Relaxed);
+                    if let Some(attempts) = &mut ex.attempts {
+                        attempts.push((endpoint_pool.endpoint().addr, 0));
+                    }
+
+                    let wanted = policy.is_some_and(|p| retriable_error(p.retry_on, &e));
+                    (wanted, Err(self.failure_reply(e, attempt > 1, ex)))
+                }
+            };
+            let can_retry =
+                retry_wanted && body.can_replay() && deadline.is_none_or(|d| Instant::now() < d);
+            if !can_retry || last_possible {
+                if retry_wanted && last_possible && attempt > 1 {
+                    cluster.stats().rq_retry_limit_exceeded.inc();
+                    ex.flags.insert(ResponseFlag::UpstreamRetryLimitExceeded);
+                } else if attempt > 1 && result.is_ok() && !retry_wanted {
+                    cluster.stats().rq_retry_success.inc();
+                }
+                return result.map(|r| self.finish_response(r, active, ex));
+            }
+            match cluster.try_start_retry() {
+                Some(slot) => _retry_slot = Some(slot),
+                None => {
+                    cluster.stats().rq_retry_overflow.inc();
+                    return result.map(|r| self.finish_response(r, active, ex));
+                }
+            }
+            // A failed response whose body has already arrived is read to its end, so its
+            // connection goes back to the pool; any other is dropped with its connection.
+            if let Ok(response) = result {
+                let _ = futures_util::FutureExt::now_or_never(response.into_body().collect());
+            }
+
+            cluster.stats().rq_retry.inc();
+            ex.flags = ResponseFlags::default();
+            let backoff = backoff(policy.expect("retries need a policy"), attempt);
+            let wake = earliest(deadline, Some(Instant::now() + backoff)).expect("a wake time");
+            tokio::time::sleep_until(wake).await;
+            attempt += 1;
+        }
+    }
+
+    /// Decides whether the body can be replayed: empty and small bodies are kept, large or
+    /// unsized ones stream (and are then retried only if no byte of them was sent).
+    async fn prepare_body(
+        &self,
+        body: ProxyBody,
+        retries: bool,
+        ex: &mut Exchange,
+        deadline: Option<Instant>,
+    ) -> Result<RequestBody, LocalReply> {
+        if body.is_end_stream() {
+            return Ok(RequestBody::Replayable(None));
+        }
+        let small = body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= RETRY_BUFFER_LIMIT);
+        if retries && small {
+            let collect = Box::pin(body.collect());
+            let collected = match deadline {
+                Some(d) => tokio::time::timeout_at(d, collect)
+                    .await
+                    .map_err(|_| LocalReply::request_timeout())?,
+                None => collect.await,
+            };
+            let bytes = collected
+                .map_err(|_| LocalReply::downstream_reset())?
+                .to_bytes();
+            ex.bytes_received.set(bytes.len() as u64);
+            return Ok(RequestBody::Replayable(Some(bytes)));
+        }
+        let counted = CountingBody {
+            inner: body,
+            count: ex.bytes_received.clone(),
+        };
+        let body = match self.conn.opts.stream_idle_timeout.nonzero() {
+            Some(t) => ProxyBody::boxed(IdleTimeout::new(counted, t)),
+            None => ProxyBody::boxed(counted),
+        };
+        Ok(RequestBody::Streaming(Some(body)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        parts: &mut Parts,
+        added: &headers::Added,
+        authority: Option<&Authority>,
+        body: &mut RequestBody,
+        pool: &Rc<EndpointPool>,
+        h2: bool,
+        deadline: Option<Instant>,
+        last_possible: bool,
+    ) -> Result<Response<ProxyBody>, AttemptError> {
+        let exchange = async {
+            if h2 {
+                // Boxed so the HTTP/2 path's state does not enlarge every HTTP/1 request.
+                let req =
+                    upstream_request(parts, authority, body.take(), true, pool, last_possible);
+                return Box::pin(send_h2(pool, req)).await;
+            }
+
+            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            loop {
+                let conn = pool
+                    .acquire_h1(deadline)
+                    .await
+                    .map_err(AttemptError::Acquire)?;
+                let reused = conn.uses > 0;
+                match conn
+                    .send(
+                        &parts.method,
+                        target,
+                        &parts.headers,
+                        added,
+                        authority,
+                        body.take(),
+                    )
+                    .await
+                {
+                    Ok(response) => return Ok(response.map(ProxyBody::Upstream)),
+                    Err(e) => {
+                        let not_sent = e.body.is_some();
+                        if let Some(b) = e.body {
+                            body.put_back(b);
+                        }
+                        // A pooled connection the server closed while it sat idle: the request
+                        // was not processed, so it goes out again on another connection
+                        // without counting as a retry.
+                        if reused && e.before_response && body.can_replay() {
+                            continue;
+                        }
+                        match e.error {
+                            ClientError::Invalid(_) => {
+                                return Err(AttemptError::Protocol(e.error.into()));
+                            }
+                            ClientError::RequestBody(error) => {
+                                return Err(AttemptError::RequestBody(error));
+                            }
+                            ClientError::BodyLength(_) => {
+                                return Err(AttemptError::RequestBody(e.error.into()));
+                            }
+                            _ => {}
+                        }
+                        return Err(AttemptError::Reset {
+                            refused: not_sent,
+                            error: e.error.into(),
+                        });
+                    }
+                }
+            }
+        };
+        match deadline {
+            Some(d) => tokio::time::timeout_at(d, exchange)
+                .await
+                .unwrap_or(Err(AttemptError::PerTryTimeout)),
+            None => exchange.await,
+        }
+    }
+
+    /// The local reply for a failed attempt; `retried` if it was not the first.
+    pub(super) fn failure_reply(
+        &self,
+        e: AttemptError,
+        retried: bool,
+        ex: &mut Exchange,
+    ) -> LocalReply {
+        let stats = self.route.cluster.stats();
+        match e {
+            AttemptError::Acquire(AcquireError::PendingOverflow) => LocalReply::overflow(),
+            AttemptError::Acquire(AcquireError::Timeout) | AttemptError::GlobalTimeout => {
+                stats.rq_timeout.inc();
+                LocalReply::upstream_timeout()
+            }
+            AttemptError::PerTryTimeout => {
+                stats.rq_per_try_timeout.inc();
+                LocalReply::upstream_timeout()
+            }
+            AttemptError::Acquire(AcquireError::ConnectFailed(e)) => {
+                ex.failure_reason = Some(e.to_string());
+                LocalReply::connect_failure(&e, retried)
+            }
+            AttemptError::Acquire(AcquireError::Handshake(e)) => {
+                ex.failure_reason = Some(e.to_string());
+                LocalReply::connect_failure(&std::io::Error::other(e), retried)
+            }
+            AttemptError::Reset { error, .. } => {
+                stats.rq_reset.inc();
+                ex.failure_reason = Some(error.to_string());
+                LocalReply::upstream_reset(retried)
+            }
+            AttemptError::Protocol(error) => {
+                stats.rq_reset.inc();
+                ex.failure_reason = Some(error.to_string());
+                LocalReply::upstream_protocol_error(retried)
+            }
+            AttemptError::RequestBody(error) => LocalReply::request_body_failed(&*error, ex),
+        }
+    }
+
+    pub(super) fn finish_response(
+        &self,
+        response: Response<ProxyBody>,
+        active: ActiveRequest,
+        ex: &mut Exchange,
+    ) -> Response<ProxyBody> {
+        ex.active = Some(active);
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        if let Some(time) = ex.upstream_time {
+            // Envoy's router header: milliseconds from the request to the upstream's answer.
+            let millis = HeaderValue::from(time.as_millis() as u64);
+            parts.headers.insert(UPSTREAM_SERVICE_TIME, millis);
+        }
+        // A body that has fully arrived (the usual small response) cannot go idle.
+        let body = match self.conn.opts.stream_idle_timeout.nonzero() {
+            Some(t) if !body.is_buffered_whole() => ProxyBody::boxed(IdleTimeout::new(body, t)),
+            _ => body,
+        };
+        Response::from_parts(parts, body)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Counts the request body bytes that pass (for `bytes_received`).
+    struct CountingBody<B> {
+        #[pin]
+        inner: B,
+        count: Rc<std::cell::Cell<u64>>,
+    }
+}
+
+impl<B> Body for CountingBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(f)) = &frame
+            && let Some(data) = f.data_ref()
+        {
+            this.count.set(this.count.get() + data.len() as u64);
+        }
+        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request counted against `max_requests` and its endpoint's active requests until the
+/// response is finished.
+pub struct ActiveRequest {
+    cluster: Arc<Cluster>,
+    endpoint: Option<usize>,
+}
+
+impl ActiveRequest {
+    pub(super) fn start(cluster: &Arc<Cluster>) -> Option<ActiveRequest> {
+        std::mem::forget(cluster.try_start_request()?);
+        Some(ActiveRequest {
+            cluster: cluster.clone(),
+            endpoint: None,
+        })
+    }
+
+    pub(super) fn set_endpoint(&mut self, index: usize) {
+        if let Some(old) = self.endpoint.replace(index) {
+            self.cluster.endpoints[old].rq_active.fetch_sub(1, Relaxed);
+        }
+        self.cluster.endpoints[index]
+            .rq_active
+            .fetch_add(1, Relaxed);
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.cluster.rq_active.fetch_sub(1, Relaxed);
+        if let Some(i) = self.endpoint {
+            self.cluster.endpoints[i].rq_active.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+/// Builds the request for one attempt. On the last possible attempt the headers are moved
+/// instead of copied.
+pub(crate) fn upstream_request(
+    parts: &mut Parts,
+    authority: Option<&Authority>,
+    body: ProxyBody,
+    h2: bool,
+    pool: &EndpointPool,
+    last_possible: bool,
+) -> Request<ProxyBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.headers_mut() = if last_possible {
+        std::mem::take(&mut parts.headers)
+    } else {
+        parts.headers.clone()
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if h2 {
+        *req.version_mut() = Version::HTTP_2;
+        let authority = authority.cloned().unwrap_or_else(|| {
+            Authority::try_from(pool.endpoint().addr.to_string().as_str())
+                .expect("an address is an authority")
+        });
+        req.headers_mut().remove(header::HOST);
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority);
+        uri.path_and_query = Some(path);
+        *req.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+        *req.uri_mut() = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+            parts.uri.clone()
+        } else {
+            Uri::from(path)
+        };
+        if let Some(a) = authority
+            && !req.headers().contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(a.as_str())
+        {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    req
+}
+
+fn is_refused_stream(e: &hyper::Error) -> bool {
+    use std::error::Error;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// One attempt over the worker's multiplexed HTTP/2 connection to an endpoint.
+pub(crate) async fn send_h2(
+    pool: &Rc<EndpointPool>,
+    req: Request<ProxyBody>,
+) -> Result<Response<ProxyBody>, AttemptError> {
+    let mut sender = pool.acquire_h2().await.map_err(AttemptError::Acquire)?;
+    sender.ready().await.map_err(|error| AttemptError::Reset {
+        refused: true,
+        error: error.into(),
+    })?;
+    match sender.send_request(req).await {
+        Ok(response) => Ok(response.map(ProxyBody::Incoming)),
+        Err(error) => Err(AttemptError::Reset {
+            refused: is_refused_stream(&error),
+            error: error.into(),
+        }),
+    }
+}

@@ -1,0 +1,41 @@
+//! Respond: the response (the upstream's or a local reply) goes back through the filters, last
+//! filter first, and gets the listener's `server` header.
+
+use http::Response;
+use http::header::{self, HeaderMap};
+
+use super::context::Exchange;
+use super::filters::{Filters, StreamReset};
+use crate::body::ProxyBody;
+use crate::config::ServerHeaderTransformation;
+use crate::server::ConnCtx;
+
+pub(super) async fn respond(
+    response: Response<ProxyBody>,
+    conn: &ConnCtx,
+    filters: Option<&Filters>,
+    ex: &mut Exchange,
+) -> Result<Response<ProxyBody>, StreamReset> {
+    let mut response = match filters {
+        None => response,
+        // Boxed: only filtered requests pay for the response filters' state.
+        Some(filters) => Box::pin(filters.on_response(response, ex)).await?,
+    };
+    set_server_header(response.headers_mut(), conn);
+    Ok(response)
+}
+
+/// Envoy's `server_header_transformation`, on every response the client gets.
+pub(super) fn set_server_header(headers: &mut HeaderMap, conn: &ConnCtx) {
+    match conn.opts.server_header_transformation {
+        ServerHeaderTransformation::Overwrite => {
+            headers.insert(header::SERVER, conn.server_name.clone());
+        }
+        ServerHeaderTransformation::AppendIfAbsent => {
+            if !headers.contains_key(header::SERVER) {
+                headers.insert(header::SERVER, conn.server_name.clone());
+            }
+        }
+        ServerHeaderTransformation::PassThrough => {}
+    }
+}

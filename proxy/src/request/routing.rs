@@ -1,0 +1,85 @@
+//! Route: where the request goes. The listener's route table decides by host and path; with
+//! filters, their decisions (a cluster, a timeout, a retry policy, the route's name) come first.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Authority;
+
+use super::context::Exchange;
+use super::filters::Filters;
+use super::local_reply::LocalReply;
+use super::prepare::Prepared;
+use crate::config::RetryPolicy;
+use crate::route::Route;
+use crate::server::ConnCtx;
+use crate::snapshot::Snapshot;
+use crate::upstream::Cluster;
+
+/// The route timeout of a request sent to a cluster a filter chose where no route matched.
+const UNROUTED_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where and how a request goes upstream: from its route, or from what a filter decided.
+pub(super) struct Target<'a> {
+    pub cluster: &'a Arc<Cluster>,
+    pub timeout: Option<Duration>,
+    pub retry: Option<Cow<'a, RetryPolicy>>,
+}
+
+impl<'a> Target<'a> {
+    fn of(route: &'a Route) -> Target<'a> {
+        Target {
+            cluster: &route.cluster,
+            timeout: route.timeout,
+            retry: route.retry.as_ref().map(Cow::Borrowed),
+        }
+    }
+}
+
+/// Chooses the target of a request (no route: `404 NR`; a filter's unknown cluster: `503 NC`).
+pub(super) fn route<'s>(
+    request: &Prepared,
+    snapshot: &'s Snapshot,
+    conn: &ConnCtx,
+    filters: Option<&Filters>,
+    ex: &mut Exchange,
+) -> Result<Target<'s>, LocalReply> {
+    let host = request.authority.as_ref().map_or("", Authority::as_str);
+    let route = snapshot.routes[conn.listener].find(host, request.parts.uri.path());
+    let Some(filters) = filters else {
+        let route = route.ok_or_else(LocalReply::no_route)?;
+        ex.capture_route(route);
+        return Ok(Target::of(route));
+    };
+
+    let decisions = filters.decisions();
+    let mut target = match (&decisions.upstream_cluster, route) {
+        (Some(name), route) => {
+            let cluster = snapshot
+                .cluster(name)
+                .ok_or_else(LocalReply::cluster_not_found)?;
+            Target {
+                cluster,
+                timeout: route.map_or(Some(UNROUTED_TIMEOUT), |r| r.timeout),
+                retry: route.and_then(|r| r.retry.as_ref()).map(Cow::Borrowed),
+            }
+        }
+        (None, Some(route)) => Target::of(route),
+        (None, None) => return Err(LocalReply::no_route()),
+    };
+    if let Some(ms) = decisions.timeout_ms {
+        target.timeout = (ms > 0).then(|| Duration::from_millis(ms));
+    }
+    if let Some(policy) = &decisions.retry_policy {
+        target.retry = Some(Cow::Owned(policy.clone()));
+    }
+    drop(decisions);
+    // A route a plugin chose (the router's VirtualService route) names the request.
+    let route_name = filters
+        .chosen_route_name()
+        .unwrap_or_else(|| route.map_or_else(String::new, |r| r.name.clone()));
+    ex.capture_names(&route_name, &target.cluster.name);
+    filters.record_route(route_name, &target.cluster.name);
+    Ok(target)
+}
