@@ -16,7 +16,7 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     Incoming(hyper::body::Incoming),
     /// A response read from a pooled HTTP/1.1 upstream connection.
-    Upstream(crate::upstream::h1::UpstreamBody),
+    Upstream(crate::upstream::h1::UpstreamBody<crate::upstream::connect::Stream>),
     /// Anything else: wrappers such as idle timeouts. Worker-local, so it need not be `Send`.
     Boxed(Pin<Box<dyn Body<Data = Bytes, Error = BoxError>>>),
 }

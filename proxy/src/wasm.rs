@@ -14,10 +14,10 @@ use wasmesh_host::{
     GrpcRequest, GrpcResponse, Host, ModuleError, PluginSpec, VmFailure, VmLimits,
 };
 
-use crate::body::ProxyBody;
 use crate::config::ConfigError;
 use crate::config::filters::{self, EnvSource, HttpFilter};
-use crate::upstream::pick_endpoint;
+use crate::headers::Added;
+use crate::upstream::{self, Outbound, Protocol, RequestBody, pick_endpoint};
 use crate::worker::Worker;
 
 /// Largest callout response body a plugin receives.
@@ -300,13 +300,13 @@ impl Embedder for ProxyEmbedder {
     }
 }
 
-/// Sends one request to `cluster` (HTTP/2 for gRPC, else the cluster's protocol) and reads
-/// the whole response.
+/// Sends one request to `cluster` through the upstream entry point and reads the whole
+/// response.
 async fn exchange(
     worker: &Rc<Worker>,
     cluster_name: &str,
-    request: Request<ProxyBody>,
-    h2: bool,
+    request: Request<Bytes>,
+    grpc: bool,
 ) -> Result<(http::response::Parts, Bytes, Option<http::HeaderMap>), CalloutFailure> {
     let snapshot = worker.snapshot();
     let cluster = snapshot.cluster(cluster_name).ok_or_else(|| {
@@ -317,40 +317,24 @@ async fn exchange(
         .ok_or_else(|| CalloutFailure::ConnectionFailure("no endpoint".into()))?;
     let endpoint = pool.endpoints[index].clone();
     let fail = |e: String| CalloutFailure::ConnectionFailure(e);
-    let h2 = h2 || cluster.protocol == crate::config::UpstreamProtocol::Http2;
-    let response = if h2 {
-        let mut sender = endpoint
-            .acquire_h2()
-            .await
-            .map_err(|e| fail(format!("{e:?}")))?;
-        sender.ready().await.map_err(|e| fail(e.to_string()))?;
-        let (mut parts, body) = request.into_parts();
-        parts.version = Version::HTTP_2;
-        sender
-            .send_request(Request::from_parts(parts, body))
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .map(ProxyBody::Incoming)
-    } else {
-        let conn = endpoint
-            .acquire_h1(None)
-            .await
-            .map_err(|e| fail(format!("{e:?}")))?;
-        let (parts, body) = request.into_parts();
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let authority = parts.uri.authority().cloned();
-        conn.send(
-            &parts.method,
-            target,
-            &parts.headers,
-            &crate::headers::Added::default(),
-            authority.as_ref(),
-            body,
-        )
-        .await
-        .map_err(|e| fail(e.error.to_string()))?
-        .map(ProxyBody::Upstream)
+    // gRPC needs HTTP/2 whatever the cluster says; else the cluster's protocol decides.
+    let protocol = match grpc {
+        true => Protocol::Http2,
+        false => Protocol::of(cluster, Version::HTTP_11),
     };
+    let (mut head, body) = request.into_parts();
+    let authority = head.uri.authority().cloned();
+    let mut body = RequestBody::whole(body);
+    let request = Outbound {
+        head: &mut head,
+        added: &Added::default(),
+        authority: authority.as_ref(),
+        body: &mut body,
+        last: true,
+    };
+    let response = upstream::send(&endpoint, protocol, request, None)
+        .await
+        .map_err(|e| fail(format!("{e:?}")))?;
     let (parts, mut body) = response.into_parts();
     let mut data = bytes::BytesMut::new();
     let mut trailers = None;
@@ -406,7 +390,7 @@ async fn http_callout(
         }
     }
     let request = builder
-        .body(ProxyBody::full(call.body.clone()))
+        .body(call.body.clone())
         .map_err(|e| bad(e.to_string()))?;
     let (parts, body, trailers) = exchange(worker, &call.cluster, request, false).await?;
     let mut headers = vec![(
@@ -438,7 +422,7 @@ async fn grpc_callout(worker: &Rc<Worker>, call: GrpcRequest) -> GrpcResponse {
     for (k, v) in &call.initial_metadata {
         builder = builder.header(k.as_ref(), v.as_ref());
     }
-    let Ok(request) = builder.body(ProxyBody::full(framed)) else {
+    let Ok(request) = builder.body(Bytes::from(framed)) else {
         return failed(13, "bad metadata".into());
     };
     match exchange(worker, &call.cluster, request, true).await {

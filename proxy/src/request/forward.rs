@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::Response;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{Request, Response, Version};
+use http::uri::Authority;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
@@ -24,14 +24,12 @@ use super::prepare::Prepared;
 use super::retry::{Tried, backoff, earliest, retriable_error, retriable_response};
 use super::routing::Target;
 use crate::body::{BoxError, IdleTimeout, ProxyBody};
-use crate::config::UpstreamProtocol;
 use crate::headers;
 use crate::server::ConnCtx;
 use crate::snapshot::Snapshot;
 use crate::stats::{ResponseFlag, ResponseFlags};
-use crate::upstream::h1::ClientError;
-use crate::upstream::pool::{AcquireError, ClusterPool, EndpointPool};
-use crate::upstream::{Cluster, pick_endpoint};
+use crate::upstream::pool::{AcquireError, ClusterPool};
+use crate::upstream::{self, Cluster, Outbound, Protocol, RequestBody, SendError, pick_endpoint};
 
 const UPSTREAM_SERVICE_TIME: header::HeaderName =
     header::HeaderName::from_static("x-envoy-upstream-service-time");
@@ -119,29 +117,15 @@ pub(super) enum AttemptError {
     GlobalTimeout,
 }
 
-/// The request body, kept for replay when it is small enough to retry.
-enum RequestBody {
-    Replayable(Option<Bytes>),
-    Streaming(Option<ProxyBody>),
-}
-
-impl RequestBody {
-    fn take(&mut self) -> ProxyBody {
-        match self {
-            RequestBody::Replayable(None) => ProxyBody::Empty,
-            RequestBody::Replayable(Some(b)) => ProxyBody::Full(Some(b.clone())),
-            RequestBody::Streaming(body) => body.take().unwrap_or_default(),
+impl From<SendError> for AttemptError {
+    fn from(e: SendError) -> AttemptError {
+        match e {
+            SendError::Acquire(e) => AttemptError::Acquire(e),
+            SendError::Reset { refused, error } => AttemptError::Reset { refused, error },
+            SendError::Protocol(error) => AttemptError::Protocol(error),
+            SendError::RequestBody(error) => AttemptError::RequestBody(error),
+            SendError::Timeout => AttemptError::PerTryTimeout,
         }
-    }
-
-    fn put_back(&mut self, body: ProxyBody) {
-        if let RequestBody::Streaming(slot) = self {
-            *slot = Some(body);
-        }
-    }
-
-    fn can_replay(&self) -> bool {
-        !matches!(self, RequestBody::Streaming(None))
     }
 }
 
@@ -170,12 +154,8 @@ impl Upstream<'_> {
             return Err(LocalReply::overflow());
         };
         cluster.stats().rq_total.inc();
-        let h2 = match cluster.protocol {
-            UpstreamProtocol::Http1 => false,
-            UpstreamProtocol::Http2 => true,
-            UpstreamProtocol::Downstream => parts.version == Version::HTTP_2,
-        };
-        if h2 {
+        let protocol = Protocol::of(cluster, parts.version);
+        if protocol == Protocol::Http2 {
             std::mem::take(&mut added).apply_to(&mut parts.headers);
         }
 
@@ -196,18 +176,16 @@ impl Upstream<'_> {
             let last_possible = attempt >= max_attempts;
             let per_try = policy.and_then(|p| p.per_try_timeout.nonzero());
             let try_deadline = earliest(deadline, per_try.map(|t| Instant::now() + t));
-            let outcome = self
-                .attempt(
-                    &mut parts,
-                    &added,
-                    authority.as_ref(),
-                    &mut body,
-                    &endpoint_pool,
-                    h2,
-                    try_deadline,
-                    last_possible,
-                )
-                .await;
+            let request = Outbound {
+                head: &mut parts,
+                added: &added,
+                authority: authority.as_ref(),
+                body: &mut body,
+                last: last_possible,
+            };
+            let outcome = upstream::send(&endpoint_pool, protocol, request, try_deadline)
+                .await
+                .map_err(AttemptError::from);
             let outcome = match outcome {
                 Err(AttemptError::PerTryTimeout) if try_deadline == deadline => {
                     Err(AttemptError::GlobalTimeout)
@@ -314,84 +292,6 @@ impl Upstream<'_> {
             None => ProxyBody::boxed(counted),
         };
         Ok(RequestBody::Streaming(Some(body)))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn attempt(
-        &self,
-        parts: &mut Parts,
-        added: &headers::Added,
-        authority: Option<&Authority>,
-        body: &mut RequestBody,
-        pool: &Rc<EndpointPool>,
-        h2: bool,
-        deadline: Option<Instant>,
-        last_possible: bool,
-    ) -> Result<Response<ProxyBody>, AttemptError> {
-        let exchange = async {
-            if h2 {
-                // Boxed so the HTTP/2 path's state does not enlarge every HTTP/1 request.
-                let req =
-                    upstream_request(parts, authority, body.take(), true, pool, last_possible);
-                return Box::pin(send_h2(pool, req)).await;
-            }
-
-            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            loop {
-                let conn = pool
-                    .acquire_h1(deadline)
-                    .await
-                    .map_err(AttemptError::Acquire)?;
-                let reused = conn.uses > 0;
-                match conn
-                    .send(
-                        &parts.method,
-                        target,
-                        &parts.headers,
-                        added,
-                        authority,
-                        body.take(),
-                    )
-                    .await
-                {
-                    Ok(response) => return Ok(response.map(ProxyBody::Upstream)),
-                    Err(e) => {
-                        let not_sent = e.body.is_some();
-                        if let Some(b) = e.body {
-                            body.put_back(b);
-                        }
-                        // A pooled connection the server closed while it sat idle: the request
-                        // was not processed, so it goes out again on another connection
-                        // without counting as a retry.
-                        if reused && e.before_response && body.can_replay() {
-                            continue;
-                        }
-                        match e.error {
-                            ClientError::Invalid(_) => {
-                                return Err(AttemptError::Protocol(e.error.into()));
-                            }
-                            ClientError::RequestBody(error) => {
-                                return Err(AttemptError::RequestBody(error));
-                            }
-                            ClientError::BodyLength(_) => {
-                                return Err(AttemptError::RequestBody(e.error.into()));
-                            }
-                            _ => {}
-                        }
-                        return Err(AttemptError::Reset {
-                            refused: not_sent,
-                            error: e.error.into(),
-                        });
-                    }
-                }
-            }
-        };
-        match deadline {
-            Some(d) => tokio::time::timeout_at(d, exchange)
-                .await
-                .unwrap_or(Err(AttemptError::PerTryTimeout)),
-            None => exchange.await,
-        }
     }
 
     /// The local reply for a failed attempt; `retried` if it was not the first.
@@ -529,87 +429,5 @@ impl Drop for ActiveRequest {
         if let Some(i) = self.endpoint {
             self.cluster.endpoints[i].rq_active.fetch_sub(1, Relaxed);
         }
-    }
-}
-
-/// Builds the request for one attempt. On the last possible attempt the headers are moved
-/// instead of copied.
-pub(crate) fn upstream_request(
-    parts: &mut Parts,
-    authority: Option<&Authority>,
-    body: ProxyBody,
-    h2: bool,
-    pool: &EndpointPool,
-    last_possible: bool,
-) -> Request<ProxyBody> {
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.headers_mut() = if last_possible {
-        std::mem::take(&mut parts.headers)
-    } else {
-        parts.headers.clone()
-    };
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    if h2 {
-        *req.version_mut() = Version::HTTP_2;
-        let authority = authority.cloned().unwrap_or_else(|| {
-            Authority::try_from(pool.endpoint().addr.to_string().as_str())
-                .expect("an address is an authority")
-        });
-        req.headers_mut().remove(header::HOST);
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(authority);
-        uri.path_and_query = Some(path);
-        *req.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path make a URI");
-    } else {
-        *req.version_mut() = Version::HTTP_11;
-        *req.uri_mut() = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
-            parts.uri.clone()
-        } else {
-            Uri::from(path)
-        };
-        if let Some(a) = authority
-            && !req.headers().contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(a.as_str())
-        {
-            req.headers_mut().insert(header::HOST, v);
-        }
-    }
-    req
-}
-
-fn is_refused_stream(e: &hyper::Error) -> bool {
-    use std::error::Error;
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// One attempt over the worker's multiplexed HTTP/2 connection to an endpoint.
-pub(crate) async fn send_h2(
-    pool: &Rc<EndpointPool>,
-    req: Request<ProxyBody>,
-) -> Result<Response<ProxyBody>, AttemptError> {
-    let mut sender = pool.acquire_h2().await.map_err(AttemptError::Acquire)?;
-    sender.ready().await.map_err(|error| AttemptError::Reset {
-        refused: true,
-        error: error.into(),
-    })?;
-    match sender.send_request(req).await {
-        Ok(response) => Ok(response.map(ProxyBody::Incoming)),
-        Err(error) => Err(AttemptError::Reset {
-            refused: is_refused_stream(&error),
-            error: error.into(),
-        }),
     }
 }

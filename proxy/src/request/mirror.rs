@@ -4,19 +4,20 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Version;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::Authority;
 use http_body_util::BodyExt;
+use tokio::time::Instant;
 
 use super::filters::head_copy;
-use super::forward::{send_h2, upstream_request};
-use crate::body::ProxyBody;
-use crate::config::UpstreamProtocol;
 use crate::headers;
 use crate::server::ConnCtx;
 use crate::snapshot::Snapshot;
+use crate::upstream::{self, Outbound, Protocol, RequestBody};
+
+/// How long a mirrored request may take, its answer included.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Sends a copy of the request to a mirror cluster, Host suffixed `-shadow` as Istio does; the
 /// answer is discarded and never delays the request.
@@ -53,42 +54,23 @@ pub(super) fn mirror(
             return;
         };
         let endpoint = pool.endpoints[index].clone();
-        let h2 = match cluster.protocol {
-            UpstreamProtocol::Http1 => false,
-            UpstreamProtocol::Http2 => true,
-            UpstreamProtocol::Downstream => head.version == Version::HTTP_2,
+        // The cluster's protocol, as for the request itself: a gRPC cluster's mirror is HTTP/2.
+        let protocol = Protocol::of(&cluster, head.version);
+        let mut body = RequestBody::whole(body);
+        let request = Outbound {
+            head: &mut head,
+            added: &headers::Added::default(),
+            authority: shadow.as_ref(),
+            body: &mut body,
+            last: true,
         };
+        let deadline = Instant::now() + MIRROR_TIMEOUT;
         let send = async {
-            if h2 {
-                // The cluster speaks HTTP/2 (gRPC, say): so does its mirror.
-                let req = upstream_request(
-                    &mut head,
-                    shadow.as_ref(),
-                    ProxyBody::full(body),
-                    true,
-                    &endpoint,
-                    true,
-                );
-                let response = send_h2(&endpoint, req).await.ok()?;
+            let response = upstream::send(&endpoint, protocol, request, Some(deadline)).await;
+            if let Ok(response) = response {
                 let _ = response.into_body().collect().await;
-                return Some(());
             }
-            let conn = endpoint.acquire_h1(None).await.ok()?;
-            let target = head.uri.path_and_query().map_or("/", |p| p.as_str());
-            let response = conn
-                .send(
-                    &head.method,
-                    target,
-                    &head.headers,
-                    &headers::Added::default(),
-                    shadow.as_ref(),
-                    ProxyBody::full(body),
-                )
-                .await
-                .ok()?;
-            let _ = response.into_body().collect().await;
-            Some(())
         };
-        let _ = tokio::time::timeout(Duration::from_secs(30), send).await;
+        let _ = tokio::time::timeout_at(deadline, send).await;
     });
 }

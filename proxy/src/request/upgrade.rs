@@ -1,17 +1,16 @@
 //! Forward, for a request that asks to switch protocols (WebSocket): a connection of its own,
 //! then the two upgraded streams spliced together.
 
-use http::header;
 use http::request::Parts;
 use http::uri::Authority;
 use http::{Response, StatusCode};
 use tokio::time::Instant;
 
 use super::context::Exchange;
-use super::forward::{ActiveRequest, AttemptError, Upstream, upstream_request};
+use super::forward::{ActiveRequest, AttemptError, Upstream};
 use super::local_reply::LocalReply;
 use crate::body::ProxyBody;
-use crate::upstream::pick_endpoint;
+use crate::upstream::{self, pick_endpoint};
 
 impl Upstream<'_> {
     /// Forwards an HTTP/1.1 upgrade (WebSocket): a dedicated upstream connection, then the two
@@ -36,37 +35,17 @@ impl Upstream<'_> {
         let pool = &self.pool.endpoints[index];
         ex.upstream_host = Some(pool.endpoint().addr);
         let started = Instant::now();
-        let connect = pool.connect_for_upgrade();
-        let mut sender = match self.route.timeout {
-            Some(t) => tokio::time::timeout(t, connect)
+        let mut parts = parts;
+        let send = upstream::upgrade(pool, &mut parts, authority.as_ref(), body);
+        let sent = match self.route.timeout {
+            Some(t) => tokio::time::timeout(t, send)
                 .await
                 .map_err(|_| LocalReply::upstream_timeout())?,
-            None => connect.await,
-        }
-        .map_err(|e| self.failure_reply(AttemptError::Acquire(e), false, ex))?;
-        let mut parts = parts;
-        // The request's own body (rare, but legal) goes with it.
-        let req = upstream_request(&mut parts, authority.as_ref(), body, false, pool, true);
-        let mut response = sender.send_request(req).await.map_err(|error| {
-            let e = if error.is_user() {
-                AttemptError::RequestBody(error.into())
-            } else {
-                AttemptError::Reset {
-                    refused: false,
-                    error: error.into(),
-                }
-            };
-            self.failure_reply(e, false, ex)
-        })?;
+            None => send.await,
+        };
+        let mut response =
+            sent.map_err(|e| self.failure_reply(AttemptError::from(e), false, ex))?;
         ex.upstream_time = Some(started.elapsed());
-        let headers = response.headers();
-        if headers.contains_key(header::CONTENT_LENGTH)
-            && headers.contains_key(header::TRANSFER_ENCODING)
-        {
-            // hyper's client frames by the chunking and would pass the length on.
-            let error = "both content-length and transfer-encoding".into();
-            return Err(self.failure_reply(AttemptError::Protocol(error), false, ex));
-        }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream = hyper::upgrade::on(&mut response);
             tokio::task::spawn_local(async move {

@@ -7,6 +7,7 @@
 //! When the body ends, the connection goes straight back to its pool. Parsing uses `httparse`.
 
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
@@ -16,12 +17,12 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use super::pool::{ConnectionGuard, EndpointPool};
-use crate::body::{BoxError, ProxyBody};
+use super::connect::Transport;
 use crate::headers::Added;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -44,87 +45,86 @@ pub enum ClientError {
     BodyLength(&'static str),
 }
 
-/// An idle or checked-out HTTP/1.1 connection.
-pub struct H1Conn {
-    io: TcpStream,
+/// Where a connection belongs: its pool, which takes it back when a response is done and
+/// counts it while it lives.
+pub trait Home<S> {
+    fn release(&self, conn: Box<H1Conn<S>>);
+    /// The endpoint's address, for logs.
+    fn peer(&self) -> SocketAddr;
+}
+
+/// An idle or checked-out HTTP/1.1 connection over a transport `S`.
+pub struct H1Conn<S> {
+    io: S,
     buf: BytesMut,
     head: Vec<u8>,
     pub uses: u32,
-    pool: Rc<EndpointPool>,
-    _guard: ConnectionGuard,
+    home: Rc<dyn Home<S>>,
+}
+
+/// A request body as the client sends it.
+pub enum Outgoing<B> {
+    Empty,
+    /// Known whole: written with the head, in one system call when it fits.
+    Whole(Bytes),
+    Stream(B),
 }
 
 /// The failure of [`H1Conn::send`], with the request body if it was never read from.
-pub struct SendError {
+pub struct SendError<B> {
     pub error: ClientError,
     /// True if no byte of the response arrived and the request may not have been processed:
     /// on a reused connection that means the server closed it while idle.
     pub before_response: bool,
-    pub body: Option<ProxyBody>,
+    pub body: Option<Outgoing<B>>,
 }
 
-impl H1Conn {
+impl<S: Transport> H1Conn<S> {
     /// Boxed once per connection, so handing it between pool, request and body moves a pointer.
-    pub(super) fn new(
-        io: TcpStream,
-        pool: Rc<EndpointPool>,
-        guard: ConnectionGuard,
-    ) -> Box<H1Conn> {
+    pub fn new(io: S, home: Rc<dyn Home<S>>) -> Box<H1Conn<S>> {
         Box::new(H1Conn {
             io,
             buf: BytesMut::new(),
             head: Vec::with_capacity(512),
             uses: 0,
-            pool,
-            _guard: guard,
+            home,
         })
     }
 
     /// True if the upstream sent nothing (no byte, no end of stream) since the last response.
-    ///
-    /// Costs no system call in the usual case: tokio clears a socket's read readiness when a
-    /// read leaves it drained, so readiness here means something arrived since.
-    pub(super) fn quiet_while_idle(&mut self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                // Readiness may be left over from a read that filled its buffer: look.
-                let mut probe = [0u8; 1];
-                let quiet = matches!(
-                    self.io.try_read(&mut probe),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock
-                );
-                if !quiet {
-                    tracing::debug!(
-                        upstream = %self.pool.endpoint().addr,
-                        "closing an idle upstream connection that received data or was closed"
-                    );
-                }
-                quiet
-            }
+    pub fn quiet_while_idle(&mut self) -> bool {
+        let quiet = self.io.quiet_while_idle();
+        if !quiet {
+            tracing::debug!(
+                upstream = %self.home.peer(),
+                "closing an idle upstream connection that received data or was closed"
+            );
         }
+        quiet
     }
 
     /// Writes the request and reads the response head. The returned body owns the connection
     /// and hands it back to the pool once the response is complete.
-    pub async fn send(
+    pub async fn send<B>(
         mut self: Box<Self>,
         method: &Method,
         target: &str,
         headers: &HeaderMap,
         added: &Added,
         authority: Option<&Authority>,
-        mut body: ProxyBody,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+        body: Outgoing<B>,
+    ) -> Result<Response<UpstreamBody<S>>, SendError<B>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
         self.uses += 1;
         let framing = self.encode_head(method, target, headers, added, authority, &body);
         // A body known whole must match the length declared for it before anything is sent.
         let known = match &body {
-            ProxyBody::Empty => Some(0),
-            ProxyBody::Full(bytes) => Some(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            _ => None,
+            Outgoing::Empty => Some(0),
+            Outgoing::Whole(bytes) => Some(bytes.len() as u64),
+            Outgoing::Stream(_) => None,
         };
         if let (Some(len), BodyFraming::Length(declared)) = (known, framing)
             && len != declared
@@ -138,11 +138,8 @@ impl H1Conn {
             return Err(fail(error, false));
         }
         // A small body goes out with the head in one write; others stream after it.
-        let written = match (&body, framing) {
-            (ProxyBody::Empty, _) => self.io.write_all(&self.head).await,
-            (ProxyBody::Full(Some(bytes)), BodyFraming::Length(_)) => {
-                write_all_vectored(&mut self.io, &self.head, bytes).await
-            }
+        let written = match &body {
+            Outgoing::Whole(bytes) => write_all_vectored(&mut self.io, &self.head, bytes).await,
             _ => self.io.write_all(&self.head).await,
         };
         if let Err(e) = written {
@@ -152,13 +149,10 @@ impl H1Conn {
                 body: Some(body),
             });
         }
-        let sent_whole = matches!(body, ProxyBody::Empty)
-            || matches!(
-                (&body, framing),
-                (ProxyBody::Full(Some(_)), BodyFraming::Length(_))
-            );
         // Boxed: streaming a body is the rarer path and its state is large.
-        if !sent_whole && let Err(error) = Box::pin(self.write_body(&mut body, framing)).await {
+        if let Outgoing::Stream(mut body) = body
+            && let Err(error) = Box::pin(self.write_body(&mut body, framing)).await
+        {
             return Err(SendError {
                 error,
                 before_response: false,
@@ -171,14 +165,14 @@ impl H1Conn {
     /// Serialises the request head: its headers, then those the proxy adds. `Host` comes from
     /// `authority` when the request has none (HTTP/2 downstream); `Expect: 100-continue` is
     /// answered by the proxy, not forwarded.
-    fn encode_head(
+    fn encode_head<B: Body>(
         &mut self,
         method: &Method,
         target: &str,
         headers: &HeaderMap,
         added: &Added,
         authority: Option<&Authority>,
-        body: &ProxyBody,
+        body: &Outgoing<B>,
     ) -> BodyFraming {
         let head = &mut self.head;
         head.clear();
@@ -218,10 +212,15 @@ impl H1Conn {
             head.extend_from_slice(authority.as_str().as_bytes());
             head.extend_from_slice(b"\r\n");
         }
+        let exact = match body {
+            Outgoing::Empty => None,
+            Outgoing::Whole(bytes) => Some(bytes.len() as u64),
+            Outgoing::Stream(body) => body.size_hint().exact(),
+        };
         let framing = match (body, declared) {
             (_, Some(n)) => BodyFraming::Length(n),
-            (ProxyBody::Empty, None) => BodyFraming::None,
-            (body, None) => match body.size_hint().exact() {
+            (Outgoing::Empty, None) => BodyFraming::None,
+            (_, None) => match exact {
                 Some(n) => {
                     head.extend_from_slice(b"content-length: ");
                     head.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
@@ -238,11 +237,11 @@ impl H1Conn {
         framing
     }
 
-    async fn write_body(
-        &mut self,
-        body: &mut ProxyBody,
-        framing: BodyFraming,
-    ) -> Result<(), ClientError> {
+    async fn write_body<B>(&mut self, body: &mut B, framing: BodyFraming) -> Result<(), ClientError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
         let chunked = framing == BodyFraming::Chunked;
         // What the declared length still allows: a body that says otherwise fails the request
         // and its connection (never pooled), rather than desynchronise it.
@@ -254,7 +253,7 @@ impl H1Conn {
             let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
             let frame = match frame {
                 None => break,
-                Some(Err(e)) => return Err(ClientError::RequestBody(e)),
+                Some(Err(e)) => return Err(ClientError::RequestBody(e.into())),
                 Some(Ok(f)) => f,
             };
             match frame.into_data() {
@@ -294,10 +293,10 @@ impl H1Conn {
         Ok(())
     }
 
-    async fn read_response(
+    async fn read_response<B>(
         mut self: Box<Self>,
         head_request: bool,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+    ) -> Result<Response<UpstreamBody<S>>, SendError<B>> {
         let mut got_bytes = false;
         loop {
             if !self.buf.is_empty() {
@@ -346,7 +345,7 @@ impl H1Conn {
     }
 }
 
-fn fail(error: ClientError, before_response: bool) -> SendError {
+fn fail<B>(error: ClientError, before_response: bool) -> SendError<B> {
     SendError {
         error,
         before_response,
@@ -366,14 +365,14 @@ trait ReadOnce {
     async fn read_buf_once(&mut self, buf: &mut BytesMut) -> io::Result<usize>;
 }
 
-impl ReadOnce for TcpStream {
+impl<S: AsyncRead + Unpin> ReadOnce for S {
     async fn read_buf_once(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         std::future::poll_fn(|cx| poll_read_buf(self, cx, buf)).await
     }
 }
 
-fn poll_read_buf(
-    io: &mut TcpStream,
+fn poll_read_buf<S: AsyncRead + Unpin>(
+    io: &mut S,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
@@ -385,12 +384,18 @@ fn poll_read_buf(
     Poll::Ready(Ok(n))
 }
 
-async fn write_all_vectored(io: &mut TcpStream, a: &[u8], b: &[u8]) -> io::Result<()> {
+async fn write_all_vectored<S>(io: &mut S, a: &[u8], b: &[u8]) -> io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
     write_all_vectored3(io, a, b, &[]).await
 }
 
 /// Writes three slices with as few syscalls as the socket allows.
-async fn write_all_vectored3(io: &mut TcpStream, a: &[u8], b: &[u8], c: &[u8]) -> io::Result<()> {
+async fn write_all_vectored3<S>(io: &mut S, a: &[u8], b: &[u8], c: &[u8]) -> io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
     let total = a.len() + b.len() + c.len();
     let mut written = 0;
     while written < total {
@@ -602,13 +607,13 @@ fn contains_token(value: &[u8], token: &[u8]) -> bool {
 }
 
 /// A response body read straight from the upstream connection.
-pub struct UpstreamBody {
-    conn: Option<Box<H1Conn>>,
+pub struct UpstreamBody<S> {
+    conn: Option<Box<H1Conn<S>>>,
     framing: Framing,
     keep_alive: bool,
 }
 
-impl UpstreamBody {
+impl<S: Transport> UpstreamBody<S> {
     /// True when the rest of the body has already arrived: reading it cannot stall.
     pub fn is_buffered_whole(&self) -> bool {
         match (&self.framing, &self.conn) {
@@ -627,8 +632,8 @@ impl UpstreamBody {
             && self.keep_alive
             && conn.buf.is_empty()
         {
-            let pool = conn.pool.clone();
-            pool.release(conn);
+            let home = conn.home.clone();
+            home.release(conn);
         }
     }
 
@@ -803,7 +808,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-impl Body for UpstreamBody {
+impl<S: Transport> Body for UpstreamBody<S> {
     type Data = Bytes;
     type Error = BoxError;
 

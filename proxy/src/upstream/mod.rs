@@ -1,8 +1,10 @@
 //! Upstream clusters: endpoints, load balancing, circuit breakers and per-worker connection pools.
 
+pub mod connect;
 pub mod h1;
 mod lb;
 pub mod pool;
+mod send;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -13,6 +15,7 @@ use crate::config::{self, LbPolicy, UpstreamProtocol};
 use crate::stats::{ClusterShard, Sharded};
 
 pub use lb::pick_endpoint;
+pub use send::{Outbound, Protocol, RequestBody, SendError, send, upgrade};
 
 /// A cluster as the workers use it. Shared by all workers; its counters are atomics.
 pub struct Cluster {

@@ -16,15 +16,18 @@ use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
 
-use super::h1::H1Conn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::connect::{self, Stream};
+use super::h1::{H1Conn, Home};
 use super::{Cluster, Endpoint};
 use crate::body::ProxyBody;
 use crate::rt::LocalExec;
+
+/// A pooled HTTP/1.1 connection.
+pub type Conn = H1Conn<Stream>;
 
 /// Why no connection could be had.
 #[derive(Debug)]
@@ -104,7 +107,7 @@ pub struct EndpointPool {
 }
 
 struct IdleConn {
-    conn: Box<H1Conn>,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -116,7 +119,7 @@ impl IdleConn {
 
 /// What a pending request is handed when a connection frees up.
 enum Handoff {
-    Conn(Box<H1Conn>),
+    Conn(Box<Conn>),
     /// A connection closed: try to open a new one.
     TryConnect,
 }
@@ -136,7 +139,7 @@ impl EndpointPool {
     pub async fn acquire_h1(
         self: &Rc<Self>,
         deadline: Option<Instant>,
-    ) -> Result<Box<H1Conn>, AcquireError> {
+    ) -> Result<Box<Conn>, AcquireError> {
         // As in Envoy, a request stays pending (and holds its pending slot) until it has a
         // connection, including while it opens one after another closed.
         let mut pending = None;
@@ -192,10 +195,10 @@ impl EndpointPool {
     }
 
     /// Opens a connection whose cluster slot the caller already took.
-    async fn connect_h1(self: &Rc<Self>) -> Result<Box<H1Conn>, AcquireError> {
+    async fn connect_h1(self: &Rc<Self>) -> Result<Box<Conn>, AcquireError> {
         let guard = ConnectionGuard::new(self.clone());
-        let stream = self.connect_tcp().await?;
-        Ok(H1Conn::new(stream, self.clone(), guard))
+        let stream = self.connect().await?;
+        Ok(H1Conn::new(stream, Rc::new(guard)))
     }
 
     /// Gets the worker's HTTP/2 connection to this endpoint, opening it if needed.
@@ -247,7 +250,7 @@ impl EndpointPool {
             self.cluster.add_connection_over_limit();
         }
         let guard = ConnectionGuard::new(self.clone());
-        let stream = self.connect_tcp().await?;
+        let stream = self.connect().await?;
         let (sender, conn) = http2::Builder::new(LocalExec)
             .timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)
@@ -274,7 +277,7 @@ impl EndpointPool {
             self.cluster.add_connection_over_limit();
         }
         let guard = ConnectionGuard::new(self.clone());
-        let stream = self.connect_tcp().await?;
+        let stream = self.connect().await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(AcquireError::Handshake)?;
@@ -287,39 +290,14 @@ impl EndpointPool {
         Ok(sender)
     }
 
-    async fn connect_tcp(&self) -> Result<TcpStream, AcquireError> {
-        let endpoint = self.endpoint();
-        let stats = self.cluster.stats();
-        stats.cx_total.inc();
-        let result = tokio::time::timeout(
-            self.cluster.connect_timeout,
-            TcpStream::connect(endpoint.addr),
-        )
-        .await;
-        let stream = match result {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                stats.cx_connect_fail.inc();
-                endpoint.report_connect_failure();
-                return Err(AcquireError::ConnectFailed(e));
-            }
-            Err(_) => {
-                stats.cx_connect_fail.inc();
-                stats.cx_connect_timeout.inc();
-                endpoint.report_connect_failure();
-                return Err(AcquireError::ConnectFailed(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "connect timeout",
-                )));
-            }
-        };
-        endpoint.report_connect_success();
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+    async fn connect(&self) -> Result<Stream, AcquireError> {
+        connect::connect(&self.cluster, self.endpoint())
+            .await
+            .map_err(AcquireError::ConnectFailed)
     }
 
     /// Takes back a connection that finished a response: hands it to a waiter or keeps it idle.
-    pub(super) fn release(&self, mut conn: Box<H1Conn>) {
+    fn release(&self, mut conn: Box<Conn>) {
         let max = self.cluster.max_requests_per_connection;
         if max != 0 && conn.uses >= max {
             // Dropping the connection closes it; its guard wakes a waiter.
@@ -360,6 +338,16 @@ impl ConnectionGuard {
         pool.connections.set(pool.connections.get() + 1);
         pool.endpoint().cx_active.fetch_add(1, Relaxed);
         ConnectionGuard { pool }
+    }
+}
+
+impl Home<Stream> for ConnectionGuard {
+    fn release(&self, conn: Box<Conn>) {
+        self.pool.release(conn);
+    }
+
+    fn peer(&self) -> std::net::SocketAddr {
+        self.pool.endpoint().addr
     }
 }
 
