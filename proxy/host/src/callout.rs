@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::vm::VmCell;
-
 /// An HTTP call as the plugin asked for it. `headers` carries `:method`, `:path` and
 /// `:authority` (and optionally `:scheme`) as pseudo-headers.
 #[derive(Clone, Debug)]
@@ -81,9 +79,15 @@ pub trait Embedder {
     }
 }
 
+/// Where a callout's answer goes: the VM that made the call (implemented by `vm::VmCell`).
+pub(crate) trait Deliver {
+    fn deliver_http_response(&self, token: u32, result: Result<CalloutResponse, CalloutFailure>);
+    fn deliver_grpc_response(&self, token: u32, response: GrpcResponse);
+}
+
 /// Hands an HTTP call's answer back to the VM that made it.
 pub struct CalloutDone {
-    pub(crate) vm: Weak<VmCell>,
+    pub(crate) vm: Weak<dyn Deliver>,
     pub(crate) token: u32,
 }
 
@@ -103,7 +107,7 @@ impl CalloutDone {
 
 /// Hands a gRPC call's outcome back to the VM that made it.
 pub struct GrpcDone {
-    pub(crate) vm: Weak<VmCell>,
+    pub(crate) vm: Weak<dyn Deliver>,
     pub(crate) token: u32,
 }
 

@@ -222,7 +222,7 @@ fn check(sha256: [u8; 32], module: Module) -> Result<PluginModule, ModuleError> 
     }
     for import in module.imports() {
         let known = match import.module() {
-            "env" => crate::imports::ENV_FUNCTIONS.contains(&import.name()),
+            "env" => crate::abi::ENV_FUNCTIONS.contains(&import.name()),
             "wasi_snapshot_preview1" | "wasi_unstable" => true,
             _ => false,
         };

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc::UnboundedSender;
-use wasmtime::{Memory, TypedFunc};
+use wasmtime::{Memory, ResourceLimiter, StoreLimits, TypedFunc};
 
 use crate::callout::{CalloutRequest, Embedder, GrpcRequest};
 use crate::shared::{Metric, Shared};
@@ -46,7 +46,7 @@ pub(crate) enum Effect {
 }
 
 pub struct HostState {
-    pub(crate) limits: crate::vm::MemoryCap,
+    pub(crate) limits: MemoryCap,
     pub(crate) memory: Option<Memory>,
     pub(crate) alloc: Option<TypedFunc<i32, i32>>,
     pub(crate) vm_id: String,
@@ -108,5 +108,36 @@ impl HostState {
     pub(crate) fn next_token(&mut self) -> u32 {
         self.next_token = self.next_token.wrapping_add(1).max(1);
         self.next_token
+    }
+}
+
+/// Caps linear memory growth and remembers when it refused one.
+pub struct MemoryCap {
+    pub(crate) max: usize,
+    pub(crate) denied: bool,
+    pub(crate) tables: StoreLimits,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            self.denied = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.tables.table_growing(current, desired, maximum)
     }
 }

@@ -13,16 +13,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use wasmtime::{
-    InstancePre, ResourceLimiter, Store, StoreLimits, Trap, TypedFunc, WasmParams, WasmResults,
-};
+use wasmtime::{InstancePre, Store, Trap, TypedFunc, WasmParams, WasmResults};
 
 use crate::callout::{
-    CalloutDone, CalloutFailure, CalloutResponse, Embedder, GrpcDone, GrpcResponse,
+    CalloutDone, CalloutFailure, CalloutResponse, Deliver, Embedder, GrpcDone, GrpcResponse,
 };
 use crate::module::{EPOCH_TICK, PluginModule};
 use crate::shared::Shared;
-use crate::state::{CallResponse, Context, Effect, HostState, PluginInfo};
+use crate::state::{CallResponse, Context, Effect, HostState, MemoryCap, PluginInfo};
 use crate::stream::Stream;
 
 /// Why a VM stopped working.
@@ -53,37 +51,6 @@ impl Default for VmLimits {
             memory: 64 << 20,
             call_deadline: Duration::from_millis(100),
         }
-    }
-}
-
-/// Caps linear memory growth and remembers when it refused one.
-pub struct MemoryCap {
-    max: usize,
-    pub(crate) denied: bool,
-    tables: StoreLimits,
-}
-
-impl ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.max {
-            self.denied = true;
-            return Ok(false);
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.tables.table_growing(current, desired, maximum)
     }
 }
 
@@ -291,14 +258,14 @@ impl VmCell {
             match effect {
                 Effect::HttpCall { token, request } => {
                     let done = CalloutDone {
-                        vm: self.weak(),
+                        vm: self.weak() as Weak<dyn Deliver>,
                         token,
                     };
                     self.embedder.http_call(request, done);
                 }
                 Effect::GrpcCall { token, request } => {
                     let done = GrpcDone {
-                        vm: self.weak(),
+                        vm: self.weak() as Weak<dyn Deliver>,
                         token,
                     };
                     self.embedder.grpc_call(request, done);
@@ -355,28 +322,6 @@ impl VmCell {
 
     fn embedder_spawn(&self, fut: Pin<Box<dyn std::future::Future<Output = ()>>>) {
         crate::spawn_local(fut);
-    }
-
-    pub(crate) fn deliver_http_response(
-        &self,
-        token: u32,
-        result: Result<CalloutResponse, CalloutFailure>,
-    ) {
-        if self.vm.try_borrow_mut().is_err() {
-            // Never nest a callback in another: deliver on the next turn.
-            let weak = self.weak();
-            crate::spawn_local(Box::pin(async move {
-                if let Some(vm) = weak.upgrade() {
-                    vm.deliver_http_response(token, result);
-                }
-            }));
-            return;
-        }
-        let _ = self.with(|vm| vm.http_call_response(token, result));
-    }
-
-    pub(crate) fn deliver_grpc_response(&self, token: u32, response: GrpcResponse) {
-        let _ = self.with(|vm| vm.grpc_response(token, response));
     }
 
     pub fn failure(&self) -> Option<VmFailure> {
@@ -693,5 +638,25 @@ impl Vm {
 
     pub fn failure(&self) -> Option<&VmFailure> {
         self.failure.as_ref().map(|(f, _)| f)
+    }
+}
+
+impl Deliver for VmCell {
+    fn deliver_http_response(&self, token: u32, result: Result<CalloutResponse, CalloutFailure>) {
+        if self.vm.try_borrow_mut().is_err() {
+            // Never nest a callback in another: deliver on the next turn.
+            let weak = self.weak();
+            crate::spawn_local(Box::pin(async move {
+                if let Some(vm) = weak.upgrade() {
+                    vm.deliver_http_response(token, result);
+                }
+            }));
+            return;
+        }
+        let _ = self.with(|vm| vm.http_call_response(token, result));
+    }
+
+    fn deliver_grpc_response(&self, token: u32, response: GrpcResponse) {
+        let _ = self.with(|vm| vm.grpc_response(token, response));
     }
 }

@@ -12,11 +12,11 @@ use http::uri::Authority;
 use http::{Method, Request, Version};
 use hyper::body::Incoming;
 
-use super::forward::ActiveRequest;
 use crate::headers;
 use crate::route::Route;
 use crate::server::ConnCtx;
 use crate::stats::ResponseFlags;
+use crate::upstream::ActiveRequest;
 
 /// What is known about a request while it is served, for stats and the access log.
 pub struct Exchange {

@@ -24,7 +24,7 @@ use wasmesh_host::{
 
 use super::context::Exchange;
 use super::local_reply::LocalReply;
-use super::prepare::{Prepared, request_authority};
+use super::prepare::{Prepared, head_copy, request_authority};
 use crate::body::{BoxError, ProxyBody};
 use crate::server::ConnCtx;
 use crate::snapshot::Snapshot;
@@ -272,16 +272,6 @@ impl Filters {
         record(&mut self.stream.info.borrow_mut());
         self.filters.borrow_mut().finish();
     }
-}
-
-/// A copy of the request head, for filters that read it in later phases.
-pub(super) fn head_copy(parts: &Parts) -> Parts {
-    let (mut copy, ()) = Request::new(()).into_parts();
-    copy.method = parts.method.clone();
-    copy.uri = parts.uri.clone();
-    copy.version = parts.version;
-    copy.headers = parts.headers.clone();
-    copy
 }
 
 fn response_head_copy(parts: &http::response::Parts) -> http::response::Parts {

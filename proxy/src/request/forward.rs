@@ -4,7 +4,6 @@
 
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 
@@ -21,7 +20,7 @@ use super::context::Exchange;
 use super::filters::Filters;
 use super::local_reply::LocalReply;
 use super::prepare::Prepared;
-use super::retry::{Tried, backoff, earliest, retriable_error, retriable_response};
+use super::retry::{AttemptError, Tried, backoff, earliest, retriable_error, retriable_response};
 use super::routing::Target;
 use crate::body::{BoxError, IdleTimeout, ProxyBody};
 use crate::headers;
@@ -29,7 +28,7 @@ use crate::server::ConnCtx;
 use crate::snapshot::Snapshot;
 use crate::stats::{ResponseFlag, ResponseFlags};
 use crate::upstream::pool::{AcquireError, ClusterPool};
-use crate::upstream::{self, Cluster, Outbound, Protocol, RequestBody, SendError, pick_endpoint};
+use crate::upstream::{self, ActiveRequest, Outbound, Protocol, RequestBody, pick_endpoint};
 
 const UPSTREAM_SERVICE_TIME: header::HeaderName =
     header::HeaderName::from_static("x-envoy-upstream-service-time");
@@ -98,35 +97,6 @@ pub(super) struct Upstream<'a> {
     pub route: Target<'a>,
     pub pool: Rc<ClusterPool>,
     pub conn: &'a ConnCtx,
-}
-
-/// How one attempt ended, when it did not produce a response.
-pub(super) enum AttemptError {
-    Acquire(AcquireError),
-    /// The request failed after it was handed to a connection.
-    Reset {
-        refused: bool,
-        error: BoxError,
-    },
-    /// The upstream's response broke HTTP framing or syntax.
-    Protocol(BoxError),
-    /// The client's request body failed (its framing broke, it stalled, or the client went
-    /// away): the client's fault, never held against the endpoint.
-    RequestBody(BoxError),
-    PerTryTimeout,
-    GlobalTimeout,
-}
-
-impl From<SendError> for AttemptError {
-    fn from(e: SendError) -> AttemptError {
-        match e {
-            SendError::Acquire(e) => AttemptError::Acquire(e),
-            SendError::Reset { refused, error } => AttemptError::Reset { refused, error },
-            SendError::Protocol(error) => AttemptError::Protocol(error),
-            SendError::RequestBody(error) => AttemptError::RequestBody(error),
-            SendError::Timeout => AttemptError::PerTryTimeout,
-        }
-    }
 }
 
 impl Upstream<'_> {
@@ -394,40 +364,5 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// A request counted against `max_requests` and its endpoint's active requests until the
-/// response is finished.
-pub struct ActiveRequest {
-    cluster: Arc<Cluster>,
-    endpoint: Option<usize>,
-}
-
-impl ActiveRequest {
-    pub(super) fn start(cluster: &Arc<Cluster>) -> Option<ActiveRequest> {
-        std::mem::forget(cluster.try_start_request()?);
-        Some(ActiveRequest {
-            cluster: cluster.clone(),
-            endpoint: None,
-        })
-    }
-
-    pub(super) fn set_endpoint(&mut self, index: usize) {
-        if let Some(old) = self.endpoint.replace(index) {
-            self.cluster.endpoints[old].rq_active.fetch_sub(1, Relaxed);
-        }
-        self.cluster.endpoints[index]
-            .rq_active
-            .fetch_add(1, Relaxed);
-    }
-}
-
-impl Drop for ActiveRequest {
-    fn drop(&mut self) {
-        self.cluster.rq_active.fetch_sub(1, Relaxed);
-        if let Some(i) = self.endpoint {
-            self.cluster.endpoints[i].rq_active.fetch_sub(1, Relaxed);
-        }
     }
 }

@@ -10,7 +10,7 @@ use http::uri::Authority;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use super::filters::head_copy;
+use super::prepare::head_copy;
 use crate::headers;
 use crate::server::ConnCtx;
 use crate::snapshot::Snapshot;

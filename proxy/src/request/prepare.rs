@@ -86,3 +86,13 @@ pub(super) fn request_authority(parts: &mut Parts) -> Result<Option<Authority>, 
         None => Ok(None),
     }
 }
+
+/// A copy of the request head, for filters that read it in later phases.
+pub(super) fn head_copy(parts: &Parts) -> Parts {
+    let (mut copy, ()) = Request::new(()).into_parts();
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
+}

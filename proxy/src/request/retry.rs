@@ -6,10 +6,39 @@ use std::time::Duration;
 use http::Response;
 use tokio::time::Instant;
 
-use super::forward::AttemptError;
-use crate::body::ProxyBody;
+use crate::body::{BoxError, ProxyBody};
 use crate::config::{MAX_RETRIES, RetryOn, RetryPolicy};
+use crate::upstream::SendError;
 use crate::upstream::pool::AcquireError;
+
+/// How one attempt ended, when it did not produce a response.
+pub(super) enum AttemptError {
+    Acquire(AcquireError),
+    /// The request failed after it was handed to a connection.
+    Reset {
+        refused: bool,
+        error: BoxError,
+    },
+    /// The upstream's response broke HTTP framing or syntax.
+    Protocol(BoxError),
+    /// The client's request body failed (its framing broke, it stalled, or the client went
+    /// away): the client's fault, never held against the endpoint.
+    RequestBody(BoxError),
+    PerTryTimeout,
+    GlobalTimeout,
+}
+
+impl From<SendError> for AttemptError {
+    fn from(e: SendError) -> AttemptError {
+        match e {
+            SendError::Acquire(e) => AttemptError::Acquire(e),
+            SendError::Reset { refused, error } => AttemptError::Reset { refused, error },
+            SendError::Protocol(error) => AttemptError::Protocol(error),
+            SendError::RequestBody(error) => AttemptError::RequestBody(error),
+            SendError::Timeout => AttemptError::PerTryTimeout,
+        }
+    }
+}
 
 /// Envoy's `retry_on` for a response.
 pub(super) fn retriable_response(policy: &RetryPolicy, response: &Response<ProxyBody>) -> bool {

@@ -7,10 +7,11 @@ use http::{Response, StatusCode};
 use tokio::time::Instant;
 
 use super::context::Exchange;
-use super::forward::{ActiveRequest, AttemptError, Upstream};
+use super::forward::Upstream;
 use super::local_reply::LocalReply;
+use super::retry::AttemptError;
 use crate::body::ProxyBody;
-use crate::upstream::{self, pick_endpoint};
+use crate::upstream::{self, ActiveRequest, pick_endpoint};
 
 impl Upstream<'_> {
     /// Forwards an HTTP/1.1 upgrade (WebSocket): a dedicated upstream connection, then the two

@@ -7,8 +7,8 @@ pub mod pool;
 mod send;
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::config::{self, LbPolicy, UpstreamProtocol};
@@ -192,6 +192,41 @@ impl Endpoint {
         if self.consecutive_connect_failures.load(Relaxed) != 0 {
             self.consecutive_connect_failures.store(0, Relaxed);
             self.unhealthy_until_ms.store(0, Relaxed);
+        }
+    }
+}
+
+/// A request counted against `max_requests` and its endpoint's active requests until the
+/// response is finished.
+pub struct ActiveRequest {
+    cluster: Arc<Cluster>,
+    endpoint: Option<usize>,
+}
+
+impl ActiveRequest {
+    pub fn start(cluster: &Arc<Cluster>) -> Option<ActiveRequest> {
+        std::mem::forget(cluster.try_start_request()?);
+        Some(ActiveRequest {
+            cluster: cluster.clone(),
+            endpoint: None,
+        })
+    }
+
+    pub fn set_endpoint(&mut self, index: usize) {
+        if let Some(old) = self.endpoint.replace(index) {
+            self.cluster.endpoints[old].rq_active.fetch_sub(1, Relaxed);
+        }
+        self.cluster.endpoints[index]
+            .rq_active
+            .fetch_add(1, Relaxed);
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.cluster.rq_active.fetch_sub(1, Relaxed);
+        if let Some(i) = self.endpoint {
+            self.cluster.endpoints[i].rq_active.fetch_sub(1, Relaxed);
         }
     }
 }

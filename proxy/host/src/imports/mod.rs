@@ -26,55 +26,6 @@ use wasmtime::Linker;
 
 use crate::state::HostState;
 
-/// Every `env` function defined here, for checking a module's imports before instantiating it.
-pub const ENV_FUNCTIONS: &[&str] = &[
-    "proxy_log",
-    "proxy_get_log_level",
-    "proxy_get_current_time_nanoseconds",
-    "proxy_set_tick_period_milliseconds",
-    "proxy_done",
-    "proxy_set_effective_context",
-    "proxy_get_buffer_bytes",
-    "proxy_set_buffer_bytes",
-    "proxy_get_buffer_status",
-    "proxy_get_header_map_size",
-    "proxy_get_header_map_pairs",
-    "proxy_set_header_map_pairs",
-    "proxy_get_header_map_value",
-    "proxy_add_header_map_value",
-    "proxy_replace_header_map_value",
-    "proxy_remove_header_map_value",
-    "proxy_continue_stream",
-    "proxy_close_stream",
-    "proxy_get_status",
-    "proxy_send_local_response",
-    "proxy_http_call",
-    "proxy_grpc_call",
-    "proxy_grpc_stream",
-    "proxy_grpc_send",
-    "proxy_grpc_cancel",
-    "proxy_grpc_close",
-    "proxy_set_shared_data",
-    "proxy_get_shared_data",
-    "proxy_register_shared_queue",
-    "proxy_resolve_shared_queue",
-    "proxy_enqueue_shared_queue",
-    "proxy_dequeue_shared_queue",
-    "proxy_define_metric",
-    "proxy_record_metric",
-    "proxy_increment_metric",
-    "proxy_get_metric",
-    "proxy_get_property",
-    "proxy_set_property",
-    "proxy_call_foreign_function",
-    "proxy_get_configuration",
-    "proxy_continue_request",
-    "proxy_continue_response",
-    "proxy_clear_route_cache",
-    "emscripten_notify_memory_growth",
-    "pthread_equal",
-];
-
 mod buffers;
 mod call;
 mod callouts;

@@ -8,8 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use wasmtime::{Linker, Module};
 
-use super::{ENV_FUNCTIONS, define};
+use super::define;
 use crate::abi::AbiVersion;
+use crate::abi::ENV_FUNCTIONS;
 use crate::state::HostState;
 use crate::{FailStrategy, Host, NoCallouts, PluginModule, PluginSpec, VmLimits, WorkerVms};
 
