@@ -19,6 +19,7 @@ mod istio_faults;
 mod istio_mirroring;
 mod istio_routing;
 mod istio_timeouts;
+mod layout;
 mod plugins;
 mod probes;
 mod request_path;
