@@ -29,7 +29,7 @@ use crate::handler::{
     Exchange, LocalReply, Target, Upstream, request_authority, send_h2, upstream_request,
 };
 use crate::headers;
-use crate::server::ConnCtx;
+use crate::conn::ConnCtx;
 use crate::snapshot::Snapshot;
 use crate::stats::ResponseFlag;
 

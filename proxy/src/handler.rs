@@ -26,7 +26,7 @@ use crate::config::{RetryOn, RetryPolicy, ServerHeaderTransformation, UpstreamPr
 use crate::h1_guard::SwitchWatch;
 use crate::headers;
 use crate::route::Route;
-use crate::server::ConnCtx;
+use crate::conn::ConnCtx;
 use crate::snapshot::Snapshot;
 use crate::stats::{ResponseFlag, ResponseFlags};
 use crate::upstream::h1::ClientError;

@@ -10,6 +10,7 @@ pub use wasmesh_config as config;
 mod access_log;
 mod admin;
 mod body;
+mod conn;
 mod filtered;
 mod h1_guard;
 mod h2_guard;

@@ -16,7 +16,7 @@ use tokio::sync::{Notify, watch};
 use crate::ReloadError;
 use crate::access_log::{AccessLogSink, LogBuffer};
 use crate::config::{Bootstrap, ConfigError};
-use crate::server::{self, ConnCtx};
+use crate::server;
 use crate::snapshot::Snapshot;
 use crate::stats::{self, ListenerStats};
 use crate::upstream::pool::Pools;
@@ -224,6 +224,15 @@ impl Shared {
     }
 }
 
+/// What the worker asks of a downstream connection it serves: whether it sat idle too long,
+/// and to close (on drain, or when idle).
+pub trait Connection {
+    /// True if nothing is in flight and nothing happened for the idle timeout.
+    fn is_idle_past_timeout(&self, now: tokio::time::Instant) -> bool;
+    /// Finishes the requests in flight and closes.
+    fn request_shutdown(&self);
+}
+
 /// One worker's state. Lives on the worker thread only.
 pub struct Worker {
     pub shared: Arc<Shared>,
@@ -239,7 +248,7 @@ pub struct Worker {
     vms: RefCell<Option<WorkerVms>>,
     chains: RefCell<(u64, Vec<Option<Rc<Chain>>>)>,
     /// Connections being served, so drain and idle timeouts can reach them.
-    registry: RefCell<Vec<Weak<ConnCtx>>>,
+    registry: RefCell<Vec<Weak<dyn Connection>>>,
 }
 
 impl Worker {
@@ -323,8 +332,10 @@ impl Worker {
         ConnectionTrack(self.clone())
     }
 
-    pub fn register_connection(&self, conn: &Rc<ConnCtx>) {
-        self.registry.borrow_mut().push(Rc::downgrade(conn));
+    /// Keeps a connection within reach of drain and idle timeouts while it lives.
+    pub fn register_connection<C: Connection + 'static>(&self, conn: &Rc<C>) {
+        let weak: Weak<dyn Connection> = Rc::downgrade(conn);
+        self.registry.borrow_mut().push(weak);
     }
 
     /// Asks idle connections (or, when draining, all of them) to close; forgets closed ones.
