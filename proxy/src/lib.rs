@@ -10,19 +10,20 @@ pub use wasmesh_config as config;
 mod access_log;
 mod admin;
 mod body;
+mod callouts;
 mod conn;
 mod filtered;
 mod h1_guard;
 mod h2_guard;
 mod handler;
 mod headers;
+mod plugins;
 mod route;
 mod rt;
 mod server;
 mod snapshot;
 mod stats;
 mod upstream;
-mod wasm;
 mod worker;
 
 use std::net::SocketAddr;
@@ -310,8 +311,8 @@ pub fn check_filters(
     filters: &[config::filters::HttpFilter],
     base_dir: Option<&std::path::Path>,
 ) -> Result<(), String> {
-    let specs = wasm::load_chain(host, filters, base_dir).map_err(|e| e.to_string())?;
-    wasm::validate(host, filters, &specs).map_err(|e| e.to_string())
+    let specs = plugins::load_chain(host, filters, base_dir).map_err(|e| e.to_string())?;
+    plugins::validate(host, filters, &specs).map_err(|e| e.to_string())
 }
 
 /// Loads and orders a listener's filters into the plugin specs a worker's chain is made of,
@@ -321,7 +322,7 @@ pub fn load_filters(
     filters: &[config::filters::HttpFilter],
     base_dir: Option<&std::path::Path>,
 ) -> Result<Vec<Arc<wasmesh_host::PluginSpec>>, String> {
-    wasm::load_chain(host, filters, base_dir).map_err(|e| e.to_string())
+    plugins::load_chain(host, filters, base_dir).map_err(|e| e.to_string())
 }
 
 /// How long a SIGTERM drain may take before connections are closed.

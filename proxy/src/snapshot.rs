@@ -59,9 +59,9 @@ impl Snapshot {
         let mut chains = Vec::with_capacity(bootstrap.listeners.len());
         for (i, l) in bootstrap.listeners.iter().enumerate() {
             let specs =
-                crate::wasm::load_chain(host, &l.http_filters, bootstrap.base_dir.as_deref())
+                crate::plugins::load_chain(host, &l.http_filters, bootstrap.base_dir.as_deref())
                     .map_err(|e| e.at_listener(i))?;
-            crate::wasm::validate(host, &l.http_filters, &specs).map_err(|e| e.at_listener(i))?;
+            crate::plugins::validate(host, &l.http_filters, &specs).map_err(|e| e.at_listener(i))?;
             chains.push(specs);
         }
         Ok(Snapshot {

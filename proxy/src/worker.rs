@@ -20,7 +20,7 @@ use crate::server;
 use crate::snapshot::Snapshot;
 use crate::stats::{self, ListenerStats};
 use crate::upstream::pool::Pools;
-use crate::wasm::ProxyEmbedder;
+use crate::callouts::ProxyEmbedder;
 use wasmesh_host::{Chain, Host, WorkerVms};
 
 /// What all threads share: the current snapshot, counters, the access log and the drain signal.
