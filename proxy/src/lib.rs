@@ -23,6 +23,7 @@ mod rt;
 mod server;
 mod snapshot;
 mod stats;
+mod threads;
 mod upstream;
 mod worker;
 
@@ -191,7 +192,7 @@ impl Proxy {
         let workers = per_worker
             .into_iter()
             .enumerate()
-            .map(|(i, sockets)| worker::spawn(i, shared.clone(), sockets, drain_timeout))
+            .map(|(i, sockets)| threads::spawn_worker(i, shared.clone(), sockets, drain_timeout))
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Thread)?;
         Ok(Proxy {
