@@ -8,8 +8,8 @@ use bytes::Bytes;
 use http::{Request, Uri, Version};
 use http_body_util::BodyExt;
 use wasmesh_host::{
-    CalloutDone, CalloutFailure, CalloutRequest, CalloutResponse, Embedder, GrpcDone,
-    GrpcRequest, GrpcResponse,
+    CalloutDone, CalloutFailure, CalloutRequest, CalloutResponse, Embedder, GrpcDone, GrpcRequest,
+    GrpcResponse,
 };
 
 use crate::body::ProxyBody;

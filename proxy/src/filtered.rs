@@ -25,11 +25,11 @@ use wasmesh_host::{
 
 use crate::body::{BoxError, ProxyBody};
 use crate::config::UpstreamProtocol;
+use crate::conn::ConnCtx;
 use crate::handler::{
     Exchange, LocalReply, Target, Upstream, request_authority, send_h2, upstream_request,
 };
 use crate::headers;
-use crate::conn::ConnCtx;
 use crate::snapshot::Snapshot;
 use crate::stats::ResponseFlag;
 

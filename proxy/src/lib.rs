@@ -36,6 +36,8 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
+pub use crate::plugins::FilterError;
+
 use crate::access_log::AccessLogSink;
 use crate::config::{Bootstrap, ConfigError};
 use crate::snapshot::Snapshot;
@@ -113,7 +115,7 @@ impl Proxy {
         let access_log = match &bootstrap.access_log {
             Some(a) => Some(
                 AccessLogSink::open(&a.path)
-                    .map_err(|reason| in_file(ConfigError::at("access_log.path", reason)))?,
+                    .map_err(|e| in_file(ConfigError::at("access_log.path", e.to_string())))?,
             ),
             None => None,
         };
@@ -161,7 +163,8 @@ impl Proxy {
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join("wasmesh-wasm-cache"));
         let host = Host::new(Some(cache_dir));
-        let snapshot = Snapshot::build(bootstrap, 1, workers, &host).map_err(in_file)?;
+        let snapshot =
+            Snapshot::build(bootstrap, 1, workers, &host).map_err(|e| in_file(e.into()))?;
         let mut shared = Shared::new(snapshot, workers, access_log, host);
         shared.config_path = config_path;
         let shared = Arc::new(shared);
@@ -298,11 +301,12 @@ pub fn check(bootstrap: &Bootstrap, file: Option<&Path>) -> Result<(), ConfigErr
     bootstrap.validate().map_err(|e| e.in_file(file))?;
     if let Some(a) = &bootstrap.access_log {
         access_log::check_destination(&a.path)
-            .map_err(|reason| ConfigError::at("access_log.path", reason).in_file(file))?;
+            .map_err(|e| ConfigError::at("access_log.path", e.to_string()).in_file(file))?;
     }
     // No disk cache: checking leaves nothing behind.
     let host = Host::new(None);
-    Snapshot::build(bootstrap.clone(), 0, 1, &host).map_err(|e| e.in_file(file))?;
+    Snapshot::build(bootstrap.clone(), 0, 1, &host)
+        .map_err(|e| ConfigError::from(e).in_file(file))?;
     Ok(())
 }
 
@@ -311,9 +315,9 @@ pub fn check_filters(
     host: &Arc<Host>,
     filters: &[config::filters::HttpFilter],
     base_dir: Option<&std::path::Path>,
-) -> Result<(), String> {
-    let specs = plugins::load_chain(host, filters, base_dir).map_err(|e| e.to_string())?;
-    plugins::validate(host, filters, &specs).map_err(|e| e.to_string())
+) -> Result<(), FilterError> {
+    let specs = plugins::load_chain(host, filters, base_dir)?;
+    plugins::validate(host, filters, &specs)
 }
 
 /// Loads and orders a listener's filters into the plugin specs a worker's chain is made of,
@@ -322,8 +326,8 @@ pub fn load_filters(
     host: &Arc<Host>,
     filters: &[config::filters::HttpFilter],
     base_dir: Option<&std::path::Path>,
-) -> Result<Vec<Arc<wasmesh_host::PluginSpec>>, String> {
-    plugins::load_chain(host, filters, base_dir).map_err(|e| e.to_string())
+) -> Result<Vec<Arc<wasmesh_host::PluginSpec>>, FilterError> {
+    plugins::load_chain(host, filters, base_dir)
 }
 
 /// How long a SIGTERM drain may take before connections are closed.

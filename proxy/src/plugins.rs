@@ -165,7 +165,7 @@ fn fetch(f: &HttpFilter, base_dir: Option<&Path>) -> Result<Vec<u8>, (&'static s
         if let Ok(bytes) = std::fs::read(&cached) {
             return Ok(bytes);
         }
-        let bytes = http_get(&format!("http://{rest}")).map_err(|e| ("url", e))?;
+        let bytes = http_get(&format!("http://{rest}")).map_err(|e| ("url", e.to_string()))?;
         // Kept only once verified: a download never sits under a digest it does not have.
         let actual = wasmesh_host::module::sha256_hex(&bytes);
         if !actual.eq_ignore_ascii_case(sha) {
@@ -186,37 +186,71 @@ fn fetch(f: &HttpFilter, base_dir: Option<&Path>) -> Result<Vec<u8>, (&'static s
     std::fs::read(&path).map_err(|e| ("url", format!("cannot read {}: {e}", path.display())))
 }
 
-fn http_get(url: &str) -> Result<Vec<u8>, String> {
+/// Why a module could not be downloaded.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No runtime for the download.
+    #[error("{0}")]
+    Runtime(std::io::Error),
+    #[error("bad url {url}: {error}")]
+    BadUrl {
+        url: String,
+        error: http::uri::InvalidUri,
+    },
+    #[error("fetching {url} timed out")]
+    TimedOut { url: String },
+    /// No response: connecting or sending failed.
+    #[error("fetching {url}: {error}")]
+    Request {
+        url: String,
+        error: hyper_util::client::legacy::Error,
+    },
+    #[error("fetching {url}: HTTP {status}")]
+    Status {
+        url: String,
+        status: http::StatusCode,
+    },
+    /// The response body could not be read.
+    #[error("fetching {url}: {error}")]
+    Body { url: String, error: hyper::Error },
+    #[error("download panicked")]
+    Panicked,
+}
+
+fn http_get(url: &str) -> Result<Vec<u8>, FetchError> {
     std::thread::scope(|s| {
         s.spawn(|| http_get_blocking(url))
             .join()
-            .unwrap_or_else(|_| Err("download panicked".into()))
+            .unwrap_or(Err(FetchError::Panicked))
     })
 }
 
-fn http_get_blocking(url: &str) -> Result<Vec<u8>, String> {
+fn http_get_blocking(url: &str) -> Result<Vec<u8>, FetchError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(FetchError::Runtime)?;
     runtime.block_on(async {
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<http_body_util::Empty<Bytes>>();
-        let uri: Uri = url.parse().map_err(|e| format!("bad url {url}: {e}"))?;
-        let response = tokio::time::timeout(Duration::from_secs(30), client.get(uri))
-            .await
-            .map_err(|_| format!("fetching {url} timed out"))?
-            .map_err(|e| format!("fetching {url}: {e}"))?;
+        let url = url.to_owned();
+        let uri: Uri = match url.parse() {
+            Ok(uri) => uri,
+            Err(error) => return Err(FetchError::BadUrl { url, error }),
+        };
+        let response = match tokio::time::timeout(Duration::from_secs(30), client.get(uri)).await {
+            Err(_) => return Err(FetchError::TimedOut { url }),
+            Ok(Err(error)) => return Err(FetchError::Request { url, error }),
+            Ok(Ok(response)) => response,
+        };
         if !response.status().is_success() {
-            return Err(format!("fetching {url}: HTTP {}", response.status()));
+            let status = response.status();
+            return Err(FetchError::Status { url, status });
         }
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("fetching {url}: {e}"))?;
-        Ok(body.to_bytes().to_vec())
+        match response.into_body().collect().await {
+            Ok(body) => Ok(body.to_bytes().to_vec()),
+            Err(error) => Err(FetchError::Body { url, error }),
+        }
     })
 }
-

@@ -182,8 +182,8 @@ impl Shared {
             )));
         }
         let version = current.version + 1;
-        let snapshot =
-            Snapshot::build(bootstrap, version, self.workers, &self.host).map_err(in_file)?;
+        let snapshot = Snapshot::build(bootstrap, version, self.workers, &self.host)
+            .map_err(|e| in_file(e.into()))?;
         self.snapshot.store(Arc::new(snapshot));
         self.version.store(version, Relaxed);
         Ok(version)
@@ -345,7 +345,8 @@ impl Worker {
 
     /// Keeps a connection within reach of drain and idle timeouts while it lives.
     pub fn register_connection<C: Connection + 'static>(&self, conn: &Rc<C>) {
-        let weak: Weak<dyn Connection> = Rc::downgrade(conn);
+        let weak: Weak<C> = Rc::downgrade(conn);
+        let weak: Weak<dyn Connection> = weak;
         self.registry.borrow_mut().push(weak);
     }
 
