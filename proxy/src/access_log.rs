@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::time::SystemTime;
@@ -36,23 +36,42 @@ fn dir_of(path: &Path) -> &Path {
     }
 }
 
-/// Why `path` cannot be appended to, in words: a missing directory is named as such.
-fn open_error(path: &str, e: &std::io::Error) -> String {
-    let dir = dir_of(Path::new(path));
-    if e.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() {
-        format!(
-            "cannot open {path:?} for appending: directory {:?} does not exist",
-            dir.display()
-        )
-    } else {
-        format!("cannot open {path:?} for appending: {e}")
+/// Why the access log cannot be written where the config says.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessLogError {
+    /// The file cannot be opened for appending.
+    #[error("cannot open {path:?} for appending: {error}")]
+    Open { path: String, error: std::io::Error },
+    #[error("cannot open {path:?} for appending: directory {:?} does not exist", .dir.display())]
+    NoDirectory { path: String, dir: PathBuf },
+    #[error("cannot open {path:?} for appending: {:?} is not a directory", .dir.display())]
+    NotADirectory { path: String, dir: PathBuf },
+    #[error("cannot start the access log's writer thread: {0}")]
+    WriterThread(std::io::Error),
+}
+
+impl AccessLogError {
+    /// Why `path` cannot be appended to: a missing directory is named as such.
+    fn open(path: &str, error: std::io::Error) -> AccessLogError {
+        let dir = dir_of(Path::new(path));
+        if error.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() {
+            AccessLogError::NoDirectory {
+                path: path.to_owned(),
+                dir: dir.to_owned(),
+            }
+        } else {
+            AccessLogError::Open {
+                path: path.to_owned(),
+                error,
+            }
+        }
     }
 }
 
 /// Checks that the access log could be opened at `path` without creating or changing
 /// anything (`--validate`): an existing file must open for appending, a new one needs its
 /// directory. Returns the reason it cannot.
-pub fn check_destination(path: &str) -> Result<(), String> {
+pub fn check_destination(path: &str) -> Result<(), AccessLogError> {
     if is_stdout(path) {
         return Ok(());
     }
@@ -62,22 +81,22 @@ pub fn check_destination(path: &str) -> Result<(), String> {
             .append(true)
             .open(p)
             .map(drop)
-            .map_err(|e| open_error(path, &e));
+            .map_err(|e| AccessLogError::open(path, e));
     }
     let dir = dir_of(p);
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(format!(
-            "cannot open {path:?} for appending: {:?} is not a directory",
-            dir.display()
-        )),
-        Err(e) => Err(open_error(path, &e)),
+        Ok(_) => Err(AccessLogError::NotADirectory {
+            path: path.to_owned(),
+            dir: dir.to_owned(),
+        }),
+        Err(e) => Err(AccessLogError::open(path, e)),
     }
 }
 
 impl AccessLogSink {
     /// Opens the destination and starts the writer thread. Returns the reason it cannot.
-    pub fn open(path: &str) -> Result<AccessLogSink, String> {
+    pub fn open(path: &str) -> Result<AccessLogSink, AccessLogError> {
         let mut out: Box<dyn Write + Send> = if is_stdout(path) {
             Box::new(std::io::stdout())
         } else {
@@ -86,7 +105,7 @@ impl AccessLogSink {
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|e| open_error(path, &e))?,
+                    .map_err(|e| AccessLogError::open(path, e))?,
             )
         };
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(1024);
@@ -99,7 +118,7 @@ impl AccessLogSink {
                     }
                 }
             })
-            .map_err(|e| format!("cannot start the access log's writer thread: {e}"))?;
+            .map_err(AccessLogError::WriterThread)?;
         Ok(AccessLogSink {
             tx,
             dropped: AtomicU64::new(0),

@@ -10,17 +10,20 @@ pub use wasmesh_config as config;
 mod access_log;
 mod admin;
 mod body;
+mod callouts;
+mod conn;
 mod h1_guard;
 mod h2_guard;
 mod headers;
+mod plugins;
 mod request;
 mod route;
 mod rt;
 mod server;
 mod snapshot;
 mod stats;
+mod threads;
 mod upstream;
-mod wasm;
 mod worker;
 
 use std::net::SocketAddr;
@@ -31,6 +34,8 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
+
+pub use crate::plugins::FilterError;
 
 use crate::access_log::AccessLogSink;
 use crate::config::{Bootstrap, ConfigError};
@@ -109,7 +114,7 @@ impl Proxy {
         let access_log = match &bootstrap.access_log {
             Some(a) => Some(
                 AccessLogSink::open(&a.path)
-                    .map_err(|reason| in_file(ConfigError::at("access_log.path", reason)))?,
+                    .map_err(|e| in_file(ConfigError::at("access_log.path", e.to_string())))?,
             ),
             None => None,
         };
@@ -157,7 +162,8 @@ impl Proxy {
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join("wasmesh-wasm-cache"));
         let host = Host::new(Some(cache_dir));
-        let snapshot = Snapshot::build(bootstrap, 1, workers, &host).map_err(in_file)?;
+        let snapshot =
+            Snapshot::build(bootstrap, 1, workers, &host).map_err(|e| in_file(e.into()))?;
         let mut shared = Shared::new(snapshot, workers, access_log, host);
         shared.config_path = config_path;
         let shared = Arc::new(shared);
@@ -188,7 +194,7 @@ impl Proxy {
         let workers = per_worker
             .into_iter()
             .enumerate()
-            .map(|(i, sockets)| worker::spawn(i, shared.clone(), sockets, drain_timeout))
+            .map(|(i, sockets)| threads::spawn_worker(i, shared.clone(), sockets, drain_timeout))
             .collect::<Result<Vec<_>, _>>()
             .map_err(StartError::Thread)?;
         Ok(Proxy {
@@ -294,11 +300,12 @@ pub fn check(bootstrap: &Bootstrap, file: Option<&Path>) -> Result<(), ConfigErr
     bootstrap.validate().map_err(|e| e.in_file(file))?;
     if let Some(a) = &bootstrap.access_log {
         access_log::check_destination(&a.path)
-            .map_err(|reason| ConfigError::at("access_log.path", reason).in_file(file))?;
+            .map_err(|e| ConfigError::at("access_log.path", e.to_string()).in_file(file))?;
     }
     // No disk cache: checking leaves nothing behind.
     let host = Host::new(None);
-    Snapshot::build(bootstrap.clone(), 0, 1, &host).map_err(|e| e.in_file(file))?;
+    Snapshot::build(bootstrap.clone(), 0, 1, &host)
+        .map_err(|e| ConfigError::from(e).in_file(file))?;
     Ok(())
 }
 
@@ -307,9 +314,9 @@ pub fn check_filters(
     host: &Arc<Host>,
     filters: &[config::filters::HttpFilter],
     base_dir: Option<&std::path::Path>,
-) -> Result<(), String> {
-    let specs = wasm::load_chain(host, filters, base_dir).map_err(|e| e.to_string())?;
-    wasm::validate(host, filters, &specs).map_err(|e| e.to_string())
+) -> Result<(), FilterError> {
+    let specs = plugins::load_chain(host, filters, base_dir)?;
+    plugins::validate(host, filters, &specs)
 }
 
 /// Loads and orders a listener's filters into the plugin specs a worker's chain is made of,
@@ -318,8 +325,8 @@ pub fn load_filters(
     host: &Arc<Host>,
     filters: &[config::filters::HttpFilter],
     base_dir: Option<&std::path::Path>,
-) -> Result<Vec<Arc<wasmesh_host::PluginSpec>>, String> {
-    wasm::load_chain(host, filters, base_dir).map_err(|e| e.to_string())
+) -> Result<Vec<Arc<wasmesh_host::PluginSpec>>, FilterError> {
+    plugins::load_chain(host, filters, base_dir)
 }
 
 /// How long a SIGTERM drain may take before connections are closed.

@@ -1,125 +1,29 @@
 //! Downstream connections: accept, pick HTTP/1.1 or HTTP/2, serve, time out, drain.
 
-use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::HeaderValue;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Instant;
 
-use crate::config::HttpOptions;
-use crate::h1_guard::{H1Guard, SwitchWatch};
+use crate::conn::ConnCtx;
+use crate::h1_guard::H1Guard;
 use crate::h2_guard::H2Guard;
 use crate::request;
 use crate::rt::LocalExec;
 use crate::worker::Worker;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Envoy's premature-reset rule (its runtime defaults): once this many streams of a connection
-/// have closed, a connection on which at least half were reset by the client within
-/// [`PREMATURE_RESET_AGE`] of their start is sent away. It catches rapid reset however it is
-/// paced, and a client that cancels now and then never comes near it.
-const PREMATURE_RESET_MIN_STREAMS: u32 = 500;
-const PREMATURE_RESET_AGE: Duration = Duration::from_secs(1);
-
-/// What every request on a connection shares.
-pub struct ConnCtx {
-    pub worker: Rc<Worker>,
-    /// Unique in the process (the `connection.id` property).
-    pub id: u64,
-    pub listener: usize,
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
-    /// The peer's IP, ready for `x-forwarded-for`.
-    pub client_ip: HeaderValue,
-    /// The listener's `server_name`, ready for the `server` header.
-    pub server_name: HeaderValue,
-    pub opts: HttpOptions,
-    pub in_flight: Cell<u32>,
-    pub last_active: Cell<Instant>,
-    streams_closed: Cell<u32>,
-    premature_resets: Cell<u32>,
-    /// How a request asking to switch protocols was answered, for the HTTP/1 guard.
-    pub switch: Arc<SwitchWatch>,
-    shutdown_requested: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl ConnCtx {
-    pub fn request_started(&self) {
-        self.in_flight.set(self.in_flight.get() + 1);
-    }
-
-    pub fn request_finished(&self, now: Instant) {
-        self.in_flight.set(self.in_flight.get() - 1);
-        self.last_active.set(now);
-    }
-
-    /// A request's stream ended: completed (`None`), or reset by the client at this age.
-    pub fn stream_closed(&self, reset_at: Option<Duration>) {
-        let closed = self.streams_closed.get().saturating_add(1);
-        self.streams_closed.set(closed);
-        if reset_at.is_none_or(|age| age >= PREMATURE_RESET_AGE) {
-            return;
-        }
-        let resets = self.premature_resets.get() + 1;
-        self.premature_resets.set(resets);
-        if closed >= PREMATURE_RESET_MIN_STREAMS
-            && u64::from(resets) * 2 >= u64::from(closed)
-            && !self.shutdown_requested.get()
-        {
-            tracing::warn!(
-                peer = %self.peer,
-                streams = closed,
-                resets,
-                "too many premature stream resets: sending GOAWAY"
-            );
-            self.worker.shared.listener_stats[self.listener]
-                .shards
-                .local()
-                .rq_too_many_premature_resets
-                .inc();
-            self.request_shutdown();
-        }
-    }
-
-    /// Asks the connection to finish its requests in flight and close.
-    pub fn request_shutdown(&self) {
-        self.shutdown_requested.set(true);
-        if let Some(waker) = self.waker.borrow_mut().take() {
-            waker.wake();
-        }
-    }
-
-    /// True if nothing is in flight and nothing happened for `idle_timeout`.
-    pub fn is_idle_past_timeout(&self, now: Instant) -> bool {
-        self.opts.idle_timeout.nonzero().is_some_and(|idle| {
-            self.in_flight.get() == 0
-                && now.saturating_duration_since(self.last_active.get()) >= idle
-        })
-    }
-
-    fn set_waker(&self, waker: &Waker) {
-        let mut slot = self.waker.borrow_mut();
-        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            *slot = Some(waker.clone());
-        }
-    }
-}
 
 /// Accepts connections on one listener until the worker drains.
 pub async fn accept_loop(worker: Rc<Worker>, listener_index: usize, listener: TcpListener) {
@@ -186,25 +90,13 @@ async fn serve_connection(
         prefix,
         inner: stream,
     };
-    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let ctx = Rc::new(ConnCtx {
-        id: NEXT_ID.fetch_add(1, Relaxed),
-        client_ip: HeaderValue::from_str(&peer.ip().to_string())
-            .expect("an IP is a valid header value"),
-        server_name: HeaderValue::from_str(&opts.server_name).expect("validated as a header value"),
-        worker: worker.clone(),
+    let ctx = Rc::new(ConnCtx::new(
+        worker.clone(),
         listener,
         peer,
         local,
-        opts: opts.clone(),
-        in_flight: Cell::new(0),
-        last_active: Cell::new(Instant::now()),
-        streams_closed: Cell::new(0),
-        premature_resets: Cell::new(0),
-        switch: Arc::default(),
-        shutdown_requested: Cell::new(worker.shared.is_draining()),
-        waker: RefCell::new(None),
-    });
+        opts.clone(),
+    ));
     worker.register_connection(&ctx);
     let service = {
         let ctx = ctx.clone();
@@ -261,7 +153,7 @@ where
     let mut conn = std::pin::pin!(conn);
     let mut shutting_down = false;
     let result = std::future::poll_fn(|cx| {
-        if !shutting_down && ctx.shutdown_requested.get() {
+        if !shutting_down && ctx.shutdown_requested() {
             shutting_down = true;
             shutdown(conn.as_mut());
         }

@@ -7,8 +7,32 @@ use std::sync::Arc;
 use wasmesh_host::{Host, PluginSpec};
 
 use crate::config::{Bootstrap, ConfigError};
+use crate::plugins::{self, FilterError};
 use crate::route::RouteTable;
 use crate::upstream::Cluster;
+
+/// Why a bootstrap could not be compiled into a snapshot. It becomes a [`ConfigError`] whose
+/// field path names the cluster, or the listener's filter and its field.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// Cluster `index` (in config order) could not be set up: an endpoint does not resolve.
+    #[error("clusters[{index}]: {reason}")]
+    Cluster { index: usize, reason: String },
+    /// A filter of listener `listener` could not be loaded or refused to start.
+    #[error("listeners[{listener}]: {error}")]
+    Filter { listener: usize, error: FilterError },
+}
+
+impl From<SnapshotError> for ConfigError {
+    fn from(e: SnapshotError) -> ConfigError {
+        match e {
+            SnapshotError::Cluster { index, reason } => {
+                ConfigError::at(format!("clusters[{index}]"), reason)
+            }
+            SnapshotError::Filter { listener, error } => error.at_listener(listener),
+        }
+    }
+}
 
 pub struct Snapshot {
     pub version: u64,
@@ -25,13 +49,13 @@ pub struct Snapshot {
 impl Snapshot {
     /// Compiles a bootstrap: resolves endpoints, loads and checks every plugin (each chain is
     /// started once, so a plugin that refuses its configuration is reported here). Errors
-    /// name the field (the caller names the file).
+    /// name what is at fault; as a [`ConfigError`] the field (the caller names the file).
     pub fn build(
         bootstrap: Bootstrap,
         version: u64,
         workers: usize,
         host: &Arc<Host>,
-    ) -> Result<Snapshot, ConfigError> {
+    ) -> Result<Snapshot, SnapshotError> {
         let clusters = bootstrap
             .clusters
             .iter()
@@ -39,7 +63,7 @@ impl Snapshot {
             .map(|(i, c)| {
                 Cluster::new(c, workers)
                     .map(Arc::new)
-                    .map_err(|reason| ConfigError::at(format!("clusters[{i}]"), reason))
+                    .map_err(|reason| SnapshotError::Cluster { index: i, reason })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let by_name: HashMap<String, usize> = clusters
@@ -58,10 +82,10 @@ impl Snapshot {
             .collect();
         let mut chains = Vec::with_capacity(bootstrap.listeners.len());
         for (i, l) in bootstrap.listeners.iter().enumerate() {
-            let specs =
-                crate::wasm::load_chain(host, &l.http_filters, bootstrap.base_dir.as_deref())
-                    .map_err(|e| e.at_listener(i))?;
-            crate::wasm::validate(host, &l.http_filters, &specs).map_err(|e| e.at_listener(i))?;
+            let in_listener = |error| SnapshotError::Filter { listener: i, error };
+            let specs = plugins::load_chain(host, &l.http_filters, bootstrap.base_dir.as_deref())
+                .map_err(in_listener)?;
+            plugins::validate(host, &l.http_filters, &specs).map_err(in_listener)?;
             chains.push(specs);
         }
         Ok(Snapshot {

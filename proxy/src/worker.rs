@@ -1,27 +1,25 @@
-//! Worker threads. Each runs a single-threaded tokio runtime and owns its connections, its
-//! upstream pools and (with filters) its Wasm VMs; nothing on the request path takes a lock.
+//! What threads share ([`Shared`]: the current snapshot, counters, the access log, the drain
+//! signal) and one worker's own state ([`Worker`]: its upstream pools, its cached snapshot, its
+//! Wasm VMs and chains, its connections). A worker owns all of it on its own thread
+//! (`threads`), so nothing on the request path takes a lock.
 
 use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::ReloadError;
 use crate::access_log::{AccessLogSink, LogBuffer};
 use crate::config::{Bootstrap, ConfigError};
-use crate::server::{self, ConnCtx};
 use crate::snapshot::Snapshot;
-use crate::stats::{self, ListenerStats};
+use crate::stats::ListenerStats;
 use crate::upstream::pool::Pools;
-use crate::wasm::ProxyEmbedder;
-use wasmesh_host::{Chain, Host, WorkerVms};
+use wasmesh_host::{Chain, Embedder, Host, VmFailure, WorkerVms};
 
 /// What all threads share: the current snapshot, counters, the access log and the drain signal.
 pub struct Shared {
@@ -184,8 +182,8 @@ impl Shared {
             )));
         }
         let version = current.version + 1;
-        let snapshot =
-            Snapshot::build(bootstrap, version, self.workers, &self.host).map_err(in_file)?;
+        let snapshot = Snapshot::build(bootstrap, version, self.workers, &self.host)
+            .map_err(|e| in_file(e.into()))?;
         self.snapshot.store(Arc::new(snapshot));
         self.version.store(version, Relaxed);
         Ok(version)
@@ -224,6 +222,26 @@ impl Shared {
     }
 }
 
+/// Why a listener's plugin chain could not start on a worker (its requests get `503`).
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The worker's VMs could not be set up (wasmtime's reason).
+    #[error("{0}")]
+    Host(String),
+    /// A plugin of the chain failed to start in this worker's VM.
+    #[error("filter {name:?}: {failure}")]
+    Filter { name: String, failure: VmFailure },
+}
+
+/// What the worker asks of a downstream connection it serves: whether it sat idle too long,
+/// and to close (on drain, or when idle).
+pub trait Connection {
+    /// True if nothing is in flight and nothing happened for the idle timeout.
+    fn is_idle_past_timeout(&self, now: tokio::time::Instant) -> bool;
+    /// Finishes the requests in flight and closes.
+    fn request_shutdown(&self);
+}
+
 /// One worker's state. Lives on the worker thread only.
 pub struct Worker {
     pub shared: Arc<Shared>,
@@ -235,18 +253,23 @@ pub struct Worker {
     snapshot: RefCell<Rc<Arc<Snapshot>>>,
     connections: Cell<usize>,
     all_closed: Notify,
+    /// Carries out the callouts of this worker's plugins; given to its VMs when made.
+    embedder: Rc<dyn Embedder>,
     /// This worker's plugin VMs, and the chain of each listener for the snapshot version.
     vms: RefCell<Option<WorkerVms>>,
     chains: RefCell<(u64, Vec<Option<Rc<Chain>>>)>,
     /// Connections being served, so drain and idle timeouts can reach them.
-    registry: RefCell<Vec<Weak<ConnCtx>>>,
+    registry: RefCell<Vec<Weak<dyn Connection>>>,
 }
 
 impl Worker {
-    fn new(shared: Arc<Shared>) -> Worker {
+    /// A worker whose plugins' callouts and ejections `embedder` carries out (through this
+    /// worker's pools: it holds a weak reference back).
+    pub fn new(shared: Arc<Shared>, embedder: Rc<dyn Embedder>) -> Worker {
         let snapshot = RefCell::new(Rc::new(shared.snapshot()));
         Worker {
             shared,
+            embedder,
             pools: Pools::default(),
             log: LogBuffer::default(),
             snapshot,
@@ -275,10 +298,10 @@ impl Worker {
     /// The listener's plugin chain on this worker, built when the snapshot changes; `None`
     /// when the listener has no filters, `Some(Err)` if the chain could not start here.
     pub fn chain(
-        self: &Rc<Self>,
+        &self,
         snapshot: &Snapshot,
         listener: usize,
-    ) -> Option<Result<Rc<Chain>, String>> {
+    ) -> Option<Result<Rc<Chain>, ChainError>> {
         if snapshot.chains[listener].is_empty() {
             return None;
         }
@@ -292,12 +315,9 @@ impl Worker {
         }
         let mut vms = self.vms.borrow_mut();
         if vms.is_none() {
-            let embedder = Rc::new(ProxyEmbedder {
-                worker: Rc::downgrade(self),
-            });
-            match WorkerVms::new(self.shared.host.clone(), embedder) {
+            match WorkerVms::new(self.shared.host.clone(), self.embedder.clone()) {
                 Ok(v) => *vms = Some(v),
-                Err(e) => return Some(Err(e.to_string())),
+                Err(e) => return Some(Err(ChainError::Host(e.to_string()))),
             }
         }
         let built = vms
@@ -313,7 +333,7 @@ impl Worker {
                 chains.1[listener] = Some(c.clone());
                 Some(Ok(c))
             }
-            Err((name, e)) => Some(Err(format!("filter {name:?}: {e}"))),
+            Err((name, failure)) => Some(Err(ChainError::Filter { name, failure })),
         }
     }
 
@@ -323,12 +343,15 @@ impl Worker {
         ConnectionTrack(self.clone())
     }
 
-    pub fn register_connection(&self, conn: &Rc<ConnCtx>) {
-        self.registry.borrow_mut().push(Rc::downgrade(conn));
+    /// Keeps a connection within reach of drain and idle timeouts while it lives.
+    pub fn register_connection<C: Connection + 'static>(&self, conn: &Rc<C>) {
+        let weak: Weak<C> = Rc::downgrade(conn);
+        let weak: Weak<dyn Connection> = weak;
+        self.registry.borrow_mut().push(weak);
     }
 
     /// Asks idle connections (or, when draining, all of them) to close; forgets closed ones.
-    fn reap_connections(&self, draining: bool) {
+    pub fn reap_connections(&self, draining: bool) {
         let now = tokio::time::Instant::now();
         // Collected first: a shutdown may wake tasks, never re-enter this borrow.
         let mut to_close = Vec::new();
@@ -346,7 +369,8 @@ impl Worker {
         }
     }
 
-    async fn all_connections_closed(&self) {
+    /// Returns once every connection counted by [`Worker::track_connection`] has closed.
+    pub async fn all_connections_closed(&self) {
         while self.connections.get() > 0 {
             self.all_closed.notified().await;
         }
@@ -361,70 +385,6 @@ impl Drop for ConnectionTrack {
         w.connections.set(w.connections.get() - 1);
         if w.connections.get() == 0 {
             w.all_closed.notify_waiters();
-        }
-    }
-}
-
-/// Starts worker `index` on its own thread, serving `listeners` (indexed as in the config).
-pub fn spawn(
-    index: usize,
-    shared: Arc<Shared>,
-    listeners: Vec<std::net::TcpListener>,
-    drain_timeout: Duration,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("wasmesh-worker-{index}"))
-        .spawn(move || {
-            stats::set_worker_index(index);
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime for the worker");
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, run(index, shared, listeners, drain_timeout));
-        })
-}
-
-async fn run(
-    index: usize,
-    shared: Arc<Shared>,
-    listeners: Vec<std::net::TcpListener>,
-    drain_timeout: Duration,
-) {
-    let worker = Rc::new(Worker::new(shared.clone()));
-    for (i, listener) in listeners.into_iter().enumerate() {
-        match TcpListener::from_std(listener) {
-            Ok(l) => {
-                tokio::task::spawn_local(server::accept_loop(worker.clone(), i, l));
-            }
-            Err(e) => tracing::error!(error = %e, worker = index, "cannot use listener socket"),
-        }
-    }
-    tokio::task::spawn_local(housekeeping(worker.clone()));
-    let mut drain = shared.drain_signal();
-    let _ = drain.wait_for(|d| *d).await;
-    tracing::debug!(worker = index, "draining");
-    worker.reap_connections(true);
-    let _ = tokio::time::timeout(drain_timeout, worker.all_connections_closed()).await;
-    if let Some(sink) = &shared.access_log {
-        worker.log.flush(sink);
-    }
-}
-
-/// Periodic per-worker chores: flush access log lines, close expired idle upstream connections.
-async fn housekeeping(worker: Rc<Worker>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let mut n: u64 = 0;
-    loop {
-        tick.tick().await;
-        crate::rt::tick_coarse_clock();
-        n += 1;
-        if let Some(sink) = &worker.shared.access_log {
-            worker.log.flush(sink);
-        }
-        if n.is_multiple_of(20) {
-            worker.pools.sweep();
-            worker.reap_connections(worker.shared.is_draining());
         }
     }
 }

@@ -207,7 +207,10 @@ fn a_cycle_is_found_and_named() {
     let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
     write("a.rs", "use crate::b::Thing;\n");
     write("b.rs", "pub fn f() { crate::c::g() }\n");
-    write("c.rs", "use crate::{a, d};\n#[cfg(test)]\nmod tests { use crate::e; }\n");
+    write(
+        "c.rs",
+        "use crate::{a, d};\n#[cfg(test)]\nmod tests { use crate::e; }\n",
+    );
     write("d.rs", "");
     write("e.rs", "use crate::a;\n");
     let graph = edges(dir.path());

@@ -242,16 +242,13 @@ pub fn load(host: &Arc<Host>, chain: &ResolvedChain) -> Result<Vec<Arc<PluginSpe
             .map_err(|e| Error::Filter {
                 filter: f.name.clone(),
                 file: chain.file_of(&f.name),
-                reason: e
-                    .strip_prefix(&format!("filter {:?}: ", f.name))
-                    .unwrap_or(&e)
-                    .to_owned(),
+                reason: e.reason,
             })?;
     }
     wasmesh_proxy::load_filters(host, &chain.filters, chain.base_dir.as_deref()).map_err(|e| {
         Error::Input {
             file: chain.label.clone(),
-            reason: e,
+            reason: e.to_string(),
         }
     })
 }

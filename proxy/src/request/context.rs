@@ -12,9 +12,9 @@ use http::uri::Authority;
 use http::{Method, Request, Version};
 use hyper::body::Incoming;
 
+use crate::conn::ConnCtx;
 use crate::headers;
 use crate::route::Route;
-use crate::server::ConnCtx;
 use crate::stats::ResponseFlags;
 use crate::upstream::ActiveRequest;
 

@@ -26,7 +26,7 @@ use super::context::Exchange;
 use super::local_reply::LocalReply;
 use super::prepare::{Prepared, head_copy, request_authority};
 use crate::body::{BoxError, ProxyBody};
-use crate::server::ConnCtx;
+use crate::conn::ConnCtx;
 use crate::snapshot::Snapshot;
 use crate::stats::ResponseFlag;
 

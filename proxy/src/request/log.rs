@@ -14,7 +14,7 @@ use super::context::Exchange;
 use super::filters::Filters;
 use crate::access_log::Entry;
 use crate::body::{BoxError, ProxyBody, StreamIdleTimeout};
-use crate::server::ConnCtx;
+use crate::conn::ConnCtx;
 use crate::stats::ResponseFlag;
 
 /// The response body sent downstream. When it ends (or is dropped, if the client went away)

@@ -11,8 +11,8 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use super::prepare::head_copy;
+use crate::conn::ConnCtx;
 use crate::headers;
-use crate::server::ConnCtx;
 use crate::snapshot::Snapshot;
 use crate::upstream::{self, Outbound, Protocol, RequestBody};
 

@@ -35,8 +35,8 @@ use tokio::time::Instant;
 use wasmesh_host::Chain;
 
 use crate::body::ProxyBody;
+use crate::conn::ConnCtx;
 use crate::h1_guard::SwitchWatch;
-use crate::server::ConnCtx;
 use crate::snapshot::Snapshot;
 use context::Exchange;
 use filters::{Filters, RequestPhase};

@@ -10,8 +10,8 @@ use hyper::body::Incoming;
 
 use super::context::Exchange;
 use super::local_reply::LocalReply;
+use crate::conn::ConnCtx;
 use crate::headers;
-use crate::server::ConnCtx;
 
 /// A request with its headers prepared.
 pub(super) struct Prepared {

@@ -8,7 +8,7 @@ use super::context::Exchange;
 use super::filters::{Filters, StreamReset};
 use crate::body::ProxyBody;
 use crate::config::ServerHeaderTransformation;
-use crate::server::ConnCtx;
+use crate::conn::ConnCtx;
 
 pub(super) async fn respond(
     response: Response<ProxyBody>,

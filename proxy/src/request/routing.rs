@@ -12,8 +12,8 @@ use super::filters::Filters;
 use super::local_reply::LocalReply;
 use super::prepare::Prepared;
 use crate::config::RetryPolicy;
+use crate::conn::ConnCtx;
 use crate::route::Route;
-use crate::server::ConnCtx;
 use crate::snapshot::Snapshot;
 use crate::upstream::Cluster;
 
