@@ -13,9 +13,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use wasmesh_artifacts::{HOSTCALLS, NOOP, bytes};
+use wasmesh_cli::bench::driver::now;
 use wasmesh_host::{
-    Chain, FailStrategy, HeadersStep, Host, NoCallouts, PluginModule, PluginSpec, Stream,
-    StreamInfo, Verdict, VmLimits, WorkerVms,
+    Chain, FailStrategy, Host, NoCallouts, PluginModule, PluginSpec, StreamDriver, StreamInfo,
+    Verdict, VmLimits, WorkerVms,
 };
 
 fn spec(module: &Arc<PluginModule>, name: &str, config: &str) -> Arc<PluginSpec> {
@@ -33,26 +34,22 @@ fn spec(module: &Arc<PluginModule>, name: &str, config: &str) -> Arc<PluginSpec>
     })
 }
 
-/// One request and response through the chain: headers both ways, a response body, on_log.
+/// One request and response through the chain, on the host's stream driver as the proxy
+/// runs it: headers both ways, a response body, on_log. No filter here waits.
 fn exchange(chain: &Rc<Chain>, request: &http::request::Parts) {
-    let stream = Stream::new(StreamInfo::default());
-    stream.data.borrow_mut().request = Some(clone_parts(request));
-    let mut filters = chain.stream(stream.clone());
-    assert!(matches!(
-        filters.request_headers(true),
-        HeadersStep::Done(Verdict::Continue)
-    ));
+    let driver = StreamDriver::new(chain, StreamInfo::default());
+    let mut head = clone_parts(request);
+    let verdict = now(driver.request_headers(&mut head, true)).expect("no filter here waits");
+    assert!(matches!(verdict, Verdict::Continue));
+    driver.request_sent(&head);
     let (mut response, ()) = http::Response::new(()).into_parts();
     response
         .headers
         .insert("content-type", "text/plain".parse().unwrap());
-    stream.data.borrow_mut().response = Some(response);
-    assert!(matches!(
-        filters.response_headers(false),
-        HeadersStep::Done(Verdict::Continue)
-    ));
-    black_box(filters.response_body(Bytes::from_static(b"hello world\n"), true));
-    filters.finish();
+    let verdict = now(driver.response_headers(&mut response, false)).expect("no filter here waits");
+    assert!(matches!(verdict, Verdict::Continue));
+    black_box(driver.body(Bytes::from_static(b"hello world\n"), true, true));
+    driver.finish(|_| {});
 }
 
 fn clone_parts(p: &http::request::Parts) -> http::request::Parts {

@@ -660,3 +660,76 @@ fn compiled_modules_are_cached_on_disk_across_restarts() {
             .exists()
     );
 }
+
+/// The harness drives filters through the host's own stream driver, as the proxy does: what a
+/// filter's harness test sees is what a client of the proxy gets, local replies (their
+/// framing, and the response phase that sees the request head) included.
+#[test]
+fn the_harness_answers_as_the_proxy_does() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let up = runtime.block_on(Upstream::echo("up"));
+    let proxy = start_proxy(&config(
+        up.addr,
+        &filter("headers", HEADERS, "plugin_config: green"),
+        "",
+    ));
+    let addr = proxy.listener_addr("ingress").unwrap();
+    let mut harness = wasmesh_harness::Harness::builder(&std::fs::read(HEADERS).unwrap())
+        .plugin_config("green")
+        .build()
+        .unwrap();
+    let compared = [
+        "content-type",
+        "content-length",
+        "x-hello",
+        "x-wasm-path",
+        "server",
+    ];
+    for path in ["/hello", "/a"] {
+        let reply = runtime.block_on(async {
+            let req = http::Request::get(format!("http://{addr}{path}"))
+                .header("x-remove-me", "1")
+                .body(empty())
+                .unwrap();
+            send(&h1_client(), req).await
+        });
+        let out = harness.request(
+            http::Request::get(path)
+                .header("x-remove-me", "1")
+                .body(bytes::Bytes::new())
+                .unwrap(),
+            wasmesh_harness::Upstream::response(
+                http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(bytes::Bytes::new())
+                    .unwrap(),
+            ),
+        );
+        let response = out.response.expect("a response");
+        assert_eq!(response.status(), reply.status, "{path}");
+        for name in compared {
+            // The upstream's own framing differs (an echo); the filters' work must not.
+            if path == "/a" && name == "content-length" {
+                continue;
+            }
+            assert_eq!(
+                response.headers().get(name).map(|v| v.to_str().unwrap()),
+                reply.header(name),
+                "{path}: {name}"
+            );
+        }
+        if path == "/hello" {
+            assert_eq!(response.body(), reply.text().as_bytes());
+        } else {
+            let sent = out.upstream_request.expect("forwarded");
+            let seen = &reply.json()["headers"];
+            for name in ["x-plugin-config", "x-remove-me", "x-context-id"] {
+                assert_eq!(
+                    sent.headers().contains_key(name),
+                    seen.get(name).is_some(),
+                    "{name}"
+                );
+            }
+        }
+    }
+}

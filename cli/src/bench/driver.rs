@@ -15,9 +15,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use wasmesh_host::{
-    BodyStep, Callback, CalloutDone, CalloutRequest, CalloutResponse, Chain, Embedder,
-    FilterStream, GrpcDone, GrpcRequest, GrpcResponse, Host, PluginSpec, Profiler, Stream,
-    StreamInfo, Verdict, VmFailure, WorkerVms, body_resumed, request_headers, response_headers,
+    Callback, CalloutDone, CalloutRequest, CalloutResponse, Chain, Embedder, GrpcDone, GrpcRequest,
+    GrpcResponse, Host, PluginSpec, Profiler, Stream, StreamDriver, StreamInfo, Verdict, VmFailure,
+    WorkerVms,
 };
 
 use super::profile::{RequestSpec, ResponseSpec};
@@ -102,49 +102,46 @@ pub async fn exchange_stream(
     request: &RequestSpec,
     response: &ResponseSpec,
 ) -> (Outcome, Rc<Stream>) {
-    let stream = Stream::new(StreamInfo {
-        protocol: "HTTP/1.1",
-        listener: "bench".into(),
-        request_size: request.body.len() as u64,
-        ..StreamInfo::default()
-    });
-    stream.data.borrow_mut().request = Some(request.parts());
-    let filters = RefCell::new(chain.stream(stream.clone()));
-    let outcome = run(&filters, &stream, request, response).await;
-    filters.borrow_mut().finish();
-    (outcome, stream)
+    let driver = StreamDriver::new(
+        chain,
+        StreamInfo {
+            protocol: "HTTP/1.1",
+            listener: "bench".into(),
+            request_size: request.body.len() as u64,
+            ..StreamInfo::default()
+        },
+    );
+    let outcome = run(&driver, request, response).await;
+    driver.finish(|_| {});
+    (outcome, driver.stream().clone())
 }
 
-async fn run(
-    filters: &RefCell<FilterStream>,
-    stream: &Rc<Stream>,
-    request: &RequestSpec,
-    response: &ResponseSpec,
-) -> Outcome {
-    let v = request_headers(filters, request.body.is_empty()).await;
+/// The proxy's phases, on the host's own driver; the upstream's answer is `response`.
+async fn run(driver: &StreamDriver, request: &RequestSpec, response: &ResponseSpec) -> Outcome {
+    let mut head = request.parts();
+    let v = driver
+        .request_headers(&mut head, request.body.is_empty())
+        .await;
     if let Some(o) = stopped(v) {
         return o;
     }
-    if !request.body.is_empty() {
-        let step = filters
-            .borrow_mut()
-            .request_body(request.body.clone(), true);
-        if let Some(o) = body_outcome(filters, step, false).await {
-            return o;
-        }
+    if !request.body.is_empty()
+        && let Err(v) = driver.whole_body(request.body.clone(), None, false).await
+    {
+        return stopped(v).unwrap_or(Outcome::Upstream);
     }
-    stream.data.borrow_mut().response = Some(response.parts());
-    let v = response_headers(filters, response.body.is_empty()).await;
+    driver.request_sent(&head);
+    let mut head = response.parts();
+    let v = driver
+        .response_headers(&mut head, response.body.is_empty())
+        .await;
     if let Some(o) = stopped(v) {
         return o;
     }
-    if !response.body.is_empty() {
-        let step = filters
-            .borrow_mut()
-            .response_body(response.body.clone(), true);
-        if let Some(o) = body_outcome(filters, step, true).await {
-            return o;
-        }
+    if !response.body.is_empty()
+        && let Err(v) = driver.whole_body(response.body.clone(), None, true).await
+    {
+        return stopped(v).unwrap_or(Outcome::Upstream);
     }
     Outcome::Upstream
 }
@@ -155,20 +152,6 @@ fn stopped(v: Verdict) -> Option<Outcome> {
         Verdict::Reply(r) => Some(Outcome::LocalReply(r.status)),
         Verdict::Reset => Some(Outcome::Reset),
         Verdict::Fail { plugin, .. } => Some(Outcome::Failed(plugin)),
-    }
-}
-
-async fn body_outcome(
-    filters: &RefCell<FilterStream>,
-    mut step: BodyStep,
-    response: bool,
-) -> Option<Outcome> {
-    loop {
-        match step {
-            BodyStep::Emit(_) | BodyStep::Held => return None,
-            BodyStep::Stop(v) => return stopped(v),
-            BodyStep::Wait => step = body_resumed(filters, response).await,
-        }
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! It knows nothing of sockets, so it can be tested and benchmarked alone: the embedder (the
 //! proxy, the SDK's test harness, `wasmesh bench`) hands it request and response data through
-//! [`Stream`] and carries out callouts through [`Embedder`].
+//! [`StreamDriver`] and carries out callouts through [`Embedder`].
 //!
 //! The model (see `docs/ARCHITECTURE.md`): modules are compiled once per process and cached by
 //! sha256 ([`ModuleCache`]); each worker instantiates every plugin VM it needs
@@ -13,6 +13,7 @@
 pub mod abi;
 pub mod callout;
 pub mod chain;
+pub mod driver;
 pub mod flags;
 pub mod foreign;
 mod imports;
@@ -37,8 +38,9 @@ pub use callout::{
 };
 pub use chain::{
     BodyStep, Chain, FailStrategy, FilterStream, HeadersStep, PluginSpec, PluginStats, Verdict,
-    WorkerVms, body_resumed, request_headers, response_headers,
+    WorkerVms,
 };
+pub use driver::StreamDriver;
 pub use flags::ResponseFlag;
 pub use module::{ModuleCache, ModuleError, PluginModule};
 pub use profile::{Callback, Profiler};

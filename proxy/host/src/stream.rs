@@ -174,6 +174,58 @@ fn dotted_eq(key: &str, path: &[&str]) -> bool {
     rest.is_empty()
 }
 
+impl LocalResponse {
+    /// What a plugin's failure answers with when its strategy closes the stream: 503, naming
+    /// the plugin.
+    pub fn plugin_failed(plugin: &str) -> LocalResponse {
+        LocalResponse {
+            status: 503,
+            body: Bytes::from(format!("plugin {plugin} failed\n")),
+            headers: Vec::new(),
+            grpc_status: None,
+            details: "wasm_fail_stream".into(),
+        }
+    }
+
+    /// The reply as the client receives it, as Envoy's local-reply path makes it: the length
+    /// is always the body's; an empty body goes without a content type, a non-empty one gets
+    /// `text/plain` unless the filter gave one. To a gRPC request (`grpc`) a reply with a gRPC
+    /// status is a trailers-only `200` carrying `grpc-status` and `grpc-message`.
+    pub fn to_response(&self, grpc: bool) -> Result<http::Response<Bytes>, http::Error> {
+        let mut builder = http::Response::builder().status(self.status);
+        let empty = self.body.is_empty();
+        let mut has_type = false;
+        for (k, v) in &self.headers {
+            let is_type = k.eq_ignore_ascii_case("content-type");
+            if k.eq_ignore_ascii_case("content-length") || (empty && is_type) {
+                continue;
+            }
+            has_type |= is_type;
+            builder = builder.header(k.as_str(), v.as_ref());
+        }
+        match (self.grpc_status, grpc) {
+            (Some(code), true) => builder
+                .status(http::StatusCode::OK)
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .header("grpc-status", code.to_string())
+                .header(
+                    "grpc-message",
+                    String::from_utf8_lossy(&self.body).replace(['\r', '\n'], " "),
+                )
+                .body(Bytes::new()),
+            _ if empty => builder.body(Bytes::new()),
+            _ => {
+                if !has_type {
+                    builder = builder.header(http::header::CONTENT_TYPE, "text/plain");
+                }
+                builder
+                    .header(http::header::CONTENT_LENGTH, self.body.len())
+                    .body(self.body.clone())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

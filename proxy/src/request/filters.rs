@@ -4,27 +4,25 @@
 //! through it, last filter first; `on_log` runs when the response has been sent. Pauses
 //! (callouts) wait without blocking the worker.
 
-use std::cell::{Ref, RefCell};
+use std::cell::Ref;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header;
 use http::request::Parts;
 use http::uri::Authority;
-use http::{Request, Response, StatusCode, Version};
+use http::{Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use wasmesh_host::{
-    BodyStep, Chain, Decisions, FilterStream, LocalResponse, Stream, StreamInfo, Verdict,
-};
+use wasmesh_host::{BodyStep, Chain, Decisions, LocalResponse, StreamDriver, StreamInfo, Verdict};
 
 use super::context::Exchange;
 use super::local_reply::LocalReply;
-use super::prepare::{Prepared, head_copy, request_authority};
+use super::prepare::{Prepared, request_authority};
 use crate::body::{BoxError, ProxyBody};
 use crate::conn::ConnCtx;
 use crate::snapshot::Snapshot;
@@ -50,13 +48,12 @@ pub(super) enum RequestPhase {
 /// One request's pass through the listener's chain.
 #[derive(Clone)]
 pub(super) struct Filters {
-    filters: Rc<RefCell<FilterStream>>,
-    stream: Rc<Stream>,
+    driver: Rc<StreamDriver>,
 }
 
 impl Filters {
     pub(super) fn start(chain: Rc<Chain>, conn: &ConnCtx, version: Version) -> Filters {
-        let stream = Stream::new(StreamInfo {
+        let info = StreamInfo {
             source: Some(conn.peer),
             destination: Some(conn.local),
             connection_id: conn.id,
@@ -71,9 +68,10 @@ impl Filters {
             start_time: Some(SystemTime::now()),
             node_id: "wasmesh".into(),
             ..Default::default()
-        });
-        let filters = Rc::new(RefCell::new(chain.stream(stream.clone())));
-        Filters { filters, stream }
+        };
+        Filters {
+            driver: StreamDriver::new(&chain, info),
+        }
     }
 
     /// `on_request_headers` through the chain. The filters may change the head, the
@@ -85,19 +83,8 @@ impl Filters {
     ) -> RequestPhase {
         // Every attempt's endpoint and status, for `wasmesh.upstream_attempts`.
         ex.attempts = Some(Vec::new());
-        let placeholder = Request::new(()).into_parts().0;
-        let head = std::mem::replace(&mut request.parts, placeholder);
-        self.stream.data.borrow_mut().request = Some(head);
         let end = request.body.is_end_stream();
-        let verdict = wasmesh_host::request_headers(&self.filters, end).await;
-        request.parts = self
-            .stream
-            .data
-            .borrow_mut()
-            .request
-            .take()
-            .expect("the request head is back");
-        match verdict {
+        match self.driver.request_headers(&mut request.parts, end).await {
             Verdict::Continue => {
                 match request_authority(&mut request.parts) {
                     Ok(authority) => request.authority = authority,
@@ -114,48 +101,42 @@ impl Filters {
                 }
                 RequestPhase::Answer(local_response(local, ex))
             }
-            Verdict::Fail { plugin, reason } => {
-                RequestPhase::Answer(plugin_failed(&plugin, &reason, ex))
-            }
-            Verdict::Reset => RequestPhase::Reset,
+            verdict => match answer(verdict, ex) {
+                Some(response) => RequestPhase::Answer(response),
+                None => RequestPhase::Reset,
+            },
         }
     }
 
     pub(super) fn decisions(&self) -> Ref<'_, Decisions> {
-        self.stream.decisions.borrow()
+        self.driver.decisions()
     }
 
     /// The route a plugin chose and named (`wasmesh.route_name`).
     pub(super) fn chosen_route_name(&self) -> Option<String> {
-        self.stream
-            .filter_state
-            .borrow()
+        self.driver
+            .filter_state()
             .get("wasmesh.route_name")
             .map(|n| String::from_utf8_lossy(n).into_owned())
     }
 
     /// The route and cluster the request goes to, for filters that read them.
     pub(super) fn record_route(&self, route_name: String, cluster: &str) {
-        let mut info = self.stream.info.borrow_mut();
+        let mut info = self.driver.info();
         info.cluster_name = cluster.to_owned();
         info.route_name = route_name;
     }
 
     /// The delay a filter injected (flag `DI`), if any.
     pub(super) fn injected_delay(&self, ex: &mut Exchange) -> Option<Duration> {
-        let ms = self
-            .stream
-            .decisions
-            .borrow()
-            .delay_ms
-            .filter(|ms| *ms > 0)?;
+        let ms = self.driver.decisions().delay_ms.filter(|ms| *ms > 0)?;
         ex.flags.insert(ResponseFlag::DelayInjected);
         Some(Duration::from_millis(ms))
     }
 
     /// A local reply a body filter made, which stopped the request body.
     pub(super) fn take_local_reply(&self) -> Option<LocalResponse> {
-        self.stream.local_response.borrow_mut().take()
+        self.driver.take_local_reply()
     }
 
     /// The request body as it goes upstream: through the filters, and copied to mirrors.
@@ -173,7 +154,7 @@ impl Filters {
         ex: &mut Exchange,
     ) -> Result<ProxyBody, Response<ProxyBody>> {
         // The filters keep reading the request head after it left.
-        self.stream.data.borrow_mut().request = Some(head_copy(parts));
+        self.driver.request_sent(parts);
         let end = body.is_end_stream();
         let small = body
             .size_hint()
@@ -184,12 +165,12 @@ impl Filters {
         } else {
             ProxyBody::boxed(FilteredBody::new(
                 ProxyBody::Incoming(body),
-                self.filters.clone(),
+                self.driver.clone(),
                 false,
             ))
         };
-        let reshaped = !end && self.filters.borrow().chain().reads_request_body();
-        let mirrors = self.stream.decisions.borrow().mirrors.clone();
+        let reshaped = !end && self.driver.reads_request_body();
+        let mirrors = self.driver.decisions().mirrors.clone();
         if (reshaped || !mirrors.is_empty()) && (end || small) {
             let bytes = match body.collect().await {
                 Ok(c) => c.to_bytes(),
@@ -218,50 +199,29 @@ impl Filters {
         response: Response<ProxyBody>,
         ex: &mut Exchange,
     ) -> Result<Response<ProxyBody>, StreamReset> {
-        let stream = &self.stream;
-        let (parts, body) = response.into_parts();
-        stream.data.borrow_mut().response = Some(parts);
+        let (mut parts, body) = response.into_parts();
         {
             // The endpoint (and every attempt) is known from the response on, as in Envoy.
-            let mut info = stream.info.borrow_mut();
+            let mut info = self.driver.info();
             info.upstream_address = ex.upstream_host;
             // Complete by now: retries happen before a response is chosen.
             if let Some(attempts) = ex.attempts.take() {
                 info.upstream_attempts = attempts;
             }
         }
-        let verdict = wasmesh_host::response_headers(&self.filters, body.is_end_stream()).await;
+        let end = body.is_end_stream();
+        let verdict = self.driver.response_headers(&mut parts, end).await;
         // Every request that got this far passes here, whichever phase set the flags.
-        for flag in &stream.decisions.borrow().response_flags {
+        for flag in &self.driver.decisions().response_flags {
             ex.flags.insert(*flag);
         }
-        let mut parts = stream
-            .data
-            .borrow_mut()
-            .response
-            .take()
-            .expect("the response head is back");
-        // `on_log` reads the response head too.
-        stream.data.borrow_mut().response = Some(response_head_copy(&parts));
-        let body = match verdict {
-            Verdict::Continue => body,
-            Verdict::Reply(local) => return Ok(local_response(local, ex)),
-            Verdict::Fail { plugin, reason } => return Ok(plugin_failed(&plugin, &reason, ex)),
-            Verdict::Reset => return Err(StreamReset),
-        };
-        let decisions = stream.decisions.borrow();
-        for (name, value) in &decisions.response_headers_to_add {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_maybe_shared(value.clone()),
-            ) {
-                parts.headers.append(n, v);
-            }
+        if !matches!(verdict, Verdict::Continue) {
+            return answer(verdict, ex).ok_or(StreamReset);
         }
-        let body = if body.is_end_stream() {
+        let body = if end {
             body
         } else {
-            ProxyBody::boxed(FilteredBody::new(body, self.filters.clone(), true))
+            ProxyBody::boxed(FilteredBody::new(body, self.driver.clone(), true))
         };
         Ok(Response::from_parts(parts, body))
     }
@@ -269,66 +229,38 @@ impl Filters {
     /// Ends the stream for the filters (`on_done`, `on_log`) once the response is sent, with
     /// what the proxy learned about it.
     pub(super) fn finish(&self, record: impl FnOnce(&mut StreamInfo)) {
-        record(&mut self.stream.info.borrow_mut());
-        self.filters.borrow_mut().finish();
+        self.driver.finish(record);
     }
 }
 
-fn response_head_copy(parts: &http::response::Parts) -> http::response::Parts {
-    let (mut copy, ()) = Response::new(()).into_parts();
-    copy.status = parts.status;
-    copy.version = parts.version;
-    copy.headers = parts.headers.clone();
-    copy
+/// The answer to a verdict that ended the stream: the filter's reply, or 503 for a failed
+/// plugin; `None` for a reset.
+pub(super) fn answer(verdict: Verdict, ex: &mut Exchange) -> Option<Response<ProxyBody>> {
+    match verdict {
+        Verdict::Continue | Verdict::Reset => None,
+        Verdict::Reply(local) => Some(local_response(local, ex)),
+        Verdict::Fail { plugin, reason } => Some(plugin_failed(&plugin, &reason, ex)),
+    }
 }
 
 /// A filter's local reply as a response (a gRPC status for gRPC requests).
 pub(super) fn local_response(local: LocalResponse, ex: &mut Exchange) -> Response<ProxyBody> {
     ex.details = "wasm_local_reply".into();
-    let mut builder = Response::builder().status(local.status);
-    // As Envoy's local-reply path: the length is always the body's; an empty body goes
-    // without a content type, a non-empty one gets `text/plain` unless the filter gave one.
-    let empty = local.body.is_empty();
-    let mut has_type = false;
-    for (k, v) in &local.headers {
-        let is_type = k.eq_ignore_ascii_case("content-type");
-        if k.eq_ignore_ascii_case("content-length") || (empty && is_type) {
-            continue;
-        }
-        has_type |= is_type;
-        builder = builder.header(k.as_str(), v.as_ref());
-    }
-    let response = match (local.grpc_status, ex.grpc) {
-        (Some(code), true) => builder
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "application/grpc")
-            .header("grpc-status", code.to_string())
-            .header(
-                "grpc-message",
-                String::from_utf8_lossy(&local.body).replace(['\r', '\n'], " "),
-            )
-            .body(ProxyBody::Empty),
-        _ if empty => builder.body(ProxyBody::Empty),
-        // The body passes the response filters, which hide its size: say it in the head
-        // (a filter that rewrites it removes the header, as with any response).
-        _ => {
-            if !has_type {
-                builder = builder.header(header::CONTENT_TYPE, "text/plain");
+    match local.to_response(ex.grpc) {
+        Ok(response) => response.map(|body| {
+            if body.is_empty() {
+                ProxyBody::Empty
+            } else {
+                ProxyBody::full(body)
             }
-            builder
-                .header(header::CONTENT_LENGTH, local.body.len())
-                .body(ProxyBody::full(local.body))
-        }
-    };
-
-    response.unwrap_or_else(|_| {
-        LocalReply::new(
+        }),
+        Err(_) => LocalReply::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "",
             "wasm_bad_local_reply",
         )
-        .into_response(ex)
-    })
+        .into_response(ex),
+    }
 }
 
 /// FAIL_CLOSE (and a failing FAIL_RELOAD request): 503, naming the plugin.
@@ -344,7 +276,7 @@ fn plugin_failed(plugin: &str, reason: &str, ex: &mut Exchange) -> Response<Prox
 /// Runs a body through the chain as it streams.
 struct FilteredBody {
     inner: ProxyBody,
-    filters: Rc<RefCell<FilterStream>>,
+    driver: Rc<StreamDriver>,
     response: bool,
     waiting: Option<Pin<Box<dyn std::future::Future<Output = BodyStep>>>>,
     /// Trailers to hand on after the data.
@@ -353,10 +285,10 @@ struct FilteredBody {
 }
 
 impl FilteredBody {
-    fn new(inner: ProxyBody, filters: Rc<RefCell<FilterStream>>, response: bool) -> Self {
+    fn new(inner: ProxyBody, driver: Rc<StreamDriver>, response: bool) -> Self {
         FilteredBody {
             inner,
-            filters,
+            driver,
             response,
             waiting: None,
             trailers: None,
@@ -364,30 +296,10 @@ impl FilteredBody {
         }
     }
 
-    fn step(&self, data: Bytes, end: bool) -> BodyStep {
-        let mut f = self.filters.borrow_mut();
-        if self.response {
-            f.response_body(data, end)
-        } else {
-            f.request_body(data, end)
-        }
-    }
-
-    /// A filter stopped the stream mid-body: keep its reply for the handler, fail the body.
+    /// A filter stopped the stream mid-body: its reply stays for the request's answer; the
+    /// body fails.
     fn stop(&self, verdict: Verdict) -> BoxError {
-        let stream = self.filters.borrow().stream.clone();
-        let reply = match verdict {
-            Verdict::Reply(local) => Some(local),
-            Verdict::Fail { plugin, .. } => Some(LocalResponse {
-                status: 503,
-                body: Bytes::from(format!("plugin {plugin} failed\n")),
-                headers: Vec::new(),
-                grpc_status: None,
-                details: "wasm_fail_stream".into(),
-            }),
-            _ => None,
-        };
-        *stream.local_response.borrow_mut() = reply;
+        self.driver.body_stopped(verdict);
         "a filter stopped the body".into()
     }
 }
@@ -414,46 +326,25 @@ impl Body for FilteredBody {
                         Ok(data) => {
                             let end = this.inner.is_end_stream();
                             this.done = end;
-                            this.step(data, end)
+                            this.driver.body(data, end, this.response)
                         }
                         Err(frame) => {
-                            if let Ok(trailers) = frame.into_trailers() {
-                                let stream = this.filters.borrow().stream.clone();
-                                {
-                                    let mut data = stream.data.borrow_mut();
-                                    if this.response {
-                                        data.response_trailers = Some(trailers);
-                                    } else {
-                                        data.request_trailers = Some(trailers);
-                                    }
-                                }
-                                let verdict = {
-                                    let mut f = this.filters.borrow_mut();
-                                    if this.response {
-                                        f.response_trailers()
-                                    } else {
-                                        f.request_trailers()
-                                    }
-                                };
+                            if let Ok(mut trailers) = frame.into_trailers() {
+                                let verdict = this.driver.trailers(&mut trailers, this.response);
                                 if !matches!(verdict, Verdict::Continue) {
                                     return Poll::Ready(Some(Err(this.stop(verdict))));
                                 }
-                                let mut data = stream.data.borrow_mut();
-                                this.trailers = if this.response {
-                                    data.response_trailers.take()
-                                } else {
-                                    data.request_trailers.take()
-                                };
+                                this.trailers = Some(trailers);
                             }
                             // Trailers end the data: filters see the end of the body.
                             this.done = true;
-                            this.step(Bytes::new(), true)
+                            this.driver.body(Bytes::new(), true, this.response)
                         }
                     },
                     Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                     None => {
                         this.done = true;
-                        this.step(Bytes::new(), true)
+                        this.driver.body(Bytes::new(), true, this.response)
                     }
                 }
             };
@@ -463,11 +354,10 @@ impl Body for FilteredBody {
                 }
                 BodyStep::Emit(_) | BodyStep::Held => continue,
                 BodyStep::Wait => {
-                    let filters = this.filters.clone();
+                    let driver = this.driver.clone();
                     let response = this.response;
-                    this.waiting = Some(Box::pin(async move {
-                        wasmesh_host::body_resumed(&filters, response).await
-                    }));
+                    this.waiting =
+                        Some(Box::pin(async move { driver.body_resumed(response).await }));
                 }
                 BodyStep::Stop(verdict) => return Poll::Ready(Some(Err(this.stop(verdict)))),
             }

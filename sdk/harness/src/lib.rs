@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use wasmesh_host::{
-    BodyStep, CalloutDone, Chain, Embedder, FilterStream, GrpcDone, GrpcRequest, Host, PluginSpec,
-    Stream, StreamInfo, Verdict, VmLimits, WorkerVms,
+    CalloutDone, Chain, Embedder, GrpcDone, GrpcRequest, Host, PluginSpec, StreamDriver,
+    StreamInfo, Verdict, VmLimits, WorkerVms,
 };
 pub use wasmesh_host::{
     CalloutFailure, CalloutRequest, CalloutResponse, Decisions, FailStrategy, LocalResponse,
@@ -256,6 +256,8 @@ pub struct Outcome {
     pub upstream_request: Option<http::Request<Bytes>>,
     /// The response the client gets (from upstream or a local reply, after the response callbacks).
     pub response: Option<http::Response<Bytes>>,
+    /// The response trailers the client gets, after the response callbacks.
+    pub trailers: Option<http::HeaderMap>,
     /// A local reply a filter sent, as the filter sent it.
     pub local_reply: Option<LocalResponse>,
     /// Set when a plugin failed and its failure strategy closed the request.
@@ -337,153 +339,130 @@ impl Harness {
 }
 
 async fn run(chain: Rc<Chain>, request: http::Request<Bytes>, upstream: Upstream) -> Outcome {
-    let stream = Stream::new(StreamInfo {
-        source: Some(([127, 0, 0, 1], 50000).into()),
-        destination: Some(([127, 0, 0, 1], 8080).into()),
-        protocol: "HTTP/1.1",
-        start_time: Some(std::time::SystemTime::now()),
-        ..Default::default()
-    });
-    let (parts, body) = request.into_parts();
-    stream.data.borrow_mut().request = Some(parts);
-    let filters = std::cell::RefCell::new(chain.stream(stream.clone()));
+    let driver = StreamDriver::new(
+        &chain,
+        StreamInfo {
+            source: Some(([127, 0, 0, 1], 50000).into()),
+            destination: Some(([127, 0, 0, 1], 8080).into()),
+            protocol: "HTTP/1.1",
+            start_time: Some(std::time::SystemTime::now()),
+            ..Default::default()
+        },
+    );
     let mut out = Outcome {
         upstream_request: None,
         response: None,
+        trailers: None,
         local_reply: None,
         failure: None,
         decisions: Decisions::default(),
         reset: false,
     };
+    let (mut parts, body) = request.into_parts();
+    let grpc = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
 
-    let verdict = match wasmesh_host::request_headers(&filters, body.is_empty()).await {
-        Verdict::Continue if !body.is_empty() => match body_through(&filters, body, false).await {
+    // The request phases, as the proxy runs them: a local reply or a failure is answered
+    // and goes back through the response phase; a reset ends the stream.
+    let mut verdict = driver.request_headers(&mut parts, body.is_empty()).await;
+    if matches!(verdict, Verdict::Continue) {
+        let sent = if body.is_empty() {
+            Ok(body)
+        } else {
+            driver.whole_body(body, None, false).await
+        };
+        match sent {
             Ok(body) => {
-                let parts = stream
-                    .data
-                    .borrow_mut()
-                    .request
-                    .take()
-                    .expect("request head");
+                // A body the filters read goes with its real length, as from the proxy.
+                if parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+                    parts
+                        .headers
+                        .insert(http::header::CONTENT_LENGTH, body.len().into());
+                }
+                driver.request_sent(&parts);
                 out.upstream_request = Some(http::Request::from_parts(parts, body));
-                Verdict::Continue
             }
-            Err(v) => v,
-        },
-        Verdict::Continue => {
-            let parts = stream
-                .data
-                .borrow_mut()
-                .request
-                .take()
-                .expect("request head");
-            out.upstream_request = Some(http::Request::from_parts(parts, Bytes::new()));
-            Verdict::Continue
-        }
-        v => v,
-    };
-    let (response, trailers) = match verdict {
-        Verdict::Continue => (upstream.response, upstream.trailers),
-        Verdict::Reply(reply) => {
-            out.local_reply = Some(reply.clone());
-            let mut r = http::Response::builder().status(reply.status);
-            for (k, v) in &reply.headers {
-                r = r.header(k.as_str(), v.as_ref());
-            }
-            (r.body(reply.body.clone()).expect("a local reply"), None)
-        }
-        Verdict::Reset => {
-            out.reset = true;
-            out.decisions = stream.decisions.borrow().clone();
-            return out;
-        }
-        Verdict::Fail { plugin, reason } => {
-            out.failure = Some(format!("{plugin}: {reason}"));
-            out.response = Some(
-                http::Response::builder()
-                    .status(503)
-                    .body(Bytes::new())
-                    .expect("503"),
-            );
-            out.decisions = stream.decisions.borrow().clone();
-            return out;
-        }
-    };
-    // The request head stays readable in response callbacks.
-    if let Some(req) = &out.upstream_request {
-        let (parts, _) = http::Request::new(()).into_parts();
-        let mut parts = parts;
-        parts.method = req.method().clone();
-        parts.uri = req.uri().clone();
-        parts.headers = req.headers().clone();
-        stream.data.borrow_mut().request = Some(parts);
-    }
-    let (parts, body) = response.into_parts();
-    stream.data.borrow_mut().response = Some(parts);
-    stream.data.borrow_mut().response_trailers = trailers;
-    match wasmesh_host::response_headers(&filters, body.is_empty()).await {
-        Verdict::Continue => {}
-        Verdict::Reply(reply) => {
-            out.local_reply = Some(reply.clone());
-            out.response = Some(
-                http::Response::builder()
-                    .status(reply.status)
-                    .body(reply.body)
-                    .expect("reply"),
-            );
-            return out;
-        }
-        Verdict::Reset => {
-            out.reset = true;
-            return out;
-        }
-        Verdict::Fail { plugin, reason } => {
-            out.failure = Some(format!("{plugin}: {reason}"));
-            return out;
+            Err(stopped) => verdict = stopped,
         }
     }
-    let body = if body.is_empty() {
-        body
+    let (response, mut trailers) = match answer(verdict, grpc, &mut out) {
+        Answer::Upstream => (upstream.response, upstream.trailers),
+        Answer::Local(response) => (response, None),
+        Answer::Reset => return finish(&driver, out),
+    };
+
+    let (mut parts, body) = response.into_parts();
+    let end = body.is_empty() && trailers.is_none();
+    match answer(
+        driver.response_headers(&mut parts, end).await,
+        grpc,
+        &mut out,
+    ) {
+        Answer::Upstream => {}
+        Answer::Local(response) => {
+            out.response = Some(response);
+            return finish(&driver, out);
+        }
+        Answer::Reset => return finish(&driver, out),
+    }
+    let body = if end {
+        Ok(body)
     } else {
-        match body_through(&filters, body, true).await {
-            Ok(b) => b,
-            Err(Verdict::Fail { plugin, reason }) => {
-                out.failure = Some(format!("{plugin}: {reason}"));
-                return out;
-            }
-            Err(_) => Bytes::new(),
-        }
+        driver.whole_body(body, trailers.as_mut(), true).await
     };
-    let parts = stream
-        .data
-        .borrow_mut()
-        .response
-        .take()
-        .expect("response head");
-    out.response = Some(http::Response::from_parts(parts, body));
-    out.decisions = stream.decisions.borrow().clone();
-    filters.borrow_mut().finish();
-    out
+    match body {
+        Ok(body) => {
+            out.response = Some(http::Response::from_parts(parts, body));
+            out.trailers = trailers;
+        }
+        // The head has gone to the client: it sees the stream reset.
+        Err(Verdict::Fail { plugin, reason }) => {
+            out.failure = Some(format!("{plugin}: {reason}"));
+            out.reset = true;
+        }
+        Err(_) => out.reset = true,
+    }
+    finish(&driver, out)
 }
 
-/// Runs a whole body through the body callbacks as one chunk.
-async fn body_through(
-    filters: &std::cell::RefCell<FilterStream>,
-    body: Bytes,
-    response: bool,
-) -> Result<Bytes, Verdict> {
-    let step = if response {
-        filters.borrow_mut().response_body(body, true)
-    } else {
-        filters.borrow_mut().request_body(body, true)
+enum Answer {
+    Upstream,
+    Local(http::Response<Bytes>),
+    Reset,
+}
+
+/// What the client gets after a phase ended with `verdict`.
+fn answer(verdict: Verdict, grpc: bool, out: &mut Outcome) -> Answer {
+    let local = match verdict {
+        Verdict::Continue => return Answer::Upstream,
+        Verdict::Reset => {
+            out.reset = true;
+            return Answer::Reset;
+        }
+        Verdict::Reply(reply) => {
+            out.local_reply = Some(reply.clone());
+            reply
+        }
+        Verdict::Fail { plugin, reason } => {
+            out.failure = Some(format!("{plugin}: {reason}"));
+            LocalResponse::plugin_failed(&plugin)
+        }
     };
-    let step = match step {
-        BodyStep::Wait => wasmesh_host::body_resumed(filters, response).await,
-        other => other,
-    };
-    match step {
-        BodyStep::Emit(b) => Ok(b),
-        BodyStep::Held | BodyStep::Wait => Ok(Bytes::new()),
-        BodyStep::Stop(v) => Err(v),
+    match local.to_response(grpc) {
+        Ok(response) => Answer::Local(response),
+        Err(_) => Answer::Local(
+            http::Response::builder()
+                .status(500)
+                .body(Bytes::new())
+                .expect("a 500"),
+        ),
     }
+}
+
+fn finish(driver: &StreamDriver, mut out: Outcome) -> Outcome {
+    out.decisions = driver.decisions().clone();
+    driver.finish(|_| {});
+    out
 }
