@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::config_source::ConfigSource;
 use crate::stats::{ClusterShard, ListenerShard, ResponseFlag, merge_histograms};
 use crate::worker::Shared;
 
@@ -28,11 +29,13 @@ use crate::worker::Shared;
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
+    source: Arc<ConfigSource>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(MeshCollector {
         shared: shared.clone(),
+        source: source.clone(),
     }));
     let registry = Arc::new(registry);
     loop {
@@ -44,20 +47,19 @@ pub async fn serve(
             },
         };
         let shared = shared.clone();
+        let source = source.clone();
         let registry = registry.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let reload = req.uri().path() == "/config_reload" && req.method() == Method::POST;
-                let response = (!reload).then(|| handle(&req, &shared, &registry));
-                let shared = shared.clone();
+                let response = (!reload).then(|| handle(&req, &shared, &source, &registry));
+                let source = source.clone();
                 async move {
                     let response = match response {
                         Some(r) => r,
                         // Reloading compiles and starts plugins: off the admin runtime.
                         None => {
-                            match tokio::task::spawn_blocking(move || shared.reload_from_file())
-                                .await
-                            {
+                            match tokio::task::spawn_blocking(move || source.reload_file()).await {
                                 Ok(Ok(version)) => reply(
                                     StatusCode::OK,
                                     "text/plain",
@@ -86,7 +88,12 @@ pub async fn serve(
     }
 }
 
-fn handle(req: &Request<Incoming>, shared: &Shared, registry: &Registry) -> Response<Full<Bytes>> {
+fn handle(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    source: &ConfigSource,
+    registry: &Registry,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
     let json_format = query.split('&').any(|p| p == "format=json");
@@ -124,7 +131,7 @@ fn handle(req: &Request<Incoming>, shared: &Shared, registry: &Registry) -> Resp
                 "uptime_seconds": shared.started.elapsed().as_secs(),
                 "workers": shared.workers,
                 "config_version": shared.snapshot().version,
-                "last_reload_error": shared.last_reload_error().map(|e| e.to_string()),
+                "last_reload_error": source.last_error().map(|e| e.to_string()),
             });
             reply(StatusCode::OK, "application/json", format!("{info:#}\n"))
         }
@@ -377,6 +384,13 @@ type ClusterGauge<'a> = (
 #[derive(Debug)]
 struct MeshCollector {
     shared: Arc<Shared>,
+    source: Arc<ConfigSource>,
+}
+
+impl std::fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigSource").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -670,10 +684,10 @@ impl Collector for MeshCollector {
         }
         encode_wasm(&mut encoder, shared)?;
         let reloads: [(&[(&str, &str)], u64); 2] = [
-            (&[("result", "ok")], shared.reloads_ok.load(Relaxed)),
+            (&[("result", "ok")], self.source.reloads_ok.load(Relaxed)),
             (
                 &[("result", "rejected")],
-                shared.reloads_failed.load(Relaxed),
+                self.source.reloads_failed.load(Relaxed),
             ),
         ];
         counter(

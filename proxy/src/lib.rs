@@ -11,6 +11,7 @@ mod access_log;
 mod admin;
 mod body;
 mod callouts;
+mod config_source;
 mod conn;
 mod h1_guard;
 mod h2_guard;
@@ -35,10 +36,12 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
+pub use crate::config_source::ReloadError;
 pub use crate::plugins::FilterError;
 
 use crate::access_log::AccessLogSink;
 use crate::config::{Bootstrap, ConfigError};
+use crate::config_source::ConfigSource;
 use crate::snapshot::Snapshot;
 use crate::worker::Shared;
 use wasmesh_host::Host;
@@ -61,22 +64,10 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
-/// Why a reload was refused. The config in effect keeps serving.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ReloadError {
-    /// The file could not be read or parsed, the config is invalid or changes what needs a
-    /// restart (`listeners`, `workers`), or a plugin could not be loaded or started: the
-    /// error names the file (for reloads of a file), the field and the reason.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// A reload from a file was asked of a proxy started from a bootstrap value.
-    #[error("the proxy was not started from a file")]
-    NoFile,
-}
-
 /// A running proxy.
 pub struct Proxy {
     shared: Arc<Shared>,
+    source: Arc<ConfigSource>,
     workers: Vec<JoinHandle<()>>,
     admin: Option<(SocketAddr, JoinHandle<()>)>,
     admin_stop: watch::Sender<bool>,
@@ -89,13 +80,7 @@ impl Proxy {
     pub fn start_from_file(path: &Path) -> Result<Proxy, StartError> {
         let text = Bootstrap::read(path)?;
         let bootstrap = Bootstrap::from_file_text(path, &text)?;
-        let proxy = Proxy::start_with(bootstrap, Some(path.to_owned()))?;
-        *proxy
-            .shared
-            .loaded_text
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(text);
-        Ok(proxy)
+        Proxy::start_with(bootstrap, Some((path.to_owned(), text)))
     }
 
     /// Binds every listener (and the admin address) and starts serving.
@@ -105,9 +90,10 @@ impl Proxy {
 
     fn start_with(
         bootstrap: Bootstrap,
-        config_path: Option<std::path::PathBuf>,
+        from_file: Option<(std::path::PathBuf, String)>,
     ) -> Result<Proxy, StartError> {
-        let file = config_path.as_deref();
+        let path = from_file.as_ref().map(|(path, _)| path.clone());
+        let file = path.as_deref();
         let in_file = |e: ConfigError| StartError::Config(e.in_file(file));
         let workers = bootstrap.worker_count();
         let drain_timeout = bootstrap.drain_timeout.0;
@@ -164,14 +150,13 @@ impl Proxy {
         let host = Host::new(Some(cache_dir));
         let snapshot =
             Snapshot::build(bootstrap, 1, workers, &host).map_err(|e| in_file(e.into()))?;
-        let mut shared = Shared::new(snapshot, workers, access_log, host);
-        shared.config_path = config_path;
-        let shared = Arc::new(shared);
+        let shared = Arc::new(Shared::new(snapshot, workers, access_log, host));
+        let source = Arc::new(ConfigSource::new(shared.clone(), from_file));
         let (admin_stop, stop_rx) = watch::channel(false);
         let admin = match admin_socket {
             Some(socket) => {
                 let addr = socket.local_addr().map_err(StartError::Thread)?;
-                let shared = shared.clone();
+                let (shared, source) = (shared.clone(), source.clone());
                 let thread = std::thread::Builder::new()
                     .name("wasmesh-admin".into())
                     .spawn(move || {
@@ -182,7 +167,7 @@ impl Proxy {
                         rt.block_on(async move {
                             let listener =
                                 tokio::net::TcpListener::from_std(socket).expect("admin socket");
-                            admin::serve(listener, shared, stop_rx).await;
+                            admin::serve(listener, shared, source, stop_rx).await;
                         });
                     })
                     .map_err(StartError::Thread)?;
@@ -199,6 +184,7 @@ impl Proxy {
             .map_err(StartError::Thread)?;
         Ok(Proxy {
             shared,
+            source,
             workers,
             admin,
             admin_stop,
@@ -236,23 +222,23 @@ impl Proxy {
     /// config version. On error the running config is untouched. Either way the outcome is
     /// recorded as for every reload (`wasmesh_config_reloads_total`, `last_reload_error`).
     pub fn reload(&self, bootstrap: Bootstrap) -> Result<u64, ReloadError> {
-        self.shared.reload(bootstrap)
+        self.source.reload(bootstrap)
     }
 
     /// Reloads the file the proxy started from (as SIGHUP and `POST /config_reload` do).
     pub fn reload_from_file(&self) -> Result<u64, ReloadError> {
-        self.shared.reload_from_file()
+        self.source.reload_file()
     }
 
     /// Reloads the file unless its text is the one last loaded (then `None`), as the proxy's
     /// watch of its config file does.
     pub fn reload_from_file_if_changed(&self) -> Result<Option<u64>, ReloadError> {
-        self.shared.reload_from_file_if_changed()
+        self.source.reload_file_if_changed()
     }
 
     /// Why the last reload was refused, until a reload succeeds (as `/server_info` shows it).
     pub fn last_reload_error(&self) -> Option<ReloadError> {
-        self.shared.last_reload_error()
+        self.source.last_error()
     }
 
     /// Waits until the workers have drained (after [`Proxy::drain`], SIGTERM or

@@ -15,9 +15,13 @@ use crate::upstream::Cluster;
 /// field path names the cluster, or the listener's filter and its field.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    /// Cluster `index` (in config order) could not be set up: an endpoint does not resolve.
-    #[error("clusters[{index}]: {reason}")]
-    Cluster { index: usize, reason: String },
+    /// Endpoint `endpoint` of cluster `cluster` (in config order) does not resolve.
+    #[error("clusters[{cluster}].endpoints[{endpoint}]: {error}")]
+    Endpoint {
+        cluster: usize,
+        endpoint: usize,
+        error: crate::config::EndpointError,
+    },
     /// A filter of listener `listener` could not be loaded or refused to start.
     #[error("listeners[{listener}]: {error}")]
     Filter { listener: usize, error: FilterError },
@@ -26,9 +30,14 @@ pub enum SnapshotError {
 impl From<SnapshotError> for ConfigError {
     fn from(e: SnapshotError) -> ConfigError {
         match e {
-            SnapshotError::Cluster { index, reason } => {
-                ConfigError::at(format!("clusters[{index}]"), reason)
-            }
+            SnapshotError::Endpoint {
+                cluster,
+                endpoint,
+                error,
+            } => ConfigError::at(
+                format!("clusters[{cluster}].endpoints[{endpoint}]"),
+                error.to_string(),
+            ),
             SnapshotError::Filter { listener, error } => error.at_listener(listener),
         }
     }
@@ -63,7 +72,11 @@ impl Snapshot {
             .map(|(i, c)| {
                 Cluster::new(c, workers)
                     .map(Arc::new)
-                    .map_err(|reason| SnapshotError::Cluster { index: i, reason })
+                    .map_err(|(endpoint, error)| SnapshotError::Endpoint {
+                        cluster: i,
+                        endpoint,
+                        error,
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let by_name: HashMap<String, usize> = clusters

@@ -4,7 +4,6 @@
 //! (`threads`), so nothing on the request path takes a lock.
 
 use std::cell::{Cell, RefCell};
-use std::path::Path;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -13,9 +12,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use tokio::sync::{Notify, watch};
 
-use crate::ReloadError;
 use crate::access_log::{AccessLogSink, LogBuffer};
-use crate::config::{Bootstrap, ConfigError};
 use crate::snapshot::Snapshot;
 use crate::stats::ListenerStats;
 use crate::upstream::pool::Pools;
@@ -33,17 +30,6 @@ pub struct Shared {
     pub access_log: Option<AccessLogSink>,
     drain: watch::Sender<bool>,
     pub started: Instant,
-    /// The file the bootstrap came from, for reloads.
-    pub config_path: Option<std::path::PathBuf>,
-    /// The config file's text as last loaded (at start or by a reload).
-    pub loaded_text: std::sync::Mutex<Option<String>>,
-    /// One reload at a time.
-    reload_lock: std::sync::Mutex<()>,
-    /// Reloads that took effect, and those refused (`wasmesh_config_reloads_total`).
-    pub reloads_ok: AtomicU64,
-    pub reloads_failed: AtomicU64,
-    /// Why the last reload was refused, until one succeeds (`/server_info`).
-    last_reload_error: std::sync::Mutex<Option<ReloadError>>,
 }
 
 impl Shared {
@@ -75,12 +61,6 @@ impl Shared {
             access_log,
             drain: watch::channel(false).0,
             started: Instant::now(),
-            config_path: None,
-            loaded_text: std::sync::Mutex::default(),
-            reload_lock: std::sync::Mutex::new(()),
-            reloads_ok: AtomicU64::new(0),
-            reloads_failed: AtomicU64::new(0),
-            last_reload_error: std::sync::Mutex::new(None),
         }
     }
 
@@ -89,124 +69,11 @@ impl Shared {
         self.snapshot.load_full()
     }
 
-    /// Applies a new bootstrap atomically: it is compiled and its plugins started first, and
-    /// only then made current. New requests use it; requests in flight finish on the old one
-    /// (with their plugin instances). On any error nothing changes. Listeners, workers, the
-    /// admin address and the access log need a restart. The outcome is recorded.
-    pub fn reload(&self, bootstrap: Bootstrap) -> Result<u64, ReloadError> {
-        let _one = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let result = self.try_reload(bootstrap, None);
-        self.record(result.as_ref().map(|v| Some(*v)));
-        result
-    }
-
-    /// Reloads from the file the bootstrap came from (SIGHUP, `POST /config_reload`).
-    pub fn reload_from_file(&self) -> Result<u64, ReloadError> {
-        self.reload_file(true)
-            .map(|v| v.expect("a forced reload happens"))
-    }
-
-    /// Reloads from the file unless its text is what was last loaded from it (`None`): a
-    /// watcher seeing a new modification time after an admin reload must not redo it.
-    pub fn reload_from_file_if_changed(&self) -> Result<Option<u64>, ReloadError> {
-        self.reload_file(false)
-    }
-
-    /// Why the last reload was refused, until one succeeds.
-    pub fn last_reload_error(&self) -> Option<ReloadError> {
-        self.last_reload_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Every reload, whatever asked for it, ends here: counted, and its error kept for
-    /// `/server_info` (a success clears it). `Ok(None)` is a file found unchanged: not a
-    /// reload, but the file on disk is the config in effect again, so an error about an
-    /// earlier text of it no longer holds.
-    fn record(&self, outcome: Result<Option<u64>, &ReloadError>) {
-        let mut last = self
-            .last_reload_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match outcome {
-            Ok(Some(version)) => {
-                self.reloads_ok.fetch_add(1, Relaxed);
-                *last = None;
-                tracing::info!(version, "configuration reloaded");
-            }
-            Ok(None) => *last = None,
-            Err(e) => {
-                self.reloads_failed.fetch_add(1, Relaxed);
-                *last = Some(e.clone());
-                tracing::warn!(error = %e, "configuration rejected; the last good one keeps serving");
-            }
-        }
-    }
-
-    fn try_reload(&self, bootstrap: Bootstrap, file: Option<&Path>) -> Result<u64, ReloadError> {
-        let in_file = |e: ConfigError| ReloadError::Config(e.in_file(file));
-        let current = self.snapshot();
-        let old = &current.bootstrap;
-        for (i, (was, now)) in old.listeners.iter().zip(&bootstrap.listeners).enumerate() {
-            for (field, was, now) in [
-                ("name", &was.name, &now.name),
-                ("address", &was.address, &now.address),
-            ] {
-                if was != now {
-                    return Err(in_file(ConfigError::at(
-                        format!("listeners[{i}].{field}"),
-                        format!("changed from {was:?} to {now:?}: listeners need a restart"),
-                    )));
-                }
-            }
-        }
-        if old.listeners.len() != bootstrap.listeners.len() {
-            return Err(in_file(ConfigError::at(
-                "listeners",
-                format!(
-                    "{} listeners instead of {}: listeners need a restart",
-                    bootstrap.listeners.len(),
-                    old.listeners.len()
-                ),
-            )));
-        }
-        if bootstrap.worker_count() != self.workers {
-            return Err(in_file(ConfigError::at(
-                "workers",
-                format!(
-                    "changed from {} to {}: the worker count needs a restart",
-                    self.workers,
-                    bootstrap.worker_count()
-                ),
-            )));
-        }
-        let version = current.version + 1;
-        let snapshot = Snapshot::build(bootstrap, version, self.workers, &self.host)
-            .map_err(|e| in_file(e.into()))?;
+    /// Makes `snapshot` current: new requests use it; requests in flight finish on theirs.
+    pub fn install(&self, snapshot: Snapshot) {
+        let version = snapshot.version;
         self.snapshot.store(Arc::new(snapshot));
         self.version.store(version, Relaxed);
-        Ok(version)
-    }
-
-    fn reload_file(&self, force: bool) -> Result<Option<u64>, ReloadError> {
-        let _one = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let result = self.try_reload_file(force);
-        self.record(result.as_ref().copied());
-        result
-    }
-
-    fn try_reload_file(&self, force: bool) -> Result<Option<u64>, ReloadError> {
-        let path = self.config_path.as_deref().ok_or(ReloadError::NoFile)?;
-        let text = Bootstrap::read(path)?;
-        let mut loaded = self.loaded_text.lock().unwrap_or_else(|e| e.into_inner());
-        if !force && loaded.as_deref() == Some(text.as_str()) {
-            return Ok(None);
-        }
-        let bootstrap = Bootstrap::from_file_text(path, &text)?;
-        let version = self.try_reload(bootstrap, Some(path))?;
-        *loaded = Some(text);
-        Ok(Some(version))
     }
 
     pub fn drain_signal(&self) -> watch::Receiver<bool> {

@@ -500,7 +500,7 @@ impl Bootstrap {
             }
             for (j, e) in c.endpoints.iter().enumerate() {
                 resolve_endpoint(e)
-                    .map_err(|r| ConfigError::at(at(&format!("endpoints[{j}]")), r))?;
+                    .map_err(|e| ConfigError::at(at(&format!("endpoints[{j}]")), e.to_string()))?;
             }
             if c.connect_timeout.0.is_zero() {
                 return Err(ConfigError::at(
@@ -666,18 +666,32 @@ pub fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{text:?} is not an ip:port address (for example 127.0.0.1:8080)"))
 }
 
+/// Why an endpoint does not give an address.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("{0:?} has no port (write host:port)")]
+    NoPort(String),
+    #[error("cannot resolve {name:?}: {error}")]
+    Resolve { name: String, error: std::io::Error },
+    #[error("{0:?} resolves to no address")]
+    NoAddress(String),
+}
+
 /// An endpoint is `ip:port` or `name:port`, resolved once.
-pub fn resolve_endpoint(text: &str) -> Result<SocketAddr, String> {
+pub fn resolve_endpoint(text: &str) -> Result<SocketAddr, EndpointError> {
     if let Ok(addr) = text.parse() {
         return Ok(addr);
     }
     if !text.contains(':') {
-        return Err(format!("{text:?} has no port (write host:port)"));
+        return Err(EndpointError::NoPort(text.to_owned()));
     }
     text.to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {text:?}: {e}"))?
+        .map_err(|error| EndpointError::Resolve {
+            name: text.to_owned(),
+            error,
+        })?
         .next()
-        .ok_or_else(|| format!("{text:?} resolves to no address"))
+        .ok_or_else(|| EndpointError::NoAddress(text.to_owned()))
 }
 
 fn validate_domain(d: &str) -> Result<(), String> {

@@ -59,12 +59,21 @@ pub fn now_ms() -> u64 {
 }
 
 impl Cluster {
-    /// Builds a cluster; endpoint names must already resolve (validation checked it).
-    pub fn new(config: &config::Cluster, workers: usize) -> Result<Cluster, String> {
+    /// Builds a cluster, resolving its endpoints' names (validation resolved them once: a
+    /// name can stop resolving since). An error gives the endpoint's index.
+    pub fn new(
+        config: &config::Cluster,
+        workers: usize,
+    ) -> Result<Cluster, (usize, config::EndpointError)> {
         let endpoints = config
             .endpoints
             .iter()
-            .map(|e| config::resolve_endpoint(e).map(Endpoint::new))
+            .enumerate()
+            .map(|(j, e)| {
+                config::resolve_endpoint(e)
+                    .map(Endpoint::new)
+                    .map_err(|error| (j, error))
+            })
             .collect::<Result<Box<[_]>, _>>()?;
         Ok(Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Relaxed),
