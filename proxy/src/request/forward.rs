@@ -10,8 +10,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::Response;
 use http::header::{self, HeaderValue};
-use http::request::Parts;
-use http::uri::Authority;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
@@ -28,7 +26,9 @@ use crate::headers;
 use crate::snapshot::Snapshot;
 use crate::stats::{ResponseFlag, ResponseFlags};
 use crate::upstream::pool::{AcquireError, ClusterPool};
-use crate::upstream::{self, ActiveRequest, Outbound, Protocol, RequestBody, pick_endpoint};
+use crate::upstream::{
+    self, ActiveRequest, Outbound, Protocol, RequestBody, SendError, pick_endpoint,
+};
 
 const UPSTREAM_SERVICE_TIME: header::HeaderName =
     header::HeaderName::from_static("x-envoy-upstream-service-time");
@@ -39,7 +39,7 @@ const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
 /// Forwards a prepared request to `target` and returns the response for the client: the
 /// upstream's, or a local reply.
 pub(super) async fn forward(
-    request: Prepared,
+    mut request: Prepared,
     target: Target<'_>,
     conn: &ConnCtx,
     snapshot: &Snapshot,
@@ -51,46 +51,192 @@ pub(super) async fn forward(
         route: target,
         conn,
     };
-    let Prepared {
-        mut parts,
-        body,
-        added,
-        authority,
-        upgrade,
-    } = request;
     if let Some(filters) = filters
         && let Some(delay) = filters.injected_delay(ex)
     {
-        tokio::time::sleep(delay).await;
+        // Boxed, as every filter-only state: it would otherwise enlarge every request's.
+        Box::pin(tokio::time::sleep(delay)).await;
     }
-    if let Some(on_upgrade) = upgrade {
+    // The request stays where it is (its fields are used in place): moving it into the next
+    // future would copy its head.
+    if let Some(on_upgrade) = request.upgrade.take() {
         // Boxed: upgrades are rare, and their state would otherwise enlarge every request's.
-        let body = ProxyBody::Incoming(body);
-        let upgrade = upstream.forward_upgrade(parts, body, authority, on_upgrade, ex);
+        let body = ProxyBody::Incoming(request.body);
+        let upgrade =
+            upstream.forward_upgrade(request.parts, body, request.authority, on_upgrade, ex);
         return Box::pin(upgrade)
             .await
             .unwrap_or_else(|reply| reply.into_response(ex));
     }
+    let authority = request.authority.as_ref();
     let body = match filters {
-        None => ProxyBody::Incoming(body),
+        None => ProxyBody::Incoming(request.body),
         // Boxed too: only filtered requests pay for reading a body through the filters.
         Some(filters) => {
-            let shaped =
-                filters.request_body(&mut parts, body, authority.as_ref(), conn, snapshot, ex);
+            let shaped = filters.request_body(
+                &mut request.parts,
+                request.body,
+                authority,
+                conn,
+                snapshot,
+                ex,
+            );
             match Box::pin(shaped).await {
                 Ok(body) => body,
                 Err(answer) => return answer,
             }
         }
     };
-    match upstream.send(parts, added, body, authority, ex).await {
-        Ok(response) => response,
-        // A body filter that answered or failed mid-body aborted the upstream request.
-        Err(reply) => match filters.and_then(Filters::take_local_reply) {
+    // Retries happen here, in the phase's own future: a nested async fn would be one more
+    // state machine every poll of every request passes through.
+    let failed =
+        |reply: LocalReply, ex: &mut Exchange| match filters.and_then(Filters::take_local_reply) {
+            // A body filter that answered or failed mid-body aborted the upstream request.
             Some(local) => super::filters::local_response(local, ex),
             None => reply.into_response(ex),
+        };
+    let cluster = &upstream.route.cluster;
+    let policy = upstream.route.retry.as_deref();
+    let max_attempts = 1 + policy.map_or(0, |p| p.num_retries);
+    let started = Instant::from_std(ex.start);
+    let deadline = upstream.route.timeout.map(|t| started + t);
+    let mut body = match upstream.prepare_body(body, max_attempts > 1, ex) {
+        Ok(body) => body,
+        // Boxed: only retriable requests with a body pay for reading it whole.
+        Err(whole) => match Box::pin(read_whole(whole, ex, deadline)).await {
+            Ok(body) => body,
+            Err(reply) => return failed(reply, ex),
         },
+    };
+
+    let Some(active) = ActiveRequest::start(cluster) else {
+        cluster.stats().rq_overflow.inc();
+        return failed(LocalReply::overflow(), ex);
+    };
+    cluster.stats().rq_total.inc();
+    let protocol = Protocol::of(cluster, request.parts.version);
+    if protocol == Protocol::Http2 {
+        std::mem::take(&mut request.added).apply_to(&mut request.parts.headers);
     }
+
+    let mut active = active;
+    let mut tried = Tried::default();
+    let mut _retry_slot = None;
+    let mut attempt = 1;
+    loop {
+        let Some(index) = pick_endpoint(cluster, &upstream.pool.rr, tried.as_slice()) else {
+            return failed(LocalReply::no_healthy_upstream(), ex);
+        };
+        tried.push(index);
+        let endpoint_pool = upstream.pool.endpoints[index].clone();
+        active.set_endpoint(index);
+        ex.upstream_host = Some(endpoint_pool.endpoint().addr);
+        endpoint_pool.endpoint().rq_total.fetch_add(1, Relaxed);
+
+        let last_possible = attempt >= max_attempts;
+        let per_try = policy.and_then(|p| p.per_try_timeout.nonzero());
+        let try_deadline = earliest(deadline, per_try.map(|t| Instant::now() + t));
+        let outbound = Outbound {
+            head: &mut request.parts,
+            added: &request.added,
+            authority,
+            body: &mut body,
+            last: last_possible,
+        };
+        let outcome = upstream::send(&endpoint_pool, protocol, outbound, try_deadline).await;
+        // Decide: done, or retry. (Matched as it came: re-wrapping the result would copy
+        // the response head.)
+        let (retry_wanted, result) = match outcome {
+            Ok(response) => {
+                let status = response.status();
+                if let Some(attempts) = &mut ex.attempts {
+                    attempts.push((endpoint_pool.endpoint().addr, status.as_u16()));
+                }
+                cluster.stats().rq_by_class[(status.as_u16() / 100).min(5) as usize].inc();
+                if status.is_server_error() {
+                    endpoint_pool.endpoint().rq_error.fetch_add(1, Relaxed);
+                }
+                let wanted = policy.is_some_and(|p| retriable_response(p, &response));
+                ex.upstream_time = Some(started.elapsed());
+                (wanted, Ok(response))
+            }
+            Err(SendError::RequestBody(error)) => {
+                (false, Err(LocalReply::request_body_failed(&*error, ex)))
+            }
+            Err(e) => {
+                let e = match AttemptError::from(e) {
+                    AttemptError::PerTryTimeout if try_deadline == deadline => {
+                        AttemptError::GlobalTimeout
+                    }
+                    e => e,
+                };
+                endpoint_pool.endpoint().rq_error.fetch_add(1, Relaxed);
+                if let Some(attempts) = &mut ex.attempts {
+                    attempts.push((endpoint_pool.endpoint().addr, 0));
+                }
+
+                let wanted = policy.is_some_and(|p| retriable_error(p.retry_on, &e));
+                (wanted, Err(upstream.failure_reply(e, attempt > 1, ex)))
+            }
+        };
+        let can_retry =
+            retry_wanted && body.can_replay() && deadline.is_none_or(|d| Instant::now() < d);
+        if !can_retry || last_possible {
+            if retry_wanted && last_possible && attempt > 1 {
+                cluster.stats().rq_retry_limit_exceeded.inc();
+                ex.flags.insert(ResponseFlag::UpstreamRetryLimitExceeded);
+            } else if attempt > 1 && result.is_ok() && !retry_wanted {
+                cluster.stats().rq_retry_success.inc();
+            }
+            return match result {
+                Ok(r) => upstream.finish_response(r, active, ex),
+                Err(reply) => failed(reply, ex),
+            };
+        }
+        match cluster.try_start_retry() {
+            Some(slot) => _retry_slot = Some(slot),
+            None => {
+                cluster.stats().rq_retry_overflow.inc();
+                return match result {
+                    Ok(r) => upstream.finish_response(r, active, ex),
+                    Err(reply) => failed(reply, ex),
+                };
+            }
+        }
+        // A failed response whose body has already arrived is read to its end, so its
+        // connection goes back to the pool; any other is dropped with its connection.
+        if let Ok(response) = result {
+            let _ = futures_util::FutureExt::now_or_never(response.into_body().collect());
+        }
+
+        cluster.stats().rq_retry.inc();
+        ex.flags = ResponseFlags::default();
+        let backoff = backoff(policy.expect("retries need a policy"), attempt);
+        let wake = earliest(deadline, Some(Instant::now() + backoff)).expect("a wake time");
+        // Boxed: retries are rare, and the timer would otherwise enlarge every request's state.
+        Box::pin(tokio::time::sleep_until(wake)).await;
+        attempt += 1;
+    }
+}
+
+/// Reads a small request body whole, so that it can be sent again, within the deadline.
+async fn read_whole(
+    body: ProxyBody,
+    ex: &Exchange,
+    deadline: Option<Instant>,
+) -> Result<RequestBody, LocalReply> {
+    let collect = body.collect();
+    let collected = match deadline {
+        Some(d) => tokio::time::timeout_at(d, collect)
+            .await
+            .map_err(|_| LocalReply::request_timeout())?,
+        None => collect.await,
+    };
+    let bytes = collected
+        .map_err(|_| LocalReply::downstream_reset())?
+        .to_bytes();
+    ex.bytes_received.set(bytes.len() as u64);
+    Ok(RequestBody::Replayable(Some(bytes)))
 }
 
 pub(super) struct Upstream<'a> {
@@ -100,138 +246,15 @@ pub(super) struct Upstream<'a> {
 }
 
 impl Upstream<'_> {
-    /// Sends the request upstream, with retries. `added` holds the headers the proxy adds
-    /// (see [`headers::Added`]); an HTTP/1.1 upstream gets them written after the request's.
-    pub(super) async fn send(
-        &self,
-        mut parts: Parts,
-        mut added: headers::Added,
-        body: ProxyBody,
-        authority: Option<Authority>,
-        ex: &mut Exchange,
-    ) -> Result<Response<ProxyBody>, LocalReply> {
-        let cluster = &self.route.cluster;
-        let policy = self.route.retry.as_deref();
-        let max_attempts = 1 + policy.map_or(0, |p| p.num_retries);
-        let started = Instant::from_std(ex.start);
-        let deadline = self.route.timeout.map(|t| started + t);
-        let mut body = self
-            .prepare_body(body, max_attempts > 1, ex, deadline)
-            .await?;
-
-        let Some(active) = ActiveRequest::start(cluster) else {
-            cluster.stats().rq_overflow.inc();
-            return Err(LocalReply::overflow());
-        };
-        cluster.stats().rq_total.inc();
-        let protocol = Protocol::of(cluster, parts.version);
-        if protocol == Protocol::Http2 {
-            std::mem::take(&mut added).apply_to(&mut parts.headers);
-        }
-
-        let mut active = active;
-        let mut tried = Tried::default();
-        let mut _retry_slot = None;
-        let mut attempt = 1;
-        loop {
-            let Some(index) = pick_endpoint(cluster, &self.pool.rr, tried.as_slice()) else {
-                return Err(LocalReply::no_healthy_upstream());
-            };
-            tried.push(index);
-            let endpoint_pool = self.pool.endpoints[index].clone();
-            active.set_endpoint(index);
-            ex.upstream_host = Some(endpoint_pool.endpoint().addr);
-            endpoint_pool.endpoint().rq_total.fetch_add(1, Relaxed);
-
-            let last_possible = attempt >= max_attempts;
-            let per_try = policy.and_then(|p| p.per_try_timeout.nonzero());
-            let try_deadline = earliest(deadline, per_try.map(|t| Instant::now() + t));
-            let request = Outbound {
-                head: &mut parts,
-                added: &added,
-                authority: authority.as_ref(),
-                body: &mut body,
-                last: last_possible,
-            };
-            let outcome = upstream::send(&endpoint_pool, protocol, request, try_deadline)
-                .await
-                .map_err(AttemptError::from);
-            let outcome = match outcome {
-                Err(AttemptError::PerTryTimeout) if try_deadline == deadline => {
-                    Err(AttemptError::GlobalTimeout)
-                }
-                other => other,
-            };
-            // Decide: done, or retry.
-            let (retry_wanted, result) = match outcome {
-                Ok(response) => {
-                    let status = response.status();
-                    if let Some(attempts) = &mut ex.attempts {
-                        attempts.push((endpoint_pool.endpoint().addr, status.as_u16()));
-                    }
-                    cluster.stats().rq_by_class[(status.as_u16() / 100).min(5) as usize].inc();
-                    if status.is_server_error() {
-                        endpoint_pool.endpoint().rq_error.fetch_add(1, Relaxed);
-                    }
-                    let wanted = policy.is_some_and(|p| retriable_response(p, &response));
-                    ex.upstream_time = Some(started.elapsed());
-                    (wanted, Ok(response))
-                }
-                Err(AttemptError::RequestBody(error)) => {
-                    (false, Err(LocalReply::request_body_failed(&*error, ex)))
-                }
-                Err(e) => {
-                    endpoint_pool.endpoint().rq_error.fetch_add(1, Relaxed);
-                    if let Some(attempts) = &mut ex.attempts {
-                        attempts.push((endpoint_pool.endpoint().addr, 0));
-                    }
-
-                    let wanted = policy.is_some_and(|p| retriable_error(p.retry_on, &e));
-                    (wanted, Err(self.failure_reply(e, attempt > 1, ex)))
-                }
-            };
-            let can_retry =
-                retry_wanted && body.can_replay() && deadline.is_none_or(|d| Instant::now() < d);
-            if !can_retry || last_possible {
-                if retry_wanted && last_possible && attempt > 1 {
-                    cluster.stats().rq_retry_limit_exceeded.inc();
-                    ex.flags.insert(ResponseFlag::UpstreamRetryLimitExceeded);
-                } else if attempt > 1 && result.is_ok() && !retry_wanted {
-                    cluster.stats().rq_retry_success.inc();
-                }
-                return result.map(|r| self.finish_response(r, active, ex));
-            }
-            match cluster.try_start_retry() {
-                Some(slot) => _retry_slot = Some(slot),
-                None => {
-                    cluster.stats().rq_retry_overflow.inc();
-                    return result.map(|r| self.finish_response(r, active, ex));
-                }
-            }
-            // A failed response whose body has already arrived is read to its end, so its
-            // connection goes back to the pool; any other is dropped with its connection.
-            if let Ok(response) = result {
-                let _ = futures_util::FutureExt::now_or_never(response.into_body().collect());
-            }
-
-            cluster.stats().rq_retry.inc();
-            ex.flags = ResponseFlags::default();
-            let backoff = backoff(policy.expect("retries need a policy"), attempt);
-            let wake = earliest(deadline, Some(Instant::now() + backoff)).expect("a wake time");
-            tokio::time::sleep_until(wake).await;
-            attempt += 1;
-        }
-    }
-
     /// Decides whether the body can be replayed: empty and small bodies are kept, large or
-    /// unsized ones stream (and are then retried only if no byte of them was sent).
-    async fn prepare_body(
+    /// unsized ones stream (and are then retried only if no byte of them was sent). A small
+    /// body that may be retried is read whole first (`Err`: read it with [`read_whole`]).
+    fn prepare_body(
         &self,
         body: ProxyBody,
         retries: bool,
-        ex: &mut Exchange,
-        deadline: Option<Instant>,
-    ) -> Result<RequestBody, LocalReply> {
+        ex: &Exchange,
+    ) -> Result<RequestBody, ProxyBody> {
         if body.is_end_stream() {
             return Ok(RequestBody::Replayable(None));
         }
@@ -240,18 +263,7 @@ impl Upstream<'_> {
             .exact()
             .is_some_and(|n| n <= RETRY_BUFFER_LIMIT);
         if retries && small {
-            let collect = Box::pin(body.collect());
-            let collected = match deadline {
-                Some(d) => tokio::time::timeout_at(d, collect)
-                    .await
-                    .map_err(|_| LocalReply::request_timeout())?,
-                None => collect.await,
-            };
-            let bytes = collected
-                .map_err(|_| LocalReply::downstream_reset())?
-                .to_bytes();
-            ex.bytes_received.set(bytes.len() as u64);
-            return Ok(RequestBody::Replayable(Some(bytes)));
+            return Err(body);
         }
         let counted = CountingBody {
             inner: body,

@@ -61,10 +61,9 @@ pub async fn serve(
         conn: &conn,
         start: ex.start,
     };
-    let (served, filters) = match conn.worker.chain(&snapshot, conn.listener) {
-        None => phases(req, &conn, &snapshot, None, &mut ex).await,
-        Some(Ok(chain)) => phases(req, &conn, &snapshot, Some(chain), &mut ex).await,
-        Some(Err(e)) => {
+    let (served, filters) = match conn.worker.chain(&snapshot, conn.listener).transpose() {
+        Ok(chain) => phases(req, &conn, &snapshot, chain, &mut ex).await,
+        Err(e) => {
             tracing::warn!(error = %e, "plugin chain unavailable on this worker");
             let reply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "", "wasm_fail_stream");
             let mut response = reply.into_response(&mut ex);
@@ -116,7 +115,7 @@ async fn phases(
             RequestPhase::Reset => return (Err(StreamReset), filters),
         },
     };
-    let response = match answered {
+    let mut response = match answered {
         Some(response) => response,
         None => match routing::route(&request, snapshot, conn, filters.as_ref(), ex) {
             Ok(target) => {
@@ -125,8 +124,10 @@ async fn phases(
             Err(reply) => reply.into_response(ex),
         },
     };
-    let response = respond::respond(response, conn, filters.as_ref(), ex).await;
-    (response, filters)
+    match respond::respond(&mut response, conn, filters.as_ref(), ex).await {
+        Ok(()) => (Ok(response), filters),
+        Err(reset) => (Err(reset), filters),
+    }
 }
 
 /// A request whose handler has not answered yet. hyper drops the handler when the client

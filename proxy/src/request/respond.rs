@@ -10,19 +10,21 @@ use crate::body::ProxyBody;
 use crate::config::ServerHeaderTransformation;
 use crate::conn::ConnCtx;
 
+/// Works on the response in place: moving a response into and out of a future costs a copy
+/// of its head, which every request would pay.
 pub(super) async fn respond(
-    response: Response<ProxyBody>,
+    response: &mut Response<ProxyBody>,
     conn: &ConnCtx,
     filters: Option<&Filters>,
     ex: &mut Exchange,
-) -> Result<Response<ProxyBody>, StreamReset> {
-    let mut response = match filters {
-        None => response,
+) -> Result<(), StreamReset> {
+    if let Some(filters) = filters {
         // Boxed: only filtered requests pay for the response filters' state.
-        Some(filters) => Box::pin(filters.on_response(response, ex)).await?,
-    };
+        let given = std::mem::take(response);
+        *response = Box::pin(filters.on_response(given, ex)).await?;
+    }
     set_server_header(response.headers_mut(), conn);
-    Ok(response)
+    Ok(())
 }
 
 /// Envoy's `server_header_transformation`, on every response the client gets.

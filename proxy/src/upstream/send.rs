@@ -107,25 +107,31 @@ pub struct Outbound<'a> {
 }
 
 /// Sends a request to an endpoint and returns the response head with its body streaming,
-/// within `deadline`.
+/// within `deadline`. Each protocol's exchange is awaited directly under the deadline: a
+/// further async block around it would be one more state machine every poll passes through.
 pub async fn send(
     endpoint: &Rc<EndpointPool>,
     protocol: Protocol,
     request: Outbound<'_>,
     deadline: Option<Instant>,
 ) -> Result<Response<ProxyBody>, SendError> {
-    let exchange = async {
-        match protocol {
-            // Boxed so the HTTP/2 path's state does not enlarge every HTTP/1 request.
-            Protocol::Http2 => Box::pin(send_h2(endpoint, request)).await,
-            Protocol::Http1 => send_h1(endpoint, request, deadline).await,
+    let timed_out = |_| Err(SendError::Timeout);
+    match (protocol, deadline) {
+        (Protocol::Http1, Some(d)) => {
+            let exchange = send_h1(endpoint, request, deadline);
+            tokio::time::timeout_at(d, exchange)
+                .await
+                .unwrap_or_else(timed_out)
         }
-    };
-    match deadline {
-        Some(d) => tokio::time::timeout_at(d, exchange)
-            .await
-            .unwrap_or(Err(SendError::Timeout)),
-        None => exchange.await,
+        (Protocol::Http1, None) => send_h1(endpoint, request, None).await,
+        // Boxed so the HTTP/2 path's state does not enlarge every HTTP/1 request.
+        (Protocol::Http2, Some(d)) => {
+            let exchange = Box::pin(send_h2(endpoint, request));
+            tokio::time::timeout_at(d, exchange)
+                .await
+                .unwrap_or_else(timed_out)
+        }
+        (Protocol::Http2, None) => Box::pin(send_h2(endpoint, request)).await,
     }
 }
 
