@@ -433,10 +433,8 @@ impl Collector for MeshCollector {
         // Downstream, per listener.
         let listeners: Vec<_> = shared.listener_stats.iter().collect();
         let sum_l = |i: usize, f: &dyn Fn(&ListenerShard) -> u64| listeners[i].shards.sum(f);
-        let names: Vec<[(&str, &str); 1]> = listeners
-            .iter()
-            .map(|l| [("listener", l.name.as_str())])
-            .collect();
+        let names: Vec<[(&str, &str); 1]> =
+            listeners.iter().map(|l| [("listener", &*l.name)]).collect();
         let per_listener = |f: &dyn Fn(&ListenerShard) -> u64| -> Vec<(&[(&str, &str)], u64)> {
             (0..listeners.len())
                 .map(|i| (&names[i][..], sum_l(i, f)))
@@ -506,7 +504,7 @@ impl Collector for MeshCollector {
             )?;
             for (i, code, n) in &codes {
                 let labels = [
-                    ("listener", listeners[*i].name.as_str()),
+                    ("listener", &*listeners[*i].name),
                     ("response_code", code.as_str()),
                 ];
                 ConstCounter::new(*n).encode(metric.encode_family(&labels)?)?;
@@ -523,10 +521,7 @@ impl Collector for MeshCollector {
                 for flag in ResponseFlag::ALL {
                     let n = l.shards.sum(|s| s.flags[flag as usize].get());
                     if n > 0 {
-                        let labels = [
-                            ("listener", l.name.as_str()),
-                            ("response_flags", flag.code()),
-                        ];
+                        let labels = [("listener", &*l.name), ("response_flags", flag.code())];
                         ConstCounter::new(n).encode(metric.encode_family(&labels)?)?;
                     }
                 }
@@ -541,7 +536,7 @@ impl Collector for MeshCollector {
             )?;
             for l in &listeners {
                 let (sum, count, buckets) = merge_histograms(l.shards.iter().map(|s| &s.rq_time));
-                let labels = [("listener", l.name.as_str())];
+                let labels = [("listener", &*l.name)];
                 metric
                     .encode_family(&labels)?
                     .encode_histogram::<prometheus_client::encoding::NoLabelSet>(

@@ -162,7 +162,8 @@ impl std::fmt::Display for ResponseFlags {
 
 /// Per-listener downstream counters (one shard per worker).
 pub struct ListenerStats {
-    pub name: String,
+    /// Shared, not copied: every filtered request hands it to its filters.
+    pub name: std::sync::Arc<str>,
     pub shards: Sharded<ListenerShard>,
 }
 
@@ -202,7 +203,7 @@ impl Default for ListenerShard {
 impl ListenerStats {
     pub fn new(name: &str, workers: usize) -> Self {
         ListenerStats {
-            name: name.to_owned(),
+            name: name.into(),
             shards: Sharded::new(workers),
         }
     }

@@ -30,6 +30,8 @@ pub struct Shared {
     pub access_log: Option<AccessLogSink>,
     drain: watch::Sender<bool>,
     pub started: Instant,
+    /// This proxy's node id (the `node.id` property filters read).
+    pub node_id: Arc<str>,
 }
 
 impl Shared {
@@ -61,6 +63,7 @@ impl Shared {
             access_log,
             drain: watch::channel(false).0,
             started: Instant::now(),
+            node_id: Arc::from("wasmesh"),
         }
     }
 

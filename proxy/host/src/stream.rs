@@ -20,7 +20,7 @@ pub struct StreamInfo {
     pub destination: Option<SocketAddr>,
     pub connection_id: u64,
     pub protocol: &'static str,
-    pub listener: String,
+    pub listener: std::sync::Arc<str>,
     pub route_name: String,
     pub cluster_name: String,
     pub upstream_address: Option<SocketAddr>,
@@ -33,7 +33,7 @@ pub struct StreamInfo {
     pub start_time: Option<SystemTime>,
     pub request_size: u64,
     pub response_size: u64,
-    pub node_id: String,
+    pub node_id: std::sync::Arc<str>,
 }
 
 /// A reply a filter asked the proxy to send instead of going upstream.

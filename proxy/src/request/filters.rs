@@ -66,7 +66,7 @@ impl Filters {
                 .name
                 .clone(),
             start_time: Some(SystemTime::now()),
-            node_id: "wasmesh".into(),
+            node_id: conn.worker.shared.node_id.clone(),
             ..Default::default()
         };
         Filters {
