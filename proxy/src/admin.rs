@@ -259,7 +259,7 @@ fn clusters_json(shared: &Shared) -> String {
                     })
                 })
                 .collect();
-            json!({ "name": c.name, "circuit_breakers": c.config.circuit_breakers, "host_statuses": hosts })
+            json!({ "name": &*c.name, "circuit_breakers": c.config.circuit_breakers, "host_statuses": hosts })
         })
         .collect();
     format!("{:#}\n", json!({ "cluster_statuses": statuses }))
@@ -547,10 +547,8 @@ impl Collector for MeshCollector {
 
         // Upstream, per cluster.
         let clusters = &snapshot.clusters;
-        let cnames: Vec<[(&str, &str); 1]> = clusters
-            .iter()
-            .map(|c| [("cluster", c.name.as_str())])
-            .collect();
+        let cnames: Vec<[(&str, &str); 1]> =
+            clusters.iter().map(|c| [("cluster", &*c.name)]).collect();
         let per_cluster = |f: &dyn Fn(&ClusterShard) -> u64| -> Vec<(&[(&str, &str)], u64)> {
             clusters
                 .iter()
@@ -640,7 +638,7 @@ impl Collector for MeshCollector {
                     let n = c.stats.sum(|s| s.rq_by_class[class].get());
                     let class = format!("{class}xx");
                     let labels = [
-                        ("cluster", c.name.as_str()),
+                        ("cluster", &*c.name),
                         ("response_code_class", class.as_str()),
                     ];
                     ConstCounter::new(n).encode(metric.encode_family(&labels)?)?;

@@ -82,11 +82,11 @@ impl Snapshot {
         let by_name: HashMap<String, usize> = clusters
             .iter()
             .enumerate()
-            .map(|(i, c)| (c.name.clone(), i))
+            .map(|(i, c)| (c.name.to_string(), i))
             .collect();
         let named: HashMap<String, Arc<Cluster>> = clusters
             .iter()
-            .map(|c| (c.name.clone(), c.clone()))
+            .map(|c| (c.name.to_string(), c.clone()))
             .collect();
         let routes = bootstrap
             .listeners

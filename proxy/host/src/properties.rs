@@ -169,7 +169,7 @@ pub fn get(
         ["connection", "mtls"] => Ok(Bytes::from_static(&[0])),
         ["connection", "requested_server_name"] => Ok(Bytes::new()),
         ["xds", "cluster_name"] => Ok(string(&info.cluster_name)),
-        ["xds", "route_name"] => Ok(string(&info.route_name)),
+        ["xds", "route_name"] => Ok(info.route_name.clone()),
         ["xds", "listener_name"] | ["wasmesh", "listener"] => Ok(string(&info.listener)),
         ["node", "id"] => Ok(string(&info.node_id)),
         ["wasmesh", "upstream_cluster"] => stream

@@ -21,8 +21,9 @@ pub struct StreamInfo {
     pub connection_id: u64,
     pub protocol: &'static str,
     pub listener: std::sync::Arc<str>,
-    pub route_name: String,
-    pub cluster_name: String,
+    /// As the filters named it, or the route's name.
+    pub route_name: Bytes,
+    pub cluster_name: std::sync::Arc<str>,
     pub upstream_address: Option<SocketAddr>,
     /// Every upstream attempt (retries included): the endpoint and its response status, `0`
     /// when it gave none (connect failure, reset, timeout). For outlier detection.

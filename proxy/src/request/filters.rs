@@ -113,17 +113,18 @@ impl Filters {
     }
 
     /// The route a plugin chose and named (`wasmesh.route_name`).
-    pub(super) fn chosen_route_name(&self) -> Option<String> {
+    pub(super) fn chosen_route_name(&self) -> Option<Bytes> {
         self.driver
             .filter_state()
             .get("wasmesh.route_name")
-            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .cloned()
     }
 
-    /// The route and cluster the request goes to, for filters that read them.
-    pub(super) fn record_route(&self, route_name: String, cluster: &str) {
+    /// The route and cluster the request goes to, for filters that read them (shared, not
+    /// copied).
+    pub(super) fn record_route(&self, route_name: Bytes, cluster: &std::sync::Arc<str>) {
         let mut info = self.driver.info();
-        info.cluster_name = cluster.to_owned();
+        info.cluster_name = cluster.clone();
         info.route_name = route_name;
     }
 

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::Authority;
 
 use super::context::Exchange;
@@ -76,10 +77,10 @@ pub(super) fn route<'s>(
     }
     drop(decisions);
     // A route a plugin chose (the router's VirtualService route) names the request.
-    let route_name = filters
-        .chosen_route_name()
-        .unwrap_or_else(|| route.map_or_else(String::new, |r| r.name.clone()));
-    ex.capture_names(&route_name, &target.cluster.name);
+    let route_name = filters.chosen_route_name().unwrap_or_else(|| {
+        route.map_or_else(Bytes::new, |r| Bytes::copy_from_slice(r.name.as_bytes()))
+    });
+    ex.capture_names(&String::from_utf8_lossy(&route_name), &target.cluster.name);
     filters.record_route(route_name, &target.cluster.name);
     Ok(target)
 }

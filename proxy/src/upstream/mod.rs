@@ -21,7 +21,8 @@ pub use send::{Outbound, Protocol, RequestBody, SendError, send, upgrade};
 pub struct Cluster {
     /// Unique for the life of the process: per-worker pools are keyed by it.
     pub id: u64,
-    pub name: String,
+    /// Shared, not copied: filters read it for every request they see.
+    pub name: std::sync::Arc<str>,
     pub config: config::Cluster,
     pub endpoints: Box<[Endpoint]>,
     pub lb_policy: LbPolicy,
@@ -77,7 +78,7 @@ impl Cluster {
             .collect::<Result<Box<[_]>, _>>()?;
         Ok(Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Relaxed),
-            name: config.name.clone(),
+            name: config.name.as_str().into(),
             config: config.clone(),
             endpoints,
             lb_policy: config.lb_policy,
