@@ -210,7 +210,7 @@ pub struct RouteMatch {
     pub path: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Comma-separated conditions, as Envoy's `x-envoy-retry-on`.

@@ -1,6 +1,8 @@
 //! Foreign functions (`proxy_call_foreign_function`): wasmesh's host extensions, and the
 //! Envoy names filters commonly call. `docs/plugin-abi.md` documents each.
 
+use std::cell::RefCell;
+
 use bytes::Bytes;
 
 use wasmesh_config::RetryPolicy;
@@ -8,6 +10,31 @@ use wasmesh_config::RetryPolicy;
 use crate::abi::Status;
 use crate::flags::ResponseFlag;
 use crate::stream::Stream;
+
+thread_local! {
+    /// The retry policy last parsed on this worker, with its text: a router states the same
+    /// policy for every request of a route, so a repeat costs a comparison instead of a parse.
+    static LAST_RETRY_POLICY: RefCell<Option<(Box<[u8]>, RetryPolicy)>> =
+        const { RefCell::new(None) };
+}
+
+/// `wasmesh.set_retry_policy`'s argument as a policy; a malformed one is `BadArgument`.
+fn retry_policy(spec: &[u8]) -> Result<RetryPolicy, Status> {
+    LAST_RETRY_POLICY.with_borrow_mut(|last| {
+        if let Some((text, policy)) = last.as_ref()
+            && **text == *spec
+        {
+            return Ok(policy.clone());
+        }
+        let text = std::str::from_utf8(spec).map_err(|_| Status::BadArgument)?;
+        let policy = RetryPolicy::parse_spec(text).map_err(|reason| {
+            tracing::debug!(%reason, "wasmesh.set_retry_policy refused");
+            Status::BadArgument
+        })?;
+        *last = Some((spec.into(), policy.clone()));
+        Ok(policy)
+    })
+}
 
 /// Runs foreign function `name`. Extensions that act on a request need a stream context
 /// (`proxy_set_effective_context` from a root context).
@@ -48,10 +75,7 @@ pub fn call(
         // Retry policy for this request: `attempts=3;per_try_timeout_ms=500;retry_on=5xx,reset`,
         // held to the bootstrap's limits; a policy that is not one is refused, not ignored.
         "wasmesh.set_retry_policy" => {
-            let policy = RetryPolicy::parse_spec(text()?).map_err(|reason| {
-                tracing::debug!(%reason, "wasmesh.set_retry_policy refused");
-                Status::BadArgument
-            })?;
+            let policy = retry_policy(args)?;
             stream_needed()?.decisions.borrow_mut().retry_policy = Some(policy);
         }
         // Hold the request this many milliseconds before it goes upstream (fault injection),
@@ -138,6 +162,10 @@ mod tests {
         let capped = stream.decisions.borrow().retry_policy.clone().unwrap();
         assert_eq!(capped.num_retries, wasmesh_config::MAX_RETRIES);
         call_on(&stream, "wasmesh.set_retry_policy", spec).unwrap();
+        // A repeat of the last text is served from the worker's last parse: the same policy.
+        call_on(&stream, "wasmesh.set_retry_policy", spec).unwrap();
+        let again = stream.decisions.borrow().retry_policy.clone().unwrap();
+        assert_eq!(again, policy);
 
         for bad in [
             "attempts=lots",
