@@ -46,16 +46,15 @@ fn translated() -> chain::ResolvedChain {
 
 /// Checks, before measuring, that `request` takes `route` through the plugins.
 fn check_route(chain: &Rc<Chain>, request: &RequestSpec, response: &ResponseSpec, route: &str) {
-    let (outcome, stream) =
+    let (outcome, driver) =
         now(exchange_stream(chain, request, response)).expect("no wait in the exchange");
     assert_eq!(outcome, Outcome::Upstream);
-    let chosen = stream
-        .filter_state
-        .borrow()
+    let chosen = driver
+        .filter_state()
         .get("wasmesh.route_name")
         .map(|v| String::from_utf8_lossy(v).into_owned());
     assert_eq!(chosen.as_deref(), Some(route), "{}", request.describe());
-    let cluster = stream.decisions.borrow().upstream_cluster.clone();
+    let cluster = driver.decisions().upstream_cluster.clone();
     assert!(
         cluster.as_deref().is_some_and(|c| c.ends_with(HOST)),
         "{cluster:?}"

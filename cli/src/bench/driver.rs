@@ -16,7 +16,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use wasmesh_host::{
     Callback, CalloutDone, CalloutRequest, CalloutResponse, Chain, Embedder, GrpcDone, GrpcRequest,
-    GrpcResponse, Host, PluginSpec, Profiler, Stream, StreamDriver, StreamInfo, Verdict, VmFailure,
+    GrpcResponse, Host, PluginSpec, Profiler, StreamDriver, StreamInfo, Verdict, VmFailure,
     WorkerVms,
 };
 
@@ -95,13 +95,14 @@ pub async fn exchange(
     exchange_stream(chain, request, response).await.0
 }
 
-/// [`exchange`], also giving back the stream: what the filters decided (its `decisions`,
-/// such as the upstream cluster, and its `filter_state`, such as `wasmesh.route_name`).
+/// [`exchange`], also giving back the stream's driver: what the filters decided (its
+/// `decisions`, such as the upstream cluster, and its `filter_state`, such as
+/// `wasmesh.route_name`).
 pub async fn exchange_stream(
     chain: &Rc<Chain>,
     request: &RequestSpec,
     response: &ResponseSpec,
-) -> (Outcome, Rc<Stream>) {
+) -> (Outcome, Rc<StreamDriver>) {
     let driver = StreamDriver::new(
         chain,
         StreamInfo {
@@ -113,7 +114,7 @@ pub async fn exchange_stream(
     );
     let outcome = run(&driver, request, response).await;
     driver.finish(|_| {});
-    (outcome, driver.stream().clone())
+    (outcome, driver)
 }
 
 /// The proxy's phases, on the host's own driver; the upstream's answer is `response`.

@@ -27,11 +27,6 @@ impl StreamDriver {
         Rc::new(StreamDriver { filters, stream })
     }
 
-    /// The stream the filters read and write.
-    pub fn stream(&self) -> &Rc<Stream> {
-        &self.stream
-    }
-
     pub fn chain(&self) -> Rc<Chain> {
         self.filters.borrow().chain().clone()
     }

@@ -68,44 +68,45 @@ pub struct Decisions {
 
 /// The HTTP data of a stream while filters work on it.
 #[derive(Default)]
-pub struct StreamData {
-    pub request: Option<request::Parts>,
-    pub request_body: BytesMut,
-    pub request_end: bool,
-    pub request_trailers: Option<HeaderMap>,
-    pub response: Option<response::Parts>,
-    pub response_body: BytesMut,
-    pub response_end: bool,
-    pub response_trailers: Option<HeaderMap>,
+pub(crate) struct StreamData {
+    pub(crate) request: Option<request::Parts>,
+    pub(crate) request_body: BytesMut,
+    pub(crate) request_end: bool,
+    pub(crate) request_trailers: Option<HeaderMap>,
+    pub(crate) response: Option<response::Parts>,
+    pub(crate) response_body: BytesMut,
+    pub(crate) response_end: bool,
+    pub(crate) response_trailers: Option<HeaderMap>,
     /// Which body is visible to the running body callback.
-    pub body_phase: Option<BodyPhase>,
+    pub(crate) body_phase: Option<BodyPhase>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BodyPhase {
+pub(crate) enum BodyPhase {
     Request,
     Response,
 }
 
-/// Shared by the proxy and every filter of one stream (single-threaded: one worker).
+/// Shared by every filter of one stream (single-threaded: one worker). Embedders reach it
+/// through [`crate::StreamDriver`]; its fields are the host's own.
 pub struct Stream {
-    pub data: RefCell<StreamData>,
-    pub info: RefCell<StreamInfo>,
+    pub(crate) data: RefCell<StreamData>,
+    pub(crate) info: RefCell<StreamInfo>,
     /// Values set with `proxy_set_property` (Envoy's filter state), visible to later filters.
-    pub filter_state: RefCell<FilterState>,
-    pub decisions: RefCell<Decisions>,
-    pub local_response: RefCell<Option<LocalResponse>>,
+    pub(crate) filter_state: RefCell<FilterState>,
+    pub(crate) decisions: RefCell<Decisions>,
+    pub(crate) local_response: RefCell<Option<LocalResponse>>,
     /// Set by `proxy_continue_stream`, `proxy_send_local_response` or `proxy_close_stream`.
-    pub resumed: Notify,
-    pub request_resume: Cell<bool>,
-    pub response_resume: Cell<bool>,
-    pub closed: Cell<bool>,
+    pub(crate) resumed: Notify,
+    pub(crate) request_resume: Cell<bool>,
+    pub(crate) response_resume: Cell<bool>,
+    pub(crate) closed: Cell<bool>,
     /// True once a filter's VM failed while serving this stream.
-    pub failed: Cell<bool>,
+    pub(crate) failed: Cell<bool>,
 }
 
 impl Stream {
-    pub fn new(info: StreamInfo) -> Rc<Stream> {
+    pub(crate) fn new(info: StreamInfo) -> Rc<Stream> {
         Rc::new(Stream {
             data: RefCell::default(),
             info: RefCell::new(info),
