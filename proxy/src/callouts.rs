@@ -19,6 +19,15 @@ use crate::worker::Worker;
 /// Largest callout response body a plugin receives.
 const CALLOUT_BODY_LIMIT: usize = 4 << 20;
 
+/// A callout's timeout: `0` (none given) is 60 s.
+fn or_default(timeout: Duration) -> Duration {
+    if timeout.is_zero() {
+        Duration::from_secs(60)
+    } else {
+        timeout
+    }
+}
+
 /// Carries out a worker's plugin callouts through that worker's pools.
 pub struct ProxyEmbedder {
     pub worker: Weak<Worker>,
@@ -52,11 +61,7 @@ impl Embedder for ProxyEmbedder {
             let Some(worker) = worker.upgrade() else {
                 return;
             };
-            let timeout = if request.timeout.is_zero() {
-                Duration::from_secs(60)
-            } else {
-                request.timeout
-            };
+            let timeout = or_default(request.timeout);
             let result = match tokio::time::timeout(timeout, http_callout(&worker, request)).await {
                 Ok(r) => r,
                 Err(_) => Err(CalloutFailure::Timeout),
@@ -71,11 +76,7 @@ impl Embedder for ProxyEmbedder {
             let Some(worker) = worker.upgrade() else {
                 return;
             };
-            let timeout = if request.timeout.is_zero() {
-                Duration::from_secs(60)
-            } else {
-                request.timeout
-            };
+            let timeout = or_default(request.timeout);
             let response = match tokio::time::timeout(timeout, grpc_callout(&worker, request)).await
             {
                 Ok(r) => r,

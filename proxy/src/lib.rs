@@ -92,8 +92,7 @@ impl Proxy {
         bootstrap: Bootstrap,
         from_file: Option<(std::path::PathBuf, String)>,
     ) -> Result<Proxy, StartError> {
-        let path = from_file.as_ref().map(|(path, _)| path.clone());
-        let file = path.as_deref();
+        let file = from_file.as_ref().map(|(path, _)| path.as_path());
         let in_file = |e: ConfigError| StartError::Config(e.in_file(file));
         let workers = bootstrap.worker_count();
         let drain_timeout = bootstrap.drain_timeout.0;

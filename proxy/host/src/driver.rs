@@ -27,10 +27,6 @@ impl StreamDriver {
         Rc::new(StreamDriver { filters, stream })
     }
 
-    pub fn chain(&self) -> Rc<Chain> {
-        self.filters.borrow().chain().clone()
-    }
-
     /// What the filters decided so far (cluster, timeout, retries, mirrors, flags, ...).
     pub fn decisions(&self) -> Ref<'_, Decisions> {
         self.stream.decisions.borrow()
@@ -190,15 +186,7 @@ impl StreamDriver {
 
     /// `on_*_trailers` through the chain; `trailers` comes back with the filters' changes.
     pub fn trailers(&self, trailers: &mut HeaderMap, response: bool) -> Verdict {
-        let given = std::mem::take(trailers);
-        {
-            let mut data = self.stream.data.borrow_mut();
-            if response {
-                data.response_trailers = Some(given);
-            } else {
-                data.request_trailers = Some(given);
-            }
-        }
+        *self.stream.data.borrow_mut().trailers(response) = Some(std::mem::take(trailers));
         let verdict = {
             let mut f = self.filters.borrow_mut();
             if response {
@@ -207,13 +195,13 @@ impl StreamDriver {
                 f.request_trailers()
             }
         };
-        let mut data = self.stream.data.borrow_mut();
-        let back = if response {
-            data.response_trailers.take()
-        } else {
-            data.request_trailers.take()
-        };
-        *trailers = back.unwrap_or_default();
+        *trailers = self
+            .stream
+            .data
+            .borrow_mut()
+            .trailers(response)
+            .take()
+            .unwrap_or_default();
         verdict
     }
 

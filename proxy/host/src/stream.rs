@@ -81,6 +81,17 @@ pub(crate) struct StreamData {
     pub(crate) body_phase: Option<BodyPhase>,
 }
 
+impl StreamData {
+    /// The request's or the response's trailers slot.
+    pub(crate) fn trailers(&mut self, response: bool) -> &mut Option<HeaderMap> {
+        if response {
+            &mut self.response_trailers
+        } else {
+            &mut self.request_trailers
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum BodyPhase {
     Request,

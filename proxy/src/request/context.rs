@@ -106,13 +106,13 @@ impl Exchange {
     }
 
     pub(crate) fn capture_route(&mut self, route: &Route) {
-        self.capture_names(&route.name, &route.cluster.name);
+        self.capture_names(route.name.as_bytes(), &route.cluster.name);
     }
 
-    /// The route and cluster a request went to, for the access log.
-    pub(crate) fn capture_names(&mut self, route: &str, cluster: &str) {
+    /// The route and cluster a request went to, for the access log (read only when it is on).
+    pub(crate) fn capture_names(&mut self, route: &[u8], cluster: &str) {
         if let Some(log) = &mut self.log {
-            log.route_name = Some(route.to_owned());
+            log.route_name = Some(String::from_utf8_lossy(route).into_owned());
             log.cluster = Some(cluster.to_owned());
         }
     }

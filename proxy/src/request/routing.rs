@@ -80,7 +80,7 @@ pub(super) fn route<'s>(
     let route_name = filters.chosen_route_name().unwrap_or_else(|| {
         route.map_or_else(Bytes::new, |r| Bytes::copy_from_slice(r.name.as_bytes()))
     });
-    ex.capture_names(&String::from_utf8_lossy(&route_name), &target.cluster.name);
+    ex.capture_names(&route_name, &target.cluster.name);
     filters.record_route(route_name, &target.cluster.name);
     Ok(target)
 }
