@@ -487,4 +487,125 @@ pub struct WorkloadEntry {
     pub locality: Option<String>,
     pub weight: Option<u32>,
     pub service_account: Option<String>,
+    /// For a workload registered by its sidecar: the workload's port -> the sidecar's inbound
+    /// listener port, so that other sidecars reach it through its own. Not Istio's field.
+    #[serde(skip)]
+    pub sidecar_ports: BTreeMap<u32, u32>,
+}
+
+// ----- WasmPlugin (extensions.istio.io) -----
+
+/// The API group of WasmPlugin.
+pub const EXTENSIONS_GROUP: &str = "extensions.istio.io";
+/// The versions of WasmPlugin served.
+pub const EXTENSIONS_VERSIONS: [&str; 1] = ["v1alpha1"];
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct WasmPlugin {
+    pub selector: Option<LabelSelector>,
+    pub target_ref: Option<PolicyTargetReference>,
+    pub target_refs: Vec<PolicyTargetReference>,
+    pub url: String,
+    pub sha256: Option<String>,
+    pub image_pull_policy: Option<PullPolicy>,
+    pub image_pull_secret: Option<String>,
+    pub verification_key: Unsupported,
+    pub plugin_config: Option<serde_json::Value>,
+    pub plugin_name: Option<String>,
+    pub phase: Option<PluginPhase>,
+    pub priority: Option<i32>,
+    pub fail_strategy: Option<PluginFailStrategy>,
+    pub vm_config: Option<PluginVmConfig>,
+    #[serde(rename = "match")]
+    pub match_: Vec<TrafficSelector>,
+    #[serde(rename = "type")]
+    pub type_: Option<PluginType>,
+}
+
+/// `selector`: Kubernetes' label selector, `matchLabels` only.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct LabelSelector {
+    pub match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct PolicyTargetReference {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum PullPolicy {
+    #[serde(rename = "UNSPECIFIED_POLICY")]
+    Unspecified,
+    IfNotPresent,
+    Always,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PluginPhase {
+    UnspecifiedPhase,
+    Authn,
+    Authz,
+    Stats,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PluginFailStrategy {
+    FailClose,
+    FailOpen,
+    FailReload,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PluginType {
+    UnspecifiedPluginType,
+    Http,
+    Network,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct PluginVmConfig {
+    pub env: Vec<PluginEnvVar>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct PluginEnvVar {
+    pub name: String,
+    pub value_from: Option<PluginEnvSource>,
+    pub value: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PluginEnvSource {
+    Inline,
+    Host,
+}
+
+/// `match[]`: which traffic the plugin sees.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct TrafficSelector {
+    pub mode: Option<WorkloadMode>,
+    pub ports: Vec<PortSelector>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WorkloadMode {
+    Undefined,
+    Client,
+    Server,
+    ClientAndServer,
 }

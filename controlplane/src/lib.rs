@@ -6,18 +6,27 @@
 //!   [`Bootstrap`](wasmesh_config::Bootstrap) and the configuration of the four traffic
 //!   plugins (router, fault, mirror, circuit-breaker; see `wasmesh-policy`);
 //! - [`Diagnostic`]s report problems in the style of `istioctl analyze`;
+//! - [`source`] yields resources from a watched directory, [`mesh`] turns them into each
+//!   sidecar's snapshot ([`sidecar`], [`plugins`] for WasmPlugins) and [`server`] streams
+//!   them to proxies over gRPC (`wasmesh-api`);
 //! - [`samples`] renders Bookinfo-like manifests and holds Istio's task manifests.
 
 pub mod diag;
 pub mod duration;
 pub mod istio;
 pub mod manifests;
+pub mod mesh;
+pub mod modules;
+pub mod plugins;
 pub mod samples;
+pub mod server;
+pub mod sidecar;
+pub mod source;
 mod translate;
 
 pub use diag::{Diagnostic, Level};
 pub use manifests::{Loaded, Resource, Source, Spec};
 pub use translate::{
-    Options, PLUGIN_FILES, PLUGIN_NAMES, PluginModule, PluginModules, Translation, cluster_name,
-    translate, translate_loaded,
+    Options, PLUGIN_FILES, PLUGIN_NAMES, PluginModule, PluginModules, Translation, check,
+    cluster_name, translate, translate_loaded,
 };

@@ -2,7 +2,7 @@
 //!
 //! Each document is parsed on its own, so one bad document does not stop the others; each
 //! resource remembers its file and the line its document starts at. Kinds other than the four
-//! translated ones are skipped with an Info diagnostic.
+//! translated ones (and WasmPlugin) are skipped with an Info diagnostic.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +27,7 @@ pub enum Spec {
     DestinationRule(istio::DestinationRule),
     ServiceEntry(istio::ServiceEntry),
     WorkloadEntry(istio::WorkloadEntry),
+    WasmPlugin(istio::WasmPlugin),
 }
 
 impl Spec {
@@ -36,6 +37,7 @@ impl Spec {
             Spec::DestinationRule(_) => "DestinationRule",
             Spec::ServiceEntry(_) => "ServiceEntry",
             Spec::WorkloadEntry(_) => "WorkloadEntry",
+            Spec::WasmPlugin(_) => "WasmPlugin",
         }
     }
 }
@@ -326,12 +328,15 @@ fn parse_document(doc: &Document, file: Option<&Path>, loaded: &mut Loaded) {
         ));
         return;
     };
-    let translated = matches!(
-        kind.as_str(),
-        "VirtualService" | "DestinationRule" | "ServiceEntry" | "WorkloadEntry"
-    );
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    if !translated || group != istio::GROUP {
+    let (group, versions) = match kind.as_str() {
+        "VirtualService" | "DestinationRule" | "ServiceEntry" | "WorkloadEntry" => {
+            (istio::GROUP, &istio::VERSIONS[..])
+        }
+        "WasmPlugin" => (istio::EXTENSIONS_GROUP, &istio::EXTENSIONS_VERSIONS[..]),
+        _ => ("", &[][..]),
+    };
+    let (doc_group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    if group.is_empty() || doc_group != group {
         loaded.diagnostics.push(located(
             identify(Diagnostic::info(
                 code::UNSUPPORTED_KIND,
@@ -341,14 +346,16 @@ fn parse_document(doc: &Document, file: Option<&Path>, loaded: &mut Loaded) {
         ));
         return;
     }
-    if !istio::VERSIONS.contains(&version) {
+    if !versions.contains(&version) {
         loaded.diagnostics.push(located(
             identify(Diagnostic::error(
                 code::SCHEMA_VALIDATION_ERROR,
                 format!(
                     "Schema validation error: apiVersion {api_version:?} is not served (use {})",
-                    istio::VERSIONS
-                        .map(|v| format!("{}/{v}", istio::GROUP))
+                    versions
+                        .iter()
+                        .map(|v| format!("{group}/{v}"))
+                        .collect::<Vec<_>>()
                         .join(", ")
                 ),
             ))
@@ -361,6 +368,7 @@ fn parse_document(doc: &Document, file: Option<&Path>, loaded: &mut Loaded) {
         "VirtualService" => typed(&doc.text, Spec::VirtualService),
         "DestinationRule" => typed(&doc.text, Spec::DestinationRule),
         "ServiceEntry" => typed(&doc.text, Spec::ServiceEntry),
+        "WasmPlugin" => typed(&doc.text, Spec::WasmPlugin),
         _ => typed(&doc.text, Spec::WorkloadEntry),
     };
     match parsed {

@@ -287,3 +287,9 @@ pub fn cluster_name(port: u32, subset: Option<&str>, host: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Checks one resource on its own, as translation does before using it: errors mean it would
+/// be left out.
+pub fn check(resource: &Resource) -> Vec<Diagnostic> {
+    validate::resource(resource)
+}

@@ -224,11 +224,13 @@ fn endpoints(
     workloads: &[(&Resource, &istio::WorkloadEntry)],
 ) -> Vec<Endpoint> {
     let target = |w: &istio::WorkloadEntry| {
-        w.ports
+        let app = w
+            .ports
             .get(&port.name)
             .copied()
             .or(port.target_port)
-            .unwrap_or(port.number)
+            .unwrap_or(port.number);
+        w.sidecar_ports.get(&app).copied().unwrap_or(app)
     };
     let entry = |w: &istio::WorkloadEntry| {
         w.address

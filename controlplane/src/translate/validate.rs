@@ -207,8 +207,72 @@ pub(crate) fn resource(r: &Resource) -> Vec<Diagnostic> {
         Spec::DestinationRule(dr) => destination_rule(&mut c, dr),
         Spec::ServiceEntry(se) => service_entry(&mut c, se),
         Spec::WorkloadEntry(we) => workload(&mut c, "spec", we),
+        Spec::WasmPlugin(wp) => wasm_plugin(&mut c, wp),
     }
     c.out
+}
+
+fn wasm_plugin(c: &mut Check, wp: &istio::WasmPlugin) {
+    match crate::plugins::ModuleUrl::parse(&wp.url) {
+        Ok(_) => {}
+        Err(reason) => c.error("spec.url", reason),
+    }
+    if let Some(sha) = &wp.sha256
+        && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        c.error("spec.sha256", "must be 64 hexadecimal digits");
+    }
+    if wp.type_ == Some(istio::PluginType::Network) {
+        c.error(
+            "spec.type",
+            "NETWORK plugins are not supported: wasmesh runs HTTP filters",
+        );
+    }
+    let refs = wp.target_refs.len() + usize::from(wp.target_ref.is_some());
+    if wp.selector.is_some() && refs > 0 {
+        c.error(
+            "spec.targetRefs",
+            "selector and targetRefs are mutually exclusive",
+        );
+    }
+    if wp.target_ref.is_some() {
+        c.deprecated("spec.targetRef", "spec.targetRefs");
+    }
+    for (i, t) in wp.target_refs.iter().chain(&wp.target_ref).enumerate() {
+        let field = format!("spec.targetRefs[{i}]");
+        match t.kind.as_str() {
+            "Service" | "ServiceEntry" => {}
+            "Gateway" => c.note(&field, "gateways are not configured by wasmesh yet"),
+            other => c.error(
+                &format!("{field}.kind"),
+                format!("{other:?}: a Service, ServiceEntry or Gateway is expected"),
+            ),
+        }
+        if t.name.is_empty() {
+            c.error(&format!("{field}.name"), "must not be empty");
+        }
+    }
+    if wp.image_pull_secret.is_some() {
+        c.unsupported("spec.imagePullSecret", "pull secrets come with OCI images");
+    }
+    if wp.verification_key.is_some() {
+        c.unsupported("spec.verificationKey", "ignored (deprecated by Istio)");
+    }
+    for (i, env) in wp.vm_config.iter().flat_map(|v| &v.env).enumerate() {
+        if env.name.is_empty() {
+            c.error(&format!("spec.vmConfig.env[{i}].name"), "must not be empty");
+        }
+    }
+    for (i, m) in wp.match_.iter().enumerate() {
+        for (j, p) in m.ports.iter().enumerate() {
+            if p.number == 0 || p.number > 65535 {
+                c.error(
+                    &format!("spec.match[{i}].ports[{j}].number"),
+                    "must be a port, 1 to 65535",
+                );
+            }
+        }
+    }
 }
 
 fn virtual_service(c: &mut Check, vs: &istio::VirtualService) {

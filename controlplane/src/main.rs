@@ -1,0 +1,102 @@
+//! `wasmesh-controlplane --manifests DIR`: watches a directory of Istio manifests and keeps
+//! every connected sidecar's configuration in sync over gRPC.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use wasmesh_controlplane::mesh::{Mesh, MeshOptions};
+use wasmesh_controlplane::server::Services;
+use wasmesh_controlplane::source::{self, DirectorySource};
+use wasmesh_controlplane::{Options, PluginModules};
+
+/// The wasmesh control plane.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// The directory of Istio YAML to serve (watched; every `*.yaml` and `*.yml` in it).
+    #[arg(long)]
+    manifests: PathBuf,
+    /// The directory holding the four traffic plugins' modules.
+    #[arg(long, default_value = "target/wasm32-wasip1/release")]
+    plugins: PathBuf,
+    /// Where proxies and the CLI connect (gRPC, plaintext).
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    address: SocketAddr,
+    /// Where registrations are kept across restarts (created if missing).
+    #[arg(long, default_value = ".wasmesh-controlplane")]
+    data_dir: PathBuf,
+    /// How long a disconnected proxy's workload stays an endpoint.
+    #[arg(long, default_value = "15s", value_parser = wasmesh_controlplane::duration::parse)]
+    grace: Duration,
+    /// The cluster's DNS suffix.
+    #[arg(long, default_value = "svc.cluster.local")]
+    domain_suffix: String,
+    /// Log filter, as RUST_LOG.
+    #[arg(long, env = "WASMESH_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let plugins = PluginModules::in_dir(&args.plugins).map_err(|missing| {
+        anyhow::anyhow!(
+            "{} not found: build the plugins with `cargo build --release --target \
+             wasm32-wasip1 -p plugin-router -p plugin-fault -p plugin-mirror \
+             -p plugin-circuit-breaker`",
+            missing.display()
+        )
+    })?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("{}: cannot create", args.data_dir.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let source = DirectorySource::start(&args.manifests).map_err(anyhow::Error::msg)?;
+        tracing::info!(manifests = %source::describe(&args.manifests).display(), "watching");
+        let mesh = Mesh::start(
+            MeshOptions {
+                translate: Options {
+                    domain_suffix: args.domain_suffix,
+                    ..Options::default()
+                },
+                plugins,
+                data_dir: Some(args.data_dir),
+                grace: args.grace,
+            },
+            source.rx.clone(),
+        )?;
+        let listener = tokio::net::TcpListener::bind(args.address)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.address))?;
+        let address = listener.local_addr()?;
+        tracing::info!(%address, "control plane listening");
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let shutdown = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("stopping");
+        };
+        Services::new(mesh)
+            .router()
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        drop(source);
+        Ok(())
+    })
+}

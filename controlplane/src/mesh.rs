@@ -1,0 +1,593 @@
+//! The mesh as the control plane holds it: the sources' resources, the connected sidecars and
+//! their registrations, and each sidecar's current snapshot. One thread recomputes snapshots
+//! when anything changes and hands each proxy's stream its new one; a proxy whose snapshot
+//! did not change gets no push.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::diag::{Diagnostic, code};
+use crate::manifests::{Resource, Spec};
+use crate::modules::ModuleStore;
+use crate::plugins::ModuleUrl;
+use crate::sidecar::{Node, UserPlugin, translate_for};
+use crate::source::SourceState;
+use crate::translate::{Options, PluginModule, PluginModules, translate};
+
+/// What a proxy is sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pushed {
+    pub version: String,
+    pub bootstrap_json: String,
+    /// `(sha256, size)` of the modules the control plane serves for it.
+    pub modules: Vec<(String, u64)>,
+}
+
+/// Where a proxy stands, as `wasmesh proxy-status` shows it.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyState {
+    pub sent_version: String,
+    pub sent_nonce: String,
+    pub acked_version: String,
+    /// The error of the last NACK, until an ACK.
+    pub nack: Option<String>,
+}
+
+impl ProxyState {
+    pub fn state(&self) -> &'static str {
+        if self.nack.is_some() {
+            "NACKED"
+        } else if self.sent_version == self.acked_version {
+            "SYNCED"
+        } else {
+            "STALE"
+        }
+    }
+}
+
+/// A connected proxy.
+pub struct Connected {
+    pub node: Node,
+    pub since: Instant,
+    /// Its current snapshot; its stream sends each new value.
+    pub snapshot: watch::Sender<Option<Arc<Pushed>>>,
+    pub state: Arc<Mutex<ProxyState>>,
+    /// Tells the connection apart from a later one of the same proxy.
+    pub connection: u64,
+}
+
+/// A registered workload: connected, or disconnected and kept until `expires` so that a proxy
+/// restart (or a control-plane restart) does not take its endpoints away.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Registration {
+    node: NodeRecord,
+    #[serde(skip)]
+    expires: Option<Instant>,
+}
+
+/// A [`Node`] as the data directory keeps it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct NodeRecord {
+    name: String,
+    namespace: String,
+    labels: BTreeMap<String, String>,
+    service_account: String,
+    outbound_address: String,
+    inbound: Vec<(u32, String, String)>,
+}
+
+impl From<&Node> for NodeRecord {
+    fn from(n: &Node) -> NodeRecord {
+        NodeRecord {
+            name: n.name.clone(),
+            namespace: n.namespace.clone(),
+            labels: n.labels.clone(),
+            service_account: n.service_account.clone(),
+            outbound_address: n.outbound_address.clone(),
+            inbound: n
+                .inbound
+                .iter()
+                .map(|p| (p.port, p.listen_address.clone(), p.app_address.clone()))
+                .collect(),
+        }
+    }
+}
+
+impl From<&NodeRecord> for Node {
+    fn from(n: &NodeRecord) -> Node {
+        Node {
+            name: n.name.clone(),
+            namespace: n.namespace.clone(),
+            labels: n.labels.clone(),
+            service_account: n.service_account.clone(),
+            outbound_address: n.outbound_address.clone(),
+            inbound: n
+                .inbound
+                .iter()
+                .map(|(port, l, a)| crate::sidecar::InboundPort {
+                    port: *port,
+                    listen_address: l.clone(),
+                    app_address: a.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// How the mesh is set up.
+#[derive(Clone, Debug)]
+pub struct MeshOptions {
+    pub translate: Options,
+    /// The four traffic plugins' modules (files the control plane reads and ships).
+    pub plugins: PluginModules,
+    /// Registrations survive restarts here (`registrations.json`).
+    pub data_dir: Option<PathBuf>,
+    /// How long a disconnected proxy's workload stays an endpoint.
+    pub grace: Duration,
+}
+
+/// The mesh's state. Shared by the server's streams and the recompute thread.
+pub struct Mesh {
+    options: MeshOptions,
+    pub modules: ModuleStore,
+    inner: Mutex<Inner>,
+    changed: std::sync::mpsc::Sender<()>,
+}
+
+#[derive(Default)]
+struct Inner {
+    source: Arc<SourceState>,
+    connected: BTreeMap<String, Connected>,
+    registrations: BTreeMap<String, Registration>,
+    /// The last module each WasmPlugin resolved to, kept when its file goes bad.
+    last_good_plugins: BTreeMap<(String, String), UserPlugin>,
+    /// The mesh's diagnostics as of the last recompute (sources, translation, modules).
+    pub diagnostics: Vec<Diagnostic>,
+    /// Every proxy's last computed snapshot, connected or not.
+    snapshots: BTreeMap<String, Arc<Pushed>>,
+    next_connection: u64,
+}
+
+/// Why a proxy may not connect.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("a proxy named {0} is already connected")]
+    AlreadyConnected(String),
+}
+
+impl Mesh {
+    /// A mesh fed by `source`; starts its recompute thread.
+    pub fn start(
+        options: MeshOptions,
+        mut source: watch::Receiver<Arc<SourceState>>,
+    ) -> std::io::Result<Arc<Mesh>> {
+        let (changed, changes) = std::sync::mpsc::channel();
+        let mut inner = Inner {
+            source: source.borrow_and_update().clone(),
+            ..Inner::default()
+        };
+        if let Some(dir) = &options.data_dir {
+            inner.registrations = load_registrations(dir, options.grace);
+        }
+        let mesh = Arc::new(Mesh {
+            options,
+            modules: ModuleStore::default(),
+            inner: Mutex::new(inner),
+            changed,
+        });
+        // Sources' changes reach the recompute thread as a change.
+        let weak = Arc::downgrade(&mesh);
+        let notify = mesh.changed.clone();
+        tokio::spawn(async move {
+            while source.changed().await.is_ok() {
+                let state = source.borrow_and_update().clone();
+                let Some(mesh) = weak.upgrade() else { return };
+                mesh.lock().source = state;
+                let _ = notify.send(());
+            }
+        });
+        let weak = Arc::downgrade(&mesh);
+        std::thread::Builder::new()
+            .name("wasmesh-mesh".into())
+            .spawn(move || recompute_loop(weak, changes))?;
+        mesh.changed();
+        Ok(mesh)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn changed(&self) {
+        let _ = self.changed.send(());
+    }
+
+    /// Registers a connecting proxy; its snapshot arrives on the returned receiver.
+    #[allow(clippy::type_complexity)]
+    pub fn join(
+        &self,
+        node: Node,
+    ) -> Result<
+        (
+            u64,
+            watch::Receiver<Option<Arc<Pushed>>>,
+            Arc<Mutex<ProxyState>>,
+        ),
+        JoinError,
+    > {
+        let id = node.id();
+        let mut inner = self.lock();
+        if inner.connected.contains_key(&id) {
+            return Err(JoinError::AlreadyConnected(id));
+        }
+        inner.next_connection += 1;
+        let connection = inner.next_connection;
+        // Until the recompute, a proxy whose snapshot is known gets it at once.
+        let known = inner.snapshots.get(&id).cloned();
+        let (tx, rx) = watch::channel(known);
+        let state = Arc::new(Mutex::new(ProxyState::default()));
+        inner.registrations.insert(
+            id.clone(),
+            Registration {
+                node: NodeRecord::from(&node),
+                expires: None,
+            },
+        );
+        inner.connected.insert(
+            id,
+            Connected {
+                node,
+                since: Instant::now(),
+                snapshot: tx,
+                state: state.clone(),
+                connection,
+            },
+        );
+        self.save_registrations(&inner);
+        drop(inner);
+        self.changed();
+        Ok((connection, rx, state))
+    }
+
+    /// A proxy's stream ended: its workload stays an endpoint for the grace period.
+    pub fn leave(&self, id: &str, connection: u64) {
+        let mut inner = self.lock();
+        if inner
+            .connected
+            .get(id)
+            .is_none_or(|c| c.connection != connection)
+        {
+            return;
+        }
+        inner.connected.remove(id);
+        if let Some(r) = inner.registrations.get_mut(id) {
+            r.expires = Some(Instant::now() + self.options.grace);
+        }
+        drop(inner);
+        self.changed();
+    }
+
+    /// A snapshot of the connected proxies' status: `(id, node, since, state)`.
+    pub fn status(&self) -> Vec<(String, Node, Instant, ProxyState)> {
+        let inner = self.lock();
+        inner
+            .connected
+            .iter()
+            .map(|(id, c)| {
+                let state = c.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                (id.clone(), c.node.clone(), c.since, state)
+            })
+            .collect()
+    }
+
+    /// The mesh's diagnostics, and the sources' generation.
+    pub fn diagnostics(&self) -> (u64, Vec<Diagnostic>) {
+        let inner = self.lock();
+        (inner.source.generation, inner.diagnostics.clone())
+    }
+
+    /// A proxy's last computed snapshot.
+    pub fn snapshot_of(&self, id: &str) -> Option<Arc<Pushed>> {
+        self.lock().snapshots.get(id).cloned()
+    }
+
+    fn save_registrations(&self, inner: &Inner) {
+        let Some(dir) = &self.options.data_dir else {
+            return;
+        };
+        let nodes: Vec<&NodeRecord> = inner.registrations.values().map(|r| &r.node).collect();
+        let path = dir.join("registrations.json");
+        let tmp = dir.join("registrations.json.tmp");
+        let written = serde_json::to_vec_pretty(&nodes)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(&tmp, json))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "registrations not saved");
+        }
+    }
+
+    /// Recomputes every snapshot; pushes the ones that changed. Returns when the next
+    /// registration expires.
+    fn recompute(&self) -> Option<Instant> {
+        let started = Instant::now();
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let before = inner.registrations.len();
+        inner
+            .registrations
+            .retain(|_, r| r.expires.is_none_or(|e| e > now));
+        if inner.registrations.len() != before {
+            self.save_registrations(&inner);
+        }
+        let source = inner.source.clone();
+        let mut diagnostics = source.loaded.diagnostics.clone();
+
+        // The resources, with every registered workload as a WorkloadEntry.
+        let mut resources = source.loaded.resources.clone();
+        resources.extend(
+            inner
+                .registrations
+                .values()
+                .filter_map(|r| Node::from(&r.node).workload_entry()),
+        );
+
+        // The traffic plugins and the users' WasmPlugins, their modules read and hashed.
+        let mut used = HashSet::new();
+        let traffic = match self.traffic_plugins(&mut used) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "the traffic plugins cannot be read: no push");
+                return next_expiry(&inner);
+            }
+        };
+        let user_plugins = self.user_plugins(&mut inner, &resources, &mut used, &mut diagnostics);
+        let base = Options {
+            plugins: Some(traffic),
+            ..self.options.translate.clone()
+        };
+        diagnostics.extend(translate(&resources, &base).diagnostics);
+        dedup(&mut diagnostics);
+        if diagnostics != inner.diagnostics {
+            for d in diagnostics.iter().filter(|d| d.is_error()) {
+                tracing::warn!("{d}");
+            }
+        }
+        inner.diagnostics = diagnostics;
+
+        let nodes: Vec<(String, Node)> = inner
+            .registrations
+            .iter()
+            .map(|(id, r)| (id.clone(), Node::from(&r.node)))
+            .collect();
+        let mut pushed = 0;
+        for (id, node) in nodes {
+            let t = translate_for(&node, &resources, &user_plugins, &base);
+            let mut bootstrap = t.bootstrap;
+            bootstrap.workers = None;
+            let bootstrap_json = serde_json::to_string(&bootstrap).expect("a bootstrap serializes");
+            let modules: Vec<(String, u64)> = bootstrap
+                .listeners
+                .iter()
+                .flat_map(|l| &l.http_filters)
+                .filter_map(|f| f.sha256.clone())
+                .filter(|sha| used.contains(sha))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .map(|sha| {
+                    let size = self.modules.get(&sha).map_or(0, |m| m.len() as u64);
+                    (sha, size)
+                })
+                .collect();
+            let version = version_of(&bootstrap_json, &modules);
+            let snapshot = Arc::new(Pushed {
+                version,
+                bootstrap_json,
+                modules,
+            });
+            if let Some(c) = inner.connected.get(&id) {
+                c.snapshot.send_if_modified(|current| {
+                    if current
+                        .as_ref()
+                        .is_some_and(|s| s.version == snapshot.version)
+                    {
+                        return false;
+                    }
+                    *current = Some(snapshot.clone());
+                    pushed += 1;
+                    true
+                });
+            }
+            inner.snapshots.insert(id, snapshot);
+        }
+        let live: HashSet<&String> = inner.registrations.keys().collect();
+        let stale: Vec<String> = inner
+            .snapshots
+            .keys()
+            .filter(|k| !live.contains(k))
+            .cloned()
+            .collect();
+        for k in stale {
+            inner.snapshots.remove(&k);
+        }
+        self.modules.retain(&used);
+        tracing::debug!(
+            proxies = inner.registrations.len(),
+            pushed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshots recomputed"
+        );
+        next_expiry(&inner)
+    }
+
+    fn traffic_plugins(&self, used: &mut HashSet<String>) -> Result<PluginModules, String> {
+        let p = &self.options.plugins;
+        let mut one = |m: &PluginModule| -> Result<PluginModule, String> {
+            let sha = self
+                .modules
+                .add_file(Path::new(&m.url), m.sha256.as_deref())?;
+            used.insert(sha.clone());
+            Ok(PluginModule {
+                url: m.url.clone(),
+                sha256: Some(sha),
+            })
+        };
+        Ok(PluginModules {
+            router: one(&p.router)?,
+            fault: one(&p.fault)?,
+            mirror: one(&p.mirror)?,
+            circuit_breaker: one(&p.circuit_breaker)?,
+        })
+    }
+
+    /// The users' WasmPlugins with their modules. A plugin whose module cannot be read (or
+    /// does not match its sha256) keeps its last good module, reported; one that never had
+    /// one is left out, reported.
+    fn user_plugins(
+        &self,
+        inner: &mut Inner,
+        resources: &[Resource],
+        used: &mut HashSet<String>,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) -> Vec<UserPlugin> {
+        let mut out = Vec::new();
+        let mut last_good = BTreeMap::new();
+        for r in resources {
+            let Spec::WasmPlugin(wp) = &r.spec else {
+                continue;
+            };
+            if crate::translate::check(r).iter().any(Diagnostic::is_error) {
+                continue;
+            }
+            let key = (r.namespace().to_owned(), r.name().to_owned());
+            let resolved = match ModuleUrl::parse(&wp.url) {
+                Ok(ModuleUrl::File(path)) => {
+                    let path = match (&r.source.file, path.is_relative()) {
+                        (Some(file), true) => file.parent().unwrap_or(Path::new(".")).join(&path),
+                        _ => path,
+                    };
+                    self.modules
+                        .add_file(&path, wp.sha256.as_deref())
+                        .map(|sha| (path.display().to_string(), Some(sha)))
+                }
+                Ok(ModuleUrl::Http(url)) if wp.sha256.is_some() => Ok((url, wp.sha256.clone())),
+                Ok(ModuleUrl::Http(_)) => Err(
+                    "spec.sha256 is required with http:// (proxies check what they download)"
+                        .into(),
+                ),
+                Err(reason) => Err(reason),
+            };
+            let plugin = match resolved {
+                Ok((url, sha256)) => UserPlugin {
+                    resource: r.clone(),
+                    url,
+                    sha256,
+                },
+                Err(reason) => {
+                    let kept = inner.last_good_plugins.get(&key).cloned();
+                    let what = if kept.is_some() {
+                        "its last good module stays in effect"
+                    } else {
+                        "the plugin is left out"
+                    };
+                    diagnostics.push(
+                        r.diag(
+                            Diagnostic::error(
+                                code::REFERENCED_RESOURCE_NOT_FOUND,
+                                format!("module not available: {reason}: {what}"),
+                            )
+                            .at("spec.url"),
+                        ),
+                    );
+                    match kept {
+                        Some(mut k) => {
+                            // The module is the last good one; the rest of the spec is new.
+                            k.resource = r.clone();
+                            k
+                        }
+                        None => continue,
+                    }
+                }
+            };
+            if let Some(sha) = &plugin.sha256
+                && self.modules.get(sha).is_some()
+            {
+                used.insert(sha.clone());
+            }
+            last_good.insert(key, plugin.clone());
+            out.push(plugin);
+        }
+        inner.last_good_plugins = last_good;
+        out
+    }
+}
+
+fn recompute_loop(mesh: std::sync::Weak<Mesh>, changes: std::sync::mpsc::Receiver<()>) {
+    let mut next_expiry: Option<Instant> = None;
+    loop {
+        let wait = next_expiry.map(|t| t.saturating_duration_since(Instant::now()));
+        let got = match wait {
+            Some(d) => changes.recv_timeout(d),
+            None => changes
+                .recv()
+                .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+        };
+        if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) = got {
+            return;
+        }
+        // Everything queued meanwhile is covered by this recompute.
+        while changes.try_recv().is_ok() {}
+        let Some(mesh) = mesh.upgrade() else { return };
+        next_expiry = mesh.recompute();
+    }
+}
+
+fn next_expiry(inner: &Inner) -> Option<Instant> {
+    inner.registrations.values().filter_map(|r| r.expires).min()
+}
+
+fn load_registrations(dir: &Path, grace: Duration) -> BTreeMap<String, Registration> {
+    let path = dir.join("registrations.json");
+    let Ok(text) = std::fs::read(&path) else {
+        return BTreeMap::new();
+    };
+    let nodes: Vec<NodeRecord> = match serde_json::from_slice(&text) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "registrations not read");
+            return BTreeMap::new();
+        }
+    };
+    // Until they reconnect, as if they had just disconnected.
+    let expires = Some(Instant::now() + grace);
+    nodes
+        .into_iter()
+        .map(|node| {
+            let id = format!("{}.{}", node.name, node.namespace);
+            (id, Registration { node, expires })
+        })
+        .collect()
+}
+
+/// A digest of what a proxy is sent: equal versions, equal snapshots.
+fn version_of(bootstrap_json: &str, modules: &[(String, u64)]) -> String {
+    let mut h = Sha256::new();
+    h.update(bootstrap_json.as_bytes());
+    for (sha, _) in modules {
+        h.update(sha.as_bytes());
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn dedup(diags: &mut Vec<Diagnostic>) {
+    let mut seen = HashSet::new();
+    diags.retain(|d| seen.insert(d.to_string()));
+}

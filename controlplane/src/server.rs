@@ -1,0 +1,235 @@
+//! The gRPC services: `MeshConfig` (proxies' streams and module downloads) and `MeshAdmin`
+//! (proxy status and config for the CLI).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use wasmesh_api as api;
+
+use crate::mesh::{JoinError, Mesh};
+use crate::sidecar::{InboundPort, Node};
+
+/// Both services over one mesh.
+#[derive(Clone)]
+pub struct Services {
+    mesh: Arc<Mesh>,
+}
+
+impl Services {
+    pub fn new(mesh: Arc<Mesh>) -> Services {
+        Services { mesh }
+    }
+
+    /// The tonic router with both services, each message capped at [`api::MAX_MESSAGE`].
+    pub fn router(self) -> tonic::transport::server::Router {
+        let config = api::mesh_config_server::MeshConfigServer::new(self.clone())
+            .max_decoding_message_size(api::MAX_MESSAGE)
+            .max_encoding_message_size(api::MAX_MESSAGE);
+        let admin = api::mesh_admin_server::MeshAdminServer::new(self);
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+            .add_service(config)
+            .add_service(admin)
+    }
+}
+
+fn node_from(n: api::Node) -> Node {
+    Node {
+        name: n.name,
+        namespace: n.namespace,
+        labels: n.labels.into_iter().collect(),
+        service_account: n.service_account,
+        outbound_address: n.outbound_address,
+        inbound: n
+            .inbound
+            .into_iter()
+            .map(|p| InboundPort {
+                port: p.port,
+                listen_address: p.listen_address,
+                app_address: p.app_address,
+            })
+            .collect(),
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl api::mesh_config_server::MeshConfig for Services {
+    type SyncStream = BoxStream<api::Snapshot>;
+    type GetModuleStream = BoxStream<api::ModuleChunk>;
+
+    async fn sync(
+        &self,
+        request: Request<Streaming<api::ProxyMessage>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        let mut incoming = request.into_inner();
+        let hello = match incoming.message().await? {
+            Some(api::ProxyMessage {
+                kind: Some(api::proxy_message::Kind::Hello(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a Hello",
+                ));
+            }
+        };
+        let node = node_from(
+            hello
+                .node
+                .ok_or_else(|| Status::invalid_argument("hello.node is required"))?,
+        );
+        node.check()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let id = node.id();
+        let (connection, mut snapshots, state) = self.mesh.join(node).map_err(|e| match e {
+            JoinError::AlreadyConnected(_) => Status::already_exists(e.to_string()),
+        })?;
+        tracing::info!(proxy = %id, version = %hello.version, "proxy connected");
+
+        // Pushes: the latest snapshot whenever it changes. A proxy that does not read its
+        // stream blocks only this task; it gets the latest when it reads again.
+        let (tx, rx) = mpsc::channel(1);
+        let push_state = state.clone();
+        let pusher = tokio::spawn(async move {
+            let mut nonce = 0u64;
+            loop {
+                let snapshot = snapshots.borrow_and_update().clone();
+                if let Some(s) = snapshot {
+                    nonce += 1;
+                    {
+                        let mut st = push_state.lock().unwrap_or_else(|e| e.into_inner());
+                        st.sent_version = s.version.clone();
+                        st.sent_nonce = nonce.to_string();
+                    }
+                    let message = api::Snapshot {
+                        version: s.version.clone(),
+                        nonce: nonce.to_string(),
+                        bootstrap_json: s.bootstrap_json.clone(),
+                        modules: s
+                            .modules
+                            .iter()
+                            .map(|(sha256, size)| api::Module {
+                                sha256: sha256.clone(),
+                                size: *size,
+                            })
+                            .collect(),
+                    };
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+                if snapshots.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+
+        // ACKs and NACKs, until the stream ends.
+        let mesh = self.mesh.clone();
+        tokio::spawn(async move {
+            loop {
+                match incoming.message().await {
+                    Ok(Some(api::ProxyMessage {
+                        kind: Some(api::proxy_message::Kind::Ack(ack)),
+                    })) => {
+                        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                        if ack.nonce != st.sent_nonce {
+                            continue; // an answer to an older push
+                        }
+                        if ack.error.is_empty() {
+                            st.acked_version = ack.version;
+                            st.nack = None;
+                        } else {
+                            tracing::warn!(proxy = %id, version = %ack.version, error = %ack.error, "proxy rejected its config (NACK)");
+                            st.nack = Some(ack.error);
+                        }
+                    }
+                    Ok(Some(_)) => {
+                        tracing::warn!(proxy = %id, "unexpected message on the stream: ignored")
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::info!(proxy = %id, error = %e, "stream error");
+                        break;
+                    }
+                }
+            }
+            pusher.abort();
+            mesh.leave(&id, connection);
+            tracing::info!(proxy = %id, "proxy disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_module(
+        &self,
+        request: Request<api::ModuleRequest>,
+    ) -> Result<Response<Self::GetModuleStream>, Status> {
+        let sha = request.into_inner().sha256;
+        let module = self
+            .mesh
+            .modules
+            .get(&sha)
+            .ok_or_else(|| Status::not_found(format!("no module with sha256 {sha}")))?;
+        let chunks: Vec<Result<api::ModuleChunk, Status>> = module
+            .chunks(api::MODULE_CHUNK)
+            .map(|c| Ok(api::ModuleChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+}
+
+#[tonic::async_trait]
+impl api::mesh_admin_server::MeshAdmin for Services {
+    async fn proxy_status(
+        &self,
+        _request: Request<api::ProxyStatusRequest>,
+    ) -> Result<Response<api::ProxyStatusReply>, Status> {
+        let (generation, diagnostics) = self.mesh.diagnostics();
+        let proxies = self
+            .mesh
+            .status()
+            .into_iter()
+            .map(|(id, node, since, st)| api::ProxyStatus {
+                id,
+                state: st.state().to_owned(),
+                sent_version: st.sent_version,
+                acked_version: st.acked_version,
+                error: st.nack.unwrap_or_default(),
+                outbound_address: node.outbound_address,
+                connected_seconds: since.elapsed().as_secs(),
+            })
+            .collect();
+        Ok(Response::new(api::ProxyStatusReply {
+            proxies,
+            sources_version: generation.to_string(),
+            diagnostics: diagnostics.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn proxy_config(
+        &self,
+        request: Request<api::ProxyConfigRequest>,
+    ) -> Result<Response<api::ProxyConfigReply>, Status> {
+        let id = request.into_inner().id;
+        let id = if id.contains('.') {
+            id
+        } else {
+            format!("{id}.default")
+        };
+        let s = self
+            .mesh
+            .snapshot_of(&id)
+            .ok_or_else(|| Status::not_found(format!("no proxy {id}")))?;
+        Ok(Response::new(api::ProxyConfigReply {
+            version: s.version.clone(),
+            bootstrap_json: s.bootstrap_json.clone(),
+        }))
+    }
+}
