@@ -1,3 +1,4 @@
 //! The library behind the `wasmesh` command, shared with wasmesh's criterion benchmarks.
 
 pub mod bench;
+pub mod mesh;

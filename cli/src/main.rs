@@ -1,4 +1,4 @@
-//! `wasmesh`: tools for filter authors.
+//! `wasmesh`: tools for filter authors and mesh operators.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use wasmesh_cli::bench::{self, ChainSource, FilterArg, RequestProfile, ResponseSpec};
 
 #[derive(Parser)]
-#[command(version, about = "wasmesh tools for filter authors")]
+#[command(version, about = "wasmesh: tools for filter authors and mesh operators")]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -25,6 +25,48 @@ enum Command {
     /// Measures what a filter chain costs, per filter and per callback, against a baseline.
     #[command(after_long_help = BENCH_HELP)]
     Bench(Box<BenchArgs>),
+    /// Every proxy connected to the control plane: its config version, SYNCED, STALE
+    /// (a push not yet answered) or NACKED with the proxy's error.
+    ProxyStatus {
+        #[command(flatten)]
+        control_plane: ControlPlaneArg,
+        /// `json` for the raw reply.
+        #[arg(long, short)]
+        output: Option<OutputFormat>,
+    },
+    /// A proxy's listeners, routes, clusters and plugins, as the control plane computed them.
+    ProxyConfig {
+        /// `name.namespace`, or `name` in namespace `default`.
+        name: String,
+        #[command(flatten)]
+        control_plane: ControlPlaneArg,
+        /// `json` for the whole bootstrap.
+        #[arg(long, short)]
+        output: Option<OutputFormat>,
+    },
+    /// Checks Istio manifests as the control plane translates them (istioctl analyze):
+    /// exits non-zero when there are errors.
+    Analyze {
+        /// A file or a directory of `*.yaml`.
+        path: PathBuf,
+        #[arg(long, short)]
+        output: Option<OutputFormat>,
+        /// The namespace clients are in (short hosts resolve against it).
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ControlPlaneArg {
+    /// The control plane's address.
+    #[arg(long, env = "WASMESH_CONTROL_PLANE", default_value = "127.0.0.1:15010")]
+    control_plane: String,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    Json,
 }
 
 const BENCH_HELP: &str = "\
@@ -137,6 +179,14 @@ enum PluginCommand {
     },
 }
 
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(f)
+}
+
 fn main() {
     // Errors are one line, with their causes, whatever RUST_BACKTRACE says.
     if let Err(e) = run(Args::parse()) {
@@ -148,6 +198,70 @@ fn main() {
 fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Bench(args) => bench_command(*args),
+        Command::ProxyStatus {
+            control_plane,
+            output,
+        } => {
+            let (text, reply) = block_on(wasmesh_cli::mesh::proxy_status(
+                &control_plane.control_plane,
+            ))?;
+            match output {
+                Some(OutputFormat::Json) => {
+                    let proxies: Vec<serde_json::Value> = reply
+                        .proxies
+                        .iter()
+                        .map(|p| {
+                            serde_json::json!({
+                                "name": p.id, "state": p.state, "sent": p.sent_version,
+                                "acked": p.acked_version, "error": p.error,
+                                "outbound": p.outbound_address,
+                                "connected_seconds": p.connected_seconds,
+                            })
+                        })
+                        .collect();
+                    let doc = serde_json::json!({
+                        "proxies": proxies, "diagnostics": reply.diagnostics,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&doc)?);
+                }
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+        Command::ProxyConfig {
+            name,
+            control_plane,
+            output,
+        } => {
+            let text = block_on(wasmesh_cli::mesh::proxy_config(
+                &control_plane.control_plane,
+                &name,
+                output.is_some(),
+            ))?;
+            print!("{text}");
+            Ok(())
+        }
+        Command::Analyze {
+            path,
+            output,
+            namespace,
+        } => {
+            let options = wasmesh_controlplane::Options {
+                client_namespace: namespace,
+                ..Default::default()
+            };
+            let analysis = wasmesh_cli::mesh::analyze(&path, &options)?;
+            match output {
+                Some(OutputFormat::Json) => {
+                    println!("{}", serde_json::to_string_pretty(&analysis.json())?)
+                }
+                None => print!("{}", analysis.text()),
+            }
+            if analysis.has_errors() {
+                std::process::exit(79); // istioctl analyze's exit code for errors found
+            }
+            Ok(())
+        }
         Command::Plugin {
             command: PluginCommand::New { name, dir, sdk },
         } => {

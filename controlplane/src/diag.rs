@@ -58,6 +58,10 @@ pub mod code {
     pub const SHADOWED: &str = "WSM0005";
     /// WSM0006: a translation note (what a setting turns into, or why it has no effect).
     pub const NOTE: &str = "WSM0006";
+    /// WSM0007: a short host that will not match a ServiceEntry's short host (not expanded).
+    pub const SHORT_SERVICE_ENTRY_HOST: &str = "WSM0007";
+    /// WSM0008: a WasmPlugin whose selector or targetRefs match no known workload.
+    pub const SELECTS_NOTHING: &str = "WSM0008";
 }
 
 /// One finding about the manifests, tied to a resource (and its file) when there is one.

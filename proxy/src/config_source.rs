@@ -79,6 +79,11 @@ impl ConfigSource {
         self.reload_file_when(false)
     }
 
+    /// Whether the proxy is draining: sources stop following their origin.
+    pub fn is_draining(&self) -> bool {
+        self.shared.is_draining()
+    }
+
     /// Why the last reload was refused, until one succeeds.
     pub fn last_error(&self) -> Option<ReloadError> {
         lock(&self.last_error).clone()

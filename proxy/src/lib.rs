@@ -12,6 +12,7 @@ mod admin;
 mod body;
 mod callouts;
 mod config_source;
+pub mod control_plane;
 mod conn;
 mod h1_guard;
 mod h2_guard;

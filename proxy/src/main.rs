@@ -1,4 +1,6 @@
 //! `wasmesh-proxy --config FILE`: runs the data plane from a static bootstrap.
+//! `wasmesh-proxy --control-plane ADDR --node NAME ...`: runs a sidecar the control plane
+//! configures.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,14 +29,73 @@ pub static MALLOC_CONF: &u8 = &b"background_thread:true,dirty_decay_ms:10000,muz
 #[command(version, about)]
 struct Args {
     /// The bootstrap YAML file (see docs/configuration.md).
-    #[arg(long, short)]
-    config: PathBuf,
+    #[arg(long, short, required_unless_present = "control_plane", conflicts_with = "control_plane")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    sidecar: SidecarArgs,
     /// Check the config and exit.
     #[arg(long)]
     validate: bool,
     /// Log filter, as RUST_LOG (for example `info` or `wasmesh_proxy=debug`).
     #[arg(long, env = "WASMESH_LOG", default_value = "info")]
     log: String,
+}
+
+/// A sidecar's identity and listeners, for `--control-plane`.
+#[derive(clap::Args)]
+struct SidecarArgs {
+    /// The control plane's address (`host:port`): the proxy is a sidecar it configures.
+    #[arg(long, requires = "node")]
+    control_plane: Option<String>,
+    /// The workload instance's name (a pod's name), unique in its namespace.
+    #[arg(long)]
+    node: Option<String>,
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// The workload's labels, `key=value` (repeat the flag).
+    #[arg(long = "label", value_parser = key_value)]
+    labels: Vec<(String, String)>,
+    #[arg(long, default_value = "default")]
+    service_account: String,
+    /// Where the workload sends its outbound requests (port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    outbound: String,
+    /// A workload port behind the sidecar: `PORT=APP_ADDRESS[@LISTEN_ADDRESS]`, for example
+    /// `9080=127.0.0.1:9080@127.0.0.1:15006` (the listen address defaults to 127.0.0.1:0).
+    #[arg(long, value_parser = inbound_port)]
+    inbound: Vec<wasmesh_api::InboundPort>,
+    /// The admin API's address.
+    #[arg(long)]
+    admin: Option<String>,
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Modules from the control plane and compiled modules are kept here.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected key=value"))?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+fn inbound_port(text: &str) -> Result<wasmesh_api::InboundPort, String> {
+    let (port, rest) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected PORT=APP_ADDRESS[@LISTEN_ADDRESS]"))?;
+    let port: u32 = port
+        .parse()
+        .ok()
+        .filter(|p| (1..=65535).contains(p))
+        .ok_or_else(|| format!("{port:?}: not a port"))?;
+    let (app, listen) = rest.split_once('@').unwrap_or((rest, "127.0.0.1:0"));
+    Ok(wasmesh_api::InboundPort {
+        port,
+        listen_address: listen.to_owned(),
+        app_address: app.to_owned(),
+    })
 }
 
 fn main() -> ExitCode {
@@ -46,7 +107,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let bootstrap = match Bootstrap::load(&args.config) {
+    let Some(config) = args.config else {
+        return run_sidecar(args.sidecar);
+    };
+    let bootstrap = match Bootstrap::load(&config) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("error: {e}");
@@ -56,16 +120,16 @@ fn main() -> ExitCode {
     if args.validate {
         // What start-up would refuse short of binding addresses: plugins are loaded and
         // started, the access log's directory must exist.
-        if let Err(e) = wasmesh_proxy::check(&bootstrap, Some(&args.config)) {
+        if let Err(e) = wasmesh_proxy::check(&bootstrap, Some(&config)) {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
-        println!("{}: ok", args.config.display());
+        println!("{}: ok", config.display());
         return ExitCode::SUCCESS;
     }
     let workers = bootstrap.worker_count();
     drop(bootstrap);
-    let proxy = match Proxy::start_from_file(&args.config) {
+    let proxy = match Proxy::start_from_file(&config) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
@@ -80,7 +144,52 @@ fn main() -> ExitCode {
     }
     log_allocator();
     tracing::info!(workers, "wasmesh-proxy started");
-    wait_for_signal(&proxy, &args.config);
+    wait_for_signal(&proxy, Some(&config));
+    tracing::info!("draining");
+    proxy.shutdown();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Runs a sidecar of the control plane until SIGTERM or SIGINT.
+fn run_sidecar(args: SidecarArgs) -> ExitCode {
+    let (Some(control_plane), Some(name)) = (args.control_plane, args.node) else {
+        eprintln!("error: --control-plane and --node are required without --config");
+        return ExitCode::FAILURE;
+    };
+    let cache_dir = args
+        .cache_dir
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("wasmesh-sidecar-{name}")));
+    let options = wasmesh_proxy::control_plane::SidecarOptions {
+        control_plane,
+        node: wasmesh_api::Node {
+            name,
+            namespace: args.namespace,
+            labels: args.labels.into_iter().collect(),
+            service_account: args.service_account,
+            outbound_address: args.outbound,
+            inbound: args.inbound,
+        },
+        admin: args.admin,
+        workers: args.workers,
+        cache_dir,
+    };
+    let proxy = match wasmesh_proxy::control_plane::start(options) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (name, addr) in proxy.listener_addrs() {
+        tracing::info!(listener = %name, address = %addr, "listening");
+    }
+    if let Some(addr) = proxy.admin_addr() {
+        tracing::info!(address = %addr, "admin listening");
+    }
+    log_allocator();
+    tracing::info!("wasmesh-proxy sidecar started");
+    wait_for_signal(&proxy, None);
     tracing::info!("draining");
     proxy.shutdown();
     tracing::info!("stopped");
@@ -108,7 +217,7 @@ fn log_allocator() {
 
 /// Blocks until SIGTERM or SIGINT. Meanwhile SIGHUP, or a change to the config file (checked
 /// every second), reloads the configuration.
-fn wait_for_signal(proxy: &Proxy, config: &std::path::Path) {
+fn wait_for_signal(proxy: &Proxy, config: Option<&std::path::Path>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -118,14 +227,18 @@ fn wait_for_signal(proxy: &Proxy, config: &std::path::Path) {
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
         let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-        let modified = || std::fs::metadata(config).and_then(|m| m.modified()).ok();
+        let modified = || {
+            config
+                .and_then(|c| std::fs::metadata(c).ok())
+                .and_then(|m| m.modified().ok())
+        };
         let mut seen = modified();
         let mut poll = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = term.recv() => return,
                 _ = int.recv() => return,
-                _ = hup.recv() => reload(proxy, "SIGHUP", true).await,
+                _ = hup.recv(), if config.is_some() => reload(proxy, "SIGHUP", true).await,
                 _ = poll.tick() => {
                     let now = modified();
                     if now != seen {

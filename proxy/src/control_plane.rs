@@ -1,0 +1,341 @@
+//! The control plane as a config source: a sidecar's stream to `wasmesh-controlplane`.
+//!
+//! It runs on its own thread (the workers only ever see a new snapshot). The proxy binds its
+//! listeners' ports first and tells the control plane its identity and addresses; the first
+//! snapshot starts the proxy, each later one is applied as a reload and answered with an ACK,
+//! or a NACK carrying the error (the proxy keeps its last good config). Modules named by
+//! sha256 are fetched once and kept on disk. When the control plane is gone the proxy keeps
+//! serving and reconnects with jittered backoff; on reconnect it says which version it serves.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use wasmesh_api as api;
+
+use crate::config::{Admin, Bootstrap};
+use crate::config_source::ConfigSource;
+use crate::{Proxy, StartError};
+
+/// How a sidecar joins its control plane.
+#[derive(Clone, Debug)]
+pub struct SidecarOptions {
+    /// `host:port` (or `http://host:port`) of the control plane.
+    pub control_plane: String,
+    /// Its identity; listen addresses may have port 0 (the bound port is reported).
+    pub node: api::Node,
+    /// The admin API's address, if any (not the control plane's to choose).
+    pub admin: Option<String>,
+    pub workers: Option<usize>,
+    /// Where modules fetched from the control plane and compiled modules are kept.
+    pub cache_dir: PathBuf,
+}
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    #[error("{field}: {address:?}: {reason}")]
+    Address {
+        field: String,
+        address: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("cannot start the control-plane thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Starts a sidecar: binds its ports, waits for its first snapshot from the control plane
+/// (retrying until one comes and starts), and keeps following the control plane.
+pub fn start(options: SidecarOptions) -> Result<Proxy, SidecarError> {
+    let mut node = options.node.clone();
+    // Hold every listen port (bound, not listening, SO_REUSEPORT) until the workers bind it.
+    let mut held = Vec::new();
+    let mut reserve = |field: String, address: &mut String| -> Result<(), SidecarError> {
+        let err = |reason: String| SidecarError::Address {
+            field: field.clone(),
+            address: address.clone(),
+            reason,
+        };
+        let wanted = crate::config::parse_listen_address(address).map_err(err)?;
+        let socket = hold(wanted).map_err(|e| err(e.to_string()))?;
+        let bound = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .ok_or_else(|| err("no local address".into()))?;
+        *address = bound.to_string();
+        held.push(socket);
+        Ok(())
+    };
+    reserve("--outbound".into(), &mut node.outbound_address)?;
+    for (i, p) in node.inbound.iter_mut().enumerate() {
+        reserve(format!("--inbound[{i}]"), &mut p.listen_address)?;
+    }
+
+    let (first_tx, first_rx) = std::sync::mpsc::channel::<First>();
+    let client = Client {
+        options: SidecarOptions { node, ..options },
+        source: None,
+        first: Some(first_tx),
+        serving: String::new(),
+    };
+    std::thread::Builder::new()
+        .name("wasmesh-control-plane".into())
+        .spawn(move || client.run())
+        .map_err(SidecarError::Thread)?;
+
+    // The first snapshot that starts the proxy wins; one that does not is NACKed.
+    loop {
+        let Ok(first) = first_rx.recv() else {
+            unreachable!("the control-plane thread runs until the proxy stops")
+        };
+        match Proxy::start(first.bootstrap) {
+            Ok(proxy) => {
+                let _ = first.reply.send(Ok(proxy.source.clone()));
+                drop(held);
+                return Ok(proxy);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the control plane's first snapshot does not start");
+                let _ = first.reply.send(Err(e.to_string()));
+            }
+        }
+    }
+}
+
+/// The first snapshot, handed to the thread starting the proxy.
+struct First {
+    bootstrap: Bootstrap,
+    reply: std::sync::mpsc::Sender<Result<Arc<ConfigSource>, String>>,
+}
+
+struct Client {
+    options: SidecarOptions,
+    /// Set once the proxy runs.
+    source: Option<Arc<ConfigSource>>,
+    first: Option<std::sync::mpsc::Sender<First>>,
+    /// The version in effect.
+    serving: String,
+}
+
+/// Reconnect backoff: from `MIN` doubling to `MAX`, each wait jittered down by up to half.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl Client {
+    fn run(mut self) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the control-plane client");
+        rt.block_on(async {
+            let mut backoff = BACKOFF_MIN;
+            loop {
+                if self.source.as_ref().is_some_and(|s| s.is_draining()) {
+                    return;
+                }
+                match self.session().await {
+                    Ok(()) => tracing::info!("control plane closed the stream"),
+                    Err(Session::Synced(e)) => {
+                        tracing::warn!(error = %e, "control plane stream lost");
+                        backoff = BACKOFF_MIN;
+                    }
+                    Err(Session::Failed(e)) => {
+                        tracing::warn!(error = %e, "control plane unreachable")
+                    }
+                }
+                let jitter = rand::random_range(0.5..=1.0);
+                tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        });
+    }
+
+    async fn session(&mut self) -> Result<(), Session> {
+        let failed = |e: &dyn std::fmt::Display| Session::Failed(e.to_string());
+        let uri = if self.options.control_plane.contains("://") {
+            self.options.control_plane.clone()
+        } else {
+            format!("http://{}", self.options.control_plane)
+        };
+        let channel = tonic::transport::Endpoint::from_shared(uri)
+            .map_err(|e| failed(&e))?
+            .connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .connect()
+            .await
+            .map_err(|e| failed(&e))?;
+        let mut config = api::mesh_config_client::MeshConfigClient::new(channel)
+            .max_decoding_message_size(api::MAX_MESSAGE);
+        let (tx, rx) = mpsc::channel(4);
+        let hello = api::ProxyMessage {
+            kind: Some(api::proxy_message::Kind::Hello(api::Hello {
+                node: Some(self.options.node.clone()),
+                version: self.serving.clone(),
+            })),
+        };
+        tx.send(hello).await.expect("the stream's receiver is here");
+        let mut snapshots = config
+            .sync(ReceiverStream::new(rx))
+            .await
+            .map_err(|e| failed(&e))?
+            .into_inner();
+        tracing::info!(control_plane = %self.options.control_plane, "connected to the control plane");
+        let mut synced = false;
+        let mut drain_check = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let message = tokio::select! {
+                m = snapshots.message() => m,
+                _ = drain_check.tick() => {
+                    if self.source.as_ref().is_some_and(|s| s.is_draining()) {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            let snapshot = match message {
+                Ok(Some(s)) => s,
+                Ok(None) => return Ok(()),
+                Err(e) if synced => return Err(Session::Synced(e.to_string())),
+                Err(e) => return Err(Session::Failed(e.to_string())),
+            };
+            synced = true;
+            let error = self.apply(&mut config, &snapshot).await.err();
+            if let Some(e) = &error {
+                tracing::warn!(version = %snapshot.version, error = %e, "snapshot rejected (NACK); the last good config keeps serving");
+            }
+            let ack = api::ProxyMessage {
+                kind: Some(api::proxy_message::Kind::Ack(api::Ack {
+                    version: snapshot.version.clone(),
+                    nonce: snapshot.nonce.clone(),
+                    error: error.unwrap_or_default(),
+                })),
+            };
+            if tx.send(ack).await.is_err() {
+                return Err(Session::Synced("the stream closed".into()));
+            }
+        }
+    }
+
+    /// Applies a snapshot: `Err` is the NACK's error.
+    async fn apply(
+        &mut self,
+        config: &mut api::mesh_config_client::MeshConfigClient<tonic::transport::Channel>,
+        snapshot: &api::Snapshot,
+    ) -> Result<(), String> {
+        if snapshot.version == self.serving && self.source.is_some() {
+            return Ok(());
+        }
+        let mut bootstrap: Bootstrap = serde_json::from_str(&snapshot.bootstrap_json)
+            .map_err(|e| format!("the snapshot is not a bootstrap: {e}"))?;
+        let modules_dir = self.options.cache_dir.join("modules");
+        for module in &snapshot.modules {
+            let path = fetch_module(config, &modules_dir, &module.sha256).await?;
+            for f in bootstrap
+                .listeners
+                .iter_mut()
+                .flat_map(|l| &mut l.http_filters)
+                .filter(|f| f.sha256.as_deref() == Some(module.sha256.as_str()))
+            {
+                f.url = path.display().to_string();
+            }
+        }
+        // What is the proxy's own to decide.
+        bootstrap.admin = self.options.admin.clone().map(|address| Admin { address });
+        bootstrap.workers = self.options.workers;
+        bootstrap.wasm.cache_dir = Some(self.options.cache_dir.join("compiled"));
+        bootstrap.validate().map_err(|e| e.to_string())?;
+
+        match &self.source {
+            Some(source) => {
+                let source = source.clone();
+                // Compiling and starting plugins runs its own runtime: off this one.
+                tokio::task::spawn_blocking(move || source.reload(bootstrap))
+                    .await
+                    .map_err(|e| format!("the reload panicked: {e}"))?
+                    .map_err(|e| e.to_string())?;
+            }
+            None => {
+                let first = self.first.as_ref().expect("set until the proxy starts");
+                let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+                let _ = first.send(First {
+                    bootstrap,
+                    reply: reply_tx,
+                });
+                let started = tokio::task::spawn_blocking(move || reply_rx.recv())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|_| "the proxy stopped".to_owned())?;
+                self.source = Some(started?);
+                self.first = None;
+            }
+        }
+        self.serving = snapshot.version.clone();
+        tracing::info!(version = %snapshot.version, "control plane config applied");
+        Ok(())
+    }
+}
+
+enum Session {
+    /// The stream broke after it had delivered a snapshot.
+    Synced(String),
+    /// No stream, or it broke before any snapshot.
+    Failed(String),
+}
+
+/// The module with `sha256`, from the disk cache or the control plane (checked, then kept).
+async fn fetch_module(
+    config: &mut api::mesh_config_client::MeshConfigClient<tonic::transport::Channel>,
+    dir: &Path,
+    sha256: &str,
+) -> Result<PathBuf, String> {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("module {sha256:?}: not a sha256"));
+    }
+    let path = dir.join(format!("{sha256}.wasm"));
+    if path.is_file() {
+        return Ok(path);
+    }
+    let mut chunks = config
+        .get_module(api::ModuleRequest {
+            sha256: sha256.to_owned(),
+        })
+        .await
+        .map_err(|e| format!("module {sha256}: {}", e.message()))?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = chunks
+        .message()
+        .await
+        .map_err(|e| format!("module {sha256}: {}", e.message()))?
+    {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    let actual = wasmesh_host::module::sha256_hex(&bytes);
+    if actual != sha256 {
+        return Err(format!("module {sha256}: received bytes with sha256 {actual}"));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = dir.join(format!("{sha256}.wasm.{}", std::process::id()));
+    std::fs::write(&tmp, &bytes)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// A socket bound to `addr` with SO_REUSEPORT but not listening: it holds the port (and picks
+/// one for port 0) without taking connections, until the workers' sockets are bound.
+fn hold(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
