@@ -9,7 +9,10 @@ use clap::{Parser, Subcommand};
 use wasmesh_cli::bench::{self, ChainSource, FilterArg, RequestProfile, ResponseSpec};
 
 #[derive(Parser)]
-#[command(version, about = "wasmesh: tools for filter authors and mesh operators")]
+#[command(
+    version,
+    about = "wasmesh: tools for filter authors and mesh operators"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use wasmesh_api as api;
-use wasmesh_controlplane::manifests::{self, Resource, Spec};
 use wasmesh_controlplane::diag::code;
+use wasmesh_controlplane::manifests::{self, Resource, Spec};
 use wasmesh_controlplane::{Diagnostic, Level, Options, translate_loaded};
 
 async fn channel(address: &str) -> anyhow::Result<tonic::transport::Channel> {
@@ -72,8 +72,9 @@ pub async fn proxy_config(address: &str, id: &str, json: bool) -> anyhow::Result
         .await
         .map_err(|s| anyhow::anyhow!("proxy-config {id}: {}", s.message()))?
         .into_inner();
-    let bootstrap: wasmesh_proxy::config::Bootstrap = serde_json::from_str(&reply.bootstrap_json)
-        .context("the control plane sent a config this wasmesh cannot read")?;
+    let bootstrap: wasmesh_proxy::config::Bootstrap =
+        serde_json::from_str(&reply.bootstrap_json)
+            .context("the control plane sent a config this wasmesh cannot read")?;
     if json {
         let value: serde_json::Value = serde_json::from_str(&reply.bootstrap_json)?;
         return Ok(serde_json::to_string_pretty(&value)? + "\n");
@@ -102,7 +103,11 @@ pub async fn proxy_config(address: &str, id: &str, json: bool) -> anyhow::Result
                     .or(r.matcher.prefix.as_ref().map(|p| format!("{p}*")))
                     .unwrap_or_else(|| "/*".into());
                 let domains = if vh.domains.len() > 3 {
-                    format!("{} +{} more", vh.domains[..3].join(","), vh.domains.len() - 3)
+                    format!(
+                        "{} +{} more",
+                        vh.domains[..3].join(","),
+                        vh.domains.len() - 3
+                    )
                 } else {
                     vh.domains.join(",")
                 };
@@ -239,7 +244,8 @@ fn wasm_plugins_selecting_nothing(resources: &[Resource], diags: &mut Vec<Diagno
         let Spec::WasmPlugin(wp) = &r.spec else {
             continue;
         };
-        let narrowed = wp.selector.is_some() || !wp.target_refs.is_empty() || wp.target_ref.is_some();
+        let narrowed =
+            wp.selector.is_some() || !wp.target_refs.is_empty() || wp.target_ref.is_some();
         if !narrowed {
             continue;
         }
@@ -256,13 +262,15 @@ fn wasm_plugins_selecting_nothing(resources: &[Resource], diags: &mut Vec<Diagno
             } else {
                 "spec.targetRefs"
             };
-            diags.push(r.diag(
-                Diagnostic::warning(
-                    code::SELECTS_NOTHING,
-                    "This WasmPlugin selects no workload known from the manifests",
-                )
-                .at(what),
-            ));
+            diags.push(
+                r.diag(
+                    Diagnostic::warning(
+                        code::SELECTS_NOTHING,
+                        "This WasmPlugin selects no workload known from the manifests",
+                    )
+                    .at(what),
+                ),
+            );
         }
     }
 }

@@ -227,9 +227,9 @@ impl Mesh {
         }
         inner.next_connection += 1;
         let connection = inner.next_connection;
-        // Until the recompute, a proxy whose snapshot is known gets it at once.
-        let known = inner.snapshots.get(&id).cloned();
-        let (tx, rx) = watch::channel(known);
+        // Its snapshot comes with the recompute this join triggers: one computed for an
+        // earlier process of the same proxy may name other listen addresses.
+        let (tx, rx) = watch::channel(None);
         let state = Arc::new(Mutex::new(ProxyState::default()));
         inner.registrations.insert(
             id.clone(),

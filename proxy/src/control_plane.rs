@@ -320,7 +320,9 @@ async fn fetch_module(
     }
     let actual = wasmesh_host::module::sha256_hex(&bytes);
     if actual != sha256 {
-        return Err(format!("module {sha256}: received bytes with sha256 {actual}"));
+        return Err(format!(
+            "module {sha256}: received bytes with sha256 {actual}"
+        ));
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let tmp = dir.join(format!("{sha256}.wasm.{}", std::process::id()));

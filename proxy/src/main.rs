@@ -29,7 +29,12 @@ pub static MALLOC_CONF: &u8 = &b"background_thread:true,dirty_decay_ms:10000,muz
 #[command(version, about)]
 struct Args {
     /// The bootstrap YAML file (see docs/configuration.md).
-    #[arg(long, short, required_unless_present = "control_plane", conflicts_with = "control_plane")]
+    #[arg(
+        long,
+        short,
+        required_unless_present = "control_plane",
+        conflicts_with = "control_plane"
+    )]
     config: Option<PathBuf>,
     #[command(flatten)]
     sidecar: SidecarArgs,

@@ -10,6 +10,7 @@ mod binary;
 mod bodies;
 mod circuit_breakers;
 mod compat;
+mod control_plane;
 mod differential;
 mod envoy_parity;
 mod grpc;

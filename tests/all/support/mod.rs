@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mesh;
+pub mod sidecars;
 
 use std::convert::Infallible;
 use std::future::Future;
