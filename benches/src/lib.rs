@@ -38,27 +38,24 @@ pub fn workspace_root() -> PathBuf {
 
 /// Builds the release `wasmesh-proxy` binary and returns its path.
 pub fn build_proxy() -> anyhow::Result<PathBuf> {
+    build_release("wasmesh-proxy")
+}
+
+/// Builds the release binary `name` (of the package of the same name) and returns its path.
+pub fn build_release(name: &str) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "wasmesh-proxy",
-            "--bin",
-            "wasmesh-proxy",
-        ])
+        .args(["build", "--release", "--quiet", "-p", name, "--bin", name])
         .current_dir(&root)
         .status()
         .context("run cargo build")?;
     if !status.success() {
-        bail!("building wasmesh-proxy failed");
+        bail!("building {name} failed");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    Ok(target.join("release").join("wasmesh-proxy"))
+    Ok(target.join("release").join(name))
 }
 
 /// Finds a program on PATH or in /usr/sbin (where Debian puts nginx).

@@ -151,6 +151,8 @@ struct Inner {
     /// Every proxy's last computed snapshot, connected or not.
     snapshots: BTreeMap<String, Arc<Pushed>>,
     next_connection: u64,
+    /// The sources' generation the snapshots were last computed from.
+    computed_generation: u64,
 }
 
 /// Why a proxy may not connect.
@@ -285,10 +287,10 @@ impl Mesh {
             .collect()
     }
 
-    /// The mesh's diagnostics, and the sources' generation.
+    /// The mesh's diagnostics, and the sources' generation the snapshots were computed from.
     pub fn diagnostics(&self) -> (u64, Vec<Diagnostic>) {
         let inner = self.lock();
-        (inner.source.generation, inner.diagnostics.clone())
+        (inner.computed_generation, inner.diagnostics.clone())
     }
 
     /// A proxy's last computed snapshot.
@@ -416,6 +418,7 @@ impl Mesh {
             inner.snapshots.remove(&k);
         }
         self.modules.retain(&used);
+        inner.computed_generation = source.generation;
         tracing::debug!(
             proxies = inner.registrations.len(),
             pushed,

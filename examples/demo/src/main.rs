@@ -1,8 +1,10 @@
 //! The wasmesh local demo: a mesh on the embedded default. Bookinfo's and httpbin's workloads
-//! run on loopback, Istio's own task manifests (embedded in wasmesh-controlplane) are
-//! translated into the real `wasmesh-proxy`'s config with the four traffic plugins, and each
-//! task's traffic goes through it: request routing, traffic shifting, a canary under load,
-//! fault injection, mirroring and circuit breaking. It prints what the clients saw.
+//! run on loopback, each behind its own `wasmesh-proxy` sidecar; `wasmesh-controlplane`
+//! watches a directory of Istio's own task manifests (embedded in wasmesh-controlplane) and
+//! configures every sidecar with the four traffic plugins. Each task is applied by editing
+//! the directory while traffic runs: request routing, traffic shifting, a canary under load,
+//! fault injection, mirroring, circuit breaking and a broken edit. It prints what the clients
+//! saw and `wasmesh proxy-status`.
 
 mod mesh;
 mod services;
@@ -25,7 +27,7 @@ use mesh::{Mesh, Reply};
 use services::Samples;
 
 #[derive(Parser)]
-#[command(about = "Istio's traffic-management tasks on a local wasmesh mesh")]
+#[command(about = "Istio's traffic-management tasks on a local mesh of wasmesh sidecars")]
 struct Args {
     /// Where the four traffic plugins' modules are.
     #[arg(long, default_value = "target/wasm32-wasip1/release")]
@@ -69,12 +71,41 @@ async fn send(
     Ok(out)
 }
 
-fn step(title: &str, manifests: &str) {
-    println!("\n{title}\n  applied: {manifests}");
+/// The chains a set of replies took, counted.
+fn chains(replies: &[Reply]) -> String {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for r in replies {
+        let key = if r.status == 200 {
+            r.chain.clone()
+        } else {
+            format!("{} from {}", r.status, r.served_by)
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    parts.join("\n          ")
 }
 
-fn bookinfo(virtual_service: &str) -> String {
-    format!("{virtual_service}\n---\n{DESTINATION_RULE_ALL}\n---\n{VIRTUAL_SERVICE_ALL_V1}")
+fn step(title: &str, files: &str, took: Duration) {
+    println!(
+        "\n{title}\n  applied: {files} (every proxy had it {:.0} ms after the edit)",
+        took.as_secs_f64() * 1e3
+    );
+}
+
+/// Istio's virtual-service-all-v1.yaml as one file per VirtualService (`reviews.yaml`, ...),
+/// so that a task's file for one service replaces that service's, as `kubectl apply` does.
+fn all_v1() -> Vec<(String, String)> {
+    VIRTUAL_SERVICE_ALL_V1
+        .split("\n---\n")
+        .map(|doc| {
+            let name = doc
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("name: "))
+                .expect("each document is named");
+            (format!("{name}.yaml"), doc.to_owned())
+        })
+        .collect()
 }
 
 /// reviews: `percent` to v3, the rest to v1.
@@ -105,89 +136,110 @@ async fn concurrent(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let options = mesh::options(&args.plugins)?;
     let samples = Samples::start().await?;
     let dir = tempfile::tempdir()?;
-    let mesh = Arc::new(
-        Mesh::start(
-            dir.path(),
-            &samples.manifests(),
-            &bookinfo(VIRTUAL_SERVICE_ALL_V1),
-            options,
-        )
-        .await?,
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests)?;
+    std::fs::write(manifests.join("services.yaml"), samples.manifests())?;
+    std::fs::write(
+        manifests.join("destination-rule-all.yaml"),
+        DESTINATION_RULE_ALL,
+    )?;
+    for (name, text) in all_v1() {
+        std::fs::write(manifests.join(name), text)?;
+    }
+    let plugins = std::path::absolute(&args.plugins)?;
+    let mut mesh = Mesh::start(&manifests, &plugins, &samples.all()).await?;
+
+    println!("wasmesh demo: Istio's traffic-management tasks on a local mesh of sidecars");
+    println!(
+        "  wasmesh-controlplane on {}, watching {}",
+        mesh.control_plane,
+        manifests.display()
+    );
+    println!(
+        "  {} sidecars (wasmesh-proxy): one per workload (productpage, details, ratings, reviews \
+         v1/v2/v3, httpbin v1/v2) and one for the demo's client (as Istio's sleep pod)",
+        mesh.proxies()
+    );
+    println!(
+        "  every hop is sidecar to sidecar: client > productpage > reviews > ratings, each \
+         workload calling through its own sidecar"
+    );
+    println!(
+        "  traffic policy: the router, fault, mirror and circuit-breaker Wasm plugins from {}, \
+         shipped by the control plane",
+        plugins.display()
     );
 
-    println!("wasmesh demo: Istio's traffic-management tasks on a local mesh");
     println!(
-        "  {} workloads on loopback: productpage, details, ratings, reviews v1/v2/v3, httpbin v1/v2",
-        samples.count()
+        "\n1. Request routing: all traffic to v1\n  applied: destination-rule-all.yaml, \
+         virtual-service-all-v1.yaml (one file per service)"
     );
+    let replies = send(&mesh, "productpage:9080", &[], 100).await?;
     println!(
-        "  wasmesh-proxy on {} (2 workers), admin on {}",
-        mesh.ingress, mesh.admin
-    );
-    println!(
-        "  traffic policy: the router, fault, mirror and circuit-breaker Wasm plugins from {}",
-        args.plugins.display()
-    );
-    println!(
-        "  config: Istio manifests translated by wasmesh-controlplane into {}",
-        mesh.config_path.display()
+        "  100 requests to productpage:\n          {}",
+        chains(&replies)
     );
 
-    step(
-        "1. Request routing: all traffic to v1",
-        "destination-rule-all.yaml, virtual-service-all-v1.yaml",
-    );
-    let replies = send(&mesh, "reviews", &[], 100).await?;
-    println!("  100 requests to reviews: {}", tally(&replies));
-
-    step(
-        "2. Request routing: end-user jason to v2, everyone else to v1",
-        "virtual-service-reviews-test-v2.yaml",
-    );
-    mesh.apply(&bookinfo(VIRTUAL_SERVICE_REVIEWS_TEST_V2))
+    let took = mesh
+        .apply(&[("reviews.yaml", VIRTUAL_SERVICE_REVIEWS_TEST_V2)])
         .await?;
-    let jason = send(&mesh, "reviews", &[("end-user", "jason")], 50).await?;
-    let others = send(&mesh, "reviews", &[], 50).await?;
-    println!("  jason:  {}", tally(&jason));
-    println!("  others: {}", tally(&others));
-
     step(
-        "3. Traffic shifting: 50/50 between v1 and v3, then 80/20 between v1 and v2",
-        "virtual-service-reviews-50-v3.yaml, virtual-service-reviews-80-20.yaml",
+        "2. Request routing: end-user jason to reviews v2, everyone else to v1",
+        "virtual-service-reviews-test-v2.yaml as reviews.yaml",
+        took,
     );
-    mesh.apply(&bookinfo(VIRTUAL_SERVICE_REVIEWS_50_V3)).await?;
-    println!(
-        "  50/50, 400 requests: {}",
-        tally(&send(&mesh, "reviews", &[], 400).await?)
+    let jason = send(&mesh, "productpage:9080", &[("end-user", "jason")], 50).await?;
+    let others = send(&mesh, "productpage:9080", &[], 50).await?;
+    println!("  jason:  {}", chains(&jason));
+    println!("  others: {}", chains(&others));
+
+    let took = mesh
+        .apply(&[("reviews.yaml", VIRTUAL_SERVICE_REVIEWS_50_V3)])
+        .await?;
+    step(
+        "3. Traffic shifting: 50/50 between reviews v1 and v3",
+        "virtual-service-reviews-50-v3.yaml",
+        took,
     );
-    mesh.apply(&bookinfo(VIRTUAL_SERVICE_REVIEWS_80_20)).await?;
     println!(
-        "  80/20, 400 requests: {}",
-        tally(&send(&mesh, "reviews", &[], 400).await?)
+        "  400 requests: {}",
+        chains(&send(&mesh, "productpage:9080", &[], 400).await?)
+    );
+    let took = mesh
+        .apply(&[("reviews.yaml", VIRTUAL_SERVICE_REVIEWS_80_20)])
+        .await?;
+    step(
+        "   then 80/20 between reviews v1 and v2",
+        "virtual-service-reviews-80-20.yaml",
+        took,
+    );
+    println!(
+        "  400 requests: {}",
+        chains(&send(&mesh, "productpage:9080", &[], 400).await?)
     );
 
-    step(
-        "4. A canary rolled out under load: reviews v3 at 0, 10, 20, 50, 100 percent",
-        "a VirtualService re-weighted five times while 4 clients keep sending",
+    mesh.apply(&[("reviews.yaml", &canary(0))]).await?;
+    println!(
+        "\n4. A canary rolled out under load: reviews v3 at 0, 10, 20, 50, 100 percent\n  \
+         applied: reviews.yaml re-weighted four times while 4 clients keep calling productpage"
     );
-    mesh.apply(&bookinfo(&canary(0))).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
+    let (client_outbound, client) = (mesh.client_outbound, mesh.client());
     let clients: Vec<_> = (0..4)
         .map(|_| {
-            let (mesh, stop, sent, failed) =
-                (mesh.clone(), stop.clone(), sent.clone(), failed.clone());
+            let (client, stop, sent, failed) =
+                (client.clone(), stop.clone(), sent.clone(), failed.clone());
             tokio::spawn(async move {
                 while !stop.load(SeqCst) {
-                    match mesh.get("reviews", &[]).await {
-                        Ok(r) if r.status == 200 => {}
-                        _ => {
-                            failed.fetch_add(1, SeqCst);
-                        }
+                    let ok = mesh::get_with(&client, client_outbound, "productpage:9080", &[])
+                        .await
+                        .is_ok_and(|r| r.status == 200 && !r.chain.contains("unavailable"));
+                    if !ok {
+                        failed.fetch_add(1, SeqCst);
                     }
                     sent.fetch_add(1, SeqCst);
                 }
@@ -196,7 +248,11 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     for percent in [10, 20, 50, 100] {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        mesh.apply(&bookinfo(&canary(percent))).await?;
+        let took = mesh.apply(&[("reviews.yaml", &canary(percent))]).await?;
+        println!(
+            "  {percent:>3}% to v3: every proxy had it {:.0} ms after the edit",
+            took.as_secs_f64() * 1e3
+        );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, SeqCst);
@@ -207,56 +263,62 @@ async fn main() -> anyhow::Result<()> {
         "  {} requests during the rollout, {} failed; now: {}",
         sent.load(SeqCst),
         failed.load(SeqCst),
-        tally(&send(&mesh, "reviews", &[], 20).await?)
+        chains(&send(&mesh, "productpage:9080", &[], 20).await?)
     );
 
-    step(
-        "5. Fault injection: a delay for jason's calls to ratings",
-        "virtual-service-ratings-test-delay.yaml (its 7s delay shortened to 500ms)",
-    );
     let delay = VIRTUAL_SERVICE_RATINGS_TEST_DELAY.replace("fixedDelay: 7s", "fixedDelay: 500ms");
-    mesh.apply(&bookinfo(&format!(
-        "{delay}\n---\n{VIRTUAL_SERVICE_REVIEWS_TEST_V2}"
-    )))
-    .await?;
-    let jason = send(&mesh, "ratings", &[("end-user", "jason")], 4).await?;
-    let others = send(&mesh, "ratings", &[], 50).await?;
+    let took = mesh
+        .apply(&[
+            ("reviews.yaml", VIRTUAL_SERVICE_REVIEWS_TEST_V2),
+            ("ratings.yaml", &delay),
+        ])
+        .await?;
+    step(
+        "5. Fault injection: a delay for jason's calls from reviews to ratings",
+        "virtual-service-ratings-test-delay.yaml (its 7s delay shortened to 500ms)",
+        took,
+    );
+    let jason = send(&mesh, "productpage:9080", &[("end-user", "jason")], 4).await?;
+    let others = send(&mesh, "productpage:9080", &[], 50).await?;
     println!(
         "  jason:  {} (median {:.0} ms)",
-        tally(&jason),
+        chains(&jason),
         median_ms(&jason)
     );
     println!(
         "  others: {} (median {:.2} ms)",
-        tally(&others),
+        chains(&others),
         median_ms(&others)
     );
 
+    let took = mesh
+        .apply(&[("ratings.yaml", VIRTUAL_SERVICE_RATINGS_TEST_ABORT)])
+        .await?;
     step(
-        "6. Fault injection: an HTTP abort for jason's calls to ratings",
+        "6. Fault injection: an HTTP abort for jason's calls from reviews to ratings",
         "virtual-service-ratings-test-abort.yaml",
+        took,
     );
-    mesh.apply(&bookinfo(&format!(
-        "{VIRTUAL_SERVICE_RATINGS_TEST_ABORT}\n---\n{VIRTUAL_SERVICE_REVIEWS_TEST_V2}"
-    )))
-    .await?;
     println!(
         "  jason:  {}",
-        tally(&send(&mesh, "ratings", &[("end-user", "jason")], 20).await?)
+        chains(&send(&mesh, "productpage:9080", &[("end-user", "jason")], 20).await?)
     );
     println!(
         "  others: {}",
-        tally(&send(&mesh, "ratings", &[], 20).await?)
+        chains(&send(&mesh, "productpage:9080", &[], 20).await?)
     );
 
+    let took = mesh
+        .apply(&[(
+            "httpbin.yaml",
+            &format!("{HTTPBIN_DESTINATION_RULE}\n---\n{HTTPBIN_MIRROR}"),
+        )])
+        .await?;
     step(
         "7. Mirroring: every request to httpbin v1 copied to v2",
         "httpbin-destination-rule.yaml, httpbin-mirror.yaml",
+        took,
     );
-    mesh.apply(&bookinfo(&format!(
-        "{HTTPBIN_DESTINATION_RULE}\n---\n{HTTPBIN_MIRROR}"
-    )))
-    .await?;
     let before = samples.httpbin[1].hits();
     println!(
         "  100 requests to httpbin: {}",
@@ -280,15 +342,15 @@ async fn main() -> anyhow::Result<()> {
         shadow.join(", ")
     );
 
+    let took = mesh
+        .apply(&[("httpbin.yaml", HTTPBIN_CIRCUIT_BREAKER)])
+        .await?;
     step(
         "8. Circuit breaking: maxConnections 1, http1MaxPendingRequests 1, maxRequestsPerConnection 1",
-        "the task's httpbin DestinationRule",
+        "the task's httpbin DestinationRule, enforced by the client's sidecar",
+        took,
     );
-    mesh.apply(&bookinfo(HTTPBIN_CIRCUIT_BREAKER)).await?;
-    println!(
-        "  (as in Envoy, a worker with no connection to an endpoint may still open one: with two\n   \
-         workers and two httpbin pods, two clients may each get their own and never trip it)"
-    );
+    let mesh = Arc::new(mesh);
     for clients in [1, 2, 3] {
         let replies = concurrent(&mesh, "httpbin:8000", clients, 60).await?;
         let overflow = replies.iter().filter(|r| r.status == 503).count();
@@ -299,8 +361,22 @@ async fn main() -> anyhow::Result<()> {
             100.0 * overflow as f64 / replies.len() as f64
         );
     }
+    let mut mesh = Arc::into_inner(mesh).expect("clients are done");
 
-    println!("\nwhat the proxy counted (admin /stats/prometheus):");
+    // A broken edit: reported, the rest of the mesh's config stays as it was.
+    let broken = VIRTUAL_SERVICE_REVIEWS_TEST_V2.replace("route:", "rout:");
+    let took = mesh
+        .apply(&[("reviews.yaml", &broken), ("ratings.yaml", "")])
+        .await?;
+    step(
+        "9. A broken edit: a typo in reviews.yaml (`rout:`), and ratings.yaml removed",
+        "reviews.yaml keeps its last good version; ratings' fault is gone",
+        took,
+    );
+    let jason = send(&mesh, "productpage:9080", &[("end-user", "jason")], 10).await?;
+    println!("  jason: {}", chains(&jason));
+
+    println!("\nwhat the sidecars counted (their admin /stats/prometheus, summed):");
     println!(
         "  delays injected (DI): {}, aborts injected (FI): {}, overflows (UO): {}",
         mesh.flagged("DI").await?,
@@ -308,20 +384,34 @@ async fn main() -> anyhow::Result<()> {
         mesh.flagged("UO").await?
     );
     println!(
-        "  config reloads: {} accepted, {} rejected (the demo made {} changes, each by POST \
-         /config_reload; the proxy's watch of its file skips a text already loaded)",
+        "  config reloads: {} accepted, {} rejected",
         mesh.stat("wasmesh_config_reloads_total{result=\"ok\"}")
             .await?,
         mesh.stat("wasmesh_config_reloads_total{result=\"rejected\"}")
             .await?,
-        mesh.applied.load(SeqCst)
+    );
+    let mut took: Vec<f64> = mesh
+        .convergence
+        .iter()
+        .map(|d| d.as_secs_f64() * 1e3)
+        .collect();
+    took.sort_by(f64::total_cmp);
+    println!(
+        "  {} edits, each in effect on all {} proxies after: median {:.0} ms, slowest {:.0} ms",
+        took.len(),
+        mesh.proxies(),
+        took[took.len() / 2],
+        took[took.len() - 1]
     );
 
-    let mesh = Arc::into_inner(mesh).expect("clients are done");
-    let status = mesh.stop().await?;
-    println!("\nproxy drained on SIGTERM and exited with {status}");
-    if !status.success() {
-        bail!("the proxy exited with {status}");
+    println!("\n$ wasmesh proxy-status");
+    let (table, _) = wasmesh_cli::mesh::proxy_status(&mesh.control_plane).await?;
+    print!("{table}");
+
+    let failed = mesh.stop().await?;
+    println!("\nevery sidecar and the control plane drained on SIGTERM");
+    if !failed.is_empty() {
+        bail!("some exits failed: {}", failed.join(", "));
     }
     Ok(())
 }
