@@ -159,7 +159,7 @@ async fn converged(address: &str, n: usize, before: u64) -> anyhow::Result<u64> 
         if Instant::now() > deadline {
             bail!("{synced} of {n} proxies synced after 120 s");
         }
-        tokio::time::sleep(Duration::from_micros(500)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -182,12 +182,11 @@ async fn run(
         .arg(plugins)
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .args([
-            "--address",
-            "127.0.0.1:0",
-            "--log",
-            "warn,wasmesh_controlplane=info",
-        ])
+        .args(["--address", "127.0.0.1:0", "--log"])
+        .arg(
+            std::env::var("CONVERGENCE_LOG")
+                .unwrap_or_else(|_| "warn,wasmesh_controlplane=info".into()),
+        )
         .stderr(Stdio::piped())
         .spawn()?;
     let cp_pid = cp.id();
@@ -203,7 +202,15 @@ async fn run(
             break a.to_owned();
         }
     };
-    std::thread::spawn(move || for _ in lines {});
+    // The control plane's log goes on to stderr when CONVERGENCE_LOG asks for one.
+    let show = std::env::var_os("CONVERGENCE_LOG").is_some();
+    std::thread::spawn(move || {
+        for line in lines.map_while(|l| l.ok()) {
+            if show {
+                eprintln!("{line}");
+            }
+        }
+    });
     // Let the control plane settle before its baseline.
     converged(&address, 0, 0).await?;
     let rss_before = rss_kib(cp_pid)?;
@@ -238,6 +245,13 @@ async fn run(
         std::fs::rename(&tmp, manifests.join("vs.yaml"))?;
         generation = converged(&address, n, generation).await?;
         took.push(started.elapsed());
+        if show {
+            eprintln!(
+                "edit {edit}: {:?} (ended {:?})",
+                started.elapsed(),
+                std::time::SystemTime::now()
+            );
+        }
     }
     let cpu = Duration::from_secs_f64((cpu_ticks(cp_pid) - cpu_before) as f64 / 100.0);
     let _ = status(&address).await?;

@@ -82,7 +82,9 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", args.address))?;
         let address = listener.local_addr()?;
         tracing::info!(%address, "control plane listening");
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Small messages (ACKs, pushes of a few frames) must not wait on Nagle's algorithm.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let shutdown = async {
             use tokio::signal::unix::{SignalKind, signal};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");

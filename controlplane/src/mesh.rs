@@ -15,7 +15,7 @@ use crate::diag::{Diagnostic, code};
 use crate::manifests::{Resource, Spec};
 use crate::modules::ModuleStore;
 use crate::plugins::ModuleUrl;
-use crate::sidecar::{Node, UserPlugin, translate_for};
+use crate::sidecar::{Node, UserPlugin, complete, outbound};
 use crate::source::SourceState;
 use crate::translate::{Options, PluginModule, PluginModules, translate};
 
@@ -368,8 +368,13 @@ impl Mesh {
             .map(|(id, r)| (id.clone(), Node::from(&r.node)))
             .collect();
         let mut pushed = 0;
+        // Sidecars of one namespace share their outbound part: translated once.
+        let mut by_namespace = std::collections::HashMap::new();
         for (id, node) in nodes {
-            let t = translate_for(&node, &resources, &user_plugins, &base);
+            let shared = by_namespace
+                .entry(node.namespace.clone())
+                .or_insert_with(|| outbound(&node.namespace, &resources, &base));
+            let t = complete(&node, shared.clone(), &resources, &user_plugins);
             let mut bootstrap = t.bootstrap;
             bootstrap.workers = None;
             let bootstrap_json = serde_json::to_string(&bootstrap).expect("a bootstrap serializes");

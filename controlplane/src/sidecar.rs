@@ -141,14 +141,33 @@ pub fn translate_for(
     user_plugins: &[UserPlugin],
     base: &Options,
 ) -> Translation {
+    let outbound = outbound(&node.namespace, resources, base);
+    complete(node, outbound, resources, user_plugins)
+}
+
+/// The outbound part every sidecar in `namespace` shares: the mesh's services with the
+/// traffic plugins (its listener's address is set per sidecar by [`complete`]).
+pub fn outbound(namespace: &str, resources: &[Resource], base: &Options) -> Translation {
     let options = Options {
-        client_namespace: node.namespace.clone(),
+        client_namespace: namespace.to_owned(),
         listener_name: "outbound".into(),
-        listener_address: node.outbound_address.clone(),
         admin_address: None,
         ..base.clone()
     };
-    let mut t = translate(resources, &options);
+    translate(resources, &options)
+}
+
+/// One sidecar's bootstrap from its namespace's [`outbound`] part: its outbound address,
+/// its inbound listeners and the users' plugins that select it.
+pub fn complete(
+    node: &Node,
+    mut t: Translation,
+    resources: &[Resource],
+    user_plugins: &[UserPlugin],
+) -> Translation {
+    if let Some(outbound) = t.bootstrap.listeners.first_mut() {
+        outbound.address = node.outbound_address.clone();
+    }
     let all: Vec<&Resource> = resources.iter().collect();
     let workload = Workload {
         namespace: &node.namespace,
@@ -205,4 +224,163 @@ pub fn translate_for(
         });
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifests::parse_str;
+
+    fn node(name: &str, app: &str, inbound: Option<(u32, &str, &str)>) -> Node {
+        Node {
+            name: name.into(),
+            namespace: "default".into(),
+            labels: [("app".to_owned(), app.to_owned())].into(),
+            service_account: "bookinfo".into(),
+            outbound_address: "127.0.0.1:25000".into(),
+            inbound: inbound
+                .map(|(port, listen, app)| InboundPort {
+                    port,
+                    listen_address: listen.into(),
+                    app_address: app.into(),
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    const MANIFESTS: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: by-selector}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  url: /m/a.wasm
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: everyone-client, namespace: istio-system}
+spec:
+  url: /m/b.wasm
+  match: [{mode: CLIENT}]
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: elsewhere, namespace: prod}
+spec:
+  url: /m/c.wasm
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: by-service}
+spec:
+  targetRefs: [{kind: Service, name: reviews}]
+  url: /m/d.wasm
+  phase: AUTHN
+  priority: 5
+  match: [{mode: SERVER, ports: [{number: 9080}]}]
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: other-port}
+spec:
+  url: /m/e.wasm
+  match: [{ports: [{number: 8080}]}]
+";
+
+    #[test]
+    fn sidecars_get_inbound_listeners_registrations_and_the_plugins_that_select_them() {
+        let reviews = node(
+            "reviews-v1",
+            "reviews",
+            Some((9080, "127.0.0.1:25001", "127.0.0.1:19080")),
+        );
+        let productpage = node("productpage-v1", "productpage", None);
+        let mut resources = parse_str(MANIFESTS, None).resources;
+        resources.extend(reviews.workload_entry());
+        let plugins: Vec<UserPlugin> = resources
+            .iter()
+            .filter(|r| matches!(r.spec, Spec::WasmPlugin(_)))
+            .map(|r| UserPlugin {
+                resource: r.clone(),
+                url: match &r.spec {
+                    Spec::WasmPlugin(wp) => wp.url.clone(),
+                    _ => unreachable!(),
+                },
+                sha256: None,
+            })
+            .collect();
+        let names = |l: &Listener| {
+            l.http_filters
+                .iter()
+                .map(|f| f.name.clone())
+                .collect::<Vec<_>>()
+        };
+
+        // The caller reaches reviews at its sidecar's inbound listener.
+        let t = translate_for(&productpage, &resources, &plugins, &Options::default());
+        assert!(t.errors().next().is_none(), "{:?}", t.diagnostics);
+        let cluster = t
+            .bootstrap
+            .clusters
+            .iter()
+            .find(|c| c.name == "outbound|9080||reviews.default.svc.cluster.local")
+            .expect("the reviews cluster");
+        assert_eq!(cluster.endpoints, ["127.0.0.1:25001"]);
+        assert_eq!(t.bootstrap.listeners.len(), 1);
+        assert_eq!(t.bootstrap.listeners[0].address, "127.0.0.1:25000");
+        assert_eq!(
+            names(&t.bootstrap.listeners[0]),
+            ["istio-system.everyone-client"]
+        );
+
+        // reviews' own sidecar: an inbound listener to the workload, with its server plugins.
+        let t = translate_for(&reviews, &resources, &plugins, &Options::default());
+        let inbound = &t.bootstrap.listeners[1];
+        assert_eq!(
+            (inbound.name.as_str(), inbound.address.as_str()),
+            ("inbound|9080", "127.0.0.1:25001")
+        );
+        assert_eq!(
+            names(inbound),
+            ["default.by-selector", "default.by-service"]
+        );
+        let by_service = &inbound.http_filters[1];
+        assert_eq!(
+            (by_service.phase, by_service.priority),
+            (wasmesh_config::filters::Phase::Authn, 5)
+        );
+        let app = t
+            .bootstrap
+            .clusters
+            .iter()
+            .find(|c| c.name == "inbound|9080||")
+            .expect("the inbound cluster");
+        assert_eq!(app.endpoints, ["127.0.0.1:19080"]);
+        assert_eq!(
+            names(&t.bootstrap.listeners[0]),
+            ["istio-system.everyone-client"]
+        );
+    }
+
+    #[test]
+    fn nodes_are_checked() {
+        let mut n = node("a", "x", Some((9080, "127.0.0.1:1", "127.0.0.1:2")));
+        assert_eq!(n.check(), Ok(()));
+        n.inbound.push(n.inbound[0].clone());
+        assert_eq!(n.check(), Err(NodeError::DuplicatePort(9080)));
+        n.inbound[1].app_address = "nowhere".into();
+        n.inbound[1].port = 1;
+        assert!(matches!(n.check(), Err(NodeError::Address { .. })));
+        n.name.clear();
+        assert_eq!(n.check(), Err(NodeError::Missing("name")));
+    }
 }

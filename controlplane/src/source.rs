@@ -29,7 +29,7 @@ pub struct DirectorySource {
 
 /// How long to wait for more events after one, so an editor's save (write, rename, chmod) is
 /// read once.
-const SETTLE: Duration = Duration::from_millis(30);
+const SETTLE: Duration = Duration::from_millis(10);
 
 impl DirectorySource {
     /// Reads `dir` and watches it. `Err` when it cannot be read or watched.

@@ -68,14 +68,22 @@ pub fn load_chain(
             field,
             reason,
         };
-        let bytes = fetch(f, base_dir).map_err(|(field, reason)| error(field, reason))?;
-        let module = host.cache.load(&bytes, f.sha256.as_deref()).map_err(|e| {
-            let field = match e {
-                ModuleError::Sha256Mismatch { .. } => "sha256",
-                _ => "url",
-            };
-            error(field, e.to_string())
-        })?;
+        // A module named by its digest and already loaded is not read (or hashed) again:
+        // reloads that keep their plugins cost no IO.
+        let cached = f.sha256.as_deref().and_then(|sha| host.cache.get(sha));
+        let module = match cached {
+            Some(module) => module,
+            None => {
+                let bytes = fetch(f, base_dir).map_err(|(field, reason)| error(field, reason))?;
+                host.cache.load(&bytes, f.sha256.as_deref()).map_err(|e| {
+                    let field = match e {
+                        ModuleError::Sha256Mismatch { .. } => "sha256",
+                        _ => "url",
+                    };
+                    error(field, e.to_string())
+                })?
+            }
+        };
         let env = f
             .vm_config
             .env

@@ -130,6 +130,23 @@ impl ModuleCache {
         }
     }
 
+    /// The module with this sha256 (hex), if one was loaded: a filter that names its module's
+    /// digest needs no read and no hash of the file when the module is already here.
+    pub fn get(&self, sha256_hex: &str) -> Option<Arc<PluginModule>> {
+        if sha256_hex.len() != 64 {
+            return None;
+        }
+        let mut sha256 = [0u8; 32];
+        for (i, byte) in sha256.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(sha256_hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        self.modules
+            .lock()
+            .expect("module cache lock")
+            .get(&sha256)
+            .cloned()
+    }
+
     /// Checks and compiles `bytes`, or returns the module already compiled from them.
     pub fn load(
         &self,
