@@ -115,9 +115,9 @@ pub fn matches_direction(wp: &WasmPlugin, direction: Direction) -> bool {
             Direction::Server { .. } => mode != WorkloadMode::Client,
         };
         let port = match direction {
-            // The outbound listener carries every destination port: ports select inbound
-            // traffic only.
-            Direction::Client => true,
+            // The outbound listener carries every destination port and cannot tell them
+            // apart for a plugin: a selector with ports applies to inbound traffic only.
+            Direction::Client => m.ports.is_empty(),
             Direction::Server { port } => {
                 m.ports.is_empty() || m.ports.iter().any(|p| p.number == port)
             }
@@ -205,7 +205,11 @@ mod tests {
         assert!(matches_direction(&wp, Direction::Server { port: 9080 }));
         assert!(!matches_direction(&wp, Direction::Server { port: 80 }));
         assert!(!matches_direction(&wp, Direction::Client));
+        // Ports select inbound traffic only; without them, both sides.
         wp.match_[0].mode = Some(WorkloadMode::ClientAndServer);
+        assert!(!matches_direction(&wp, Direction::Client));
+        wp.match_[0].ports.clear();
         assert!(matches_direction(&wp, Direction::Client));
+        assert!(matches_direction(&wp, Direction::Server { port: 80 }));
     }
 }

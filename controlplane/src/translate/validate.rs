@@ -264,6 +264,12 @@ fn wasm_plugin(c: &mut Check, wp: &istio::WasmPlugin) {
         }
     }
     for (i, m) in wp.match_.iter().enumerate() {
+        if m.mode == Some(istio::WorkloadMode::Client) && !m.ports.is_empty() {
+            c.unsupported(
+                &format!("spec.match[{i}].ports"),
+                "ports select inbound (SERVER) traffic only: this selector matches nothing",
+            );
+        }
         for (j, p) in m.ports.iter().enumerate() {
             if p.number == 0 || p.number > 65535 {
                 c.error(

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -93,18 +94,84 @@ pub fn engine() -> &'static Engine {
             .max_wasm_stack(1 << 20);
         let engine = Engine::new(&config).expect("a wasmtime engine");
         let ticker = engine.weak();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("wasmesh-wasm-epoch".into())
             .spawn(move || {
+                let mut idle = 0;
                 while let Some(engine) = ticker.upgrade() {
                     engine.increment_epoch();
                     drop(engine);
                     std::thread::sleep(EPOCH_TICK);
+                    idle = if epoch::IN_FLIGHT.load(SeqCst) == 0 {
+                        idle + 1
+                    } else {
+                        0
+                    };
+                    if idle >= epoch::IDLE_TICKS {
+                        epoch::park();
+                        idle = 0;
+                    }
                 }
             })
             .expect("the epoch thread");
+        let _ = epoch::TICKER.set(thread.thread().clone());
         engine
     })
+}
+
+/// The epoch thread runs only while guest code may: it parks after [`epoch::IDLE_TICKS`]
+/// ticks with no guest call in flight, and the next call wakes it. An idle proxy wakes no
+/// thread (500 wake-ups a second per sidecar otherwise). A call in flight always has the
+/// ticker running, so its deadline holds.
+pub(crate) mod epoch {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+
+    /// Guest calls running now, on every thread.
+    pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+    static PARKED: AtomicBool = AtomicBool::new(false);
+    pub static TICKER: OnceLock<std::thread::Thread> = OnceLock::new();
+    /// 50 ticks of 2 ms: parks after 100 ms without guest code.
+    pub const IDLE_TICKS: u32 = 50;
+
+    /// Parks the ticker until a call starts. Each side writes its flag, then reads the
+    /// other's (sequentially consistent): a call starting meanwhile either sees the ticker
+    /// parked and wakes it, or is seen by it and keeps it running.
+    pub fn park() {
+        PARKED.store(true, SeqCst);
+        while IN_FLIGHT.load(SeqCst) == 0 && PARKED.load(SeqCst) {
+            std::thread::park();
+        }
+        PARKED.store(false, SeqCst);
+    }
+
+    /// Whether the ticker is parked.
+    #[cfg(test)]
+    pub fn parked() -> bool {
+        PARKED.load(SeqCst)
+    }
+
+    /// Marks a guest call in flight for as long as it lives.
+    pub struct CallGuard(());
+
+    impl CallGuard {
+        pub fn enter() -> CallGuard {
+            IN_FLIGHT.fetch_add(1, SeqCst);
+            if PARKED.load(SeqCst)
+                && PARKED.swap(false, SeqCst)
+                && let Some(t) = TICKER.get()
+            {
+                t.unpark();
+            }
+            CallGuard(())
+        }
+    }
+
+    impl Drop for CallGuard {
+        fn drop(&mut self) {
+            IN_FLIGHT.fetch_sub(1, SeqCst);
+        }
+    }
 }
 
 /// Compiled modules by sha256: in memory, and on disk so a restart does not recompile.
@@ -256,4 +323,30 @@ fn check(sha256: [u8; 32], module: Module) -> Result<PluginModule, ModuleError> 
         module,
         abi,
     })
+}
+
+#[cfg(test)]
+mod ticker_tests {
+    use super::epoch;
+
+    fn eventually(what: &str, f: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "never {what}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn the_epoch_ticker_parks_when_no_guest_runs_and_runs_while_one_does() {
+        let _ = super::engine();
+        eventually("parked while idle", epoch::parked);
+        let call = epoch::CallGuard::enter();
+        assert!(!epoch::parked(), "a call wakes the ticker");
+        // Well past the idle period, with the call still in flight: still ticking.
+        std::thread::sleep(super::EPOCH_TICK * (epoch::IDLE_TICKS + 20));
+        assert!(!epoch::parked());
+        drop(call);
+        eventually("parked again", epoch::parked);
+    }
 }

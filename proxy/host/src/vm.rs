@@ -156,7 +156,11 @@ impl VmCell {
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(deadline_ticks(setup.limits.call_deadline));
         let start = |e: wasmtime::Error| VmFailure::Start(format!("{e:#}"));
-        let instance = setup.pre.instantiate(&mut store).map_err(start)?;
+        let instance = {
+            // Instantiation runs the module's start code: under the deadline.
+            let _running = crate::module::epoch::CallGuard::enter();
+            setup.pre.instantiate(&mut store).map_err(start)?
+        };
         let memory = instance.get_memory(&mut store, "memory");
         let alloc = instance
             .get_typed_func::<i32, i32>(&mut store, "malloc")
@@ -365,7 +369,9 @@ impl Vm {
         state.effective = context;
         self.store
             .set_epoch_deadline(deadline_ticks(self.limits.call_deadline));
+        let running = crate::module::epoch::CallGuard::enter();
         let result = f.call(&mut self.store, args);
+        drop(running);
         let state = self.store.data_mut();
         state.current = 0;
         state.effective = 0;
