@@ -158,6 +158,7 @@ impl Mesh {
             let mut cmd = Command::new(&proxy);
             cmd.args(["--control-plane", &control_plane, "--node", name])
                 .args(["--outbound", "127.0.0.1:0", "--workers", "1"])
+                .args(["--admin", "127.0.0.1:0"])
                 .arg("--cache-dir")
                 .arg(&cache);
             for (k, v) in labels {
