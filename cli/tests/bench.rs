@@ -229,9 +229,9 @@ fn the_slow_filter_ranks_first_and_is_slower() {
         "--baseline",
         NOOP,
         "--requests-count",
-        "120",
+        "240",
         "--rounds",
-        "6",
+        "8",
     ]);
     assert!(out.status.success());
     let table = String::from_utf8(out.stdout).unwrap();

@@ -10,7 +10,7 @@ use http::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmesh_api as api;
 
-use crate::support::sidecars::{ControlPlane, Sidecar, SidecarSpec, services};
+use crate::support::sidecars::{ControlPlane, Sidecar, SidecarSpec, services, shared_cache};
 use crate::support::*;
 
 /// The echo service's port.
@@ -88,10 +88,11 @@ async fn a_dozen_sidecars_follow_edits_report_errors_and_keep_serving_through_a_
     std::fs::create_dir(&manifests).unwrap();
     write(&manifests, "services.yaml", &services(&[("echo", ECHO)]));
     let cp = ControlPlane::start(&manifests, &dir.path().join("data"), "127.0.0.1:0");
-    let cache = dir.path().join("cache");
+    let cache = shared_cache();
 
     let app = Upstream::echo("echo-v1").await;
-    let server = Sidecar::spawn(
+    // The first sidecar compiles the modules (if no test did yet); the others load them.
+    let server = Sidecar::start(
         &cp.address,
         &SidecarSpec {
             name: "echo-v1",
@@ -117,7 +118,6 @@ async fn a_dozen_sidecars_follow_edits_report_errors_and_keep_serving_through_a_
             )
         })
         .collect();
-    let server = Sidecar::ready(server);
     let clients: Vec<Sidecar> = clients.into_iter().map(Sidecar::ready).collect();
     cp.wait_synced(12, Duration::from_secs(60)).await;
 
@@ -234,7 +234,7 @@ async fn traffic_survives_a_control_plane_outage_and_proxies_resync() {
     let data = dir.path().join("data");
     let mut cp = ControlPlane::start(&manifests, &data, "127.0.0.1:0");
     let address = cp.address.clone();
-    let cache = dir.path().join("cache");
+    let cache = shared_cache();
     let app = Upstream::echo("echo-v1").await;
     let server = Sidecar::start(
         &address,
@@ -377,7 +377,7 @@ async fn bad_input_on_the_api_gets_a_clear_error_and_a_stuck_proxy_delays_nobody
     std::fs::create_dir(&manifests).unwrap();
     write(&manifests, "services.yaml", &services(&[("echo", ECHO)]));
     let cp = ControlPlane::start(&manifests, &dir.path().join("data"), "127.0.0.1:0");
-    let cache = dir.path().join("cache");
+    let cache = shared_cache();
     let app = Upstream::echo("echo-v1").await;
     let _server = Sidecar::start(
         &cp.address,

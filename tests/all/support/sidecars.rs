@@ -39,6 +39,12 @@ pub fn controlplane_bin() -> PathBuf {
     bin
 }
 
+/// A cache directory every test's sidecars share: modules are compiled once per test run
+/// (writes are atomic renames), not by every sidecar of every test.
+pub fn shared_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("sidecar-cache")
+}
+
 /// The directory of the four traffic plugins' modules.
 pub fn plugins_dir() -> PathBuf {
     Path::new(wasmesh_artifacts::ROUTER)
