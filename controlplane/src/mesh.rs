@@ -63,60 +63,10 @@ pub struct Connected {
 
 /// A registered workload: connected, or disconnected and kept until `expires` so that a proxy
 /// restart (or a control-plane restart) does not take its endpoints away.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug)]
 struct Registration {
-    node: NodeRecord,
-    #[serde(skip)]
+    node: Node,
     expires: Option<Instant>,
-}
-
-/// A [`Node`] as the data directory keeps it.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-struct NodeRecord {
-    name: String,
-    namespace: String,
-    labels: BTreeMap<String, String>,
-    service_account: String,
-    outbound_address: String,
-    inbound: Vec<(u32, String, String)>,
-}
-
-impl From<&Node> for NodeRecord {
-    fn from(n: &Node) -> NodeRecord {
-        NodeRecord {
-            name: n.name.clone(),
-            namespace: n.namespace.clone(),
-            labels: n.labels.clone(),
-            service_account: n.service_account.clone(),
-            outbound_address: n.outbound_address.clone(),
-            inbound: n
-                .inbound
-                .iter()
-                .map(|p| (p.port, p.listen_address.clone(), p.app_address.clone()))
-                .collect(),
-        }
-    }
-}
-
-impl From<&NodeRecord> for Node {
-    fn from(n: &NodeRecord) -> Node {
-        Node {
-            name: n.name.clone(),
-            namespace: n.namespace.clone(),
-            labels: n.labels.clone(),
-            service_account: n.service_account.clone(),
-            outbound_address: n.outbound_address.clone(),
-            inbound: n
-                .inbound
-                .iter()
-                .map(|(port, l, a)| crate::sidecar::InboundPort {
-                    port: *port,
-                    listen_address: l.clone(),
-                    app_address: a.clone(),
-                })
-                .collect(),
-        }
-    }
 }
 
 /// How the mesh is set up.
@@ -236,7 +186,7 @@ impl Mesh {
         inner.registrations.insert(
             id.clone(),
             Registration {
-                node: NodeRecord::from(&node),
+                node: node.clone(),
                 expires: None,
             },
         );
@@ -302,7 +252,7 @@ impl Mesh {
         let Some(dir) = &self.options.data_dir else {
             return;
         };
-        let nodes: Vec<&NodeRecord> = inner.registrations.values().map(|r| &r.node).collect();
+        let nodes: Vec<&Node> = inner.registrations.values().map(|r| &r.node).collect();
         let path = dir.join("registrations.json");
         let tmp = dir.join("registrations.json.tmp");
         let written = serde_json::to_vec_pretty(&nodes)
@@ -336,7 +286,7 @@ impl Mesh {
             inner
                 .registrations
                 .values()
-                .filter_map(|r| Node::from(&r.node).workload_entry()),
+                .filter_map(|r| r.node.workload_entry()),
         );
 
         // The traffic plugins and the users' WasmPlugins, their modules read and hashed.
@@ -365,7 +315,7 @@ impl Mesh {
         let nodes: Vec<(String, Node)> = inner
             .registrations
             .iter()
-            .map(|(id, r)| (id.clone(), Node::from(&r.node)))
+            .map(|(id, r)| (id.clone(), r.node.clone()))
             .collect();
         let mut pushed = 0;
         // Sidecars of one namespace share their outbound part: translated once.
@@ -564,7 +514,7 @@ fn load_registrations(dir: &Path, grace: Duration) -> BTreeMap<String, Registrat
     let Ok(text) = std::fs::read(&path) else {
         return BTreeMap::new();
     };
-    let nodes: Vec<NodeRecord> = match serde_json::from_slice(&text) {
+    let nodes: Vec<Node> = match serde_json::from_slice(&text) {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "registrations not read");

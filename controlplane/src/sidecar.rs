@@ -22,7 +22,7 @@ use crate::plugins::{self, Direction, Workload};
 use crate::translate::{Options, Translation, translate};
 
 /// A sidecar's identity and the listeners it has bound.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Node {
     pub name: String,
     pub namespace: String,
@@ -34,7 +34,7 @@ pub struct Node {
 }
 
 /// One workload port behind its sidecar.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InboundPort {
     /// The workload's port: what ServiceEntries' ports (or `targetPort`s) name.
     pub port: u32,

@@ -141,19 +141,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    for (name, addr) in proxy.listener_addrs() {
-        tracing::info!(listener = %name, address = %addr, "listening");
-    }
-    if let Some(addr) = proxy.admin_addr() {
-        tracing::info!(address = %addr, "admin listening");
-    }
-    log_allocator();
-    tracing::info!(workers, "wasmesh-proxy started");
-    wait_for_signal(&proxy, Some(&config));
-    tracing::info!("draining");
-    proxy.shutdown();
-    tracing::info!("stopped");
-    ExitCode::SUCCESS
+    serve(proxy, Some(&config), || {
+        tracing::info!(workers, "wasmesh-proxy started")
+    })
 }
 
 /// Runs a sidecar of the control plane until SIGTERM or SIGINT.
@@ -186,6 +176,14 @@ fn run_sidecar(args: SidecarArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    serve(proxy, None, || {
+        tracing::info!("wasmesh-proxy sidecar started")
+    })
+}
+
+/// Logs where a started proxy listens, announces it, serves until SIGTERM or SIGINT (with
+/// reloads of `config`, if any), then drains.
+fn serve(proxy: Proxy, config: Option<&std::path::Path>, announce: impl FnOnce()) -> ExitCode {
     for (name, addr) in proxy.listener_addrs() {
         tracing::info!(listener = %name, address = %addr, "listening");
     }
@@ -193,8 +191,8 @@ fn run_sidecar(args: SidecarArgs) -> ExitCode {
         tracing::info!(address = %addr, "admin listening");
     }
     log_allocator();
-    tracing::info!("wasmesh-proxy sidecar started");
-    wait_for_signal(&proxy, None);
+    announce();
+    wait_for_signal(&proxy, config);
     tracing::info!("draining");
     proxy.shutdown();
     tracing::info!("stopped");
