@@ -84,6 +84,14 @@ pub fn httpbin(e: &HttpbinEndpoints) -> String {
     out
 }
 
+/// A ServiceEntry for `app` on `port` (HTTP) in namespace `default`, selecting the workloads
+/// labelled `app: <app>`, as one YAML document (with its `---`).
+pub fn service_entry(app: &str, port: u16) -> String {
+    let mut out = String::new();
+    service(&mut out, app, port);
+    out
+}
+
 fn service(out: &mut String, app: &str, port: u16) {
     let _ = write!(
         out,

@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use wasmesh_controlplane::samples;
 
 /// One running workload.
 pub struct Workload {
@@ -159,8 +160,7 @@ pub struct Samples {
     pub httpbin: [Workload; 2],
 }
 
-pub const BOOKINFO_PORT: u16 = 9080;
-pub const HTTPBIN_PORT: u16 = 8000;
+pub use samples::{BOOKINFO_PORT, HTTPBIN_PORT};
 
 impl Samples {
     pub async fn start() -> anyhow::Result<Samples> {
@@ -203,29 +203,7 @@ impl Samples {
             ("httpbin", HTTPBIN_PORT),
         ]
         .iter()
-        .map(|(app, port)| {
-            format!(
-                "---
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: {app}
-  namespace: default
-spec:
-  hosts:
-  - {app}.default.svc.cluster.local
-  location: MESH_INTERNAL
-  ports:
-  - number: {port}
-    name: http
-    protocol: HTTP
-  resolution: STATIC
-  workloadSelector:
-    labels:
-      app: {app}
-"
-            )
-        })
+        .map(|(app, port)| samples::service_entry(app, *port))
         .collect()
     }
 }
