@@ -758,7 +758,7 @@ mod overtime_tests {
     fn a_starved_call_still_ends_at_the_cap() {
         let t0 = Instant::now();
         let mut overtime = None;
-        assert!(!stopped(&mut overtime, 0 * MS, t0));
+        assert!(!stopped(&mut overtime, Duration::ZERO, t0));
         assert!(!stopped(&mut overtime, MS, t0 + 800 * MS));
         assert!(stopped(&mut overtime, MS, t0 + 900 * MS));
     }
