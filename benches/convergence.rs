@@ -1,7 +1,7 @@
 //! Config convergence: how long a change to a manifest file takes to reach every proxy (the
 //! last ACK), with 1, 10 and 100 real `wasmesh-proxy` sidecar processes on one
 //! `wasmesh-controlplane`; and what the control plane costs per connected proxy (resident
-//! memory, and CPU per push).
+//! memory, and CPU per push), and what a reload costs a proxy (CPU).
 //!
 //! ```sh
 //! cargo bench -p wasmesh-benches --bench convergence
@@ -46,18 +46,19 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     println!(
-        "{:>7} {:>9} {:>9} {:>9} {:>14} {:>16}",
-        "proxies", "p50", "p99", "max", "cp KiB/proxy", "cp CPU/push/proxy"
+        "{:>7} {:>9} {:>9} {:>9} {:>14} {:>16} {:>17}",
+        "proxies", "p50", "p99", "max", "cp KiB/proxy", "cp CPU/push/proxy", "proxy CPU/reload"
     );
     for n in sizes {
         let r = rt.block_on(run(n, edits, &proxy, &controlplane, &plugins))?;
         println!(
-            "{n:>7} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>14.1} {:>14.1}µs",
+            "{n:>7} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>14.1} {:>14.1}µs {:>15.1}µs",
             r.p50.as_secs_f64() * 1e3,
             r.p99.as_secs_f64() * 1e3,
             r.max.as_secs_f64() * 1e3,
             r.kib_per_proxy,
             r.cpu_per_push_per_proxy.as_secs_f64() * 1e6,
+            r.proxy_cpu_per_reload.as_secs_f64() * 1e6,
         );
     }
     Ok(())
@@ -69,6 +70,7 @@ struct Result {
     max: Duration,
     kib_per_proxy: f64,
     cpu_per_push_per_proxy: Duration,
+    proxy_cpu_per_reload: Duration,
 }
 
 /// Kills its processes when dropped.
@@ -238,6 +240,8 @@ async fn run(
 
     let mut took = Vec::with_capacity(edits);
     let cpu_before = cpu_ticks(cp_pid);
+    let proxies_cpu = |p: &Processes| p.0[1..].iter().map(|c| cpu_ticks(c.id())).sum::<u64>();
+    let proxies_before = proxies_cpu(&processes);
     for edit in 1..=edits {
         let tmp = manifests.join(".vs.tmp");
         std::fs::write(&tmp, virtual_service(edit))?;
@@ -254,6 +258,8 @@ async fn run(
         }
     }
     let cpu = Duration::from_secs_f64((cpu_ticks(cp_pid) - cpu_before) as f64 / 100.0);
+    let proxies =
+        Duration::from_secs_f64((proxies_cpu(&processes) - proxies_before) as f64 / 100.0);
     let _ = status(&address).await?;
     took.sort();
     let at = |q: f64| took[((took.len() - 1) as f64 * q).round() as usize];
@@ -263,5 +269,6 @@ async fn run(
         max: *took.last().expect("edits"),
         kib_per_proxy: rss_after.saturating_sub(rss_before) as f64 / n as f64,
         cpu_per_push_per_proxy: cpu / (edits * n) as u32,
+        proxy_cpu_per_reload: proxies / (edits * n) as u32,
     })
 }

@@ -115,8 +115,14 @@ impl ConfigSource {
         let current = self.shared.snapshot();
         needs_no_restart(&current.bootstrap, &bootstrap, self.shared.workers).map_err(in_file)?;
         let version = current.version + 1;
-        let snapshot = Snapshot::build(bootstrap, version, self.shared.workers, &self.shared.host)
-            .map_err(|e| in_file(e.into()))?;
+        let snapshot = Snapshot::build(
+            bootstrap,
+            version,
+            self.shared.workers,
+            &self.shared.host,
+            Some(&current),
+        )
+        .map_err(|e| in_file(e.into()))?;
         self.shared.install(snapshot);
         Ok(version)
     }

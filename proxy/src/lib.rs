@@ -149,7 +149,7 @@ impl Proxy {
             .unwrap_or_else(|| std::env::temp_dir().join("wasmesh-wasm-cache"));
         let host = Host::new(Some(cache_dir));
         let snapshot =
-            Snapshot::build(bootstrap, 1, workers, &host).map_err(|e| in_file(e.into()))?;
+            Snapshot::build(bootstrap, 1, workers, &host, None).map_err(|e| in_file(e.into()))?;
         let shared = Arc::new(Shared::new(snapshot, workers, access_log, host));
         let source = Arc::new(ConfigSource::new(shared.clone(), from_file));
         let (admin_stop, stop_rx) = watch::channel(false);
@@ -290,7 +290,7 @@ pub fn check(bootstrap: &Bootstrap, file: Option<&Path>) -> Result<(), ConfigErr
     }
     // No disk cache: checking leaves nothing behind.
     let host = Host::new(None);
-    Snapshot::build(bootstrap.clone(), 0, 1, &host)
+    Snapshot::build(bootstrap.clone(), 0, 1, &host, None)
         .map_err(|e| ConfigError::from(e).in_file(file))?;
     Ok(())
 }

@@ -116,6 +116,21 @@ pub fn load_chain(
     Ok(specs)
 }
 
+/// Replaces each spec configured exactly as one of `running` (the listener's chain in
+/// effect) with that one, so that workers keep its VMs; says which were kept.
+pub fn keep_unchanged(specs: &mut [Arc<PluginSpec>], running: &[Arc<PluginSpec>]) -> Vec<bool> {
+    specs
+        .iter_mut()
+        .map(|spec| match running.iter().find(|r| r.same_as(spec)) {
+            Some(r) => {
+                *spec = r.clone();
+                true
+            }
+            None => false,
+        })
+        .collect()
+}
+
 /// Checks a chain starts (`on_vm_start`, `on_configure`) without serving anything. `chain`
 /// is the listener's filters as written, to name the one that refused.
 pub fn validate(

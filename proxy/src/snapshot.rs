@@ -59,17 +59,29 @@ impl Snapshot {
     /// Compiles a bootstrap: resolves endpoints, loads and checks every plugin (each chain is
     /// started once, so a plugin that refuses its configuration is reported here). Errors
     /// name what is at fault; as a [`ConfigError`] the field (the caller names the file).
+    ///
+    /// What `running` (the snapshot in effect) already has, configured the same, is kept
+    /// rather than made again, as Envoy keeps unchanged clusters and plugins across updates:
+    /// a cluster keeps its pools, circuit-breaker and outlier state and counters; a plugin
+    /// keeps its VMs (and the state in them) and is not started again to check it.
     pub fn build(
         bootstrap: Bootstrap,
         version: u64,
         workers: usize,
         host: &Arc<Host>,
+        running: Option<&Snapshot>,
     ) -> Result<Snapshot, SnapshotError> {
         let clusters = bootstrap
             .clusters
             .iter()
             .enumerate()
             .map(|(i, c)| {
+                if let Some(kept) = running
+                    .and_then(|r| r.cluster(&c.name))
+                    .filter(|k| k.config == *c)
+                {
+                    return Ok(kept.clone());
+                }
                 Cluster::new(c, workers)
                     .map(Arc::new)
                     .map_err(|(endpoint, error)| SnapshotError::Endpoint {
@@ -96,9 +108,20 @@ impl Snapshot {
         let mut chains = Vec::with_capacity(bootstrap.listeners.len());
         for (i, l) in bootstrap.listeners.iter().enumerate() {
             let in_listener = |error| SnapshotError::Filter { listener: i, error };
-            let specs = plugins::load_chain(host, &l.http_filters, bootstrap.base_dir.as_deref())
-                .map_err(in_listener)?;
-            plugins::validate(host, &l.http_filters, &specs).map_err(in_listener)?;
+            let mut specs =
+                plugins::load_chain(host, &l.http_filters, bootstrap.base_dir.as_deref())
+                    .map_err(in_listener)?;
+            let kept = running
+                .and_then(|r| r.chains.get(i))
+                .map(|chain| plugins::keep_unchanged(&mut specs, chain))
+                .unwrap_or_else(|| vec![false; specs.len()]);
+            let fresh: Vec<_> = specs
+                .iter()
+                .zip(&kept)
+                .filter(|(_, kept)| !**kept)
+                .map(|(s, _)| s.clone())
+                .collect();
+            plugins::validate(host, &l.http_filters, &fresh).map_err(in_listener)?;
             chains.push(specs);
         }
         Ok(Snapshot {

@@ -122,3 +122,87 @@ spec:
     .await;
     assert!(bad.hits() > bad_hits);
 }
+
+/// A config push that leaves the circuit breaker's DestinationRule alone (here a fault on
+/// another service) keeps its plugin running and its cluster: consecutive errors counted
+/// before the push still count, and an ejected endpoint stays ejected, as in Envoy, where an
+/// unrelated route update does not reset outlier detection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrelated_config_push_keeps_outlier_detection_state() {
+    let good = slow("good", 200, Duration::ZERO).await;
+    let bad = slow("bad", 500, Duration::ZERO).await;
+    let other = slow("other", 200, Duration::ZERO).await;
+    let services = format!(
+        "{}\n---\n{}",
+        service("flaky", &[good.addr, bad.addr]),
+        service("other", &[other.addr])
+    );
+    let policy = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: flaky}
+spec:
+  host: flaky
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: 2
+      interval: 1s
+      baseEjectionTime: 60s
+      maxEjectionPercent: 100
+";
+    let fault = |status: u16| {
+        format!(
+            "{policy}\n---\napiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: other}}
+spec:
+  hosts: [other]
+  http:
+  - fault:
+      abort: {{httpStatus: {status}, percentage: {{value: 100}}}}
+    route:
+    - destination: {{host: other}}
+"
+        )
+    };
+    let mesh = Mesh::single_worker(&services, policy);
+    let errors = |n: usize| {
+        let mesh = &mesh;
+        async move {
+            let mut errors = 0;
+            for _ in 0..n {
+                if mesh.get("flaky", "/", &[]).await.status == 500 {
+                    errors += 1;
+                }
+            }
+            errors
+        }
+    };
+    // One error from the bad endpoint.
+    let mut tries = 0;
+    while errors(1).await == 0 {
+        tries += 1;
+        assert!(tries < 100, "the bad endpoint gets no request");
+    }
+
+    mesh.apply(&fault(418));
+    assert_eq!(
+        mesh.get("other", "/", &[]).await.status,
+        418,
+        "the push applied"
+    );
+    assert_eq!(
+        errors(20).await,
+        1,
+        "the error before the push counts: the next one ejects the endpoint"
+    );
+
+    mesh.apply(&fault(419));
+    assert_eq!(
+        mesh.get("other", "/", &[]).await.status,
+        419,
+        "the push applied"
+    );
+    let bad_hits = bad.hits();
+    assert_eq!(errors(20).await, 0);
+    assert_eq!(bad.hits(), bad_hits, "the endpoint is still ejected");
+}

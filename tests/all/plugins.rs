@@ -729,3 +729,61 @@ fn the_harness_answers_as_the_proxy_does() {
         }
     }
 }
+
+/// A worker keeps the VM of a plugin a new chain carries over unchanged (the same spec, as a
+/// reload keeps it), with its root context and memory, as Envoy keeps a plugin whose
+/// configuration did not change; a changed plugin starts afresh.
+#[test]
+fn a_new_chain_keeps_the_vms_of_unchanged_plugins() {
+    use wasmesh_host::{FailStrategy, Host, NoCallouts, PluginSpec, VmLimits, WorkerVms};
+    let host = Host::new(None);
+    let module = host
+        .cache
+        .load(&std::fs::read(HOSTILE).unwrap(), None)
+        .unwrap();
+    let spec = |name: &str, config: &str| {
+        Arc::new(PluginSpec {
+            name: name.into(),
+            root_id: String::new(),
+            vm_id: name.into(),
+            configuration: bytes::Bytes::from(config.to_owned()),
+            vm_configuration: bytes::Bytes::new(),
+            env: Vec::new(),
+            fail_strategy: FailStrategy::FailClose,
+            limits: VmLimits::default(),
+            reload_backoff: Duration::from_secs(1),
+            module: module.clone(),
+        })
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&runtime, async {
+        let mut vms = WorkerVms::new(host.clone(), std::rc::Rc::new(NoCallouts)).unwrap();
+        let (kept, changed) = (spec("kept", "ok"), spec("changed", "ok"));
+        let first = vms.chain(&[kept.clone(), changed]).unwrap();
+        let second = vms.chain(&[kept.clone(), spec("changed", "ok ")]).unwrap();
+        let same = |a: &wasmesh_host::Chain, b: &wasmesh_host::Chain, i| {
+            std::rc::Rc::ptr_eq(&a.vm(i).unwrap(), &b.vm(i).unwrap())
+        };
+        assert!(
+            same(&first, &second, 0),
+            "the unchanged plugin keeps its VM"
+        );
+        assert!(
+            !same(&first, &second, 1),
+            "the changed plugin gets a new VM"
+        );
+        drop(first);
+
+        // A spec equal to the kept one but not the same is a new configuration: a new VM.
+        let third = vms.chain(&[spec("kept", "ok")]).unwrap();
+        assert!(!same(&second, &third, 0));
+        // Once no chain holds a VM, it is gone: the same spec starts a new one.
+        let vm = std::rc::Rc::downgrade(&second.vm(0).unwrap());
+        drop(second);
+        assert!(vm.upgrade().is_none(), "the VM of dropped chains is freed");
+        vms.chain(&[kept]).unwrap();
+    });
+}

@@ -303,7 +303,7 @@ pub enum UpstreamProtocol {
     Downstream,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub name: String,
@@ -329,7 +329,7 @@ pub struct Cluster {
 
 /// Envoy's circuit-breaker thresholds, shared by all workers. The defaults are Istio's: no
 /// limit (Envoy's own defaults of 1024 and 3 retries make busy meshes fail at random).
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CircuitBreakers {
     pub max_connections: u32,
@@ -351,7 +351,7 @@ impl Default for CircuitBreakers {
 
 /// Envoy's retry budget: retries in flight may be at most `budget_percent` of requests in flight,
 /// but never fewer than `min_retry_concurrency`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBudget {
     #[serde(default = "defaults::budget_percent")]

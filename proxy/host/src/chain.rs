@@ -2,15 +2,15 @@
 //! one HTTP stream through them with Envoy's iteration, pause and buffering semantics.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use wasmtime::{InstancePre, Linker};
+use wasmtime::InstancePre;
 
+use crate::Host;
 use crate::abi::ACTION_PAUSE;
 use crate::callout::Embedder;
 use crate::module::PluginModule;
@@ -18,7 +18,6 @@ use crate::profile::{self, Callback, Profiler};
 use crate::state::{HostState, PluginInfo};
 use crate::stream::{BodyPhase, LocalResponse, Stream};
 use crate::vm::{VmCell, VmFailure, VmLimits, VmSetup};
-use crate::{Host, imports, wasi};
 
 /// What the proxy does when a plugin's VM fails (Istio's `failStrategy`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,6 +47,33 @@ pub struct PluginSpec {
     pub module: Arc<PluginModule>,
 }
 
+impl PluginSpec {
+    /// Whether `other` is this plugin configured exactly the same (the module by digest): a
+    /// reload keeps such a plugin's spec, so its VMs keep running with their state.
+    pub fn same_as(&self, other: &PluginSpec) -> bool {
+        self.name == other.name
+            && self.root_id == other.root_id
+            && self.configuration == other.configuration
+            && self.env == other.env
+            && self.fail_strategy == other.fail_strategy
+            && self.limits == other.limits
+            && self.reload_backoff == other.reload_backoff
+            && self.vm_key() == other.vm_key()
+    }
+
+    /// Plugins with the same key share a VM on a worker, as in Envoy.
+    fn vm_key(&self) -> VmKey {
+        (
+            self.module.sha256,
+            self.vm_id.clone(),
+            self.vm_configuration.clone(),
+        )
+    }
+}
+
+/// Module digest, `vm_id` and VM configuration.
+type VmKey = ([u8; 32], String, Bytes);
+
 /// Counters of one plugin, shared by all workers.
 #[derive(Default, Debug)]
 pub struct PluginStats {
@@ -73,77 +99,86 @@ fn reload_backoff(base: Duration, n: usize) -> Duration {
 pub struct WorkerVms {
     host: Arc<Host>,
     embedder: Rc<dyn Embedder>,
-    linker: Linker<HostState>,
-    pres: HashMap<[u8; 32], InstancePre<HostState>>,
+    /// The VMs of the chains built so far that are still in use: a new chain keeps a VM whose
+    /// plugins are unchanged (the same specs), with its root contexts and memory.
+    live: Vec<std::rc::Weak<VmSlot>>,
 }
 
 impl WorkerVms {
     pub fn new(host: Arc<Host>, embedder: Rc<dyn Embedder>) -> wasmtime::Result<WorkerVms> {
-        let mut linker = Linker::new(crate::module::engine());
-        linker.allow_shadowing(true);
-        imports::define(&mut linker)?;
-        wasi::define(&mut linker)?;
+        host.linker()?;
         Ok(WorkerVms {
             host,
             embedder,
-            linker,
-            pres: HashMap::new(),
+            live: Vec::new(),
         })
     }
 
-    fn pre(&mut self, module: &PluginModule) -> Result<InstancePre<HostState>, VmFailure> {
-        if let Some(p) = self.pres.get(&module.sha256) {
-            return Ok(p.clone());
-        }
-        let mut linker = self.linker.clone();
-        wasi::define_stubs_for(&mut linker, &module.module)
-            .map_err(|e| VmFailure::Start(e.to_string()))?;
-        let pre = linker
-            .instantiate_pre(&module.module)
-            .map_err(|e| VmFailure::Start(format!("{e:#}")))?;
-        self.pres.insert(module.sha256, pre.clone());
-        Ok(pre)
-    }
-
     /// Instantiates a chain: plugins with the same module, vm_id and VM configuration share
-    /// a VM (and so its memory), as in Envoy.
+    /// a VM (and so its memory), as in Envoy. A VM of an earlier chain hosting exactly the
+    /// same plugin specs, and not failed, is kept rather than started again.
     pub fn chain(&mut self, plugins: &[Arc<PluginSpec>]) -> Result<Rc<Chain>, (String, VmFailure)> {
-        let mut slots: Vec<Rc<VmSlot>> = Vec::new();
-        let mut entries = Vec::with_capacity(plugins.len());
-        for spec in plugins {
-            let key = (
-                spec.module.sha256,
-                spec.vm_id.clone(),
-                spec.vm_configuration.clone(),
-            );
-            let slot = match slots.iter().find(|s| s.key == key) {
-                Some(s) => s.clone(),
+        self.live.retain(|w| w.strong_count() > 0);
+        let mut groups: Vec<(VmKey, Vec<Arc<PluginSpec>>)> = Vec::new();
+        let group_of: Vec<usize> = plugins
+            .iter()
+            .map(|spec| {
+                let key = spec.vm_key();
+                match groups.iter().position(|(k, _)| *k == key) {
+                    Some(i) => {
+                        groups[i].1.push(spec.clone());
+                        i
+                    }
+                    None => {
+                        groups.push((key, vec![spec.clone()]));
+                        groups.len() - 1
+                    }
+                }
+            })
+            .collect();
+        let mut slots = Vec::with_capacity(groups.len());
+        for (key, specs) in groups {
+            let kept = self
+                .live
+                .iter()
+                .filter_map(std::rc::Weak::upgrade)
+                .find(|s| s.key == key && s.hosts_exactly(&specs) && s.healthy());
+            let slot = match kept {
+                Some(slot) => slot,
                 None => {
-                    let pre = self.pre(&spec.module).map_err(|e| (spec.name.clone(), e))?;
+                    let first = specs[0].clone();
+                    let pre = self
+                        .host
+                        .instance_pre(&first.module)
+                        .map_err(|e| (first.name.clone(), e))?;
                     let slot = Rc::new(VmSlot {
                         key,
                         pre,
                         vm: RefCell::new(None),
-                        plugins: RefCell::new(Vec::new()),
+                        plugins: RefCell::new(
+                            specs.into_iter().map(|s| (s, Cell::new(0))).collect(),
+                        ),
                         reloads: RefCell::new(Vec::new()),
                         failure_counted: Cell::new(false),
                         host: self.host.clone(),
                         embedder: self.embedder.clone(),
-                        spec: spec.clone(),
+                        spec: first,
                     });
-                    slots.push(slot.clone());
+                    slot.start().map_err(|e| (slot.spec.name.clone(), e))?;
+                    self.live.push(Rc::downgrade(&slot));
                     slot
                 }
             };
-            slot.plugins.borrow_mut().push((spec.clone(), Cell::new(0)));
-            entries.push(ChainEntry {
+            slots.push(slot);
+        }
+        let entries = plugins
+            .iter()
+            .zip(group_of)
+            .map(|(spec, g)| ChainEntry {
                 spec: spec.clone(),
-                slot,
-            });
-        }
-        for slot in &slots {
-            slot.start().map_err(|e| (slot.spec.name.clone(), e))?;
-        }
+                slot: slots[g].clone(),
+            })
+            .collect();
         Ok(Rc::new(Chain {
             entries,
             profiler: RefCell::new(None),
@@ -153,7 +188,7 @@ impl WorkerVms {
 
 /// A VM with the plugins it hosts, replaced on failure under FAIL_RELOAD.
 struct VmSlot {
-    key: ([u8; 32], String, Bytes),
+    key: VmKey,
     pre: InstancePre<HostState>,
     vm: RefCell<Option<Rc<VmCell>>>,
     /// The plugins hosted, with their root context ids in the current VM.
@@ -168,6 +203,24 @@ struct VmSlot {
 }
 
 impl VmSlot {
+    /// Whether this VM hosts these plugin specs (the same ones, not equal ones) and no others.
+    fn hosts_exactly(&self, specs: &[Arc<PluginSpec>]) -> bool {
+        let plugins = self.plugins.borrow();
+        plugins.len() == specs.len()
+            && plugins
+                .iter()
+                .zip(specs)
+                .all(|((p, _), s)| Arc::ptr_eq(p, s))
+    }
+
+    /// Whether the VM is running (a failed one is replaced by a new chain).
+    fn healthy(&self) -> bool {
+        self.vm
+            .borrow()
+            .as_ref()
+            .is_some_and(|vm| vm.failure().is_none())
+    }
+
     /// Makes a new VM and a root context for every hosted plugin.
     fn start(&self) -> Result<(), VmFailure> {
         let spec = &self.spec;

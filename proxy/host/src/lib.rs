@@ -13,6 +13,7 @@
 pub mod abi;
 pub mod callout;
 pub mod chain;
+mod deadline;
 pub mod driver;
 pub mod flags;
 pub mod foreign;
@@ -30,7 +31,7 @@ mod wasi;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 pub use callout::{
     CalloutDone, CalloutFailure, CalloutRequest, CalloutResponse, Embedder, GrpcDone, GrpcRequest,
@@ -53,6 +54,10 @@ pub struct Host {
     pub cache: ModuleCache,
     pub shared: Arc<Shared>,
     stats: Mutex<HashMap<String, Arc<PluginStats>>>,
+    /// The host functions, defined once.
+    linker: OnceLock<wasmtime::Linker<state::HostState>>,
+    /// Each module linked against them (by sha256), once: workers and checks instantiate it.
+    pres: Mutex<HashMap<[u8; 32], wasmtime::InstancePre<state::HostState>>>,
 }
 
 impl Host {
@@ -62,7 +67,42 @@ impl Host {
             cache: ModuleCache::new(cache_dir),
             shared: Arc::default(),
             stats: Mutex::default(),
+            linker: OnceLock::new(),
+            pres: Mutex::default(),
         })
+    }
+
+    fn linker(&self) -> wasmtime::Result<&wasmtime::Linker<state::HostState>> {
+        if let Some(l) = self.linker.get() {
+            return Ok(l);
+        }
+        let mut linker = wasmtime::Linker::new(module::engine());
+        linker.allow_shadowing(true);
+        imports::define(&mut linker)?;
+        wasi::define(&mut linker)?;
+        Ok(self.linker.get_or_init(|| linker))
+    }
+
+    /// The module linked to the host functions, ready to instantiate.
+    fn instance_pre(
+        &self,
+        module: &PluginModule,
+    ) -> Result<wasmtime::InstancePre<state::HostState>, VmFailure> {
+        let mut pres = self.pres.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pres.get(&module.sha256) {
+            return Ok(p.clone());
+        }
+        let mut linker = self
+            .linker()
+            .map_err(|e| VmFailure::Start(format!("{e:#}")))?
+            .clone();
+        wasi::define_stubs_for(&mut linker, &module.module)
+            .map_err(|e| VmFailure::Start(e.to_string()))?;
+        let pre = linker
+            .instantiate_pre(&module.module)
+            .map_err(|e| VmFailure::Start(format!("{e:#}")))?;
+        pres.insert(module.sha256, pre.clone());
+        Ok(pre)
     }
 
     /// Counters of plugin `name` (created on first use).

@@ -80,8 +80,8 @@ pub struct HostState {
     pub(crate) host_calls: u64,
     /// A reusable buffer for values copied out to the guest, so reads do not allocate.
     pub(crate) scratch: Vec<u8>,
-    /// Set when the running call passed its wall-clock deadline (see `vm::Overtime`).
-    pub(crate) overtime: Option<crate::vm::Overtime>,
+    /// Set when the running call passed its wall-clock deadline (see `deadline::Overtime`).
+    pub(crate) overtime: Option<crate::deadline::Overtime>,
 }
 
 impl HostState {
