@@ -141,24 +141,7 @@ pub fn validate(
     if specs.is_empty() {
         return Ok(());
     }
-    // On a thread of its own: callers may be inside a runtime already (the library API).
-    let result = std::thread::scope(|s| {
-        s.spawn(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| (String::new(), VmFailure::Start(e.to_string())))?;
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, async { host.validate(specs) })
-        })
-        .join()
-        .unwrap_or_else(|_| {
-            Err((
-                String::new(),
-                VmFailure::Start("plugin validation panicked".into()),
-            ))
-        })
-    });
+    let result = validator::run(host.clone(), specs.to_vec());
     result.map_err(|(name, failure)| {
         let index = chain.iter().position(|f| f.name == name);
         let field = match failure {
@@ -175,6 +158,69 @@ pub fn validate(
             reason: failure.to_string(),
         }
     })
+}
+
+/// Plugin checks run on one long-lived thread with its own runtime (callers may be inside
+/// a runtime already, the library API): a reload does not pay for a thread and a runtime.
+mod validator {
+    use std::sync::mpsc::{self, Sender};
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use wasmesh_host::{Host, PluginSpec, VmFailure};
+
+    type Outcome = Result<(), (String, VmFailure)>;
+    type Job = (Arc<Host>, Vec<Arc<PluginSpec>>, Sender<Outcome>);
+
+    static JOBS: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
+
+    pub fn run(host: Arc<Host>, specs: Vec<Arc<PluginSpec>>) -> Outcome {
+        let failed = |why: &str| Err((String::new(), VmFailure::Start(why.into())));
+        let jobs = JOBS.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let spawned = std::thread::Builder::new()
+                .name("wasmesh-plugin-check".into())
+                .spawn(move || serve(rx));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "no thread to check plugins on");
+            }
+            Mutex::new(tx)
+        });
+        let (reply, outcome) = mpsc::channel();
+        let sent = jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send((host, specs, reply));
+        if sent.is_err() {
+            return failed("the plugin check thread is gone");
+        }
+        outcome
+            .recv()
+            .unwrap_or_else(|_| failed("plugin validation panicked"))
+    }
+
+    fn serve(jobs: mpsc::Receiver<Job>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                for (_, _, reply) in jobs {
+                    let _ = reply.send(Err((String::new(), VmFailure::Start(e.to_string()))));
+                }
+                return;
+            }
+        };
+        for (host, specs, reply) in jobs {
+            // A panic drops `reply` (the caller sees it) and leaves the thread serving.
+            let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                tokio::task::LocalSet::new().block_on(&runtime, async { host.validate(&specs) })
+            }));
+            if let Ok(outcome) = checked {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
 }
 
 /// Reads a module from a path, `file://` or `http://` (downloads are kept by sha256). An
