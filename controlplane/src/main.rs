@@ -12,6 +12,16 @@ use wasmesh_controlplane::server::Services;
 use wasmesh_controlplane::source::{self, DirectorySource};
 use wasmesh_controlplane::{Options, PluginModules};
 
+// jemalloc, returning freed pages within a second from a background thread: the memory a
+// push's snapshots took goes back to the OS instead of staying in glibc's per-thread arenas.
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(target_os = "linux")]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &u8 = &b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0];
+
 /// The wasmesh control plane.
 #[derive(Parser)]
 #[command(version, about)]
