@@ -131,6 +131,21 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("VmRSS")
 }
 
+/// The resident size once it stops falling: what stays per connected proxy, not the pages
+/// the last push freed and the allocator has yet to return (it does so within a second).
+async fn settled_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let mut last = rss_kib(pid)?;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = rss_kib(pid)?;
+        if now >= last {
+            return Ok(now);
+        }
+        last = now;
+    }
+    Ok(last)
+}
+
 async fn status(address: &str) -> anyhow::Result<api::ProxyStatusReply> {
     let mut admin =
         api::mesh_admin_client::MeshAdminClient::connect(format!("http://{address}")).await?;
@@ -215,7 +230,7 @@ async fn run(
     });
     // Let the control plane settle before its baseline.
     converged(&address, 0, 0).await?;
-    let rss_before = rss_kib(cp_pid)?;
+    let rss_before = settled_rss_kib(cp_pid).await?;
 
     let cache = dir.path().join("cache");
     for i in 0..n {
@@ -236,7 +251,7 @@ async fn run(
         }
     }
     let mut generation = converged(&address, n, 0).await?;
-    let rss_after = rss_kib(cp_pid)?;
+    let rss_after = settled_rss_kib(cp_pid).await?;
 
     let mut took = Vec::with_capacity(edits);
     let cpu_before = cpu_ticks(cp_pid);
