@@ -117,18 +117,19 @@ pub fn load_chain(
 }
 
 /// Replaces each spec configured exactly as one of `running` (the listener's chain in
-/// effect) with that one, so that workers keep its VMs; says which were kept.
-pub fn keep_unchanged(specs: &mut [Arc<PluginSpec>], running: &[Arc<PluginSpec>]) -> Vec<bool> {
-    specs
-        .iter_mut()
-        .map(|spec| match running.iter().find(|r| r.same_as(spec)) {
-            Some(r) => {
-                *spec = r.clone();
-                true
-            }
-            None => false,
-        })
-        .collect()
+/// effect) with that one, so that workers keep its VMs; returns the others, which are new.
+pub fn keep_unchanged(
+    specs: &mut [Arc<PluginSpec>],
+    running: &[Arc<PluginSpec>],
+) -> Vec<Arc<PluginSpec>> {
+    let mut fresh = Vec::new();
+    for spec in specs {
+        match running.iter().find(|r| r.same_as(spec)) {
+            Some(r) => *spec = r.clone(),
+            None => fresh.push(spec.clone()),
+        }
+    }
+    fresh
 }
 
 /// Checks a chain starts (`on_vm_start`, `on_configure`) without serving anything. `chain`
@@ -164,14 +165,14 @@ pub fn validate(
 /// a runtime already, the library API): a reload does not pay for a thread and a runtime.
 mod validator {
     use std::sync::mpsc::{self, Sender};
-    use std::sync::{Arc, Mutex, OnceLock};
+    use std::sync::{Arc, OnceLock};
 
     use wasmesh_host::{Host, PluginSpec, VmFailure};
 
     type Outcome = Result<(), (String, VmFailure)>;
     type Job = (Arc<Host>, Vec<Arc<PluginSpec>>, Sender<Outcome>);
 
-    static JOBS: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
+    static JOBS: OnceLock<Sender<Job>> = OnceLock::new();
 
     pub fn run(host: Arc<Host>, specs: Vec<Arc<PluginSpec>>) -> Outcome {
         let failed = |why: &str| Err((String::new(), VmFailure::Start(why.into())));
@@ -183,14 +184,10 @@ mod validator {
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "no thread to check plugins on");
             }
-            Mutex::new(tx)
+            tx
         });
         let (reply, outcome) = mpsc::channel();
-        let sent = jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send((host, specs, reply));
-        if sent.is_err() {
+        if jobs.send((host, specs, reply)).is_err() {
             return failed("the plugin check thread is gone");
         }
         outcome

@@ -111,16 +111,10 @@ impl Snapshot {
             let mut specs =
                 plugins::load_chain(host, &l.http_filters, bootstrap.base_dir.as_deref())
                     .map_err(in_listener)?;
-            let kept = running
+            let running_chain = running
                 .and_then(|r| r.chains.get(i))
-                .map(|chain| plugins::keep_unchanged(&mut specs, chain))
-                .unwrap_or_else(|| vec![false; specs.len()]);
-            let fresh: Vec<_> = specs
-                .iter()
-                .zip(&kept)
-                .filter(|(_, kept)| !**kept)
-                .map(|(s, _)| s.clone())
-                .collect();
+                .map_or(&[][..], Vec::as_slice);
+            let fresh = plugins::keep_unchanged(&mut specs, running_chain);
             plugins::validate(host, &l.http_filters, &fresh).map_err(in_listener)?;
             chains.push(specs);
         }
