@@ -201,8 +201,19 @@ fn proxy_status_and_proxy_config_show_what_proxies_were_sent_and_said() {
                 .unwrap()
                 .into_inner();
             let s = snapshots.message().await.unwrap().unwrap();
+            // The outbound routes are in the namespace's shared part; the outbound
+            // listener's address is the proxy's own.
+            assert!(s.bootstrap_json.contains("127.0.0.1:15001"));
+            let shared = client
+                .get_shared(api::SharedRequest {
+                    sha256: s.shared.clone().expect("a shared part").sha256,
+                })
+                .await
+                .unwrap()
+                .into_inner();
             assert!(
-                s.bootstrap_json
+                shared
+                    .bootstrap_json
                     .contains("reviews.default.svc.cluster.local")
             );
             assert_eq!(s.modules.len(), 4, "the four traffic plugins");

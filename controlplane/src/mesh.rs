@@ -3,7 +3,7 @@
 //! when anything changes and hands each proxy's stream its new one; a proxy whose snapshot
 //! did not change gets no push.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,9 +13,9 @@ use tokio::sync::watch;
 
 use crate::diag::{Diagnostic, code};
 use crate::manifests::{Resource, Spec};
-use crate::modules::ModuleStore;
+use crate::modules::{ModuleStore, hex};
 use crate::plugins::ModuleUrl;
-use crate::sidecar::{Node, UserPlugin, complete, outbound};
+use crate::sidecar::{Node, UserPlugin, outbound, own_part};
 use crate::source::SourceState;
 use crate::translate::{Options, PluginModule, PluginModules, translate};
 
@@ -23,9 +23,28 @@ use crate::translate::{Options, PluginModule, PluginModules, translate};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pushed {
     pub version: String,
+    /// The proxy's own part of its bootstrap, to lay over `shared`.
     pub bootstrap_json: String,
     /// `(sha256, size)` of the modules the control plane serves for it.
     pub modules: Vec<(String, u64)>,
+    /// The part its namespace's sidecars share, held once for all of them.
+    pub shared: Arc<SharedPart>,
+}
+
+/// A part of snapshots that many proxies share: sent once to each (by sha256), held once.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SharedPart {
+    pub sha256: String,
+    pub bootstrap_json: String,
+}
+
+impl Pushed {
+    /// The proxy's whole bootstrap, as it applies it.
+    pub fn bootstrap(&self) -> Result<wasmesh_config::Bootstrap, serde_json::Error> {
+        let shared = serde_json::from_str(&self.shared.bootstrap_json)?;
+        let own: wasmesh_config::Bootstrap = serde_json::from_str(&self.bootstrap_json)?;
+        Ok(own.laid_over(shared))
+    }
 }
 
 /// Where a proxy stands, as `wasmesh proxy-status` shows it.
@@ -100,6 +119,8 @@ struct Inner {
     pub diagnostics: Vec<Diagnostic>,
     /// Every proxy's last computed snapshot, connected or not.
     snapshots: BTreeMap<String, Arc<Pushed>>,
+    /// The shared parts of the last computed snapshots, by sha256.
+    shared: HashMap<String, Arc<SharedPart>>,
     next_connection: u64,
     /// The sources' generation the snapshots were last computed from.
     computed_generation: u64,
@@ -243,6 +264,11 @@ impl Mesh {
         (inner.computed_generation, inner.diagnostics.clone())
     }
 
+    /// A shared part of the last computed snapshots.
+    pub fn shared_part(&self, sha256: &str) -> Option<Arc<SharedPart>> {
+        self.lock().shared.get(sha256).cloned()
+    }
+
     /// A proxy's last computed snapshot.
     pub fn snapshot_of(&self, id: &str) -> Option<Arc<Pushed>> {
         self.lock().snapshots.get(id).cloned()
@@ -318,19 +344,30 @@ impl Mesh {
             .map(|(id, r)| (id.clone(), r.node.clone()))
             .collect();
         let mut pushed = 0;
-        // Sidecars of one namespace share their outbound part: translated once.
-        let mut by_namespace = std::collections::HashMap::new();
+        // Sidecars of one namespace share their outbound part: translated, serialized and
+        // held once, and sent to each once.
+        let mut by_namespace: HashMap<String, (wasmesh_config::Bootstrap, Arc<SharedPart>)> =
+            HashMap::new();
         for (id, node) in nodes {
-            let shared = by_namespace
+            let (shared, part) = by_namespace
                 .entry(node.namespace.clone())
-                .or_insert_with(|| outbound(&node.namespace, &resources, &base));
-            let t = complete(&node, shared.clone(), &resources, &user_plugins);
-            let mut bootstrap = t.bootstrap;
-            bootstrap.workers = None;
-            let bootstrap_json = serde_json::to_string(&bootstrap).expect("a bootstrap serializes");
-            let modules: Vec<(String, u64)> = bootstrap
+                .or_insert_with(|| {
+                    let mut shared = outbound(&node.namespace, &resources, &base).bootstrap;
+                    shared.workers = None;
+                    let bootstrap_json =
+                        serde_json::to_string(&shared).expect("a bootstrap serializes");
+                    let part = Arc::new(SharedPart {
+                        sha256: hex(&Sha256::digest(bootstrap_json.as_bytes())),
+                        bootstrap_json,
+                    });
+                    (shared, part)
+                });
+            let own = own_part(&node, shared, &resources, &user_plugins);
+            let bootstrap_json = serde_json::to_string(&own).expect("a bootstrap serializes");
+            let modules: Vec<(String, u64)> = shared
                 .listeners
                 .iter()
+                .chain(&own.listeners)
                 .flat_map(|l| &l.http_filters)
                 .filter_map(|f| f.sha256.clone())
                 .filter(|sha| used.contains(sha))
@@ -341,11 +378,12 @@ impl Mesh {
                     (sha, size)
                 })
                 .collect();
-            let version = version_of(&bootstrap_json, &modules);
+            let version = version_of(&bootstrap_json, &part.sha256, &modules);
             let snapshot = Arc::new(Pushed {
                 version,
                 bootstrap_json,
                 modules,
+                shared: part.clone(),
             });
             if let Some(c) = inner.connected.get(&id) {
                 c.snapshot.send_if_modified(|current| {
@@ -372,6 +410,10 @@ impl Mesh {
         for k in stale {
             inner.snapshots.remove(&k);
         }
+        inner.shared = by_namespace
+            .into_values()
+            .map(|(_, part)| (part.sha256.clone(), part))
+            .collect();
         self.modules.retain(&used);
         inner.computed_generation = source.generation;
         tracing::debug!(
@@ -533,9 +575,10 @@ fn load_registrations(dir: &Path, grace: Duration) -> BTreeMap<String, Registrat
 }
 
 /// A digest of what a proxy is sent: equal versions, equal snapshots.
-fn version_of(bootstrap_json: &str, modules: &[(String, u64)]) -> String {
+fn version_of(bootstrap_json: &str, shared: &str, modules: &[(String, u64)]) -> String {
     let mut h = Sha256::new();
     h.update(bootstrap_json.as_bytes());
+    h.update(shared.as_bytes());
     for (sha, _) in modules {
         h.update(sha.as_bytes());
     }

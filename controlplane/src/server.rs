@@ -5,8 +5,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status, Streaming};
 use wasmesh_api as api;
 
@@ -87,47 +87,38 @@ impl api::mesh_config_server::MeshConfig for Services {
         node.check()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let id = node.id();
-        let (connection, mut snapshots, state) = self.mesh.join(node).map_err(|e| match e {
+        let (connection, snapshots, state) = self.mesh.join(node).map_err(|e| match e {
             JoinError::AlreadyConnected(_) => Status::already_exists(e.to_string()),
         })?;
         tracing::info!(proxy = %id, version = %hello.version, "proxy connected");
 
-        // Pushes: the latest snapshot whenever it changes. A proxy that does not read its
-        // stream blocks only this task; it gets the latest when it reads again.
-        let (tx, rx) = mpsc::channel(1);
+        // Pushes: the latest snapshot whenever it changes (a proxy that does not read its
+        // stream gets the latest when it reads again). The stream ends when the proxy leaves.
         let push_state = state.clone();
-        let pusher = tokio::spawn(async move {
-            let mut nonce = 0u64;
-            loop {
-                let snapshot = snapshots.borrow_and_update().clone();
-                if let Some(s) = snapshot {
-                    nonce += 1;
-                    {
-                        let mut st = push_state.lock().unwrap_or_else(|e| e.into_inner());
-                        st.sent_version = s.version.clone();
-                        st.sent_nonce = nonce.to_string();
-                    }
-                    let message = api::Snapshot {
-                        version: s.version.clone(),
-                        nonce: nonce.to_string(),
-                        bootstrap_json: s.bootstrap_json.clone(),
-                        modules: s
-                            .modules
-                            .iter()
-                            .map(|(sha256, size)| api::Module {
-                                sha256: sha256.clone(),
-                                size: *size,
-                            })
-                            .collect(),
-                    };
-                    if tx.send(Ok(message)).await.is_err() {
-                        return;
-                    }
-                }
-                if snapshots.changed().await.is_err() {
-                    return;
-                }
-            }
+        let mut nonce = 0u64;
+        let pushes = WatchStream::new(snapshots).filter_map(move |snapshot| {
+            let s = snapshot?;
+            nonce += 1;
+            let mut st = push_state.lock().unwrap_or_else(|e| e.into_inner());
+            st.sent_version = s.version.clone();
+            st.sent_nonce = nonce.to_string();
+            Some(Ok(api::Snapshot {
+                version: s.version.clone(),
+                nonce: st.sent_nonce.clone(),
+                bootstrap_json: s.bootstrap_json.clone(),
+                modules: s
+                    .modules
+                    .iter()
+                    .map(|(sha256, size)| api::Module {
+                        sha256: sha256.clone(),
+                        size: *size,
+                    })
+                    .collect(),
+                shared: Some(api::SharedRef {
+                    sha256: s.shared.sha256.clone(),
+                    size: s.shared.bootstrap_json.len() as u64,
+                }),
+            }))
         });
 
         // ACKs and NACKs, until the stream ends.
@@ -160,11 +151,10 @@ impl api::mesh_config_server::MeshConfig for Services {
                     }
                 }
             }
-            pusher.abort();
             mesh.leave(&id, connection);
             tracing::info!(proxy = %id, "proxy disconnected");
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(pushes)))
     }
 
     async fn get_module(
@@ -182,6 +172,20 @@ impl api::mesh_config_server::MeshConfig for Services {
             .map(|c| Ok(api::ModuleChunk { data: c.to_vec() }))
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn get_shared(
+        &self,
+        request: Request<api::SharedRequest>,
+    ) -> Result<Response<api::SharedPart>, Status> {
+        let sha = request.into_inner().sha256;
+        // Only the current parts: a proxy asking for an older one has a newer push coming.
+        let part = self.mesh.shared_part(&sha).ok_or_else(|| {
+            Status::not_found(format!("no current shared part with sha256 {sha}"))
+        })?;
+        Ok(Response::new(api::SharedPart {
+            bootstrap_json: part.bootstrap_json.clone(),
+        }))
     }
 }
 
@@ -227,9 +231,13 @@ impl api::mesh_admin_server::MeshAdmin for Services {
             .mesh
             .snapshot_of(&id)
             .ok_or_else(|| Status::not_found(format!("no proxy {id}")))?;
+        let bootstrap = s
+            .bootstrap()
+            .map_err(|e| Status::internal(format!("{id}'s snapshot does not read back: {e}")))?;
         Ok(Response::new(api::ProxyConfigReply {
             version: s.version.clone(),
-            bootstrap_json: s.bootstrap_json.clone(),
+            bootstrap_json: serde_json::to_string(&bootstrap)
+                .map_err(|e| Status::internal(e.to_string()))?,
         }))
     }
 }

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use wasmesh_config::{
-    Cluster, Dur, HttpOptions, Listener, Route, RouteMatch, UpstreamProtocol, VirtualHost,
+    Bootstrap, Cluster, Dur, HttpOptions, Listener, Route, RouteMatch, UpstreamProtocol, VirtualHost,
 };
 
 use crate::istio::{self, WasmPlugin};
@@ -141,12 +141,14 @@ pub fn translate_for(
     user_plugins: &[UserPlugin],
     base: &Options,
 ) -> Translation {
-    let outbound = outbound(&node.namespace, resources, base);
-    complete(node, outbound, resources, user_plugins)
+    let mut t = outbound(&node.namespace, resources, base);
+    let own = own_part(node, &t.bootstrap, resources, user_plugins);
+    t.bootstrap = own.laid_over(t.bootstrap.clone());
+    t
 }
 
 /// The outbound part every sidecar in `namespace` shares: the mesh's services with the
-/// traffic plugins (its listener's address is set per sidecar by [`complete`]).
+/// traffic plugins (its listener's address is set per sidecar by [`own_part`]).
 pub fn outbound(namespace: &str, resources: &[Resource], base: &Options) -> Translation {
     let options = Options {
         client_namespace: namespace.to_owned(),
@@ -157,17 +159,15 @@ pub fn outbound(namespace: &str, resources: &[Resource], base: &Options) -> Tran
     translate(resources, &options)
 }
 
-/// One sidecar's bootstrap from its namespace's [`outbound`] part: its outbound address,
-/// its inbound listeners and the users' plugins that select it.
-pub fn complete(
+/// One sidecar's own part of its bootstrap, to lay over its namespace's [`outbound`] part
+/// (`shared`, whose settings it keeps): its outbound address and the users' plugins that
+/// select it for CLIENT traffic, its inbound listeners and their clusters.
+pub fn own_part(
     node: &Node,
-    mut t: Translation,
+    shared: &Bootstrap,
     resources: &[Resource],
     user_plugins: &[UserPlugin],
-) -> Translation {
-    if let Some(outbound) = t.bootstrap.listeners.first_mut() {
-        outbound.address = node.outbound_address.clone();
-    }
+) -> Bootstrap {
     let all: Vec<&Resource> = resources.iter().collect();
     let workload = Workload {
         namespace: &node.namespace,
@@ -184,12 +184,29 @@ pub fn complete(
             .map(|p| plugins::filter(&p.resource, p.spec(), p.url.clone(), p.sha256.clone()))
             .collect::<Vec<_>>()
     };
-    if let Some(outbound) = t.bootstrap.listeners.first_mut() {
-        outbound.http_filters.extend(filters_for(Direction::Client));
+    let mut own = Bootstrap {
+        workers: shared.workers,
+        admin: shared.admin.clone(),
+        listeners: Vec::new(),
+        clusters: Vec::new(),
+        access_log: shared.access_log.clone(),
+        drain_timeout: shared.drain_timeout,
+        wasm: shared.wasm.clone(),
+        base_dir: shared.base_dir.clone(),
+    };
+    if let Some(outbound) = shared.listeners.first() {
+        own.listeners.push(Listener {
+            name: outbound.name.clone(),
+            address: node.outbound_address.clone(),
+            max_connections: outbound.max_connections,
+            http: outbound.http.clone(),
+            http_filters: filters_for(Direction::Client),
+            virtual_hosts: Vec::new(),
+        });
     }
     for p in &node.inbound {
         let cluster = format!("inbound|{}||", p.port);
-        t.bootstrap.listeners.push(Listener {
+        own.listeners.push(Listener {
             name: format!("inbound|{}", p.port),
             address: p.listen_address.clone(),
             max_connections: 100_000,
@@ -211,7 +228,7 @@ pub fn complete(
                 }],
             }],
         });
-        t.bootstrap.clusters.push(Cluster {
+        own.clusters.push(Cluster {
             name: cluster,
             endpoints: vec![p.app_address.clone()],
             lb_policy: Default::default(),
@@ -223,7 +240,7 @@ pub fn complete(
             retry_budget: None,
         });
     }
-    t
+    own
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! listeners' ports first and tells the control plane its identity and addresses; the first
 //! snapshot starts the proxy, each later one is applied as a reload and answered with an ACK,
 //! or a NACK carrying the error (the proxy keeps its last good config). Modules named by
-//! sha256 are fetched once and kept on disk. When the control plane is gone the proxy keeps
+//! sha256 are fetched once and kept on disk; the part of the config a namespace's sidecars
+//! share is fetched by sha256 when it changes and the proxy's own part laid over it. When the control plane is gone the proxy keeps
 //! serving and reconnects with jittered backoff; on reconnect it says which version it serves.
 
 use std::net::SocketAddr;
@@ -84,6 +85,7 @@ pub fn start(options: SidecarOptions) -> Result<Proxy, SidecarError> {
         source: None,
         first: Some(first_tx),
         serving: String::new(),
+        shared: None,
     };
     std::thread::Builder::new()
         .name("wasmesh-control-plane".into())
@@ -122,6 +124,8 @@ struct Client {
     first: Option<std::sync::mpsc::Sender<First>>,
     /// The version in effect.
     serving: String,
+    /// The last shared part fetched: `(sha256, bootstrap JSON)`.
+    shared: Option<(String, Arc<str>)>,
 }
 
 /// Reconnect backoff: from `MIN` doubling to `MAX`, each wait jittered down by up to half.
@@ -235,6 +239,12 @@ impl Client {
         }
         let mut bootstrap: Bootstrap = serde_json::from_str(&snapshot.bootstrap_json)
             .map_err(|e| format!("the snapshot is not a bootstrap: {e}"))?;
+        if let Some(part) = &snapshot.shared {
+            let json = self.shared_part(config, &part.sha256).await?;
+            let shared: Bootstrap = serde_json::from_str(&json)
+                .map_err(|e| format!("shared part {}: not a bootstrap: {e}", part.sha256))?;
+            bootstrap = bootstrap.laid_over(shared);
+        }
         let modules_dir = self.options.cache_dir.join("modules");
         for module in &snapshot.modules {
             let path = fetch_module(config, &modules_dir, &module.sha256).await?;
@@ -280,6 +290,38 @@ impl Client {
         self.serving = snapshot.version.clone();
         tracing::info!(version = %snapshot.version, "control plane config applied");
         Ok(())
+    }
+}
+
+impl Client {
+    /// The shared part with `sha256`: the last one again, or fetched (and checked).
+    async fn shared_part(
+        &mut self,
+        config: &mut api::mesh_config_client::MeshConfigClient<tonic::transport::Channel>,
+        sha256: &str,
+    ) -> Result<Arc<str>, String> {
+        if let Some((sha, json)) = &self.shared
+            && sha == sha256
+        {
+            return Ok(json.clone());
+        }
+        let json = config
+            .get_shared(api::SharedRequest {
+                sha256: sha256.to_owned(),
+            })
+            .await
+            .map_err(|e| format!("shared part {sha256}: {}", e.message()))?
+            .into_inner()
+            .bootstrap_json;
+        let actual = wasmesh_host::module::sha256_hex(json.as_bytes());
+        if actual != sha256 {
+            return Err(format!(
+                "shared part {sha256}: received bytes with sha256 {actual}"
+            ));
+        }
+        let json: Arc<str> = json.into();
+        self.shared = Some((sha256.to_owned(), json.clone()));
+        Ok(json)
     }
 }
 

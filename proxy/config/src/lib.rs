@@ -450,6 +450,30 @@ impl Bootstrap {
         Ok(bootstrap)
     }
 
+    /// This bootstrap (a sidecar's own part) laid over `shared` (the part the sidecars of its
+    /// namespace share): an own listener named like a shared one gives that listener its
+    /// address and appends its filters; other own listeners and all own clusters are added;
+    /// everything else is this bootstrap's.
+    pub fn laid_over(self, shared: Bootstrap) -> Bootstrap {
+        let mut listeners = shared.listeners;
+        for own in self.listeners {
+            match listeners.iter_mut().find(|l| l.name == own.name) {
+                Some(l) => {
+                    l.address = own.address;
+                    l.http_filters.extend(own.http_filters);
+                }
+                None => listeners.push(own),
+            }
+        }
+        let mut clusters = shared.clusters;
+        clusters.extend(self.clusters);
+        Bootstrap {
+            listeners,
+            clusters,
+            ..self
+        }
+    }
+
     /// The worker count after defaults.
     pub fn worker_count(&self) -> usize {
         self.workers.unwrap_or_else(|| {
