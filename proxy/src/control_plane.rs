@@ -211,7 +211,12 @@ impl Client {
                 Err(e) => return Err(Session::Failed(e.to_string())),
             };
             synced = true;
-            let error = self.apply(&mut config, &snapshot).await.err();
+            let error = match self.apply(&mut config, &snapshot).await {
+                Ok(()) => None,
+                // A newer push is on its way: that one gets the answer.
+                Err(Rejected::Superseded) => continue,
+                Err(Rejected::Error(e)) => Some(e),
+            };
             if let Some(e) = &error {
                 tracing::warn!(version = %snapshot.version, error = %e, "snapshot rejected (NACK); the last good config keeps serving");
             }
@@ -228,12 +233,12 @@ impl Client {
         }
     }
 
-    /// Applies a snapshot: `Err` is the NACK's error.
+    /// Applies a snapshot.
     async fn apply(
         &mut self,
         config: &mut api::mesh_config_client::MeshConfigClient<tonic::transport::Channel>,
         snapshot: &api::Snapshot,
-    ) -> Result<(), String> {
+    ) -> Result<(), Rejected> {
         if snapshot.version == self.serving && self.source.is_some() {
             return Ok(());
         }
@@ -299,7 +304,7 @@ impl Client {
         &mut self,
         config: &mut api::mesh_config_client::MeshConfigClient<tonic::transport::Channel>,
         sha256: &str,
-    ) -> Result<Arc<str>, String> {
+    ) -> Result<Arc<str>, Rejected> {
         if let Some((sha, json)) = &self.shared
             && sha == sha256
         {
@@ -310,18 +315,36 @@ impl Client {
                 sha256: sha256.to_owned(),
             })
             .await
-            .map_err(|e| format!("shared part {sha256}: {}", e.message()))?
+            .map_err(|e| match e.code() {
+                // The control plane serves only its current parts: it has pushed since.
+                tonic::Code::NotFound => Rejected::Superseded,
+                _ => Rejected::Error(format!("shared part {sha256}: {}", e.message())),
+            })?
             .into_inner()
             .bootstrap_json;
         let actual = wasmesh_host::module::sha256_hex(json.as_bytes());
         if actual != sha256 {
-            return Err(format!(
+            return Err(Rejected::Error(format!(
                 "shared part {sha256}: received bytes with sha256 {actual}"
-            ));
+            )));
         }
         let json: Arc<str> = json.into();
         self.shared = Some((sha256.to_owned(), json.clone()));
         Ok(json)
+    }
+}
+
+/// Why a snapshot was not applied.
+enum Rejected {
+    /// Its shared part is no longer served: a newer snapshot follows. No answer is due.
+    Superseded,
+    /// The NACK's error.
+    Error(String),
+}
+
+impl From<String> for Rejected {
+    fn from(e: String) -> Rejected {
+        Rejected::Error(e)
     }
 }
 
