@@ -13,7 +13,8 @@
 use std::collections::BTreeMap;
 
 use wasmesh_config::{
-    Bootstrap, Cluster, Dur, HttpOptions, Listener, Route, RouteMatch, UpstreamProtocol, VirtualHost,
+    Bootstrap, Cluster, Dur, HttpOptions, Listener, Route, RouteMatch, UpstreamProtocol,
+    VirtualHost,
 };
 
 use crate::istio::{self, WasmPlugin};
