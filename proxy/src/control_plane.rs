@@ -5,8 +5,9 @@
 //! snapshot starts the proxy, each later one is applied as a reload and answered with an ACK,
 //! or a NACK carrying the error (the proxy keeps its last good config). Modules named by
 //! sha256 are fetched once and kept on disk; the part of the config a namespace's sidecars
-//! share is fetched by sha256 when it changes and the proxy's own part laid over it. When the control plane is gone the proxy keeps
-//! serving and reconnects with jittered backoff; on reconnect it says which version it serves.
+//! share is fetched by sha256 when it changes, and the proxy's own part is laid over it. When
+//! the control plane is gone the proxy keeps serving and reconnects with jittered backoff; on
+//! reconnect it says which version it serves.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
