@@ -132,8 +132,10 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// The resident size once it stops falling: what stays per connected proxy, not the pages
-/// the last push freed and the allocator has yet to return (it does so within a second).
+/// the last push freed and the allocator has yet to return (it does so within a second, so
+/// this waits two before it starts looking).
 async fn settled_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let mut last = rss_kib(pid)?;
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(250)).await;
