@@ -16,7 +16,8 @@ pub const ROOT_NAMESPACE: &str = "istio-system";
 pub enum ModuleUrl {
     /// A path or `file://`: the control plane reads it and ships it to proxies by sha256.
     File(std::path::PathBuf),
-    /// `http://`: proxies download it themselves and check it against `sha256`.
+    /// `http://` or `https://`: proxies download it themselves and check it against
+    /// `sha256` (required over plaintext; over TLS the server's certificate vouches for it).
     Http(String),
 }
 
@@ -30,18 +31,12 @@ impl ModuleUrl {
         if let Some(rest) = url.strip_prefix("file://") {
             return Ok(ModuleUrl::File(rest.into()));
         }
-        if url.starts_with("http://") {
+        if url.starts_with("http://") || url.starts_with("https://") {
             return Ok(ModuleUrl::Http(url.to_owned()));
         }
         if url.starts_with("oci://") {
             return Err(format!(
-                "{url:?}: OCI images are not supported yet; use a file path, file:// or http://"
-            ));
-        }
-        if url.starts_with("https://") {
-            return Err(format!(
-                "{url:?}: https:// needs TLS, which wasmesh's control plane does not have yet; \
-                 use a file path, file:// or http:// with sha256"
+                "{url:?}: OCI images are not supported yet; use a file path, file://, http:// or https://"
             ));
         }
         if let Some((scheme, _)) = url.split_once("://") {
@@ -186,6 +181,10 @@ mod tests {
         );
         assert!(matches!(
             ModuleUrl::parse("http://h/b.wasm"),
+            Ok(ModuleUrl::Http(_))
+        ));
+        assert!(matches!(
+            ModuleUrl::parse("https://h/b.wasm"),
             Ok(ModuleUrl::Http(_))
         ));
         assert!(ModuleUrl::parse("oci://r/p:1").unwrap_err().contains("OCI"));

@@ -10,7 +10,10 @@ use http::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmesh_api as api;
 
-use crate::support::sidecars::{ControlPlane, Sidecar, SidecarSpec, services, shared_cache};
+use crate::support::sidecars::{
+    ControlPlane, Process, Sidecar, SidecarSpec, services, shared_cache,
+};
+use crate::support::tls::{TestCa, https_server};
 use crate::support::*;
 
 /// The echo service's port.
@@ -489,4 +492,92 @@ async fn bad_input_on_the_api_gets_a_clear_error_and_a_stuck_proxy_delays_nobody
         "{:#?}",
         status.proxies
     );
+}
+
+/// A WasmPlugin over https:// (no sha256: the server's certificate vouches for the module) is
+/// downloaded by the sidecars it selects, which trust the system's roots or `SSL_CERT_FILE`;
+/// one from a server they do not trust is NACKed with the reason, and the old chain serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn https_plugins_reach_sidecars_that_trust_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    write(&manifests, "services.yaml", &services(&[("echo", ECHO)]));
+    let cp = ControlPlane::start(&manifests, &dir.path().join("data"), "127.0.0.1:0");
+    let module = bytes::Bytes::from(std::fs::read(wasmesh_artifacts::HEADERS).unwrap());
+    let trusted = TestCa::new("wasmesh test CA");
+    let good = https_server(&trusted, module.clone()).await;
+    let bad = https_server(&TestCa::new("a CA nobody trusts"), module).await;
+    let roots = dir.path().join("ca.pem");
+    std::fs::write(&roots, trusted.pem()).unwrap();
+
+    let app = Upstream::echo("echo-v1").await;
+    let cache = shared_cache();
+    let spec = SidecarSpec {
+        name: "echo-v1",
+        labels: &[("app", "echo")],
+        app: Some((ECHO, app.addr)),
+        cache: &cache,
+        outbound: "127.0.0.1:0",
+    };
+    let mut command = Sidecar::command(&cp.address, &spec);
+    command
+        .env("SSL_CERT_FILE", &roots)
+        .env_remove("SSL_CERT_DIR");
+    let sidecar = Sidecar::ready(Process::spawn(spec.name, command));
+    let inbound = sidecar.inbound.expect("an inbound listener");
+    let plugin = |url: String, config: &str| {
+        format!(
+            "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata:
+  name: stamp
+spec:
+  selector:
+    matchLabels: {{app: echo}}
+  url: {url}
+  pluginConfig: {config}
+"
+        )
+    };
+    let stamp = || async { get(inbound, "/").await.json()["headers"]["x-plugin-config"].clone() };
+
+    write(
+        &manifests,
+        "plugin.yaml",
+        &plugin(format!("https://{good}/headers.wasm"), "over-tls"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stamp().await != "over-tls" {
+        assert!(
+            Instant::now() < deadline,
+            "the plugin never served: {:#?}",
+            cp.status().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    write(
+        &manifests,
+        "plugin.yaml",
+        &plugin(format!("https://{bad}/headers.wasm"), "untrusted"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let nacked = loop {
+        let status = cp.status().await;
+        if let Some(p) = status.proxies.iter().find(|p| p.state == "NACKED") {
+            break p.clone();
+        }
+        assert!(Instant::now() < deadline, "no NACK: {:#?}", status.proxies);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        nacked
+            .error
+            .contains(&format!("https://{bad}/headers.wasm"))
+            && nacked.error.contains("UnknownIssuer"),
+        "{}",
+        nacked.error
+    );
+    assert_eq!(stamp().await, "over-tls");
 }

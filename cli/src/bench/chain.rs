@@ -129,7 +129,10 @@ impl ResolvedChain {
         let mut filters = self.filters.clone();
         for f in &mut filters {
             let url = f.url.strip_prefix("file://").unwrap_or(&f.url);
-            if f.url.starts_with("http://") || Path::new(url).is_absolute() {
+            if f.url.starts_with("http://")
+                || f.url.starts_with("https://")
+                || Path::new(url).is_absolute()
+            {
                 continue;
             }
             if let Some(dir) = &self.base_dir {

@@ -5,6 +5,7 @@
 
 pub mod mesh;
 pub mod sidecars;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -61,7 +61,7 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &str, mut cmd: Command) -> Process {
+    pub fn spawn(name: &str, mut cmd: Command) -> Process {
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -222,6 +222,11 @@ pub struct SidecarSpec<'a> {
 impl Sidecar {
     /// Starts the process; [`Sidecar::ready`] waits for it to serve.
     pub fn spawn(control_plane: &str, spec: &SidecarSpec) -> Process {
+        Process::spawn(spec.name, Sidecar::command(control_plane, spec))
+    }
+
+    /// The command [`Sidecar::spawn`] runs, for a test to add to.
+    pub fn command(control_plane: &str, spec: &SidecarSpec) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasmesh-proxy"));
         cmd.args(["--control-plane", control_plane, "--node", spec.name])
             .args(["--outbound", spec.outbound, "--workers", "1"])
@@ -233,7 +238,7 @@ impl Sidecar {
         if let Some((port, app)) = spec.app {
             cmd.arg("--inbound").arg(format!("{port}={app}"));
         }
-        Process::spawn(spec.name, cmd)
+        cmd
     }
 
     /// Waits until the process serves its first snapshot.
