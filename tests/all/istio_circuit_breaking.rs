@@ -54,7 +54,16 @@ async fn connection_pool_limits_trip_with_concurrency() {
     // Two clients fit one request in service and one pending, but as in Envoy a pending
     // request stays pending while the connection it waited for (closed after its one request)
     // is replaced, and a request arriving then overflows.
-    let (ok2, overflow2) = load(&mesh, 2, 100).await;
+    // That window is short: on a loaded machine two clients can go a few hundred requests
+    // without hitting it, so they send rounds until they do (or 20 rounds pass).
+    let (mut ok2, mut overflow2, mut sent2) = (0, 0, 0);
+    for _ in 0..20 {
+        let (ok, overflow) = load(&mesh, 2, 100).await;
+        (ok2, overflow2, sent2) = (ok2 + ok, overflow2 + overflow, sent2 + 200);
+        if overflow2 > 0 {
+            break;
+        }
+    }
     let (ok3, overflow3) = load(&mesh, 3, 100).await;
     eprintln!(
         "2 clients: {ok2} ok, {overflow2} overflow; 3 clients: {ok3} ok, {overflow3} overflow"
@@ -68,8 +77,8 @@ async fn connection_pool_limits_trip_with_concurrency() {
         "the breaker sheds load, not all traffic"
     );
     assert!(
-        overflow3 * 200 > overflow2 * 300,
-        "three clients trip it more often: {overflow3}/300 against {overflow2}/200"
+        overflow3 * sent2 > overflow2 * 300,
+        "three clients trip it more often: {overflow3}/300 against {overflow2}/{sent2}"
     );
     assert_eq!(mesh.flagged("UO").await, (overflow2 + overflow3) as f64);
 }
