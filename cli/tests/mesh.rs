@@ -87,6 +87,12 @@ spec:
   hosts: [reviews]
   http:
   - rout: [{destination: {host: reviews}}]
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: plaintext}
+spec:
+  url: http://modules.example/x.wasm
 ",
     )
     .unwrap();
@@ -103,6 +109,11 @@ spec:
     );
     assert!(
         t.contains("WSM0008") && t.contains("WasmPlugin nobody"),
+        "{t}"
+    );
+    // A module over plaintext needs a digest; over https:// it may go without.
+    assert!(
+        t.contains("WasmPlugin plaintext") && t.contains("spec.sha256"),
         "{t}"
     );
 

@@ -214,6 +214,15 @@ pub(crate) fn resource(r: &Resource) -> Vec<Diagnostic> {
 
 fn wasm_plugin(c: &mut Check, wp: &istio::WasmPlugin) {
     match crate::plugins::ModuleUrl::parse(&wp.url) {
+        // Over plaintext only the digest vouches for what proxies download.
+        Ok(crate::plugins::ModuleUrl::Http(url))
+            if url.starts_with("http://") && wp.sha256.is_none() =>
+        {
+            c.error(
+                "spec.sha256",
+                "required with http:// (proxies check what they download; https:// may go without)",
+            )
+        }
         Ok(_) => {}
         Err(reason) => c.error("spec.url", reason),
     }
