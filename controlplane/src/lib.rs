@@ -11,6 +11,7 @@
 //!   them to proxies over gRPC (`wasmesh-api`);
 //! - [`samples`] renders Bookinfo-like manifests and holds Istio's task manifests.
 
+pub mod ca;
 pub mod diag;
 pub mod duration;
 pub mod istio;
