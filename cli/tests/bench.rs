@@ -215,7 +215,12 @@ fn the_slow_filter_ranks_first_and_is_slower() {
     let filters = r["filters"].as_array().unwrap();
     assert_eq!(filters[0]["name"], "filter_slow", "{r}");
     assert_eq!(filters[1]["name"], "filter_noop");
-    assert!(num(&filters[0]["mean_ns"]) > 20.0 * num(&filters[1]["mean_ns"]));
+    // Medians: a preemption on a loaded machine lands in one call's time and can lift the
+    // fast filter's mean a long way (CI once saw under 20x that way).
+    assert!(
+        num(&filters[0]["p50_ns"]) > 20.0 * num(&filters[1]["p50_ns"]),
+        "{r}"
+    );
     assert!(num(&filters[0]["share_of_chain"]) > 0.9);
     assert_eq!(r["in_process"]["comparison"]["verdict"], "slower", "{r}");
 
