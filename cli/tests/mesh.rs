@@ -211,7 +211,13 @@ fn proxy_status_and_proxy_config_show_what_proxies_were_sent_and_said() {
                 .await
                 .unwrap()
                 .into_inner();
-            let s = snapshots.message().await.unwrap().unwrap();
+            // The trust bundle comes first; then the snapshot.
+            let s = loop {
+                let m = snapshots.message().await.unwrap().unwrap();
+                if let Some(s) = m.into_snapshot() {
+                    break s;
+                }
+            };
             // The outbound routes are in the namespace's shared part; the outbound
             // listener's address is the proxy's own.
             assert!(s.bootstrap_json.contains("127.0.0.1:15001"));

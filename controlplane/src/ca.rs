@@ -36,13 +36,53 @@ pub enum CaError {
     /// The CSR asks for an identity the caller does not have.
     #[error("the CSR asks for {asked}, but the caller is {entitled}")]
     NotEntitled { asked: String, entitled: String },
+    /// The lifetime asked for is over the maximum (Istio's `MAX_WORKLOAD_CERT_TTL`).
+    #[error("the lifetime asked for, {asked:?}, is over the maximum of {max:?}")]
+    TooLong { asked: Duration, max: Duration },
     #[error("signing failed: {0}")]
     Sign(#[from] rcgen::Error),
 }
 
-/// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
-pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
-    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+pub use wasmesh_api::spiffe_id;
+
+/// The CA with the mesh's signing policy: what proxies' CSRs are checked and signed by.
+pub struct Authority {
+    pub ca: Ca,
+    pub trust_domain: String,
+    /// The lifetime of a certificate whose request names none (Istio's default: 24 h).
+    pub default_lifetime: Duration,
+    /// The longest lifetime a request may ask for (Istio's default: 90 days).
+    pub max_lifetime: Duration,
+}
+
+impl Authority {
+    /// Signs a CSR (PEM) from the proxy of a workload in `namespace` running as
+    /// `service_account`: its certificate chain, PEM, the workload's certificate first.
+    pub fn sign_pem(
+        &self,
+        csr_pem: &str,
+        namespace: &str,
+        service_account: &str,
+        lifetime: Option<Duration>,
+    ) -> Result<Vec<String>, CaError> {
+        let lifetime = lifetime.unwrap_or(self.default_lifetime);
+        if lifetime > self.max_lifetime {
+            return Err(CaError::TooLong {
+                asked: lifetime,
+                max: self.max_lifetime,
+            });
+        }
+        let csr = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+            .map_err(|e| CaError::BadCsr(format!("not a PEM CSR: {e}")))?;
+        let identity = spiffe_id(&self.trust_domain, namespace, service_account);
+        let chain = self.ca.sign(&csr, &identity, lifetime)?;
+        Ok(chain.iter().map(|c| to_pem(c)).collect())
+    }
+
+    /// The roots proxies trust, PEM.
+    pub fn roots_pem(&self) -> Vec<String> {
+        self.ca.roots().iter().map(|c| to_pem(c)).collect()
+    }
 }
 
 /// The signing CA, and what goes with every certificate it issues.
@@ -51,8 +91,9 @@ pub struct Ca {
     /// The signing CA's certificate and those above it, up to and including the root:
     /// appended to every issued certificate.
     chain: Vec<CertificateDer<'static>>,
-    /// The root proxies trust.
-    root: CertificateDer<'static>,
+    /// The roots proxies trust: the signing CA's root, and during a root rotation the other
+    /// one (both in `root-cert.pem`, as Istio's multi-root bundle).
+    roots: Vec<CertificateDer<'static>>,
 }
 
 impl Ca {
@@ -68,12 +109,27 @@ impl Ca {
             std::fs::write(&cert_path, &cert).map_err(|e| file_error(&cert_path, e))?;
             tracing::info!(dir = %dir.display(), "generated the mesh's root CA");
         }
-        let root = read_cert(&cert_path)?;
-        let issuer = issuer(&cert_path, &root, &key_path)?;
+        let roots = read_certs(&cert_path)?;
+        // The signing root is the one whose public key is the key's; any other root in the
+        // file is trusted alongside it (a root rotation's overlap).
+        let key = read_key(&key_path)?;
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let root = roots
+            .iter()
+            .find(|root| public_key_info(root).is_some_and(|k| k == spki))
+            .cloned()
+            .ok_or_else(|| CaError::File {
+                path: cert_path.clone(),
+                reason: format!("no certificate in it matches {}", key_path.display()),
+            })?;
+        let issuer = Issuer::from_ca_cert_der(&root, key).map_err(|e| CaError::File {
+            path: cert_path.clone(),
+            reason: format!("not a CA certificate: {e}"),
+        })?;
         Ok(Ca {
             issuer,
-            chain: vec![root.clone()],
-            root,
+            chain: vec![root],
+            roots,
         })
     }
 
@@ -84,30 +140,18 @@ impl Ca {
         let cert_path = dir.join("ca-cert.pem");
         let ca_cert = read_cert(&cert_path)?;
         let issuer = issuer(&cert_path, &ca_cert, &dir.join("ca-key.pem"))?;
-        let root = read_cert(&dir.join("root-cert.pem"))?;
-        let chain_path = dir.join("cert-chain.pem");
-        let chain = CertificateDer::pem_file_iter(&chain_path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| CaError::File {
-                path: chain_path.clone(),
-                reason: e.to_string(),
-            })?;
-        if chain.is_empty() {
-            return Err(CaError::File {
-                path: chain_path,
-                reason: "holds no certificate".into(),
-            });
-        }
+        let roots = read_certs(&dir.join("root-cert.pem"))?;
+        let chain = read_certs(&dir.join("cert-chain.pem"))?;
         Ok(Ca {
             issuer,
             chain,
-            root,
+            roots,
         })
     }
 
-    /// The root proxies trust.
-    pub fn root(&self) -> &CertificateDer<'static> {
-        &self.root
+    /// The roots proxies trust.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
     }
 
     /// Signs `csr` (DER) for `identity` (a SPIFFE id): the CSR must verify and ask for
@@ -193,18 +237,56 @@ fn issuer(
     cert: &CertificateDer<'_>,
     key_path: &Path,
 ) -> Result<Issuer<'static, KeyPair>, CaError> {
-    let key = KeyPair::from_pem(&read(key_path)?).map_err(|e| CaError::File {
-        path: key_path.to_owned(),
-        reason: format!("not a private key: {e}"),
-    })?;
+    let key = read_key(key_path)?;
     Issuer::from_ca_cert_der(cert, key).map_err(|e| CaError::File {
         path: cert_path.to_owned(),
         reason: format!("not a CA certificate: {e}"),
     })
 }
 
-fn read(path: &Path) -> Result<String, CaError> {
-    std::fs::read_to_string(path).map_err(|e| file_error(path, e))
+fn read_key(path: &Path) -> Result<KeyPair, CaError> {
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
+    KeyPair::from_pem(&text).map_err(|e| CaError::File {
+        path: path.to_owned(),
+        reason: format!("not a private key: {e}"),
+    })
+}
+
+/// Every certificate in a PEM file (at least one).
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| CaError::File {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(CaError::File {
+            path: path.to_owned(),
+            reason: "holds no certificate".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// A certificate's SubjectPublicKeyInfo, DER.
+fn public_key_info(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    Some(parsed.public_key().raw.to_vec())
+}
+
+/// A certificate as PEM.
+pub fn to_pem(cert: &CertificateDer<'_>) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(cert);
+    let mut pem = String::with_capacity(b64.len() + b64.len() / 64 + 60);
+    pem.push_str("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
 }
 
 /// The first certificate in a PEM file.
@@ -253,17 +335,7 @@ mod tests {
     }
 
     fn pem(cert: &CertificateDer) -> String {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD.encode(cert);
-        let lines: Vec<&str> = b64
-            .as_bytes()
-            .chunks(64)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect();
-        format!(
-            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-            lines.join("\n")
-        )
+        to_pem(cert)
     }
 
     /// `openssl verify` of `chain[0]` against `root`, with the rest of the chain untrusted.
@@ -298,7 +370,7 @@ mod tests {
         let ca = Ca::self_signed_in(&ca_dir, DEFAULT_TRUST_DOMAIN).unwrap();
         // A restart loads the same root instead of making a new one.
         let again = Ca::self_signed_in(&ca_dir, DEFAULT_TRUST_DOMAIN).unwrap();
-        assert_eq!(ca.root(), again.root());
+        assert_eq!(ca.roots(), again.roots());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -313,7 +385,7 @@ mod tests {
             .sign(&csr(&[ID]), ID, Duration::from_secs(3600))
             .unwrap();
         assert_eq!(chain.len(), 2);
-        let verdict = openssl_verify(dir.path(), ca.root(), &chain);
+        let verdict = openssl_verify(dir.path(), &ca.roots()[0], &chain);
         assert!(verdict.contains("v-leaf.pem: OK"), "{verdict}");
         let text = openssl_text(dir.path(), &chain[0]);
         assert!(text.contains(&format!("URI:{ID}")), "{text}");
@@ -382,7 +454,7 @@ mod tests {
         std::fs::write(cacerts.join("cert-chain.pem"), ca_cert.pem() + &root.pem()).unwrap();
 
         let ca = Ca::from_cacerts(&cacerts).unwrap();
-        assert_eq!(ca.root(), root.der());
+        assert_eq!(ca.roots(), [root.der().clone()]);
         let chain = ca.sign(&csr(&[ID]), ID, Duration::from_secs(3600)).unwrap();
         assert_eq!(chain.len(), 3);
         let verdict = openssl_verify(dir.path(), root.der(), &chain);

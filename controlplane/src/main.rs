@@ -3,10 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use wasmesh_controlplane::ca::{Authority, Ca};
 use wasmesh_controlplane::mesh::{Mesh, MeshOptions};
 use wasmesh_controlplane::server::Services;
 use wasmesh_controlplane::source::{self, DirectorySource};
@@ -45,6 +47,19 @@ struct Args {
     /// How long a disconnected proxy's workload stays an endpoint.
     #[arg(long, default_value = "15s", value_parser = wasmesh_controlplane::duration::parse)]
     grace: Duration,
+    /// The mesh's trust domain: workloads are `spiffe://<it>/ns/<namespace>/sa/<account>`.
+    #[arg(long, default_value = wasmesh_controlplane::ca::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// The CA as Istio's plugged-in `cacerts` (ca-cert.pem, ca-key.pem, root-cert.pem,
+    /// cert-chain.pem); without it, a self-signed root kept in `<data-dir>/ca`.
+    #[arg(long)]
+    cacerts: Option<PathBuf>,
+    /// The lifetime of workload certificates (Istio's DEFAULT_WORKLOAD_CERT_TTL).
+    #[arg(long, default_value = "24h", value_parser = wasmesh_controlplane::duration::parse)]
+    workload_cert_ttl: Duration,
+    /// The longest lifetime a proxy may ask for (Istio's MAX_WORKLOAD_CERT_TTL).
+    #[arg(long, default_value = "2160h", value_parser = wasmesh_controlplane::duration::parse)]
+    max_workload_cert_ttl: Duration,
     /// The cluster's DNS suffix.
     #[arg(long, default_value = "svc.cluster.local")]
     domain_suffix: String,
@@ -72,6 +87,16 @@ fn main() -> anyhow::Result<()> {
     })?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("{}: cannot create", args.data_dir.display()))?;
+    let ca = match &args.cacerts {
+        Some(dir) => Ca::from_cacerts(dir),
+        None => Ca::self_signed_in(&args.data_dir.join("ca"), &args.trust_domain),
+    }?;
+    let authority = Arc::new(Authority {
+        ca,
+        trust_domain: args.trust_domain.clone(),
+        default_lifetime: args.workload_cert_ttl,
+        max_lifetime: args.max_workload_cert_ttl.max(args.workload_cert_ttl),
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -109,6 +134,7 @@ fn main() -> anyhow::Result<()> {
             tracing::info!("stopping");
         };
         Services::new(mesh)
+            .with_authority(authority)
             .router()
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;

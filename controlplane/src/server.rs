@@ -10,6 +10,7 @@ use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status, Streaming};
 use wasmesh_api as api;
 
+use crate::ca::Authority;
 use crate::mesh::{JoinError, Mesh};
 use crate::sidecar::{InboundPort, Node};
 
@@ -17,11 +18,24 @@ use crate::sidecar::{InboundPort, Node};
 #[derive(Clone)]
 pub struct Services {
     mesh: Arc<Mesh>,
+    /// The CA signing proxies' certificates; without one, proxies get no trust bundle and
+    /// their CSRs are refused.
+    authority: Option<Arc<Authority>>,
 }
 
 impl Services {
     pub fn new(mesh: Arc<Mesh>) -> Services {
-        Services { mesh }
+        Services {
+            mesh,
+            authority: None,
+        }
+    }
+
+    pub fn with_authority(self, authority: Arc<Authority>) -> Services {
+        Services {
+            authority: Some(authority),
+            ..self
+        }
     }
 
     /// The tonic router with both services, each message capped at [`api::MAX_MESSAGE`].
@@ -57,11 +71,51 @@ fn node_from(n: api::Node) -> Node {
     }
 }
 
+fn control(kind: api::control_message::Kind) -> api::ControlMessage {
+    api::ControlMessage { kind: Some(kind) }
+}
+
+/// The answer to a proxy's CSR: signed for the identity its Hello named, or refused (and
+/// logged: a proxy asking for another identity is worth an operator's look).
+fn sign(
+    proxy: &str,
+    authority: Option<&Authority>,
+    (namespace, service_account): &(String, String),
+    request: &api::CertificateRequest,
+) -> api::Certificate {
+    let lifetime = (request.validity_seconds > 0)
+        .then(|| std::time::Duration::from_secs(request.validity_seconds));
+    let signed = match authority {
+        Some(a) => a
+            .sign_pem(&request.csr_pem, namespace, service_account, lifetime)
+            .map_err(|e| e.to_string()),
+        None => Err("this control plane runs no CA".to_owned()),
+    };
+    match signed {
+        Ok(cert_chain_pem) => {
+            tracing::debug!(%proxy, "certificate signed");
+            api::Certificate {
+                id: request.id,
+                cert_chain_pem,
+                error: String::new(),
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%proxy, %error, "certificate request refused");
+            api::Certificate {
+                id: request.id,
+                cert_chain_pem: Vec::new(),
+                error,
+            }
+        }
+    }
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl api::mesh_config_server::MeshConfig for Services {
-    type SyncStream = BoxStream<api::Snapshot>;
+    type SyncStream = BoxStream<api::ControlMessage>;
     type GetModuleStream = BoxStream<api::ModuleChunk>;
 
     async fn sync(
@@ -87,10 +141,21 @@ impl api::mesh_config_server::MeshConfig for Services {
         node.check()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let id = node.id();
+        let workload = (node.namespace.clone(), node.service_account.clone());
         let (connection, snapshots, state) = self.mesh.join(node).map_err(|e| match e {
             JoinError::AlreadyConnected(_) => Status::already_exists(e.to_string()),
         })?;
         tracing::info!(proxy = %id, version = %hello.version, "proxy connected");
+
+        // The trust bundle first, so the proxy can ask for its certificate at once.
+        let trust = self.authority.as_ref().map(|a| {
+            Ok(control(api::control_message::Kind::TrustBundle(
+                api::TrustBundle {
+                    trust_domain: a.trust_domain.clone(),
+                    roots_pem: a.roots_pem(),
+                },
+            )))
+        });
 
         // Pushes: the latest snapshot whenever it changes (a proxy that does not read its
         // stream gets the latest when it reads again). The stream ends when the proxy leaves.
@@ -102,33 +167,50 @@ impl api::mesh_config_server::MeshConfig for Services {
             let mut st = push_state.lock().unwrap_or_else(|e| e.into_inner());
             st.sent_version = s.version.clone();
             st.sent_nonce = nonce.to_string();
-            Some(Ok(api::Snapshot {
-                version: s.version.clone(),
-                nonce: st.sent_nonce.clone(),
-                bootstrap_json: s.bootstrap_json.clone(),
-                modules: s
-                    .modules
-                    .iter()
-                    .map(|(sha256, size)| api::Module {
-                        sha256: sha256.clone(),
-                        size: *size,
-                    })
-                    .collect(),
-                shared: Some(api::SharedRef {
-                    sha256: s.shared.sha256.clone(),
-                    size: s.shared.bootstrap_json.len() as u64,
-                }),
-            }))
+            Some(Ok(control(api::control_message::Kind::Snapshot(
+                api::Snapshot {
+                    version: s.version.clone(),
+                    nonce: st.sent_nonce.clone(),
+                    bootstrap_json: s.bootstrap_json.clone(),
+                    modules: s
+                        .modules
+                        .iter()
+                        .map(|(sha256, size)| api::Module {
+                            sha256: sha256.clone(),
+                            size: *size,
+                        })
+                        .collect(),
+                    shared: Some(api::SharedRef {
+                        sha256: s.shared.sha256.clone(),
+                        size: s.shared.bootstrap_json.len() as u64,
+                    }),
+                },
+            ))))
         });
+        // Certificates, as the proxy's requests are signed.
+        let (certificates_tx, certificates) = tokio::sync::mpsc::channel(2);
+        let out = tokio_stream::iter(trust)
+            .chain(pushes.merge(tokio_stream::wrappers::ReceiverStream::new(certificates)));
 
-        // ACKs and NACKs, until the stream ends.
+        // ACKs, NACKs and CSRs, until the stream ends.
         let mesh = self.mesh.clone();
+        let authority = self.authority.clone();
         tokio::spawn(async move {
             loop {
-                match incoming.message().await {
-                    Ok(Some(api::ProxyMessage {
-                        kind: Some(api::proxy_message::Kind::Ack(ack)),
-                    })) => {
+                let kind = match incoming.message().await {
+                    Ok(Some(api::ProxyMessage { kind: Some(kind) })) => kind,
+                    Ok(Some(_)) => {
+                        tracing::warn!(proxy = %id, "empty message on the stream: ignored");
+                        continue;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::info!(proxy = %id, error = %e, "stream error");
+                        break;
+                    }
+                };
+                match kind {
+                    api::proxy_message::Kind::Ack(ack) => {
                         let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
                         if ack.nonce != st.sent_nonce {
                             continue; // an answer to an older push
@@ -141,20 +223,22 @@ impl api::mesh_config_server::MeshConfig for Services {
                             st.nack = Some(ack.error);
                         }
                     }
-                    Ok(Some(_)) => {
-                        tracing::warn!(proxy = %id, "unexpected message on the stream: ignored")
+                    api::proxy_message::Kind::CertificateRequest(request) => {
+                        let answer = sign(&id, authority.as_deref(), &workload, &request);
+                        let message = control(api::control_message::Kind::Certificate(answer));
+                        if certificates_tx.send(Ok(message)).await.is_err() {
+                            break;
+                        }
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::info!(proxy = %id, error = %e, "stream error");
-                        break;
+                    api::proxy_message::Kind::Hello(_) => {
+                        tracing::warn!(proxy = %id, "a second Hello on the stream: ignored")
                     }
                 }
             }
             mesh.leave(&id, connection);
             tracing::info!(proxy = %id, "proxy disconnected");
         });
-        Ok(Response::new(Box::pin(pushes)))
+        Ok(Response::new(Box::pin(out)))
     }
 
     async fn get_module(

@@ -121,6 +121,11 @@ fn handle(
             let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, registry);
             reply(StatusCode::OK, prometheus_client::encoding::prometheus_text::CONTENT_TYPE, text)
         }
+        "/certs" => reply(
+            StatusCode::OK,
+            "application/json",
+            format!("{:#}\n", crate::identity::certs_json(&shared.identity)),
+        ),
         "/config_dump" => reply(StatusCode::OK, "application/json", config_dump(shared)),
         "/clusters" if json_format => reply(StatusCode::OK, "application/json", clusters_json(shared)),
         "/clusters" => reply(StatusCode::OK, "text/plain", clusters_text(shared)),

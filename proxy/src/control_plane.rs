@@ -21,6 +21,7 @@ use wasmesh_api as api;
 
 use crate::config::{Admin, Bootstrap};
 use crate::config_source::ConfigSource;
+use crate::identity::{Identity, IdentityError, PendingKey, Svid, TrustBundle};
 use crate::{Proxy, StartError};
 
 /// How a sidecar joins its control plane.
@@ -35,6 +36,8 @@ pub struct SidecarOptions {
     pub workers: Option<usize>,
     /// Where modules fetched from the control plane and compiled modules are kept.
     pub cache_dir: PathBuf,
+    /// The workload certificate's lifetime to ask for (the control plane's default if none).
+    pub cert_ttl: Option<Duration>,
 }
 
 /// Why the sidecar could not start.
@@ -81,12 +84,15 @@ pub fn start(options: SidecarOptions) -> Result<Proxy, SidecarError> {
     }
 
     let (first_tx, first_rx) = std::sync::mpsc::channel::<First>();
+    let identity = Arc::new(Identity::default());
     let client = Client {
         options: SidecarOptions { node, ..options },
         source: None,
         first: Some(first_tx),
         serving: String::new(),
         shared: None,
+        identity: identity.clone(),
+        certificates: Certificates::default(),
     };
     std::thread::Builder::new()
         .name("wasmesh-control-plane".into())
@@ -98,7 +104,7 @@ pub fn start(options: SidecarOptions) -> Result<Proxy, SidecarError> {
         let Ok(first) = first_rx.recv() else {
             unreachable!("the control-plane thread runs until the proxy stops")
         };
-        match Proxy::start(first.bootstrap) {
+        match Proxy::start_with(first.bootstrap, None, identity.clone()) {
             Ok(proxy) => {
                 let _ = first.reply.send(Ok(proxy.source.clone()));
                 drop(held);
@@ -127,7 +133,25 @@ struct Client {
     serving: String,
     /// The last shared part fetched: `(sha256, bootstrap JSON)`.
     shared: Option<(String, Arc<str>)>,
+    /// The workload identity the proxy serves with.
+    identity: Arc<Identity>,
+    certificates: Certificates,
 }
+
+/// The certificate requests of one stream.
+#[derive(Default)]
+struct Certificates {
+    /// The request in flight: its id and the key it is for.
+    pending: Option<(u64, PendingKey)>,
+    last_id: u64,
+    /// When to ask after a refusal or a bad answer.
+    retry_at: Option<tokio::time::Instant>,
+    retry_backoff: Duration,
+}
+
+/// Certificate retries after a refusal: from `MIN` doubling to `MAX`.
+const CERT_RETRY_MIN: Duration = Duration::from_secs(1);
+const CERT_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Reconnect backoff: from `MIN` doubling to `MAX`, each wait jittered down by up to half.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -187,7 +211,7 @@ impl Client {
             })),
         };
         tx.send(hello).await.expect("the stream's receiver is here");
-        let mut snapshots = config
+        let mut messages = config
             .sync(ReceiverStream::new(rx))
             .await
             .map_err(|e| failed(&e))?
@@ -195,21 +219,44 @@ impl Client {
         tracing::info!(control_plane = %self.options.control_plane, "connected to the control plane");
         let mut synced = false;
         let mut drain_check = tokio::time::interval(Duration::from_secs(1));
+        // A new stream: an answer to a request sent on the last one will not come.
+        self.certificates.pending = None;
         loop {
+            let renew = self.next_certificate_request();
             let message = tokio::select! {
-                m = snapshots.message() => m,
+                m = messages.message() => m,
                 _ = drain_check.tick() => {
                     if self.source.as_ref().is_some_and(|s| s.is_draining()) {
                         return Ok(());
                     }
                     continue;
                 }
+                _ = sleep_until(renew) => {
+                    if let Some(request) = self.certificate_request()
+                        && tx.send(request).await.is_err()
+                    {
+                        return Err(Session::Synced("the stream closed".into()));
+                    }
+                    continue;
+                }
             };
-            let snapshot = match message {
-                Ok(Some(s)) => s,
+            let kind = match message {
+                Ok(Some(api::ControlMessage { kind: Some(kind) })) => kind,
+                Ok(Some(_)) => continue,
                 Ok(None) => return Ok(()),
                 Err(e) if synced => return Err(Session::Synced(e.to_string())),
                 Err(e) => return Err(Session::Failed(e.to_string())),
+            };
+            let snapshot = match kind {
+                api::control_message::Kind::Snapshot(s) => s,
+                api::control_message::Kind::TrustBundle(bundle) => {
+                    self.trust(bundle);
+                    continue;
+                }
+                api::control_message::Kind::Certificate(answer) => {
+                    self.certificate(answer);
+                    continue;
+                }
             };
             synced = true;
             let error = match self.apply(&mut config, &snapshot).await {
@@ -232,6 +279,127 @@ impl Client {
                 return Err(Session::Synced("the stream closed".into()));
             }
         }
+    }
+
+    /// The SPIFFE identity this proxy is entitled to, once the trust domain is known.
+    fn spiffe_id(&self) -> Option<String> {
+        let trust = self.identity.trust()?;
+        let node = &self.options.node;
+        Some(api::spiffe_id(
+            &trust.trust_domain,
+            &node.namespace,
+            &node.service_account,
+        ))
+    }
+
+    /// A new trust bundle: kept; a certificate is asked for at once if the one held is not
+    /// for this trust domain or was issued under a root no longer trusted.
+    fn trust(&mut self, bundle: api::TrustBundle) {
+        let trust = match TrustBundle::from_pem(&bundle.trust_domain, &bundle.roots_pem) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "the control plane's trust bundle is unusable: ignored");
+                return;
+            }
+        };
+        tracing::info!(trust_domain = %trust.trust_domain, roots = trust.roots.len(), "trust bundle received");
+        self.identity.set_trust(trust);
+        self.certificates.retry_at = None;
+    }
+
+    /// When the next certificate request is due: now for a proxy without a usable
+    /// certificate, at its renewal time otherwise; never while one is in flight.
+    fn next_certificate_request(&self) -> Option<tokio::time::Instant> {
+        let certs = &self.certificates;
+        if certs.pending.is_some() {
+            return None;
+        }
+        let wanted = self.spiffe_id()?;
+        let now = tokio::time::Instant::now();
+        let due = match self.identity.svid() {
+            Some(svid) if svid.spiffe_id == wanted && self.issued_under_trusted_root(&svid) => {
+                let wait = svid
+                    .renew_at
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                now + wait
+            }
+            _ => now,
+        };
+        Some(certs.retry_at.map_or(due, |r| r.max(due)))
+    }
+
+    fn issued_under_trusted_root(&self, svid: &Svid) -> bool {
+        let (Some(trust), Some(root)) = (self.identity.trust(), &svid.root) else {
+            return true;
+        };
+        trust.roots.contains(root)
+    }
+
+    /// A new key pair and the request for its certificate.
+    fn certificate_request(&mut self) -> Option<api::ProxyMessage> {
+        let id = self.spiffe_id()?;
+        let (key, csr_pem) = match PendingKey::new(&id) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make a certificate request");
+                self.certificate_retry();
+                return None;
+            }
+        };
+        self.certificates.last_id += 1;
+        let request_id = self.certificates.last_id;
+        self.certificates.pending = Some((request_id, key));
+        tracing::debug!(identity = %id, "requesting a certificate");
+        Some(api::ProxyMessage {
+            kind: Some(api::proxy_message::Kind::CertificateRequest(
+                api::CertificateRequest {
+                    csr_pem,
+                    validity_seconds: self.options.cert_ttl.map_or(0, |d| d.as_secs().max(1)),
+                    id: request_id,
+                },
+            )),
+        })
+    }
+
+    /// The control plane's answer to a certificate request.
+    fn certificate(&mut self, answer: api::Certificate) {
+        let Some((id, key)) = self.certificates.pending.take() else {
+            return;
+        };
+        if id != answer.id {
+            self.certificates.pending = Some((id, key));
+            return;
+        }
+        let svid = if answer.error.is_empty() {
+            key.complete(&answer.cert_chain_pem)
+        } else {
+            Err(IdentityError::Refused(answer.error))
+        };
+        match svid {
+            Ok(svid) => {
+                tracing::info!(
+                    identity = %svid.spiffe_id,
+                    serial = %svid.leaf.serial,
+                    expires = %humantime::format_rfc3339_seconds(svid.leaf.not_after),
+                    "workload certificate installed"
+                );
+                self.identity.set_svid(svid);
+                self.certificates.retry_at = None;
+                self.certificates.retry_backoff = Duration::ZERO;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no new workload certificate; asking again later");
+                self.certificate_retry();
+            }
+        }
+    }
+
+    fn certificate_retry(&mut self) {
+        let certs = &mut self.certificates;
+        certs.retry_backoff = (certs.retry_backoff * 2).clamp(CERT_RETRY_MIN, CERT_RETRY_MAX);
+        let jitter = rand::random_range(0.5..=1.0);
+        certs.retry_at = Some(tokio::time::Instant::now() + certs.retry_backoff.mul_f64(jitter));
     }
 
     /// Applies a snapshot.
@@ -396,6 +564,14 @@ async fn fetch_module(
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A socket bound to `addr` with SO_REUSEPORT but not listening: it holds the port (and picks

@@ -17,6 +17,7 @@ pub mod control_plane;
 mod h1_guard;
 mod h2_guard;
 mod headers;
+pub mod identity;
 mod plugins;
 mod request;
 mod route;
@@ -81,17 +82,18 @@ impl Proxy {
     pub fn start_from_file(path: &Path) -> Result<Proxy, StartError> {
         let text = Bootstrap::read(path)?;
         let bootstrap = Bootstrap::from_file_text(path, &text)?;
-        Proxy::start_with(bootstrap, Some((path.to_owned(), text)))
+        Proxy::start_with(bootstrap, Some((path.to_owned(), text)), Arc::default())
     }
 
     /// Binds every listener (and the admin address) and starts serving.
     pub fn start(bootstrap: Bootstrap) -> Result<Proxy, StartError> {
-        Proxy::start_with(bootstrap, None)
+        Proxy::start_with(bootstrap, None, Arc::default())
     }
 
     fn start_with(
         bootstrap: Bootstrap,
         from_file: Option<(std::path::PathBuf, String)>,
+        identity: Arc<identity::Identity>,
     ) -> Result<Proxy, StartError> {
         let file = from_file.as_ref().map(|(path, _)| path.as_path());
         let in_file = |e: ConfigError| StartError::Config(e.in_file(file));
@@ -150,7 +152,9 @@ impl Proxy {
         let host = Host::new(Some(cache_dir));
         let snapshot =
             Snapshot::build(bootstrap, 1, workers, &host, None).map_err(|e| in_file(e.into()))?;
-        let shared = Arc::new(Shared::new(snapshot, workers, access_log, host));
+        let mut shared = Shared::new(snapshot, workers, access_log, host);
+        shared.identity = identity;
+        let shared = Arc::new(shared);
         let source = Arc::new(ConfigSource::new(shared.clone(), from_file));
         let (admin_stop, stop_rx) = watch::channel(false);
         let admin = match admin_socket {

@@ -77,6 +77,10 @@ struct SidecarArgs {
     /// Modules from the control plane and compiled modules are kept here.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// The lifetime to ask for the workload certificate (Istio's SECRET_TTL); the control
+    /// plane's default when not given.
+    #[arg(long, value_parser = wasmesh_proxy::config::parse_duration)]
+    cert_ttl: Option<std::time::Duration>,
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {
@@ -167,6 +171,7 @@ fn run_sidecar(args: SidecarArgs) -> ExitCode {
         },
         admin: args.admin,
         workers: args.workers,
+        cert_ttl: args.cert_ttl,
         cache_dir,
     };
     let proxy = match wasmesh_proxy::control_plane::start(options) {

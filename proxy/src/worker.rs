@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Notify, watch};
 
 use crate::access_log::{AccessLogSink, LogBuffer};
+use crate::identity::Identity;
 use crate::snapshot::Snapshot;
 use crate::stats::ListenerStats;
 use crate::upstream::pool::Pools;
@@ -32,6 +33,8 @@ pub struct Shared {
     pub started: Instant,
     /// This proxy's node id (the `node.id` property filters read).
     pub node_id: Arc<str>,
+    /// Its workload identity, when a control plane gives it one.
+    pub identity: Arc<Identity>,
 }
 
 impl Shared {
@@ -64,6 +67,7 @@ impl Shared {
             drain: watch::channel(false).0,
             started: Instant::now(),
             node_id: Arc::from("wasmesh"),
+            identity: Arc::default(),
         }
     }
 

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmesh_api as api;
 
 use crate::support::sidecars::{
-    ControlPlane, Process, Sidecar, SidecarSpec, services, shared_cache,
+    ControlPlane, Process, Sidecar, SidecarSpec, services, shared_cache, write,
 };
 use crate::support::tls::{TestCa, https_server};
 use crate::support::*;
@@ -75,13 +75,6 @@ spec:
     - destination: {{host: echo}}
 "
     )
-}
-
-/// Writes a file the way editors do: a new file renamed over the old one.
-fn write(dir: &std::path::Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -326,7 +319,7 @@ async fn open_stream(
     first: api::ProxyMessage,
 ) -> (
     tokio::sync::mpsc::Sender<api::ProxyMessage>,
-    Result<tonic::Streaming<api::Snapshot>, tonic::Status>,
+    Result<tonic::Streaming<api::ControlMessage>, tonic::Status>,
 ) {
     // Small windows: a stream that is not read fills up after a push or two.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
@@ -362,7 +355,7 @@ fn hello(name: &str, outbound: &str) -> api::ProxyMessage {
 }
 
 async fn first_error(
-    stream: Result<tonic::Streaming<api::Snapshot>, tonic::Status>,
+    stream: Result<tonic::Streaming<api::ControlMessage>, tonic::Status>,
 ) -> tonic::Status {
     match stream {
         Err(status) => status,

@@ -15,6 +15,7 @@ mod differential;
 mod envoy_parity;
 mod grpc;
 mod hardening;
+mod identity;
 mod istio_circuit_breaking;
 mod istio_faults;
 mod istio_mirroring;

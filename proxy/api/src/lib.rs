@@ -49,3 +49,25 @@ where
         tonic_prost::ProstCodec::<T, U>::raw_decoder(buffers())
     }
 }
+
+/// The SPIFFE identity of a workload: `spiffe://<trust-domain>/ns/<namespace>/sa/<account>`,
+/// with Kubernetes' `default` account when none is given. Proxies ask for it in their CSRs and
+/// the control plane's CA signs nothing else for them.
+pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    let account = if service_account.is_empty() {
+        "default"
+    } else {
+        service_account
+    };
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{account}")
+}
+
+impl ControlMessage {
+    /// The snapshot it carries, if it is one.
+    pub fn into_snapshot(self) -> Option<Snapshot> {
+        match self.kind {
+            Some(control_message::Kind::Snapshot(s)) => Some(s),
+            _ => None,
+        }
+    }
+}

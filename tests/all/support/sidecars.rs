@@ -126,7 +126,7 @@ impl Drop for Process {
 }
 
 /// `key=value` of a log line.
-fn field(line: &str, key: &str) -> String {
+pub fn field(line: &str, key: &str) -> String {
     let start = line
         .find(&format!("{key}="))
         .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
@@ -267,6 +267,13 @@ impl Sidecar {
     pub fn start(control_plane: &str, spec: &SidecarSpec) -> Sidecar {
         Sidecar::ready(Sidecar::spawn(control_plane, spec))
     }
+}
+
+/// Writes a file the way editors do: a new file renamed over the old one.
+pub fn write(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
 /// ServiceEntries for `apps` (each `name` on `port`, selecting workloads labelled `app: name`),
