@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 
 use wasmesh_config::{
-    Bootstrap, Cluster, Dur, HttpOptions, Listener, Route, RouteMatch, UpstreamProtocol,
-    VirtualHost,
+    Bootstrap, Cluster, DownstreamTls, DownstreamTlsMode, Dur, HttpOptions, Listener, Route,
+    RouteMatch, UpstreamProtocol, VirtualHost,
 };
 
 use crate::istio::{self, WasmPlugin};
@@ -201,6 +201,7 @@ pub fn own_part(
             address: node.outbound_address.clone(),
             max_connections: outbound.max_connections,
             http: outbound.http.clone(),
+            tls: None,
             http_filters: filters_for(Direction::Client),
             virtual_hosts: Vec::new(),
         });
@@ -212,6 +213,10 @@ pub fn own_part(
             address: p.listen_address.clone(),
             max_connections: 100_000,
             http: HttpOptions::default(),
+            // Istio's default without a PeerAuthentication: mTLS and plaintext both accepted.
+            tls: Some(DownstreamTls {
+                mode: DownstreamTlsMode::Permissive,
+            }),
             http_filters: filters_for(Direction::Server { port: p.port }),
             virtual_hosts: vec![VirtualHost {
                 name: format!("inbound|http|{}", p.port),

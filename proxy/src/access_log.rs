@@ -185,6 +185,9 @@ pub struct Entry<'a> {
     pub route_name: Option<&'a str>,
     pub downstream_remote_address: SocketAddr,
     pub downstream_local_address: SocketAddr,
+    /// The client certificate's URI SAN on an mTLS connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downstream_peer_uri_san: Option<&'a str>,
     pub listener: &'a str,
 }
 

@@ -459,6 +459,24 @@ impl Collector for MeshCollector {
         )?;
         counter(
             &mut encoder,
+            "wasmesh_downstream_tls_handshake",
+            "Downstream TLS handshakes completed",
+            &per_listener(&|s| s.tls_handshake.get()),
+        )?;
+        counter(
+            &mut encoder,
+            "wasmesh_downstream_tls_error",
+            "Downstream TLS handshakes that failed or timed out",
+            &per_listener(&|s| s.tls_error.get()),
+        )?;
+        counter(
+            &mut encoder,
+            "wasmesh_downstream_tls_plaintext_refused",
+            "Plaintext connections closed by a STRICT mTLS listener",
+            &per_listener(&|s| s.tls_plaintext_refused.get()),
+        )?;
+        counter(
+            &mut encoder,
             "wasmesh_downstream_rq_rejected",
             "Requests refused as malformed or ambiguous (400)",
             &per_listener(&|s| s.rq_rejected.get()),

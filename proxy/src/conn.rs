@@ -23,6 +23,13 @@ use crate::worker::{Connection, Worker};
 const PREMATURE_RESET_MIN_STREAMS: u32 = 500;
 const PREMATURE_RESET_AGE: Duration = Duration::from_secs(1);
 
+/// `x-forwarded-client-cert` for the requests of a connection on an mTLS listener.
+pub struct Xfcc {
+    /// `By=<own id>;Hash=<client cert sha256>;Subject="";URI=<client id>` for an mTLS
+    /// connection; none for plaintext (on a PERMISSIVE port).
+    pub value: Option<HeaderValue>,
+}
+
 /// What every request on a connection shares.
 pub struct ConnCtx {
     pub worker: Rc<Worker>,
@@ -36,6 +43,11 @@ pub struct ConnCtx {
     /// The listener's `server_name`, ready for the `server` header.
     pub server_name: HeaderValue,
     pub opts: HttpOptions,
+    /// The client certificate's SPIFFE id, on an mTLS connection.
+    pub peer_uri_san: Option<Arc<str>>,
+    /// On a listener with mTLS, `x-forwarded-client-cert` from clients is dropped, and set to
+    /// this on an mTLS connection (Envoy's SANITIZE_SET, as Istio's inbound).
+    pub xfcc: Option<Xfcc>,
     pub in_flight: Cell<u32>,
     pub last_active: Cell<Instant>,
     streams_closed: Cell<u32>,
@@ -70,6 +82,8 @@ impl ConnCtx {
             peer,
             local,
             opts,
+            peer_uri_san: None,
+            xfcc: None,
             in_flight: Cell::new(0),
             last_active: Cell::new(Instant::now()),
             streams_closed: Cell::new(0),
@@ -77,6 +91,13 @@ impl ConnCtx {
             switch: Arc::default(),
             waker: RefCell::new(None),
         }
+    }
+
+    /// A connection on an mTLS listener, and what its client certificate says.
+    pub fn with_tls(mut self, san: Option<Arc<str>>, xfcc: Option<HeaderValue>) -> ConnCtx {
+        self.peer_uri_san = san;
+        self.xfcc = Some(Xfcc { value: xfcc });
+        self
     }
 
     pub fn request_started(&self) {

@@ -221,6 +221,7 @@ impl Client {
         let mut drain_check = tokio::time::interval(Duration::from_secs(1));
         // A new stream: an answer to a request sent on the last one will not come.
         self.certificates.pending = None;
+        let mut deferred = None;
         loop {
             let renew = self.next_certificate_request();
             let message = tokio::select! {
@@ -248,6 +249,12 @@ impl Client {
                 Err(e) => return Err(Session::Failed(e.to_string())),
             };
             let snapshot = match kind {
+                // The first snapshot waits for the first certificate: a sidecar serves its
+                // inbound mTLS from the start (Istio's waits for its SDS secret too).
+                api::control_message::Kind::Snapshot(s) if self.awaits_first_certificate() => {
+                    deferred = Some(s);
+                    continue;
+                }
                 api::control_message::Kind::Snapshot(s) => s,
                 api::control_message::Kind::TrustBundle(bundle) => {
                     self.trust(bundle);
@@ -255,7 +262,13 @@ impl Client {
                 }
                 api::control_message::Kind::Certificate(answer) => {
                     self.certificate(answer);
-                    continue;
+                    match deferred.take() {
+                        Some(s) if !self.awaits_first_certificate() => s,
+                        other => {
+                            deferred = other;
+                            continue;
+                        }
+                    }
                 }
             };
             synced = true;
@@ -279,6 +292,15 @@ impl Client {
                 return Err(Session::Synced("the stream closed".into()));
             }
         }
+    }
+
+    /// True before the proxy runs while it has a trust bundle and its first certificate is
+    /// being asked for (not after a refusal: then it starts without one, and asks again).
+    fn awaits_first_certificate(&self) -> bool {
+        self.source.is_none()
+            && self.identity.trust().is_some()
+            && self.identity.svid().is_none()
+            && self.certificates.retry_at.is_none()
     }
 
     /// The SPIFFE identity this proxy is entitled to, once the trust domain is known.

@@ -49,6 +49,14 @@ impl Identity {
     }
 }
 
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("spiffe_id", &self.svid().map(|s| s.spiffe_id.clone()))
+            .finish()
+    }
+}
+
 /// The mesh's roots.
 pub struct TrustBundle {
     pub trust_domain: String,
@@ -105,7 +113,7 @@ pub struct Certificate {
 }
 
 impl Certificate {
-    fn read(der: &CertificateDer<'_>) -> Result<Certificate, String> {
+    pub fn read(der: &CertificateDer<'_>) -> Result<Certificate, String> {
         let (_, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| format!("not an X.509 certificate: {e}"))?;
         let time = |t: x509_parser::time::ASN1Time| {

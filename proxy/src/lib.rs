@@ -26,6 +26,7 @@ mod server;
 mod snapshot;
 mod stats;
 mod threads;
+mod tls;
 mod upstream;
 mod worker;
 
@@ -152,9 +153,7 @@ impl Proxy {
         let host = Host::new(Some(cache_dir));
         let snapshot =
             Snapshot::build(bootstrap, 1, workers, &host, None).map_err(|e| in_file(e.into()))?;
-        let mut shared = Shared::new(snapshot, workers, access_log, host);
-        shared.identity = identity;
-        let shared = Arc::new(shared);
+        let shared = Arc::new(Shared::new(snapshot, workers, access_log, host, identity));
         let source = Arc::new(ConfigSource::new(shared.clone(), from_file));
         let (admin_stop, stop_rx) = watch::channel(false);
         let admin = match admin_socket {

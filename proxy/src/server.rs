@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::config::DownstreamTlsMode;
 use crate::conn::ConnCtx;
 use crate::h1_guard::H1Guard;
 use crate::h2_guard::H2Guard;
@@ -69,6 +70,10 @@ pub async fn accept_loop(worker: Rc<Worker>, listener_index: usize, listener: Tc
     }
 }
 
+/// How long a TLS handshake may take (at most; a shorter `request_headers_timeout` bounds it
+/// too): a client that opens a connection and stalls holds nothing for longer.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn serve_connection(
     worker: Rc<Worker>,
     listener: usize,
@@ -77,69 +82,177 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
-    let opts = worker.snapshot().bootstrap.listeners[listener].http.clone();
+    let (opts, tls) = {
+        let snapshot = worker.snapshot();
+        let l = &snapshot.bootstrap.listeners[listener];
+        (l.http.clone(), l.tls.as_ref().map(|t| t.mode))
+    };
     let header_timeout = opts.request_headers_timeout.nonzero();
-    let sniffed = match header_timeout {
-        Some(t) => tokio::time::timeout(t, sniff(&mut stream))
-            .await
-            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
-        None => sniff(&mut stream).await,
+    let Some(mode) = tls else {
+        let conn = Connection {
+            worker,
+            listener,
+            peer,
+            local,
+            opts,
+            header_timeout,
+            tls: None,
+        };
+        return conn.serve(stream, BytesMut::new()).await;
     };
-    let Ok((is_h2, prefix)) = sniffed else { return };
-    let io = Rewind {
-        prefix,
-        inner: stream,
-    };
-    let ctx = Rc::new(ConnCtx::new(
-        worker.clone(),
+
+    // TLS or, on a PERMISSIVE port, plaintext: the first bytes tell.
+    let stats = &worker.shared.listener_stats[listener];
+    let handshake_timeout =
+        header_timeout.map_or(TLS_HANDSHAKE_TIMEOUT, |t| t.min(TLS_HANDSHAKE_TIMEOUT));
+    let mut first = BytesMut::with_capacity(4096);
+    match tokio::time::timeout(handshake_timeout, stream.read_buf(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return,
+    }
+    let conn = |tls| Connection {
+        worker: worker.clone(),
         listener,
         peer,
         local,
-        opts.clone(),
-    ));
-    worker.register_connection(&ctx);
-    let service = {
-        let ctx = ctx.clone();
-        service_fn(move |req| request::serve(req, ctx.clone()))
+        opts: opts.clone(),
+        header_timeout,
+        tls,
     };
-    if is_h2 {
-        let flooded = ctx.clone();
-        let io = H2Guard::new(io, move || {
-            let stats = &flooded.worker.shared.listener_stats[flooded.listener];
-            stats.shards.local().cx_control_frame_flood.inc();
-            flooded.request_shutdown();
-        });
-        let conn = http2::Builder::new(LocalExec)
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(opts.max_concurrent_streams)
-            .max_header_list_size(opts.max_request_headers_kb * 1024)
-            .max_pending_accept_reset_streams(opts.max_pending_accept_reset_streams as usize)
-            .max_local_error_reset_streams(1024)
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .serve_connection(TokioIo::new(io), service);
-        drive(conn, &ctx, |c| c.graceful_shutdown()).await;
-    } else {
-        let max_head = opts.max_request_headers_kb as usize * 1024;
-        let stats = worker.shared.listener_stats[listener].clone();
-        let guard = H1Guard::new(io, max_head + 1024, header_timeout)
-            .with_switch_watch(ctx.switch.clone())
-            .on_reject(move |_| stats.shards.local().rq_rejected.inc());
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .max_header_size(max_head)
-            .max_buf_size(max_head.max(8192) + 64 * 1024)
-            .keep_alive(true);
-        if opts.max_headers_count != 100 {
-            // hyper keeps the default of 100 on the stack; other values allocate per request.
-            builder.max_headers(opts.max_headers_count as usize);
+    if !crate::tls::is_client_hello(&first) {
+        if mode == DownstreamTlsMode::Strict {
+            stats.shards.local().tls_plaintext_refused.inc();
+            tracing::debug!(%peer, "plaintext on a STRICT mTLS listener: closed");
+            return;
         }
-        let conn = builder
-            .serve_connection(TokioIo::new(guard), service)
-            .with_upgrades();
-        drive(conn, &ctx, |c| c.graceful_shutdown()).await;
+        return conn(Some((None, None))).serve(stream, first).await;
+    }
+    let config = match worker.shared.tls.server_config() {
+        Ok(c) => c,
+        Err(e) => {
+            stats.shards.local().tls_error.inc();
+            tracing::warn!(%peer, error = %e, "cannot accept mTLS");
+            return;
+        }
+    };
+    let io = Rewind {
+        prefix: first.freeze(),
+        inner: stream,
+    };
+    let accepted = tokio::time::timeout(
+        handshake_timeout,
+        tokio_rustls::TlsAcceptor::from(config).accept(io),
+    )
+    .await;
+    let tls = match accepted {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            stats.shards.local().tls_error.inc();
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            stats.shards.local().tls_error.inc();
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    stats.shards.local().tls_handshake.inc();
+    let certs = tls.get_ref().1.peer_certificates();
+    let san = crate::tls::peer_uri_san(certs);
+    let xfcc = crate::tls::xfcc(&worker.shared.identity, certs, san.as_deref());
+    conn(Some((san, xfcc))).serve(tls, BytesMut::new()).await
+}
+
+/// One downstream connection about to be served over HTTP.
+struct Connection {
+    worker: Rc<Worker>,
+    listener: usize,
+    peer: SocketAddr,
+    local: SocketAddr,
+    opts: crate::config::HttpOptions,
+    header_timeout: Option<Duration>,
+    /// On an mTLS listener: the client certificate's SPIFFE id and the
+    /// `x-forwarded-client-cert` its requests carry (none for plaintext).
+    tls: Option<(Option<std::sync::Arc<str>>, Option<http::HeaderValue>)>,
+}
+
+impl Connection {
+    /// Serves HTTP/1.1 or HTTP/2 on `stream`, whose first bytes (if any were read) are in
+    /// `read`.
+    async fn serve<S>(self, mut stream: S, read: BytesMut)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            worker,
+            listener,
+            peer,
+            local,
+            opts,
+            header_timeout,
+            tls,
+        } = self;
+        let sniffed = match header_timeout {
+            Some(t) => tokio::time::timeout(t, sniff(&mut stream, read))
+                .await
+                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+            None => sniff(&mut stream, read).await,
+        };
+        let Ok((is_h2, prefix)) = sniffed else { return };
+        let io = Rewind {
+            prefix,
+            inner: stream,
+        };
+        let mut ctx = ConnCtx::new(worker.clone(), listener, peer, local, opts.clone());
+        if let Some((san, xfcc)) = tls {
+            ctx = ctx.with_tls(san, xfcc);
+        }
+        let ctx = Rc::new(ctx);
+        worker.register_connection(&ctx);
+        let service = {
+            let ctx = ctx.clone();
+            service_fn(move |req| request::serve(req, ctx.clone()))
+        };
+        if is_h2 {
+            let flooded = ctx.clone();
+            let io = H2Guard::new(io, move || {
+                let stats = &flooded.worker.shared.listener_stats[flooded.listener];
+                stats.shards.local().cx_control_frame_flood.inc();
+                flooded.request_shutdown();
+            });
+            let conn = http2::Builder::new(LocalExec)
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(opts.max_concurrent_streams)
+                .max_header_list_size(opts.max_request_headers_kb * 1024)
+                .max_pending_accept_reset_streams(opts.max_pending_accept_reset_streams as usize)
+                .max_local_error_reset_streams(1024)
+                .initial_stream_window_size(1 << 20)
+                .initial_connection_window_size(4 << 20)
+                .serve_connection(TokioIo::new(io), service);
+            drive(conn, &ctx, |c| c.graceful_shutdown()).await;
+        } else {
+            let max_head = opts.max_request_headers_kb as usize * 1024;
+            let stats = worker.shared.listener_stats[listener].clone();
+            let guard = H1Guard::new(io, max_head + 1024, header_timeout)
+                .with_switch_watch(ctx.switch.clone())
+                .on_reject(move |_| stats.shards.local().rq_rejected.inc());
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(None)
+                .max_header_size(max_head)
+                .max_buf_size(max_head.max(8192) + 64 * 1024)
+                .keep_alive(true);
+            if opts.max_headers_count != 100 {
+                // hyper keeps the default of 100 on the stack; other values allocate per request.
+                builder.max_headers(opts.max_headers_count as usize);
+            }
+            let conn = builder
+                .serve_connection(TokioIo::new(guard), service)
+                .with_upgrades();
+            drive(conn, &ctx, |c| c.graceful_shutdown()).await;
+        }
     }
 }
 
@@ -166,19 +279,23 @@ where
     }
 }
 
-/// Reads the first bytes to tell an HTTP/2 prior-knowledge preface from HTTP/1.
-async fn sniff(stream: &mut TcpStream) -> io::Result<(bool, Bytes)> {
-    let mut buf = BytesMut::with_capacity(4096);
+/// Reads the first bytes (after those already in `buf`) to tell an HTTP/2 prior-knowledge
+/// preface from HTTP/1.
+async fn sniff<S>(stream: &mut S, mut buf: BytesMut) -> io::Result<(bool, Bytes)>
+where
+    S: AsyncRead + Unpin,
+{
+    buf.reserve(4096);
     loop {
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
         let n = buf.len().min(H2_PREFACE.len());
         if buf[..n] != H2_PREFACE[..n] {
             return Ok((false, buf.freeze()));
         }
         if n == H2_PREFACE.len() {
             return Ok((true, buf.freeze()));
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
         }
     }
 }

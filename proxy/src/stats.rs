@@ -182,6 +182,12 @@ pub struct ListenerShard {
     pub rq_too_many_premature_resets: Counter,
     /// HTTP/2 connections sent away for flooding PING or SETTINGS frames.
     pub cx_control_frame_flood: Counter,
+    /// TLS handshakes completed (Envoy's `ssl.handshake`).
+    pub tls_handshake: Counter,
+    /// TLS handshakes that failed or timed out (Envoy's `ssl.connection_error`).
+    pub tls_error: Counter,
+    /// Plaintext connections closed by a STRICT listener.
+    pub tls_plaintext_refused: Counter,
 }
 
 impl Default for ListenerShard {
@@ -196,6 +202,9 @@ impl Default for ListenerShard {
             rq_rejected: Counter::default(),
             rq_too_many_premature_resets: Counter::default(),
             cx_control_frame_flood: Counter::default(),
+            tls_handshake: Counter::default(),
+            tls_error: Counter::default(),
+            tls_plaintext_refused: Counter::default(),
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::access_log::{AccessLogSink, LogBuffer};
 use crate::identity::Identity;
 use crate::snapshot::Snapshot;
 use crate::stats::ListenerStats;
+use crate::tls::Tls;
 use crate::upstream::pool::Pools;
 use wasmesh_host::{Chain, Embedder, Host, VmFailure, WorkerVms};
 
@@ -35,6 +36,8 @@ pub struct Shared {
     pub node_id: Arc<str>,
     /// Its workload identity, when a control plane gives it one.
     pub identity: Arc<Identity>,
+    /// TLS configurations made from it.
+    pub tls: Tls,
 }
 
 impl Shared {
@@ -43,6 +46,7 @@ impl Shared {
         workers: usize,
         access_log: Option<AccessLogSink>,
         host: Arc<Host>,
+        identity: Arc<Identity>,
     ) -> Shared {
         let listener_stats = snapshot
             .bootstrap
@@ -67,7 +71,8 @@ impl Shared {
             drain: watch::channel(false).0,
             started: Instant::now(),
             node_id: Arc::from("wasmesh"),
-            identity: Arc::default(),
+            tls: Tls::new(identity.clone()),
+            identity,
         }
     }
 

@@ -22,6 +22,7 @@ mod istio_mirroring;
 mod istio_routing;
 mod istio_timeouts;
 mod layout;
+mod mtls;
 mod plugins;
 mod probes;
 mod request_path;

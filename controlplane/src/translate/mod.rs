@@ -178,6 +178,7 @@ pub fn translate(resources: &[Resource], options: &Options) -> Translation {
         address: options.listener_address.clone(),
         max_connections: 100_000,
         http: HttpOptions::default(),
+        tls: None,
         http_filters: match &options.plugins {
             Some(modules) => filters(
                 modules,

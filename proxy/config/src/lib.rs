@@ -119,11 +119,33 @@ pub struct Listener {
     pub max_connections: u32,
     #[serde(default)]
     pub http: HttpOptions,
+    /// Downstream TLS with the proxy's workload identity (Istio's PeerAuthentication on an
+    /// inbound listener); none: plaintext only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<DownstreamTls>,
     /// Wasm plugins every request through this listener passes, ordered by phase, then
     /// priority (higher first), then name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http_filters: Vec<filters::HttpFilter>,
     pub virtual_hosts: Vec<VirtualHost>,
+}
+
+/// Downstream mTLS: the proxy presents its workload certificate and requires a client
+/// certificate that chains to the mesh's trust bundle, offering ALPN `h2` and `http/1.1`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownstreamTls {
+    pub mode: DownstreamTlsMode,
+}
+
+/// Istio's PeerAuthentication modes that terminate TLS (DISABLE is no `tls` at all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownstreamTlsMode {
+    /// mTLS only: a plaintext connection is closed.
+    Strict,
+    /// mTLS or plaintext on one port, told apart by the first bytes (a TLS ClientHello).
+    Permissive,
 }
 
 /// Downstream HTTP limits and timeouts (Envoy's defaults unless noted).

@@ -166,7 +166,23 @@ pub fn get(
         }
 
         ["connection", "id"] => Ok(uint(info.connection_id)),
-        ["connection", "mtls"] => Ok(Bytes::from_static(&[0])),
+        ["connection", "mtls"] => Ok(Bytes::from_static(if info.peer_uri_san.is_some() {
+            &[1]
+        } else {
+            &[0]
+        })),
+        // The peer's SPIFFE id, as Istio's `source_principal`.
+        ["connection", "uri_san_peer_certificate"] | ["source", "principal"] => info
+            .peer_uri_san
+            .as_deref()
+            .map(string)
+            .ok_or(Status::NotFound),
+        ["source", "namespace"] => info
+            .peer_uri_san
+            .as_deref()
+            .and_then(spiffe_namespace)
+            .map(string)
+            .ok_or(Status::NotFound),
         ["connection", "requested_server_name"] => Ok(Bytes::new()),
         ["xds", "cluster_name"] => Ok(string(&info.cluster_name)),
         ["xds", "route_name"] => Ok(info.route_name.clone()),
@@ -181,6 +197,15 @@ pub fn get(
             .ok_or(Status::NotFound),
         _ => Err(Status::NotFound),
     }
+}
+
+/// The namespace of `spiffe://<trust-domain>/ns/<namespace>/sa/<account>`.
+fn spiffe_namespace(id: &str) -> Option<&str> {
+    let path = id.strip_prefix("spiffe://")?;
+    let (_, path) = path.split_once('/')?;
+    let rest = path.strip_prefix("ns/")?;
+    let (namespace, rest) = rest.split_once('/')?;
+    rest.starts_with("sa/").then_some(namespace)
 }
 
 /// Stores a property. Paths under `wasmesh.` are the host extensions documented in

@@ -35,6 +35,8 @@ pub struct StreamInfo {
     pub request_size: u64,
     pub response_size: u64,
     pub node_id: std::sync::Arc<str>,
+    /// The URI SAN of the client certificate of an mTLS connection (a SPIFFE id).
+    pub peer_uri_san: Option<std::sync::Arc<str>>,
 }
 
 /// A reply a filter asked the proxy to send instead of going upstream.

@@ -67,6 +67,7 @@ impl Filters {
                 .clone(),
             start_time: Some(SystemTime::now()),
             node_id: conn.worker.shared.node_id.clone(),
+            peer_uri_san: conn.peer_uri_san.clone(),
             ..Default::default()
         };
         Filters {

@@ -97,6 +97,7 @@ impl ResponseBody {
                 route_name: log.route_name.as_deref(),
                 downstream_remote_address: conn.peer,
                 downstream_local_address: conn.local,
+                downstream_peer_uri_san: conn.peer_uri_san.as_deref(),
                 listener,
             };
             conn.worker.log.write(sink, &entry);

@@ -46,6 +46,15 @@ pub(super) fn prepare(
     let (mut parts, body) = req.into_parts();
     let authority = request_authority(&mut parts)?;
     let mut added = headers::Added::prepare(&mut parts.headers, is_upgrade, &conn.client_ip);
+    if let Some(xfcc) = &conn.xfcc {
+        // Only this proxy says who the client is.
+        parts.headers.remove(&headers::X_FORWARDED_CLIENT_CERT);
+        if let Some(value) = &xfcc.value {
+            parts
+                .headers
+                .insert(headers::X_FORWARDED_CLIENT_CERT.clone(), value.clone());
+        }
+    }
     // Logged as received, even if a filter answers before the request goes anywhere (Envoy).
     ex.capture_request(&parts, authority.as_ref(), &added);
     if upgrade.is_some() || filters {

@@ -31,6 +31,31 @@ impl TestCa {
         self.issuer.pem()
     }
 
+    /// A client certificate for the URI SAN `uri` signed by this CA, and its key, written as
+    /// `<name>.pem` and `<name>.key` in `dir`.
+    pub fn leaf_files(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+        uri: &str,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+
     /// A server config with a certificate for 127.0.0.1 signed by this CA.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         let key = KeyPair::generate().unwrap();

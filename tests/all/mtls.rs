@@ -1,0 +1,258 @@
+//! mTLS on a sidecar's inbound listener, driven by real TLS clients (`openssl s_client`,
+//! `curl`): the sidecar presents its SVID, verifies the client's against the mesh's roots,
+//! offers ALPN h2 and http/1.1, tells the workload who called (`x-forwarded-client-cert`),
+//! and, PERMISSIVE by default as Istio's, still accepts plaintext.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wasmesh_api as api;
+
+use crate::support::sidecars::{
+    ControlPlane, Process, Sidecar, SidecarSpec, services, shared_cache, write,
+};
+use crate::support::tls::TestCa;
+use crate::support::*;
+
+const REVIEWS: u16 = 9080;
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage";
+const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews";
+
+/// A workload certificate and key for `service_account`, signed by the control plane's CA
+/// over a stream of its own (as a sidecar gets its own), written as PEM files in `dir`.
+async fn client_svid(address: &str, service_account: &str, dir: &Path) -> (PathBuf, PathBuf) {
+    let mut client =
+        api::mesh_config_client::MeshConfigClient::connect(format!("http://{address}"))
+            .await
+            .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(api::ProxyMessage {
+        kind: Some(api::proxy_message::Kind::Hello(api::Hello {
+            node: Some(api::Node {
+                name: format!("{service_account}-client"),
+                namespace: "default".into(),
+                service_account: service_account.into(),
+                outbound_address: "127.0.0.1:1".into(),
+                ..Default::default()
+            }),
+            version: String::new(),
+        })),
+    })
+    .await
+    .unwrap();
+    let mut messages = client
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    let id = format!("spiffe://cluster.local/ns/default/sa/{service_account}");
+    params.subject_alt_names = vec![rcgen::SanType::URI(id.as_str().try_into().unwrap())];
+    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    tx.send(api::ProxyMessage {
+        kind: Some(api::proxy_message::Kind::CertificateRequest(
+            api::CertificateRequest {
+                csr_pem,
+                validity_seconds: 3600,
+                id: 1,
+            },
+        )),
+    })
+    .await
+    .unwrap();
+    let chain = loop {
+        let m = messages.message().await.unwrap().unwrap();
+        if let Some(api::control_message::Kind::Certificate(c)) = m.kind {
+            assert_eq!(c.error, "");
+            break c.cert_chain_pem;
+        }
+    };
+    let cert = dir.join(format!("{service_account}.pem"));
+    let key_path = dir.join(format!("{service_account}.key"));
+    std::fs::write(&cert, &chain[0]).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert, key_path)
+}
+
+fn run(cmd: &mut Command, stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the client is installed (deploy/setup.sh)");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_mtls_with_real_clients_and_plaintext_while_permissive() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    write(
+        &manifests,
+        "services.yaml",
+        &services(&[("reviews", REVIEWS)]),
+    );
+    let data = dir.path().join("data");
+    let cp = ControlPlane::start(&manifests, &data, "127.0.0.1:0");
+    let root = data.join("ca/root-cert.pem");
+    let app = Upstream::echo("reviews-v1").await;
+    let cache = shared_cache();
+    let spec = SidecarSpec {
+        name: "reviews-v1",
+        labels: &[("app", "reviews")],
+        app: Some((REVIEWS, app.addr)),
+        cache: &cache,
+        outbound: "127.0.0.1:0",
+    };
+    let mut cmd = Sidecar::command(&cp.address, &spec);
+    cmd.args(["--service-account", "bookinfo-reviews"]);
+    let sidecar = Sidecar::ready(Process::spawn("reviews-v1", cmd));
+    let inbound = sidecar.inbound.expect("an inbound listener");
+    let (cert, key) = client_svid(&cp.address, "bookinfo-productpage", dir.path()).await;
+    let https = format!("https://{inbound}/reviews/1");
+
+    // openssl: the chain verifies against the mesh's root, the server is the workload's
+    // SPIFFE id, and ALPN picks h2 when offered.
+    let out = run(
+        Command::new("openssl")
+            .args(["s_client", "-connect", &inbound.to_string()])
+            .arg("-CAfile")
+            .arg(&root)
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .args(["-alpn", "h2,http/1.1", "-verify_return_error", "-showcerts"]),
+        b"",
+    );
+    let t = text(&out);
+    assert!(
+        t.contains("Verify return code: 0 (ok)"),
+        "{t}\nsidecar log:\n{}",
+        sidecar.process.log()
+    );
+    assert!(t.contains("ALPN protocol: h2"), "{t}");
+    let pem_start = t.find("-----BEGIN CERTIFICATE-----").unwrap();
+    let pem_end = t.find("-----END CERTIFICATE-----").unwrap() + 25;
+    let served = dir.path().join("served.pem");
+    std::fs::write(&served, &t[pem_start..pem_end]).unwrap();
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(&served)
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).contains(&format!("URI:{SERVER_ID}")),
+        "{}",
+        text(&out)
+    );
+
+    // curl over HTTP/1.1 and HTTP/2 with the client SVID (`-k`: an SVID names no host; the
+    // chain was verified above). The workload learns who called, and a forged header from
+    // the client does not survive.
+    for http in ["--http1.1", "--http2"] {
+        let out = run(
+            Command::new("curl")
+                .args([
+                    "-sS",
+                    "-k",
+                    http,
+                    "-H",
+                    "x-forwarded-client-cert: By=forged",
+                ])
+                .arg("--cert")
+                .arg(&cert)
+                .arg("--key")
+                .arg(&key)
+                .args(["-w", "\n%{http_version} %{http_code}", &https]),
+            b"",
+        );
+        let t = text(&out);
+        let (body, status) = t.rsplit_once('\n').unwrap();
+        let expected = if http == "--http2" {
+            "2 200"
+        } else {
+            "1.1 200"
+        };
+        assert_eq!(status, expected, "{t}");
+        let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+        let xfcc = echo["headers"]["x-forwarded-client-cert"].as_str().unwrap();
+        assert!(xfcc.starts_with(&format!("By={SERVER_ID};Hash=")), "{xfcc}");
+        assert!(
+            xfcc.ends_with(&format!(";Subject=\"\";URI={CLIENT_ID}")),
+            "{xfcc}"
+        );
+    }
+
+    // PERMISSIVE: plaintext on the same port is served, with no client identity.
+    let out = run(
+        Command::new("curl")
+            .args(["-sS", "-H", "x-forwarded-client-cert: By=forged"])
+            .arg(format!("http://{inbound}/reviews/1")),
+        b"",
+    );
+    let echo: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(echo["server"], "reviews-v1");
+    assert!(
+        echo["headers"].get("x-forwarded-client-cert").is_none(),
+        "{echo}"
+    );
+
+    // No client certificate, or one from a CA outside the mesh: refused.
+    let out = run(Command::new("curl").args(["-sS", "-k", &https]), b"");
+    assert!(!out.status.success(), "{}", text(&out));
+    let foreign = TestCa::new("not the mesh");
+    let (fcert, fkey) = foreign.leaf_files(dir.path(), "foreign", CLIENT_ID);
+    let out = run(
+        Command::new("curl")
+            .args(["-sS", "-k", "--cert"])
+            .arg(&fcert)
+            .arg("--key")
+            .arg(&fkey)
+            .arg(&https),
+        b"",
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+
+    // Garbage after a TLS record header, and a handshake that stalls: the connection is
+    // closed or held, and the worker goes on serving everyone else.
+    let mut garbage = tokio::net::TcpStream::connect(inbound).await.unwrap();
+    garbage
+        .write_all(b"\x16\x03\x01\x00\x05hello, not a ClientHello")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), garbage.read_to_end(&mut buf))
+        .await
+        .expect("a bad ClientHello closes the connection")
+        .ok();
+    let _stalled = {
+        let mut s = tokio::net::TcpStream::connect(inbound).await.unwrap();
+        s.write_all(b"\x16\x03\x01").await.unwrap();
+        s
+    };
+    let out = run(
+        Command::new("curl")
+            .args(["-sS", "-k", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg(&https),
+        b"",
+    );
+    assert_eq!(text(&out), "200");
+    let admin_log = sidecar.process.log();
+    assert!(!admin_log.contains("panicked"), "{admin_log}");
+}
