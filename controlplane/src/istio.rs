@@ -609,3 +609,39 @@ pub enum WorkloadMode {
     Server,
     ClientAndServer,
 }
+
+// ----- PeerAuthentication (security.istio.io) -----
+
+/// The API group of PeerAuthentication and AuthorizationPolicy.
+pub const SECURITY_GROUP: &str = "security.istio.io";
+/// The versions served.
+pub const SECURITY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
+
+/// What TLS a workload's sidecar accepts from its peers.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct PeerAuthentication {
+    /// The workloads it applies to; none: every workload in its namespace (or, in the root
+    /// namespace, the mesh).
+    pub selector: Option<LabelSelector>,
+    pub mtls: Option<PeerMtls>,
+    /// Per workload port; only with a selector.
+    pub port_level_mtls: BTreeMap<u32, PeerMtls>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct PeerMtls {
+    pub mode: MtlsMode,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// Inherited from the enclosing scope.
+    #[default]
+    Unset,
+    Disable,
+    Permissive,
+    Strict,
+}

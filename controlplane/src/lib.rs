@@ -18,6 +18,7 @@ pub mod istio;
 pub mod manifests;
 pub mod mesh;
 pub mod modules;
+pub mod peer_auth;
 pub mod plugins;
 pub mod samples;
 pub mod server;

@@ -2,7 +2,7 @@
 //!
 //! Each document is parsed on its own, so one bad document does not stop the others; each
 //! resource remembers its file and the line its document starts at. Kinds other than the four
-//! translated ones (and WasmPlugin) are skipped with an Info diagnostic.
+//! translated ones (and WasmPlugin and PeerAuthentication) are skipped with an Info diagnostic.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +28,7 @@ pub enum Spec {
     ServiceEntry(istio::ServiceEntry),
     WorkloadEntry(istio::WorkloadEntry),
     WasmPlugin(istio::WasmPlugin),
+    PeerAuthentication(istio::PeerAuthentication),
 }
 
 impl Spec {
@@ -38,6 +39,7 @@ impl Spec {
             Spec::ServiceEntry(_) => "ServiceEntry",
             Spec::WorkloadEntry(_) => "WorkloadEntry",
             Spec::WasmPlugin(_) => "WasmPlugin",
+            Spec::PeerAuthentication(_) => "PeerAuthentication",
         }
     }
 }
@@ -333,6 +335,7 @@ fn parse_document(doc: &Document, file: Option<&Path>, loaded: &mut Loaded) {
             (istio::GROUP, &istio::VERSIONS[..])
         }
         "WasmPlugin" => (istio::EXTENSIONS_GROUP, &istio::EXTENSIONS_VERSIONS[..]),
+        "PeerAuthentication" => (istio::SECURITY_GROUP, &istio::SECURITY_VERSIONS[..]),
         _ => ("", &[][..]),
     };
     let (doc_group, version) = api_version.split_once('/').unwrap_or(("", api_version));
@@ -369,6 +372,7 @@ fn parse_document(doc: &Document, file: Option<&Path>, loaded: &mut Loaded) {
         "DestinationRule" => typed(&doc.text, Spec::DestinationRule),
         "ServiceEntry" => typed(&doc.text, Spec::ServiceEntry),
         "WasmPlugin" => typed(&doc.text, Spec::WasmPlugin),
+        "PeerAuthentication" => typed(&doc.text, Spec::PeerAuthentication),
         _ => typed(&doc.text, Spec::WorkloadEntry),
     };
     match parsed {

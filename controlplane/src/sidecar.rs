@@ -17,8 +17,9 @@ use wasmesh_config::{
     RouteMatch, UpstreamProtocol, VirtualHost,
 };
 
-use crate::istio::{self, WasmPlugin};
+use crate::istio::{self, MtlsMode, WasmPlugin};
 use crate::manifests::{Resource, Spec};
+use crate::peer_auth;
 use crate::plugins::{self, Direction, Workload};
 use crate::translate::{Options, Translation, translate};
 
@@ -170,6 +171,12 @@ pub fn own_part(
     user_plugins: &[UserPlugin],
 ) -> Bootstrap {
     let all: Vec<&Resource> = resources.iter().collect();
+    // Policies with errors are left out (reported by the translation).
+    let peer_auths: Vec<&Resource> = resources
+        .iter()
+        .filter(|r| matches!(r.spec, Spec::PeerAuthentication(_)))
+        .filter(|r| !crate::translate::check(r).iter().any(|d| d.is_error()))
+        .collect();
     let workload = Workload {
         namespace: &node.namespace,
         labels: &node.labels,
@@ -213,10 +220,15 @@ pub fn own_part(
             address: p.listen_address.clone(),
             max_connections: 100_000,
             http: HttpOptions::default(),
-            // Istio's default without a PeerAuthentication: mTLS and plaintext both accepted.
-            tls: Some(DownstreamTls {
-                mode: DownstreamTlsMode::Permissive,
-            }),
+            tls: match peer_auth::inbound_mode(&peer_auths, &node.namespace, &node.labels, p.port) {
+                MtlsMode::Strict => Some(DownstreamTls {
+                    mode: DownstreamTlsMode::Strict,
+                }),
+                MtlsMode::Disable => None,
+                MtlsMode::Permissive | MtlsMode::Unset => Some(DownstreamTls {
+                    mode: DownstreamTlsMode::Permissive,
+                }),
+            },
             http_filters: filters_for(Direction::Server { port: p.port }),
             virtual_hosts: vec![VirtualHost {
                 name: format!("inbound|http|{}", p.port),

@@ -1,7 +1,8 @@
 //! mTLS on a sidecar's inbound listener, driven by real TLS clients (`openssl s_client`,
 //! `curl`): the sidecar presents its SVID, verifies the client's against the mesh's roots,
 //! offers ALPN h2 and http/1.1, tells the workload who called (`x-forwarded-client-cert`),
-//! and, PERMISSIVE by default as Istio's, still accepts plaintext.
+//! and, PERMISSIVE by default as Istio's, still accepts plaintext; PeerAuthentication makes it
+//! STRICT (plaintext refused) or, per port, DISABLE.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -94,7 +95,7 @@ fn text(out: &Output) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inbound_mtls_with_real_clients_and_plaintext_while_permissive() {
+async fn inbound_mtls_with_real_clients_under_permissive_strict_and_disable() {
     let dir = tempfile::tempdir().unwrap();
     let manifests = dir.path().join("manifests");
     std::fs::create_dir(&manifests).unwrap();
@@ -253,6 +254,70 @@ async fn inbound_mtls_with_real_clients_and_plaintext_while_permissive() {
         b"",
     );
     assert_eq!(text(&out), "200");
-    let admin_log = sidecar.process.log();
-    assert!(!admin_log.contains("panicked"), "{admin_log}");
+
+    // STRICT for the namespace: plaintext is refused, mTLS still served.
+    let plaintext = || {
+        let out = run(
+            Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+                .arg(format!("http://{inbound}/reviews/1")),
+            b"",
+        );
+        text(&out)
+    };
+    let mtls = || {
+        let out = run(
+            Command::new("curl")
+                .args(["-sS", "-k", "-o", "/dev/null", "-w", "%{http_code}"])
+                .arg("--cert")
+                .arg(&cert)
+                .arg("--key")
+                .arg(&key)
+                .arg(&https),
+            b"",
+        );
+        text(&out)
+    };
+    write(
+        &manifests,
+        "peer-auth.yaml",
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: default}
+spec:
+  mtls: {mode: STRICT}
+",
+    );
+    eventually(
+        "plaintext refused under STRICT",
+        Duration::from_secs(10),
+        || async { !plaintext().ends_with("200") },
+    )
+    .await;
+    assert_eq!(mtls(), "200");
+
+    // The workload's own policy turns mTLS off on its port: plaintext again, TLS not spoken.
+    write(
+        &manifests,
+        "reviews-peer-auth.yaml",
+        &format!(
+            "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: reviews, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  portLevelMtls:
+    {REVIEWS}: {{mode: DISABLE}}
+"
+        ),
+    );
+    eventually(
+        "plaintext served with DISABLE",
+        Duration::from_secs(10),
+        || async { plaintext() == "200" },
+    )
+    .await;
+    assert_ne!(mtls(), "200");
+    let log = sidecar.process.log();
+    assert!(!log.contains("panicked"), "{log}");
 }

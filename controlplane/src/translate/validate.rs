@@ -208,8 +208,24 @@ pub(crate) fn resource(r: &Resource) -> Vec<Diagnostic> {
         Spec::ServiceEntry(se) => service_entry(&mut c, se),
         Spec::WorkloadEntry(we) => workload(&mut c, "spec", we),
         Spec::WasmPlugin(wp) => wasm_plugin(&mut c, wp),
+        Spec::PeerAuthentication(pa) => peer_authentication(&mut c, pa),
     }
     c.out
+}
+
+fn peer_authentication(c: &mut Check, pa: &istio::PeerAuthentication) {
+    // As Istio's validation: ports need a workload to belong to.
+    if !pa.port_level_mtls.is_empty() && pa.selector.is_none() {
+        c.error(
+            "spec.portLevelMtls",
+            "requires spec.selector (port-level mTLS applies to one workload's ports)",
+        );
+    }
+    for port in pa.port_level_mtls.keys() {
+        if !(1..=65535).contains(port) {
+            c.error(&format!("spec.portLevelMtls[{port}]"), "not a port number");
+        }
+    }
 }
 
 fn wasm_plugin(c: &mut Check, wp: &istio::WasmPlugin) {
