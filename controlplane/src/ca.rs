@@ -15,8 +15,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use time::OffsetDateTime;
 
-/// The trust domain when none is configured (Istio's default).
-pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+pub use wasmesh_api::DEFAULT_TRUST_DOMAIN;
 
 /// How long a generated root is valid.
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);

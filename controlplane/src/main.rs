@@ -108,6 +108,7 @@ fn main() -> anyhow::Result<()> {
             MeshOptions {
                 translate: Options {
                     domain_suffix: args.domain_suffix,
+                    trust_domain: args.trust_domain.clone(),
                     ..Options::default()
                 },
                 plugins,

@@ -256,6 +256,7 @@ pub fn own_part(
             max_requests_per_connection: 0,
             circuit_breakers: Default::default(),
             retry_budget: None,
+            tls: None,
         });
     }
     own

@@ -120,6 +120,7 @@ impl ConfigSource {
             version,
             self.shared.workers,
             &self.shared.host,
+            &self.shared.identity,
             Some(&current),
         )
         .map_err(|e| in_file(e.into()))?;

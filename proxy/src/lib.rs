@@ -151,8 +151,8 @@ impl Proxy {
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join("wasmesh-wasm-cache"));
         let host = Host::new(Some(cache_dir));
-        let snapshot =
-            Snapshot::build(bootstrap, 1, workers, &host, None).map_err(|e| in_file(e.into()))?;
+        let snapshot = Snapshot::build(bootstrap, 1, workers, &host, &identity, None)
+            .map_err(|e| in_file(e.into()))?;
         let shared = Arc::new(Shared::new(snapshot, workers, access_log, host, identity));
         let source = Arc::new(ConfigSource::new(shared.clone(), from_file));
         let (admin_stop, stop_rx) = watch::channel(false);
@@ -293,7 +293,7 @@ pub fn check(bootstrap: &Bootstrap, file: Option<&Path>) -> Result<(), ConfigErr
     }
     // No disk cache: checking leaves nothing behind.
     let host = Host::new(None);
-    Snapshot::build(bootstrap.clone(), 0, 1, &host, None)
+    Snapshot::build(bootstrap.clone(), 0, 1, &host, &Arc::default(), None)
         .map_err(|e| ConfigError::from(e).in_file(file))?;
     Ok(())
 }

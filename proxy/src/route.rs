@@ -176,7 +176,7 @@ mod tests {
         let clusters = b
             .clusters
             .iter()
-            .map(|c| (c.name.clone(), Arc::new(Cluster::new(c, 1).unwrap())))
+            .map(|c| (c.name.clone(), Arc::new(Cluster::new(c, 1, None).unwrap())))
             .collect();
         RouteTable::new(&b.listeners[0].virtual_hosts, &clusters)
     }

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use wasmesh_host::{Host, PluginSpec};
 
 use crate::config::{Bootstrap, ConfigError};
+use crate::identity::Identity;
 use crate::plugins::{self, FilterError};
 use crate::route::RouteTable;
+use crate::tls::ClientTls;
 use crate::upstream::Cluster;
 
 /// Why a bootstrap could not be compiled into a snapshot. It becomes a [`ConfigError`] whose
@@ -22,6 +24,9 @@ pub enum SnapshotError {
         endpoint: usize,
         error: crate::config::EndpointError,
     },
+    /// The TLS settings of cluster `cluster` are unusable.
+    #[error("clusters[{cluster}].tls: {error}")]
+    Tls { cluster: usize, error: String },
     /// A filter of listener `listener` could not be loaded or refused to start.
     #[error("listeners[{listener}]: {error}")]
     Filter { listener: usize, error: FilterError },
@@ -38,6 +43,9 @@ impl From<SnapshotError> for ConfigError {
                 format!("clusters[{cluster}].endpoints[{endpoint}]"),
                 error.to_string(),
             ),
+            SnapshotError::Tls { cluster, error } => {
+                ConfigError::at(format!("clusters[{cluster}].tls"), error)
+            }
             SnapshotError::Filter { listener, error } => error.at_listener(listener),
         }
     }
@@ -69,6 +77,7 @@ impl Snapshot {
         version: u64,
         workers: usize,
         host: &Arc<Host>,
+        identity: &Arc<Identity>,
         running: Option<&Snapshot>,
     ) -> Result<Snapshot, SnapshotError> {
         let clusters = bootstrap
@@ -82,7 +91,16 @@ impl Snapshot {
                 {
                     return Ok(kept.clone());
                 }
-                Cluster::new(c, workers)
+                let tls = c
+                    .tls
+                    .as_ref()
+                    .map(|t| {
+                        let http2 = c.protocol == crate::config::UpstreamProtocol::Http2;
+                        ClientTls::new(identity.clone(), t, &c.name, http2)
+                    })
+                    .transpose()
+                    .map_err(|error| SnapshotError::Tls { cluster: i, error })?;
+                Cluster::new(c, workers, tls)
                     .map(Arc::new)
                     .map_err(|(endpoint, error)| SnapshotError::Endpoint {
                         cluster: i,

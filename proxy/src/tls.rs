@@ -1,13 +1,17 @@
 //! TLS with the workload identity: the server side of mTLS on inbound listeners (the
 //! proxy's SVID presented, a client certificate chaining to the mesh's trust bundle
-//! required), and telling a TLS ClientHello from plaintext on a PERMISSIVE port.
+//! required), telling a TLS ClientHello from plaintext on a PERMISSIVE port, and the client
+//! side to clusters whose endpoints are sidecars (Istio's ISTIO_MUTUAL).
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
+use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig};
+use rustls_pki_types::{CertificateDer, ServerName};
 
 use crate::identity::{Identity, TrustBundle};
 
@@ -87,7 +91,7 @@ pub fn is_client_hello(first: &[u8]) -> bool {
 }
 
 /// The URI SAN of a peer's certificate (its SPIFFE id), if it has exactly one.
-pub fn peer_uri_san(certs: Option<&[rustls_pki_types::CertificateDer<'_>]>) -> Option<Arc<str>> {
+pub fn peer_uri_san(certs: Option<&[CertificateDer<'_>]>) -> Option<Arc<str>> {
     let leaf = certs?.first()?;
     let cert = crate::identity::Certificate::read(leaf).ok()?;
     match &cert.uri_sans[..] {
@@ -100,7 +104,7 @@ pub fn peer_uri_san(certs: Option<&[rustls_pki_types::CertificateDer<'_>]>) -> O
 /// Subject, URI).
 pub fn xfcc(
     identity: &Identity,
-    certs: Option<&[rustls_pki_types::CertificateDer<'_>]>,
+    certs: Option<&[CertificateDer<'_>]>,
     uri_san: Option<&str>,
 ) -> Option<http::HeaderValue> {
     let leaf = certs?.first()?;
@@ -111,4 +115,194 @@ pub fn xfcc(
     let hash = wasmesh_host::module::sha256_hex(leaf);
     let uri = uri_san.unwrap_or_default();
     http::HeaderValue::from_str(&format!("By={by};Hash={hash};Subject=\"\";URI={uri}")).ok()
+}
+
+/// The client side of mTLS to one cluster: the proxy's SVID presented, the endpoint's
+/// certificate verified against the trust bundle and its SPIFFE id against the cluster's.
+pub struct ClientTls {
+    identity: Arc<Identity>,
+    server_name: ServerName<'static>,
+    expected: Arc<[String]>,
+    alpn: Vec<Vec<u8>>,
+    config: ArcSwapOption<(Arc<TrustBundle>, Arc<ClientConfig>)>,
+}
+
+impl ClientTls {
+    /// For a cluster (`name`, speaking HTTP/2 or not) with `tls` settings.
+    pub fn new(
+        identity: Arc<Identity>,
+        tls: &crate::config::UpstreamTls,
+        name: &str,
+        http2: bool,
+    ) -> Result<ClientTls, String> {
+        let sni = tls.sni.as_deref().unwrap_or(name);
+        let server_name =
+            ServerName::try_from(sni.to_owned()).map_err(|e| format!("tls.sni: {sni:?}: {e}"))?;
+        Ok(ClientTls {
+            identity,
+            server_name,
+            expected: tls.subject_alt_names.clone().into(),
+            alpn: vec![if http2 {
+                b"h2".to_vec()
+            } else {
+                b"http/1.1".to_vec()
+            }],
+            config: ArcSwapOption::empty(),
+        })
+    }
+
+    fn config(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        let trust = self.identity.trust().ok_or(TlsError::NoTrustBundle)?;
+        if let Some(cached) = &*self.config.load()
+            && Arc::ptr_eq(&cached.0, &trust)
+        {
+            return Ok(cached.1.clone());
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = trust
+            .roots
+            .iter()
+            .map(|r| {
+                webpki::anchor_from_trusted_cert(r)
+                    .map(|a| a.to_owned())
+                    .map_err(|e| TlsError::Roots(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let verifier = SpiffeVerifier {
+            roots,
+            expected: self.expected.clone(),
+            provider: provider.clone(),
+        };
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Roots(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(Arc::new(SvidResolver(self.identity.clone())));
+        config.alpn_protocols = self.alpn.clone();
+        let config = Arc::new(config);
+        self.config.store(Some(Arc::new((trust, config.clone()))));
+        Ok(config)
+    }
+
+    /// The TLS handshake over a connected stream.
+    pub async fn connect(
+        &self,
+        tcp: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let config = self.config().map_err(std::io::Error::other)?;
+        tokio_rustls::TlsConnector::from(config)
+            .connect(self.server_name.clone(), tcp)
+            .await
+    }
+}
+
+impl ResolvesClientCert for SvidResolver {
+    fn resolve(&self, _: &[&[u8]], _: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.0.svid().map(|s| s.certified.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        self.0.svid().is_some()
+    }
+}
+
+/// Verifies a server's SVID: its chain against the trust bundle (for server use), and its
+/// one URI SAN against the identities expected of the cluster's endpoints. The DNS name is
+/// not checked: an SVID names none.
+#[derive(Debug)]
+struct SpiffeVerifier {
+    roots: Vec<rustls_pki_types::TrustAnchor<'static>>,
+    expected: Arc<[String]>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for SpiffeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(certificate_error)?;
+        cert.verify_for_usage(
+            self.provider.signature_verification_algorithms.all,
+            &self.roots,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(certificate_error)?;
+        let san = peer_uri_san(Some(std::slice::from_ref(end_entity)));
+        let allowed = match &san {
+            Some(id) => self.expected.is_empty() || self.expected.iter().any(|e| **e == **id),
+            None => false,
+        };
+        if !allowed {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(UnexpectedIdentity {
+                    got: san.as_deref().unwrap_or("no single URI SAN").to_owned(),
+                    expected: self.expected.to_vec(),
+                }))),
+            ));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A server whose SPIFFE id is not one the cluster expects.
+#[derive(Debug, thiserror::Error)]
+#[error("the peer is {got}, expected one of {expected:?}")]
+struct UnexpectedIdentity {
+    got: String,
+    expected: Vec<String>,
+}
+
+fn certificate_error(e: webpki::Error) -> rustls::Error {
+    use rustls::CertificateError as C;
+    rustls::Error::InvalidCertificate(match e {
+        webpki::Error::UnknownIssuer => C::UnknownIssuer,
+        webpki::Error::CertExpired { .. } => C::Expired,
+        webpki::Error::CertNotValidYet { .. } => C::NotValidYet,
+        webpki::Error::InvalidSignatureForPublicKey => C::BadSignature,
+        e => C::Other(rustls::OtherError(Arc::new(e))),
+    })
 }

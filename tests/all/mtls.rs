@@ -321,3 +321,117 @@ spec:
     let log = sidecar.process.log();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// A request from one workload to another through both sidecars: the client's sidecar
+/// originates mTLS on its own (Istio's auto mTLS), so a STRICT server takes it, and the
+/// server's workload sees the client's SPIFFE id. gRPC-style HTTP/2 survives the hop (ALPN).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_to_sidecar_traffic_is_mutual_tls_without_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    let services = services(&[("reviews", REVIEWS)])
+        + &services(&[("ratings", 9081)])
+            .replace("name: http, protocol: HTTP", "name: grpc, protocol: GRPC");
+    write(&manifests, "services.yaml", &services);
+    write(
+        &manifests,
+        "strict.yaml",
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec:
+  mtls: {mode: STRICT}
+",
+    );
+    let cp = ControlPlane::start(&manifests, &dir.path().join("data"), "127.0.0.1:0");
+    let cache = shared_cache();
+    let reviews_app = Upstream::echo("reviews-v1").await;
+    let ratings_app = Upstream::echo("ratings-v1").await;
+    let start = |name: &'static str, app: &'static str, sa: &str, port, addr| {
+        let spec = SidecarSpec {
+            name,
+            labels: &[],
+            app: Some((port, addr)),
+            cache: &cache,
+            outbound: "127.0.0.1:0",
+        };
+        let mut cmd = Sidecar::command(&cp.address, &spec);
+        cmd.args(["--service-account", sa, "--label", &format!("app={app}")]);
+        Sidecar::ready(Process::spawn(name, cmd))
+    };
+    let reviews = start(
+        "reviews-v1",
+        "reviews",
+        "bookinfo-reviews",
+        REVIEWS,
+        reviews_app.addr,
+    );
+    let _ratings = start(
+        "ratings-v1",
+        "ratings",
+        "bookinfo-ratings",
+        9081,
+        ratings_app.addr,
+    );
+    let spec = SidecarSpec {
+        name: "productpage-v1",
+        labels: &[("app", "productpage")],
+        app: None,
+        cache: &cache,
+        outbound: "127.0.0.1:0",
+    };
+    let mut cmd = Sidecar::command(&cp.address, &spec);
+    cmd.args(["--service-account", "bookinfo-productpage"]);
+    let productpage = Sidecar::ready(Process::spawn("productpage-v1", cmd));
+
+    // Over HTTP/1.1 and HTTP/2 (the GRPC port): the workloads see who called, as mTLS
+    // told their sidecars; the client sent plaintext to its own sidecar.
+    for (host, server, http2) in [
+        ("reviews", "reviews-v1", false),
+        ("ratings", "ratings-v1", true),
+    ] {
+        let mut reply = None;
+        eventually(
+            &format!("{host} answers through both sidecars"),
+            Duration::from_secs(20),
+            || {
+                let mut cmd = Command::new("curl");
+                cmd.args(["-sS", "-H", &format!("host: {host}")]);
+                if http2 {
+                    cmd.arg("--http2-prior-knowledge");
+                }
+                cmd.arg(format!("http://{}/reviews/1", productpage.outbound));
+                let out = run(&mut cmd, b"");
+                let ok = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                    .ok()
+                    .filter(|v| v["server"] == server);
+                let found = ok.is_some();
+                if found {
+                    reply = ok;
+                }
+                async move { found }
+            },
+        )
+        .await;
+        let echo = reply.unwrap();
+        let xfcc = echo["headers"]["x-forwarded-client-cert"]
+            .as_str()
+            .unwrap_or_default();
+        let server_id = format!("spiffe://cluster.local/ns/default/sa/bookinfo-{host}");
+        assert!(xfcc.starts_with(&format!("By={server_id};")), "{echo}");
+        assert!(xfcc.ends_with(&format!("URI={CLIENT_ID}")), "{echo}");
+        if http2 {
+            assert_eq!(echo["version"], "HTTP/2.0", "{echo}");
+        }
+    }
+
+    // The workload itself, plaintext to the STRICT port: refused.
+    let out = run(
+        Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://{}/", reviews.inbound.unwrap())),
+        b"",
+    );
+    assert_ne!(text(&out), "200");
+}

@@ -4,11 +4,13 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use wasmesh_config::{CircuitBreakers, Cluster, Dur, LbPolicy, UpstreamProtocol};
+use wasmesh_config::{
+    CircuitBreakers, Cluster, Dur, LbPolicy, UpstreamProtocol, UpstreamTls, UpstreamTlsMode,
+};
 use wasmesh_policy::{CircuitBreakerConfig, ClusterPolicy, OutlierDetection};
 
 use super::cluster_name;
-use super::registry::{PortProtocol, Registry, Service, labels_match};
+use super::registry::{Endpoint, PortProtocol, Registry, Service, labels_match};
 use crate::diag::{Diagnostic, code};
 use crate::duration;
 use crate::istio::{self, H2UpgradePolicy, SimpleLb, TrafficPolicy};
@@ -36,7 +38,7 @@ pub(crate) fn build(registry: &Registry, diags: &mut Vec<Diagnostic>) -> Cluster
         let rule = registry.rule_for(&svc.host);
         let dr_policy = rule.and_then(|(_, dr)| dr.traffic_policy.as_ref());
         let name = cluster_name(svc.port, None, &svc.host);
-        let all: Vec<&str> = svc.endpoints.iter().map(|e| e.address.as_str()).collect();
+        let all: Vec<&Endpoint> = svc.endpoints.iter().collect();
         if all.is_empty() {
             diags.push(svc.entry.diag(Diagnostic::warning(
                 code::NO_ENDPOINTS,
@@ -53,11 +55,10 @@ pub(crate) fn build(registry: &Registry, diags: &mut Vec<Diagnostic>) -> Cluster
         };
         for (i, subset) in dr.subsets.iter().enumerate() {
             let name = cluster_name(svc.port, Some(&subset.name), &svc.host);
-            let selected: Vec<&str> = svc
+            let selected: Vec<&Endpoint> = svc
                 .endpoints
                 .iter()
                 .filter(|e| labels_match(&subset.labels, &e.labels))
-                .map(|e| e.address.as_str())
                 .collect();
             if selected.is_empty() {
                 if empty_subsets.insert((dr_res.namespace(), dr_res.name(), i)) {
@@ -82,8 +83,8 @@ pub(crate) fn build(registry: &Registry, diags: &mut Vec<Diagnostic>) -> Cluster
 }
 
 impl Clusters {
-    fn add(&mut self, name: String, svc: &Service, endpoints: Vec<&str>, policy: &Effective) {
-        let cluster = cluster(&name, svc, endpoints.iter().map(|e| e.to_string()), policy);
+    fn add(&mut self, name: String, svc: &Service, endpoints: Vec<&Endpoint>, policy: &Effective) {
+        let cluster = cluster(&name, svc, &endpoints, policy);
         if let Some(p) = cluster_policy(policy, cluster.protocol, endpoints.len())
             && (p.max_requests.is_some() || p.outlier_detection.is_some())
         {
@@ -148,12 +149,7 @@ fn dur(text: Option<&String>) -> Option<Duration> {
     text.and_then(|t| duration::parse(t).ok())
 }
 
-fn cluster(
-    name: &str,
-    svc: &Service,
-    endpoints: impl Iterator<Item = String>,
-    p: &Effective,
-) -> Cluster {
+fn cluster(name: &str, svc: &Service, endpoints: &[&Endpoint], p: &Effective) -> Cluster {
     let tcp = p.connection_pool.and_then(|c| c.tcp.as_ref());
     let http = p.connection_pool.and_then(|c| c.http.as_ref());
     let lb_policy = match p.load_balancer.and_then(|l| l.simple) {
@@ -174,7 +170,7 @@ fn cluster(
     let unlimited = CircuitBreakers::default();
     Cluster {
         name: name.to_owned(),
-        endpoints: endpoints.collect(),
+        endpoints: endpoints.iter().map(|e| e.address.clone()).collect(),
         lb_policy,
         protocol,
         connect_timeout: Dur(dur(tcp.and_then(|t| t.connect_timeout.as_ref()))
@@ -196,7 +192,24 @@ fn cluster(
                 .unwrap_or(unlimited.max_retries),
         },
         retry_budget: None,
+        tls: auto_mtls(name, endpoints),
     }
+}
+
+/// Istio's auto mTLS: ISTIO_MUTUAL to a cluster whose endpoints all have sidecars, expecting
+/// their identities, with Istio's SNI (`outbound_.<port>_.<subset>_.<host>`: the cluster's
+/// name with `_.` for `|`). A cluster with any endpoint that has no sidecar stays plaintext,
+/// which those endpoints and PERMISSIVE sidecars accept.
+fn auto_mtls(name: &str, endpoints: &[&Endpoint]) -> Option<UpstreamTls> {
+    let identities: BTreeSet<&str> = endpoints
+        .iter()
+        .map(|e| e.sidecar_identity.as_deref())
+        .collect::<Option<_>>()?;
+    Some(UpstreamTls {
+        mode: UpstreamTlsMode::IstioMutual,
+        subject_alt_names: identities.into_iter().map(str::to_owned).collect(),
+        sni: Some(name.replace('|', "_.")),
+    })
 }
 
 /// The circuit-breaker plugin's view: requests in flight allowed, and outlier detection.

@@ -38,6 +38,8 @@ pub struct Options {
     /// Istio sends a request that matches none of a VirtualService's routes nowhere (404, `NR`).
     /// Set this to let it fall through to the service's default route instead.
     pub fall_through_to_default_route: bool,
+    /// The mesh's trust domain: the SPIFFE ids that mTLS to sidecars expects.
+    pub trust_domain: String,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             admin_address: None,
             plugins: None,
             fall_through_to_default_route: false,
+            trust_domain: wasmesh_api::DEFAULT_TRUST_DOMAIN.into(),
         }
     }
 }

@@ -21,6 +21,8 @@ pub(crate) struct Endpoint {
     /// `ip:port`, `[v6]:port` or `name:port`.
     pub address: String,
     pub labels: BTreeMap<String, String>,
+    /// The SPIFFE id of the sidecar in front of it: auto mTLS reaches it with ISTIO_MUTUAL.
+    pub sidecar_identity: Option<String>,
 }
 
 /// One port of one host of a ServiceEntry.
@@ -82,7 +84,8 @@ impl<'a> Registry<'a> {
                         )));
                         continue;
                     }
-                    let endpoints = endpoints(r, se, &host, port, &workloads);
+                    let endpoints =
+                        endpoints(r, se, &host, port, &workloads, &options.trust_domain);
                     services.push(Service {
                         host: host.clone(),
                         port: port.number,
@@ -222,6 +225,7 @@ fn endpoints(
     host: &str,
     port: &istio::ServicePort,
     workloads: &[(&Resource, &istio::WorkloadEntry)],
+    trust_domain: &str,
 ) -> Vec<Endpoint> {
     let target = |w: &istio::WorkloadEntry| {
         let app = w
@@ -239,6 +243,14 @@ fn endpoints(
             .map(|a| Endpoint {
                 address: host_port(a, target(w)),
                 labels: w.labels.clone(),
+                // Registered by its sidecar (which reports the ports it listens on).
+                sidecar_identity: (!w.sidecar_ports.is_empty()).then(|| {
+                    wasmesh_api::spiffe_id(
+                        trust_domain,
+                        r.namespace(),
+                        w.service_account.as_deref().unwrap_or_default(),
+                    )
+                }),
             })
     };
     if let Some(selector) = &se.workload_selector {
@@ -259,6 +271,7 @@ fn endpoints(
             vec![Endpoint {
                 address: host_port(host, port.target_port.unwrap_or(port.number)),
                 labels: BTreeMap::new(),
+                sidecar_identity: None,
             }]
         }
         _ => Vec::new(),

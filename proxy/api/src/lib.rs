@@ -50,6 +50,9 @@ where
     }
 }
 
+/// The trust domain when none is configured (Istio's default).
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
 /// The SPIFFE identity of a workload: `spiffe://<trust-domain>/ns/<namespace>/sa/<account>`,
 /// with Kubernetes' `default` account when none is given. Proxies ask for it in their CSRs and
 /// the control plane's CA signs nothing else for them.

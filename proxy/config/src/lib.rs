@@ -347,6 +347,32 @@ pub struct Cluster {
     pub circuit_breakers: CircuitBreakers,
     #[serde(default)]
     pub retry_budget: Option<RetryBudget>,
+    /// TLS to the endpoints; none: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS originated to a cluster's endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    pub mode: UpstreamTlsMode,
+    /// The identities (URI SANs) an endpoint's certificate may carry; empty: any that
+    /// chains to the trust bundle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// The server name sent (SNI); the cluster's name when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+}
+
+/// How a cluster's TLS is set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamTlsMode {
+    /// mTLS with the proxy's workload certificate, the peer verified against the mesh's
+    /// trust bundle and its SPIFFE identity (Istio's ISTIO_MUTUAL).
+    IstioMutual,
 }
 
 /// Envoy's circuit-breaker thresholds, shared by all workers. The defaults are Istio's: no

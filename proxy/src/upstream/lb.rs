@@ -79,7 +79,7 @@ mod tests {
             eps.join(",")
         );
         let b = Bootstrap::parse(&yaml).unwrap();
-        Cluster::new(&b.clusters[0], 1).unwrap()
+        Cluster::new(&b.clusters[0], 1, None).unwrap()
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{self, LbPolicy, UpstreamProtocol};
 use crate::stats::{ClusterShard, Sharded};
+use crate::tls::ClientTls;
 
 pub use lb::pick_endpoint;
 pub use send::{Outbound, Protocol, RequestBody, SendError, send, upgrade};
@@ -30,6 +31,8 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     pub max_requests_per_connection: u32,
+    /// mTLS to the endpoints (ISTIO_MUTUAL); none: plaintext.
+    pub tls: Option<ClientTls>,
     /// Circuit-breaker state, shared by all workers as Envoy's resource manager is.
     pub cx_active: AtomicU32,
     pub rq_active: AtomicU32,
@@ -65,6 +68,7 @@ impl Cluster {
     pub fn new(
         config: &config::Cluster,
         workers: usize,
+        tls: Option<ClientTls>,
     ) -> Result<Cluster, (usize, config::EndpointError)> {
         let endpoints = config
             .endpoints
@@ -86,6 +90,7 @@ impl Cluster {
             connect_timeout: config.connect_timeout.0,
             idle_timeout: config.idle_timeout.nonzero(),
             max_requests_per_connection: config.max_requests_per_connection,
+            tls,
             cx_active: AtomicU32::new(0),
             rq_active: AtomicU32::new(0),
             rq_pending: AtomicU32::new(0),
