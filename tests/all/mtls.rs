@@ -435,3 +435,101 @@ spec:
     );
     assert_ne!(text(&out), "200");
 }
+
+/// Certificates that live three seconds, rotated over and over on both sides while a client
+/// keeps sending, each request on a new mTLS connection (maxRequestsPerConnection: 1): not
+/// one request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_load_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    write(
+        &manifests,
+        "services.yaml",
+        &services(&[("reviews", REVIEWS)]),
+    );
+    write(
+        &manifests,
+        "policy.yaml",
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec:
+  mtls: {mode: STRICT}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy:
+    connectionPool:
+      http: {maxRequestsPerConnection: 1}
+",
+    );
+    let cp = ControlPlane::start(&manifests, &dir.path().join("data"), "127.0.0.1:0");
+    let cache = shared_cache();
+    let app = Upstream::echo("reviews-v1").await;
+    let start = |name: &'static str, app, sa: &str| {
+        let spec = SidecarSpec {
+            name,
+            labels: &[("app", name.trim_end_matches("-v1"))],
+            app,
+            cache: &cache,
+            outbound: "127.0.0.1:0",
+        };
+        let mut cmd = Sidecar::command(&cp.address, &spec);
+        cmd.args(["--service-account", sa, "--cert-ttl", "3s"]);
+        Sidecar::ready(Process::spawn(name, cmd))
+    };
+    let reviews = start("reviews-v1", Some((REVIEWS, app.addr)), "bookinfo-reviews");
+    let productpage = start("productpage-v1", None, "bookinfo-productpage");
+    let installed = |s: &Sidecar| {
+        s.process
+            .log()
+            .matches("workload certificate installed")
+            .count()
+    };
+    eventually("reviews answers", Duration::from_secs(20), || async {
+        call_host(productpage.outbound, "reviews").await == Some(200)
+    })
+    .await;
+
+    let (before_server, before_client) = (installed(&reviews), installed(&productpage));
+    let mut sent = 0u32;
+    let mut failed = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while installed(&reviews) < before_server + 4 || installed(&productpage) < before_client + 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "too few rotations in 60 s; reviews log:\n{}",
+            reviews.process.log()
+        );
+        let status = call_host(productpage.outbound, "reviews").await;
+        sent += 1;
+        if status != Some(200) {
+            failed.push(status);
+        }
+    }
+    assert!(sent > 100, "only {sent} requests");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {failed:?}",
+        failed.len()
+    );
+    assert!(app.hits() as u32 >= sent);
+}
+
+/// The status of a GET through `outbound` to `host`, or none if it did not complete.
+async fn call_host(outbound: std::net::SocketAddr, host: &str) -> Option<u16> {
+    let req = http::Request::get(format!("http://{outbound}/reviews/1"))
+        .header("host", host)
+        .body(empty())
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), h1_client().request(req))
+        .await
+        .ok()?
+        .ok()?;
+    Some(reply.status().as_u16())
+}
