@@ -5,6 +5,7 @@
 //! here: a CSR carries only the public key.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{
@@ -45,8 +46,9 @@ pub enum CaError {
 pub use wasmesh_api::spiffe_id;
 
 /// The CA with the mesh's signing policy: what proxies' CSRs are checked and signed by.
+#[derive(Clone)]
 pub struct Authority {
-    pub ca: Ca,
+    pub ca: Arc<Ca>,
     pub trust_domain: String,
     /// The lifetime of a certificate whose request names none (Istio's default: 24 h).
     pub default_lifetime: Duration,
@@ -81,6 +83,97 @@ impl Authority {
     /// The roots proxies trust, PEM.
     pub fn roots_pem(&self) -> Vec<String> {
         self.ca.roots().iter().map(|c| to_pem(c)).collect()
+    }
+}
+
+/// Where the CA's files are: reloaded from there when they change.
+#[derive(Clone, Debug)]
+pub enum CaFiles {
+    /// A root generated (once) and kept in this directory.
+    SelfSigned { dir: PathBuf, trust_domain: String },
+    /// Istio's plugged-in `cacerts` directory.
+    Cacerts(PathBuf),
+}
+
+impl CaFiles {
+    pub fn load(&self) -> Result<Ca, CaError> {
+        match self {
+            CaFiles::SelfSigned { dir, trust_domain } => Ca::self_signed_in(dir, trust_domain),
+            CaFiles::Cacerts(dir) => Ca::from_cacerts(dir),
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        match self {
+            CaFiles::SelfSigned { dir, .. } | CaFiles::Cacerts(dir) => dir,
+        }
+    }
+}
+
+/// The authority in effect, replaced when the CA's files change (a root rotation: first
+/// both roots in `root-cert.pem`, then a new signing CA, then the old root taken out).
+/// Files that do not load leave the last good CA signing, reported.
+pub struct WatchedAuthority {
+    pub rx: tokio::sync::watch::Receiver<Arc<Authority>>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+/// How long the CA's files must be quiet before they are read: an operator writes several.
+const CA_SETTLE: Duration = Duration::from_millis(200);
+
+impl WatchedAuthority {
+    pub fn start(files: CaFiles, policy: Authority) -> Result<WatchedAuthority, CaError> {
+        use notify::Watcher;
+        let dir = files.dir().to_owned();
+        let watch_error = |e: notify::Error| CaError::File {
+            path: dir.clone(),
+            reason: format!("cannot watch: {e}"),
+        };
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(policy));
+        let (events_tx, events_rx) = std::sync::mpsc::channel::<()>();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = events_tx.send(());
+                }
+            })
+            .map_err(watch_error)?;
+        watcher
+            .watch(&dir, notify::RecursiveMode::NonRecursive)
+            .map_err(watch_error)?;
+        std::thread::Builder::new()
+            .name("wasmesh-ca".into())
+            .spawn(move || {
+                while events_rx.recv().is_ok() {
+                    while events_rx.recv_timeout(CA_SETTLE).is_ok() {}
+                    let current = tx.borrow().clone();
+                    match files.load() {
+                        Ok(ca) if ca.roots == current.ca.roots && ca.chain == current.ca.chain => {}
+                        Ok(ca) => {
+                            tracing::info!(roots = ca.roots.len(), "CA reloaded");
+                            let next = Authority {
+                                ca: Arc::new(ca),
+                                ..(*current).clone()
+                            };
+                            if tx.send(Arc::new(next)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "the CA's files do not load; the last good CA keeps signing"
+                        ),
+                    }
+                }
+            })
+            .map_err(|e| CaError::File {
+                path: dir.clone(),
+                reason: format!("cannot start the CA thread: {e}"),
+            })?;
+        Ok(WatchedAuthority {
+            rx,
+            _watcher: watcher,
+        })
     }
 }
 
@@ -237,6 +330,15 @@ fn issuer(
     key_path: &Path,
 ) -> Result<Issuer<'static, KeyPair>, CaError> {
     let key = read_key(key_path)?;
+    // A key written before its certificate (or after) must not sign under the other's name.
+    if public_key_info(cert)
+        .is_none_or(|k| k != rcgen::PublicKeyData::subject_public_key_info(&key))
+    {
+        return Err(CaError::File {
+            path: key_path.to_owned(),
+            reason: format!("not the key of {}", cert_path.display()),
+        });
+    }
     Issuer::from_ca_cert_der(cert, key).map_err(|e| CaError::File {
         path: cert_path.to_owned(),
         reason: format!("not a CA certificate: {e}"),

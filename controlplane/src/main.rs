@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use wasmesh_controlplane::ca::{Authority, Ca};
+use wasmesh_controlplane::ca::{Authority, CaFiles, WatchedAuthority};
 use wasmesh_controlplane::mesh::{Mesh, MeshOptions};
 use wasmesh_controlplane::server::Services;
 use wasmesh_controlplane::source::{self, DirectorySource};
@@ -87,16 +87,22 @@ fn main() -> anyhow::Result<()> {
     })?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("{}: cannot create", args.data_dir.display()))?;
-    let ca = match &args.cacerts {
-        Some(dir) => Ca::from_cacerts(dir),
-        None => Ca::self_signed_in(&args.data_dir.join("ca"), &args.trust_domain),
-    }?;
-    let authority = Arc::new(Authority {
-        ca,
-        trust_domain: args.trust_domain.clone(),
-        default_lifetime: args.workload_cert_ttl,
-        max_lifetime: args.max_workload_cert_ttl.max(args.workload_cert_ttl),
-    });
+    let ca_files = match &args.cacerts {
+        Some(dir) => CaFiles::Cacerts(dir.clone()),
+        None => CaFiles::SelfSigned {
+            dir: args.data_dir.join("ca"),
+            trust_domain: args.trust_domain.clone(),
+        },
+    };
+    let authority = WatchedAuthority::start(
+        ca_files.clone(),
+        Authority {
+            ca: Arc::new(ca_files.load()?),
+            trust_domain: args.trust_domain.clone(),
+            default_lifetime: args.workload_cert_ttl,
+            max_lifetime: args.max_workload_cert_ttl.max(args.workload_cert_ttl),
+        },
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -135,7 +141,7 @@ fn main() -> anyhow::Result<()> {
             tracing::info!("stopping");
         };
         Services::new(mesh)
-            .with_authority(authority)
+            .with_authority(authority.rx.clone())
             .router()
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;

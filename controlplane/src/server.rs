@@ -18,9 +18,9 @@ use crate::sidecar::{InboundPort, Node};
 #[derive(Clone)]
 pub struct Services {
     mesh: Arc<Mesh>,
-    /// The CA signing proxies' certificates; without one, proxies get no trust bundle and
-    /// their CSRs are refused.
-    authority: Option<Arc<Authority>>,
+    /// The CA signing proxies' certificates, as it changes; without one, proxies get no trust
+    /// bundle and their CSRs are refused.
+    authority: Option<tokio::sync::watch::Receiver<Arc<Authority>>>,
 }
 
 impl Services {
@@ -31,7 +31,10 @@ impl Services {
         }
     }
 
-    pub fn with_authority(self, authority: Arc<Authority>) -> Services {
+    pub fn with_authority(
+        self,
+        authority: tokio::sync::watch::Receiver<Arc<Authority>>,
+    ) -> Services {
         Services {
             authority: Some(authority),
             ..self
@@ -147,16 +150,26 @@ impl api::mesh_config_server::MeshConfig for Services {
         })?;
         tracing::info!(proxy = %id, version = %hello.version, "proxy connected");
 
-        // The trust bundle first, so the proxy can ask for its certificate at once.
-        let trust = self.authority.as_ref().map(|a| {
-            Ok(control(api::control_message::Kind::TrustBundle(
-                api::TrustBundle {
-                    trust_domain: a.trust_domain.clone(),
-                    roots_pem: a.roots_pem(),
-                },
-            )))
+        // The trust bundle first, so the proxy can ask for its certificate at once, and again
+        // whenever the CA's roots change.
+        let bundle = |a: &Authority| {
+            control(api::control_message::Kind::TrustBundle(api::TrustBundle {
+                trust_domain: a.trust_domain.clone(),
+                roots_pem: a.roots_pem(),
+            }))
+        };
+        let trust = self.authority.clone().map(|rx| {
+            let first = bundle(&rx.borrow());
+            let mut sent = first.clone();
+            let changes = WatchStream::from_changes(rx).filter_map(move |a| {
+                let next = bundle(&a);
+                (next != sent).then(|| {
+                    sent = next.clone();
+                    Ok(next)
+                })
+            });
+            (first, changes)
         });
-
         // Pushes: the latest snapshot whenever it changes (a proxy that does not read its
         // stream gets the latest when it reads again). The stream ends when the proxy leaves.
         let push_state = state.clone();
@@ -189,8 +202,13 @@ impl api::mesh_config_server::MeshConfig for Services {
         });
         // Certificates, as the proxy's requests are signed.
         let (certificates_tx, certificates) = tokio::sync::mpsc::channel(2);
-        let out = tokio_stream::iter(trust)
-            .chain(pushes.merge(tokio_stream::wrappers::ReceiverStream::new(certificates)));
+        let certificates = tokio_stream::wrappers::ReceiverStream::new(certificates);
+        let out: BoxStream<api::ControlMessage> = match trust {
+            Some((first, changes)) => Box::pin(
+                tokio_stream::once(Ok(first)).chain(changes.merge(pushes).merge(certificates)),
+            ),
+            None => Box::pin(pushes.merge(certificates)),
+        };
 
         // ACKs, NACKs and CSRs, until the stream ends.
         let mesh = self.mesh.clone();
@@ -224,7 +242,8 @@ impl api::mesh_config_server::MeshConfig for Services {
                         }
                     }
                     api::proxy_message::Kind::CertificateRequest(request) => {
-                        let answer = sign(&id, authority.as_deref(), &workload, &request);
+                        let current = authority.as_ref().map(|rx| rx.borrow().clone());
+                        let answer = sign(&id, current.as_deref(), &workload, &request);
                         let message = control(api::control_message::Kind::Certificate(answer));
                         if certificates_tx.send(Ok(message)).await.is_err() {
                             break;
@@ -238,7 +257,7 @@ impl api::mesh_config_server::MeshConfig for Services {
             mesh.leave(&id, connection);
             tracing::info!(proxy = %id, "proxy disconnected");
         });
-        Ok(Response::new(Box::pin(out)))
+        Ok(Response::new(out))
     }
 
     async fn get_module(

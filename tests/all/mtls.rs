@@ -533,3 +533,156 @@ async fn call_host(outbound: std::net::SocketAddr, host: &str) -> Option<u16> {
         .ok()?;
     Some(reply.status().as_u16())
 }
+
+/// An operator's root, as Istio's plugged-in CA: its certificate and key, PEM.
+fn operator_root(name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// Istio's root rotation with the plugged-in CA, while requests flow over mTLS: both roots
+/// trusted, then the new one signing, then the old one gone. Proxies follow each step (the
+/// bundle pushed; a certificate under a root no longer trusted replaced at once) and not one
+/// request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_rotates_with_an_overlap_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    write(
+        &manifests,
+        "services.yaml",
+        &services(&[("reviews", REVIEWS)]),
+    );
+    write(
+        &manifests,
+        "policy.yaml",
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec:
+  mtls: {mode: STRICT}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy:
+    connectionPool:
+      http: {maxRequestsPerConnection: 1}
+",
+    );
+    let cacerts = dir.path().join("cacerts");
+    std::fs::create_dir(&cacerts).unwrap();
+    let (old_cert, old_key) = operator_root("old root");
+    let (new_cert, new_key) = operator_root("new root");
+    let sign_with = |cert: &str, key: &str| {
+        write(&cacerts, "ca-key.pem", key);
+        write(&cacerts, "ca-cert.pem", cert);
+        write(&cacerts, "cert-chain.pem", cert);
+    };
+    sign_with(&old_cert, &old_key);
+    write(&cacerts, "root-cert.pem", &old_cert);
+
+    let mut cmd = Command::new(crate::support::sidecars::controlplane_bin());
+    cmd.arg("--manifests")
+        .arg(&manifests)
+        .arg("--plugins")
+        .arg(crate::support::sidecars::plugins_dir())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--cacerts")
+        .arg(&cacerts)
+        .args(["--address", "127.0.0.1:0"]);
+    let cp = Process::spawn("controlplane", cmd);
+    let line = cp.wait_for_line("control plane listening", Duration::from_secs(30));
+    let address = crate::support::sidecars::field(&line, "address");
+
+    let cache = shared_cache();
+    let app = Upstream::echo("reviews-v1").await;
+    let start = |name: &'static str, app, sa: &str| {
+        let spec = SidecarSpec {
+            name,
+            labels: &[("app", name.trim_end_matches("-v1"))],
+            app,
+            cache: &cache,
+            outbound: "127.0.0.1:0",
+        };
+        let mut cmd = Sidecar::command(&address, &spec);
+        cmd.args(["--service-account", sa, "--cert-ttl", "4s"]);
+        Sidecar::ready(Process::spawn(name, cmd))
+    };
+    let reviews = start("reviews-v1", Some((REVIEWS, app.addr)), "bookinfo-reviews");
+    let productpage = start("productpage-v1", None, "bookinfo-productpage");
+    eventually("reviews answers", Duration::from_secs(20), || async {
+        call_host(productpage.outbound, "reviews").await == Some(200)
+    })
+    .await;
+
+    // Requests all along, each on a new mTLS connection.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (stop, outbound) = (stop.clone(), productpage.outbound);
+        async move {
+            let (mut sent, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let status = call_host(outbound, "reviews").await;
+                sent += 1;
+                if status != Some(200) {
+                    failed.push(status);
+                }
+            }
+            (sent, failed)
+        }
+    });
+    let count = |s: &Sidecar, needle: &str| s.process.log().matches(needle).count();
+    let both = |needle: &'static str, at_least: [usize; 2]| {
+        let (reviews, productpage) = (&reviews, &productpage);
+        async move {
+            eventually(needle, Duration::from_secs(30), || async {
+                count(reviews, needle) >= at_least[0] && count(productpage, needle) >= at_least[1]
+            })
+            .await
+        }
+    };
+
+    // 1. Both roots trusted; the old one still signs.
+    write(&cacerts, "root-cert.pem", &(old_cert.clone() + &new_cert));
+    both("roots=2", [1, 1]).await;
+    // 2. The new root signs; certificates move to it as they renew (the old still trusted).
+    let reloads = cp.log().matches("CA reloaded").count();
+    sign_with(&new_cert, &new_key);
+    eventually("the new root signs", Duration::from_secs(10), || async {
+        cp.log().matches("CA reloaded roots=2").count() > reloads
+    })
+    .await;
+    let installed = "workload certificate installed";
+    let at = [count(&reviews, installed), count(&productpage, installed)];
+    both(installed, [at[0] + 3, at[1] + 3]).await;
+    // 3. The old root goes: only the new one trusted.
+    let ones = [count(&reviews, "roots=1"), count(&productpage, "roots=1")];
+    write(&cacerts, "root-cert.pem", &new_cert);
+    both("roots=1", [ones[0] + 1, ones[1] + 1]).await;
+    let at = [count(&reviews, installed), count(&productpage, installed)];
+    both(installed, [at[0] + 2, at[1] + 2]).await;
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failed) = load.await.unwrap();
+    assert!(sent > 100, "only {sent} requests");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} failed: {failed:?}",
+        failed.len()
+    );
+}
