@@ -303,7 +303,7 @@ pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancerSettings>,
     pub connection_pool: Option<ConnectionPoolSettings>,
     pub outlier_detection: Option<OutlierDetection>,
-    pub tls: Unsupported,
+    pub tls: Option<ClientTlsSettings>,
     pub port_level_settings: Vec<PortTrafficPolicy>,
     pub tunnel: Unsupported,
     pub proxy_protocol: Unsupported,
@@ -316,7 +316,32 @@ pub struct PortTrafficPolicy {
     pub load_balancer: Option<LoadBalancerSettings>,
     pub connection_pool: Option<ConnectionPoolSettings>,
     pub outlier_detection: Option<OutlierDetection>,
-    pub tls: Unsupported,
+    pub tls: Option<ClientTlsSettings>,
+}
+
+/// `trafficPolicy.tls`: TLS to the destination.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ClientTlsSettings {
+    pub mode: ClientTlsMode,
+    pub client_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    pub credential_name: Option<String>,
+    pub subject_alt_names: Vec<String>,
+    pub sni: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
+    pub ca_crl: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClientTlsMode {
+    #[default]
+    Disable,
+    Simple,
+    Mutual,
+    IstioMutual,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]

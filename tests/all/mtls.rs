@@ -434,6 +434,44 @@ spec:
         b"",
     );
     assert_ne!(text(&out), "200");
+
+    // A DestinationRule that turns TLS off toward reviews: its STRICT sidecar refuses the
+    // plaintext, and the client gets Envoy's 503 (as in Istio).
+    write(
+        &manifests,
+        "reviews-dr.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy:
+    tls: {mode: DISABLE}
+",
+    );
+    let status = || {
+        let out = run(
+            Command::new("curl")
+                .args([
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-H",
+                    "host: reviews",
+                ])
+                .arg(format!("http://{}/reviews/1", productpage.outbound)),
+            b"",
+        );
+        text(&out)
+    };
+    eventually(
+        "plaintext to a STRICT sidecar fails",
+        Duration::from_secs(10),
+        || async { status() == "503" },
+    )
+    .await;
 }
 
 /// Certificates that live three seconds, rotated over and over on both sides while a client

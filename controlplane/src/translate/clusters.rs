@@ -101,6 +101,7 @@ pub(crate) struct Effective<'a> {
     pub load_balancer: Option<&'a istio::LoadBalancerSettings>,
     pub connection_pool: Option<&'a istio::ConnectionPoolSettings>,
     pub outlier_detection: Option<&'a istio::OutlierDetection>,
+    pub tls: Option<&'a istio::ClientTlsSettings>,
 }
 
 /// Istio's MergeTrafficPolicy: a policy's port-level settings for the port replace its
@@ -126,6 +127,9 @@ pub(crate) fn effective<'a>(
         if i == 0 || p.outlier_detection.is_some() {
             e.outlier_detection = p.outlier_detection.as_ref();
         }
+        if i == 0 || p.tls.is_some() {
+            e.tls = p.tls.as_ref();
+        }
         let port_level = p
             .port_level_settings
             .iter()
@@ -135,6 +139,7 @@ pub(crate) fn effective<'a>(
                 load_balancer: pl.load_balancer.as_ref(),
                 connection_pool: pl.connection_pool.as_ref(),
                 outlier_detection: pl.outlier_detection.as_ref(),
+                tls: pl.tls.as_ref(),
             };
         }
     }
@@ -192,7 +197,7 @@ fn cluster(name: &str, svc: &Service, endpoints: &[&Endpoint], p: &Effective) ->
                 .unwrap_or(unlimited.max_retries),
         },
         retry_budget: None,
-        tls: auto_mtls(name, endpoints),
+        tls: upstream_tls(name, endpoints, p.tls),
     }
 }
 
@@ -210,6 +215,32 @@ fn auto_mtls(name: &str, endpoints: &[&Endpoint]) -> Option<UpstreamTls> {
         subject_alt_names: identities.into_iter().map(str::to_owned).collect(),
         sni: Some(name.replace('|', "_.")),
     })
+}
+
+/// The DestinationRule's `tls` where it sets one (DISABLE: plaintext; ISTIO_MUTUAL: mTLS
+/// expecting its `subjectAltNames`, else the endpoints' identities), else auto mTLS.
+fn upstream_tls(
+    name: &str,
+    endpoints: &[&Endpoint],
+    rule: Option<&istio::ClientTlsSettings>,
+) -> Option<UpstreamTls> {
+    match rule.map(|t| (t.mode, t)) {
+        None => auto_mtls(name, endpoints),
+        Some((istio::ClientTlsMode::IstioMutual, t)) => {
+            let auto = auto_mtls(name, endpoints);
+            Some(UpstreamTls {
+                mode: UpstreamTlsMode::IstioMutual,
+                subject_alt_names: if t.subject_alt_names.is_empty() {
+                    auto.map(|a| a.subject_alt_names).unwrap_or_default()
+                } else {
+                    t.subject_alt_names.clone()
+                },
+                sni: Some(t.sni.clone().unwrap_or_else(|| name.replace('|', "_."))),
+            })
+        }
+        // SIMPLE and MUTUAL are reported as not supported yet.
+        Some(_) => None,
+    }
 }
 
 /// The circuit-breaker plugin's view: requests in flight allowed, and outlier detection.

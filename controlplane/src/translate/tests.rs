@@ -1228,7 +1228,7 @@ metadata: {name: reviews-extra}
 spec:
   host: reviews.default.svc.cluster.local
   trafficPolicy:
-    tls: {mode: ISTIO_MUTUAL}
+    tls: {mode: SIMPLE}
     loadBalancer:
       consistentHash: {httpHeaderName: x-user}
     outlierDetection: {consecutiveErrors: 7}
@@ -1237,7 +1237,7 @@ spec:
     assert_eq!(
         said,
         [
-            "Info [WSM0006] (DestinationRule reviews-extra.default bad.yaml:215) spec.trafficPolicy.tls: ignored for now (mTLS comes with milestone 2)",
+            "Warning [WSM0002] (DestinationRule reviews-extra.default bad.yaml:215) spec.trafficPolicy.tls.mode is not supported by wasmesh yet: SIMPLE and MUTUAL (TLS leaving the mesh) come with the gateways: plaintext is used",
             "Warning [WSM0002] (DestinationRule reviews-extra.default bad.yaml:215) spec.trafficPolicy.loadBalancer.consistentHash is not supported by wasmesh yet: LEAST_REQUEST is used",
             "Warning [IST0002] (DestinationRule reviews-extra.default bad.yaml:215) Deprecated: spec.trafficPolicy.outlierDetection.consecutiveErrors is deprecated; use consecutiveGatewayErrors or consecutive5xxErrors",
             "Warning [WSM0005] (DestinationRule reviews-extra.default bad.yaml:215) DestinationRule reviews.default for the same host reviews.default.svc.cluster.local came first: this one is ignored",

@@ -734,7 +734,7 @@ fn traffic_policy(c: &mut Check, at: &str, tp: &istio::TrafficPolicy) {
         tp.load_balancer.as_ref(),
         tp.connection_pool.as_ref(),
         tp.outlier_detection.as_ref(),
-        tp.tls.is_some(),
+        tp.tls.as_ref(),
     );
     if tp.tunnel.is_some() {
         c.unsupported(&format!("{at}.tunnel"), "ignored");
@@ -758,7 +758,7 @@ fn traffic_policy(c: &mut Check, at: &str, tp: &istio::TrafficPolicy) {
             pl.load_balancer.as_ref(),
             pl.connection_pool.as_ref(),
             pl.outlier_detection.as_ref(),
-            pl.tls.is_some(),
+            pl.tls.as_ref(),
         );
     }
 }
@@ -769,13 +769,20 @@ fn settings(
     lb: Option<&istio::LoadBalancerSettings>,
     pool: Option<&istio::ConnectionPoolSettings>,
     outlier: Option<&istio::OutlierDetection>,
-    tls: bool,
+    tls: Option<&istio::ClientTlsSettings>,
 ) {
-    if tls {
-        c.note(
-            &format!("{at}.tls"),
-            "ignored for now (mTLS comes with milestone 2)",
-        );
+    if let Some(tls) = tls {
+        let at = format!("{at}.tls");
+        match tls.mode {
+            istio::ClientTlsMode::Disable | istio::ClientTlsMode::IstioMutual => {}
+            istio::ClientTlsMode::Simple | istio::ClientTlsMode::Mutual => c.unsupported(
+                &format!("{at}.mode"),
+                "SIMPLE and MUTUAL (TLS leaving the mesh) come with the gateways: plaintext is used",
+            ),
+        }
+        if tls.credential_name.is_some() {
+            c.unsupported(&format!("{at}.credentialName"), "ignored");
+        }
     }
     if let Some(lb) = lb {
         let at = format!("{at}.loadBalancer");
