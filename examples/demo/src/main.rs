@@ -384,6 +384,11 @@ async fn main() -> anyhow::Result<()> {
         mesh.flagged("UO").await?
     );
     println!(
+        "  mTLS between sidecars (auto, PERMISSIVE): {} handshakes on inbound listeners, {} failed",
+        mesh.stat("wasmesh_downstream_tls_handshake_total").await?,
+        mesh.stat("wasmesh_downstream_tls_error_total").await?,
+    );
+    println!(
         "  config reloads: {} accepted, {} rejected",
         mesh.stat("wasmesh_config_reloads_total{result=\"ok\"}")
             .await?,
