@@ -6,8 +6,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use wasmesh_api as api;
-
+use crate::support::ca_client::{self, CaStream};
 use crate::support::sidecars::{
     ControlPlane, Process, Sidecar, SidecarSpec, field, services, shared_cache, write,
 };
@@ -126,83 +125,8 @@ async fn sidecars_get_spiffe_certificates_from_the_control_plane_and_rotate_them
     assert!(!log.contains("no new workload certificate"), "{log}");
 }
 
-/// A raw stream to the control plane, as a proxy opens it, with the trust bundle read.
-async fn stream(
-    address: &str,
-    name: &str,
-    service_account: &str,
-) -> (
-    tokio::sync::mpsc::Sender<api::ProxyMessage>,
-    tonic::Streaming<api::ControlMessage>,
-    api::TrustBundle,
-) {
-    let mut client =
-        api::mesh_config_client::MeshConfigClient::connect(format!("http://{address}"))
-            .await
-            .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(api::ProxyMessage {
-        kind: Some(api::proxy_message::Kind::Hello(api::Hello {
-            node: Some(api::Node {
-                name: name.into(),
-                namespace: "default".into(),
-                service_account: service_account.into(),
-                outbound_address: "127.0.0.1:1".into(),
-                ..Default::default()
-            }),
-            version: String::new(),
-        })),
-    })
-    .await
-    .unwrap();
-    let mut messages = client
-        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let first = messages.message().await.unwrap().unwrap();
-    let Some(api::control_message::Kind::TrustBundle(trust)) = first.kind else {
-        panic!("the trust bundle comes first, got {first:?}");
-    };
-    (tx, messages, trust)
-}
-
-/// Sends a CSR (PEM) and waits for the answer.
-async fn ask(
-    tx: &tokio::sync::mpsc::Sender<api::ProxyMessage>,
-    messages: &mut tonic::Streaming<api::ControlMessage>,
-    csr_pem: String,
-    validity_seconds: u64,
-    id: u64,
-) -> api::Certificate {
-    tx.send(api::ProxyMessage {
-        kind: Some(api::proxy_message::Kind::CertificateRequest(
-            api::CertificateRequest {
-                csr_pem,
-                validity_seconds,
-                id,
-            },
-        )),
-    })
-    .await
-    .unwrap();
-    loop {
-        let m = messages.message().await.unwrap().expect("the stream stays");
-        if let Some(api::control_message::Kind::Certificate(c)) = m.kind {
-            assert_eq!(c.id, id);
-            return c;
-        }
-    }
-}
-
 fn csr(uris: &[&str]) -> String {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params.subject_alt_names = uris
-        .iter()
-        .map(|u| rcgen::SanType::URI((*u).try_into().unwrap()))
-        .collect();
-    params.serialize_request(&key).unwrap().pem().unwrap()
+    ca_client::csr(uris).1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,14 +137,15 @@ async fn the_ca_signs_only_the_identity_a_proxy_is_entitled_to() {
     write(&manifests, "services.yaml", &services(&[("echo", ECHO)]));
     let data = dir.path().join("data");
     let cp = ControlPlane::start(&manifests, &data, "127.0.0.1:0");
-    let (tx, mut messages, trust) = stream(&cp.address, "ratings-v1", "bookinfo-ratings").await;
+    let mut ca = CaStream::open(&cp.address, "ratings-v1", "bookinfo-ratings").await;
+    let trust = ca.trust.clone();
     assert_eq!(trust.trust_domain, "cluster.local");
     let root_pem = std::fs::read_to_string(data.join("ca/root-cert.pem")).unwrap();
     assert_eq!(trust.roots_pem, [root_pem]);
 
     // Its own identity: signed, and openssl verifies the chain for TLS clients and servers.
     let me = "spiffe://cluster.local/ns/default/sa/bookinfo-ratings";
-    let answer = ask(&tx, &mut messages, csr(&[me]), 0, 1).await;
+    let answer = ca.ask(csr(&[me]), 0, 1).await;
     assert_eq!(answer.error, "");
     assert_eq!(
         answer.cert_chain_pem.len(),
@@ -272,7 +197,7 @@ async fn the_ca_signs_only_the_identity_a_proxy_is_entitled_to() {
         (csr(&[me]), 100 * 24 * 3600, "over the maximum"),
     ];
     for (i, (pem, validity, reason)) in refusals.into_iter().enumerate() {
-        let answer = ask(&tx, &mut messages, pem, validity, 10 + i as u64).await;
+        let answer = ca.ask(pem, validity, 10 + i as u64).await;
         assert!(answer.cert_chain_pem.is_empty());
         assert!(answer.error.contains(reason), "{reason}: {}", answer.error);
     }
@@ -280,6 +205,6 @@ async fn the_ca_signs_only_the_identity_a_proxy_is_entitled_to() {
         .process
         .wait_for_line("certificate request refused", Duration::from_secs(5));
     assert!(line.contains("ratings-v1.default"), "{line}");
-    let answer = ask(&tx, &mut messages, csr(&[me]), 3600, 20).await;
+    let answer = ca.ask(csr(&[me]), 3600, 20).await;
     assert_eq!(answer.error, "");
 }

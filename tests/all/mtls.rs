@@ -9,8 +9,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wasmesh_api as api;
 
+use crate::support::ca_client::{CaStream, csr};
 use crate::support::sidecars::{
     ControlPlane, Process, Sidecar, SidecarSpec, services, shared_cache, write,
 };
@@ -24,56 +24,15 @@ const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/bookinfo-reviews";
 /// A workload certificate and key for `service_account`, signed by the control plane's CA
 /// over a stream of its own (as a sidecar gets its own), written as PEM files in `dir`.
 async fn client_svid(address: &str, service_account: &str, dir: &Path) -> (PathBuf, PathBuf) {
-    let mut client =
-        api::mesh_config_client::MeshConfigClient::connect(format!("http://{address}"))
-            .await
-            .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(api::ProxyMessage {
-        kind: Some(api::proxy_message::Kind::Hello(api::Hello {
-            node: Some(api::Node {
-                name: format!("{service_account}-client"),
-                namespace: "default".into(),
-                service_account: service_account.into(),
-                outbound_address: "127.0.0.1:1".into(),
-                ..Default::default()
-            }),
-            version: String::new(),
-        })),
-    })
-    .await
-    .unwrap();
-    let mut messages = client
-        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::default();
+    let name = format!("{service_account}-client");
+    let mut ca = CaStream::open(address, &name, service_account).await;
     let id = format!("spiffe://cluster.local/ns/default/sa/{service_account}");
-    params.subject_alt_names = vec![rcgen::SanType::URI(id.as_str().try_into().unwrap())];
-    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
-    tx.send(api::ProxyMessage {
-        kind: Some(api::proxy_message::Kind::CertificateRequest(
-            api::CertificateRequest {
-                csr_pem,
-                validity_seconds: 3600,
-                id: 1,
-            },
-        )),
-    })
-    .await
-    .unwrap();
-    let chain = loop {
-        let m = messages.message().await.unwrap().unwrap();
-        if let Some(api::control_message::Kind::Certificate(c)) = m.kind {
-            assert_eq!(c.error, "");
-            break c.cert_chain_pem;
-        }
-    };
+    let (key, csr_pem) = csr(&[&id]);
+    let answer = ca.ask(csr_pem, 3600, 1).await;
+    assert_eq!(answer.error, "");
     let cert = dir.join(format!("{service_account}.pem"));
     let key_path = dir.join(format!("{service_account}.key"));
-    std::fs::write(&cert, &chain[0]).unwrap();
+    std::fs::write(&cert, &answer.cert_chain_pem[0]).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     (cert, key_path)
 }
@@ -490,37 +449,12 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     write(
         &manifests,
         "policy.yaml",
-        "apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: istio-system}
-spec:
-  mtls: {mode: STRICT}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews}
-spec:
-  host: reviews.default.svc.cluster.local
-  trafficPolicy:
-    connectionPool:
-      http: {maxRequestsPerConnection: 1}
-",
+        STRICT_AND_A_CONNECTION_PER_REQUEST,
     );
     let cp = ControlPlane::start(&manifests, &dir.path().join("data"), "127.0.0.1:0");
     let cache = shared_cache();
     let app = Upstream::echo("reviews-v1").await;
-    let start = |name: &'static str, app, sa: &str| {
-        let spec = SidecarSpec {
-            name,
-            labels: &[("app", name.trim_end_matches("-v1"))],
-            app,
-            cache: &cache,
-            outbound: "127.0.0.1:0",
-        };
-        let mut cmd = Sidecar::command(&cp.address, &spec);
-        cmd.args(["--service-account", sa, "--cert-ttl", "3s"]);
-        Sidecar::ready(Process::spawn(name, cmd))
-    };
+    let start = |name, app, sa| short_lived_sidecar(&cp.address, &cache, name, app, sa, "3s");
     let reviews = start("reviews-v1", Some((REVIEWS, app.addr)), "bookinfo-reviews");
     let productpage = start("productpage-v1", None, "bookinfo-productpage");
     let installed = |s: &Sidecar| {
@@ -557,6 +491,46 @@ spec:
         failed.len()
     );
     assert!(app.hits() as u32 >= sent);
+}
+
+/// A STRICT mesh where each request to reviews opens a new connection, so a new mTLS
+/// handshake with the certificates of the moment.
+const STRICT_AND_A_CONNECTION_PER_REQUEST: &str = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec:
+  mtls: {mode: STRICT}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy:
+    connectionPool:
+      http: {maxRequestsPerConnection: 1}
+";
+
+/// A sidecar labelled `app: <name without -v1>`, running as `service_account`, asking for
+/// certificates that live `ttl`.
+fn short_lived_sidecar(
+    control_plane: &str,
+    cache: &Path,
+    name: &'static str,
+    app: Option<(u16, std::net::SocketAddr)>,
+    service_account: &str,
+    ttl: &str,
+) -> Sidecar {
+    let spec = SidecarSpec {
+        name,
+        labels: &[("app", name.trim_end_matches("-v1"))],
+        app,
+        cache,
+        outbound: "127.0.0.1:0",
+    };
+    let mut cmd = Sidecar::command(control_plane, &spec);
+    cmd.args(["--service-account", service_account, "--cert-ttl", ttl]);
+    Sidecar::ready(Process::spawn(name, cmd))
 }
 
 /// The status of a GET through `outbound` to `host`, or none if it did not complete.
@@ -605,21 +579,7 @@ async fn the_root_rotates_with_an_overlap_without_a_failed_request() {
     write(
         &manifests,
         "policy.yaml",
-        "apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: istio-system}
-spec:
-  mtls: {mode: STRICT}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews}
-spec:
-  host: reviews.default.svc.cluster.local
-  trafficPolicy:
-    connectionPool:
-      http: {maxRequestsPerConnection: 1}
-",
+        STRICT_AND_A_CONNECTION_PER_REQUEST,
     );
     let cacerts = dir.path().join("cacerts");
     std::fs::create_dir(&cacerts).unwrap();
@@ -649,18 +609,7 @@ spec:
 
     let cache = shared_cache();
     let app = Upstream::echo("reviews-v1").await;
-    let start = |name: &'static str, app, sa: &str| {
-        let spec = SidecarSpec {
-            name,
-            labels: &[("app", name.trim_end_matches("-v1"))],
-            app,
-            cache: &cache,
-            outbound: "127.0.0.1:0",
-        };
-        let mut cmd = Sidecar::command(&address, &spec);
-        cmd.args(["--service-account", sa, "--cert-ttl", "4s"]);
-        Sidecar::ready(Process::spawn(name, cmd))
-    };
+    let start = |name, app, sa| short_lived_sidecar(&address, &cache, name, app, sa, "4s");
     let reviews = start("reviews-v1", Some((REVIEWS, app.addr)), "bookinfo-reviews");
     let productpage = start("productpage-v1", None, "bookinfo-productpage");
     eventually("reviews answers", Duration::from_secs(20), || async {

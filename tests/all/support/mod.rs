@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod ca_client;
 pub mod mesh;
 pub mod sidecars;
 pub mod tls;
