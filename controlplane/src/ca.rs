@@ -204,8 +204,7 @@ impl Ca {
         let roots = read_certs(&cert_path)?;
         // The signing root is the one whose public key is the key's; any other root in the
         // file is trusted alongside it (a root rotation's overlap).
-        let key = read_key(&key_path)?;
-        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&read_key(&key_path)?);
         let root = roots
             .iter()
             .find(|root| public_key_info(root).is_some_and(|k| k == spki))
@@ -214,10 +213,7 @@ impl Ca {
                 path: cert_path.clone(),
                 reason: format!("no certificate in it matches {}", key_path.display()),
             })?;
-        let issuer = Issuer::from_ca_cert_der(&root, key).map_err(|e| CaError::File {
-            path: cert_path.clone(),
-            reason: format!("not a CA certificate: {e}"),
-        })?;
+        let issuer = issuer(&cert_path, &root, &key_path)?;
         Ok(Ca {
             issuer,
             chain: vec![root],
