@@ -173,7 +173,7 @@ pub fn wasmesh_with_plugins(
 
 /// Translation options with the four plugins built from `plugins/`.
 pub fn catalog_options() -> wasmesh_controlplane::Options {
-    use wasmesh_artifacts::{CIRCUIT_BREAKER, FAULT, MIRROR, ROUTER};
+    use wasmesh_artifacts::{AUTHZ, CIRCUIT_BREAKER, FAULT, MIRROR, ROUTER};
     use wasmesh_controlplane::{Options, PluginModule, PluginModules};
     Options {
         plugins: Some(PluginModules {
@@ -181,6 +181,7 @@ pub fn catalog_options() -> wasmesh_controlplane::Options {
             fault: PluginModule::new(FAULT),
             mirror: PluginModule::new(MIRROR),
             circuit_breaker: PluginModule::new(CIRCUIT_BREAKER),
+            authz: PluginModule::new(AUTHZ),
         }),
         ..Options::default()
     }

@@ -112,7 +112,7 @@ struct BenchArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["filters", "config"])]
     manifests: Option<PathBuf>,
     /// Where the plugin modules of --manifests are: plugin_router.wasm, plugin_fault.wasm,
-    /// plugin_mirror.wasm and plugin_circuit_breaker.wasm [default:
+    /// plugin_mirror.wasm, plugin_circuit_breaker.wasm and plugin_authz.wasm [default:
     /// target/wasm32-wasip1/release]
     #[arg(long, value_name = "DIR")]
     plugins: Option<PathBuf>,

@@ -5,8 +5,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use wasmesh_artifacts::{CIRCUIT_BREAKER, FAULT, MIRROR, NOOP, ROUTER, SLOW};
+use wasmesh_artifacts::{AUTHZ, CIRCUIT_BREAKER, FAULT, MIRROR, NOOP, ROUTER, SLOW};
 use wasmesh_cli::bench::PLUGIN_FILES;
+use wasmesh_controlplane::AUTHZ_PLUGIN_FILE;
 
 const ROUTER_CONFIG: &str = r#"{"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
   {"id": "api", "matches": [{"uri": {"prefix": "/api"}}],
@@ -453,12 +454,12 @@ spec:
     - {destination: {host: shop.example.com, subset: v2}, weight: 10}
 "#;
 
-/// A `--plugins` directory with the project's four plugins under the names it wants.
+/// A `--plugins` directory with the project's five plugins under the names it wants.
 fn plugins_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for (from, name) in [ROUTER, FAULT, MIRROR, CIRCUIT_BREAKER]
+    for (from, name) in [ROUTER, FAULT, MIRROR, CIRCUIT_BREAKER, AUTHZ]
         .iter()
-        .zip(PLUGIN_FILES)
+        .zip(PLUGIN_FILES.into_iter().chain([AUTHZ_PLUGIN_FILE]))
     {
         std::fs::copy(from, dir.path().join(name)).unwrap();
     }

@@ -5,7 +5,7 @@
 use std::process::{Command, Output};
 
 use wasmesh_api as api;
-use wasmesh_artifacts::{CIRCUIT_BREAKER, FAULT, MIRROR, ROUTER};
+use wasmesh_artifacts::{AUTHZ, CIRCUIT_BREAKER, FAULT, MIRROR, ROUTER};
 use wasmesh_controlplane::mesh::{Mesh, MeshOptions};
 use wasmesh_controlplane::server::Services;
 use wasmesh_controlplane::source::DirectorySource;
@@ -145,6 +145,7 @@ fn control_plane(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> String 
         fault: PluginModule::new(FAULT),
         mirror: PluginModule::new(MIRROR),
         circuit_breaker: PluginModule::new(CIRCUIT_BREAKER),
+        authz: PluginModule::new(AUTHZ),
     };
     rt.block_on(async {
         let source = DirectorySource::start(dir).unwrap();

@@ -670,3 +670,96 @@ pub enum MtlsMode {
     Permissive,
     Strict,
 }
+
+// ----- AuthorizationPolicy (security.istio.io) -----
+
+/// Who may do what to the workloads it selects.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct AuthorizationPolicy {
+    /// The workloads it applies to; none: every workload in its namespace (or, in the root
+    /// namespace, the mesh).
+    pub selector: Option<LabelSelector>,
+    /// Gateways and waypoints; a sidecar is selected by `selector` only.
+    pub target_ref: Option<PolicyTargetReference>,
+    pub target_refs: Vec<PolicyTargetReference>,
+    pub rules: Vec<AuthzRule>,
+    pub action: AuthzAction,
+    /// For CUSTOM: the external authorizer.
+    pub provider: Option<AuthzProvider>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuthzAction {
+    #[default]
+    Allow,
+    Deny,
+    Audit,
+    Custom,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthzProvider {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthzRule {
+    pub from: Vec<AuthzFrom>,
+    pub to: Vec<AuthzTo>,
+    pub when: Vec<AuthzCondition>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthzFrom {
+    pub source: AuthzSource,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct AuthzSource {
+    pub principals: Vec<String>,
+    pub not_principals: Vec<String>,
+    pub request_principals: Vec<String>,
+    pub not_request_principals: Vec<String>,
+    pub namespaces: Vec<String>,
+    pub not_namespaces: Vec<String>,
+    pub ip_blocks: Vec<String>,
+    pub not_ip_blocks: Vec<String>,
+    pub remote_ip_blocks: Vec<String>,
+    pub not_remote_ip_blocks: Vec<String>,
+    /// Ambient's service accounts: not for sidecars.
+    pub service_accounts: Unsupported,
+    pub not_service_accounts: Unsupported,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthzTo {
+    pub operation: AuthzOperation,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct AuthzOperation {
+    pub hosts: Vec<String>,
+    pub not_hosts: Vec<String>,
+    pub ports: Vec<String>,
+    pub not_ports: Vec<String>,
+    pub methods: Vec<String>,
+    pub not_methods: Vec<String>,
+    pub paths: Vec<String>,
+    pub not_paths: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct AuthzCondition {
+    pub key: String,
+    pub values: Vec<String>,
+    pub not_values: Vec<String>,
+}

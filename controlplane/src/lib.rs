@@ -11,6 +11,7 @@
 //!   them to proxies over gRPC (`wasmesh-api`);
 //! - [`samples`] renders Bookinfo-like manifests and holds Istio's task manifests.
 
+pub mod authz;
 pub mod ca;
 pub mod diag;
 pub mod duration;
@@ -29,6 +30,6 @@ mod translate;
 pub use diag::{Diagnostic, Level};
 pub use manifests::{Loaded, Resource, Source, Spec};
 pub use translate::{
-    Options, PLUGIN_FILES, PLUGIN_NAMES, PluginModule, PluginModules, Translation, check,
-    cluster_name, translate, translate_loaded,
+    AUTHZ_PLUGIN_FILE, Options, PLUGIN_FILES, PLUGIN_NAMES, PluginModule, PluginModules,
+    Translation, check, cluster_name, translate, translate_loaded,
 };

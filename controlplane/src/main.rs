@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::anyhow!(
             "{} not found: build the plugins with `cargo build --release --target \
              wasm32-wasip1 -p plugin-router -p plugin-fault -p plugin-mirror \
-             -p plugin-circuit-breaker`",
+             -p plugin-circuit-breaker -p plugin-authz`",
             missing.display()
         )
     })?;

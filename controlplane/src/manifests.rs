@@ -2,7 +2,7 @@
 //!
 //! Each document is parsed on its own, so one bad document does not stop the others; each
 //! resource remembers its file and the line its document starts at. Kinds other than the four
-//! translated ones (and WasmPlugin and PeerAuthentication) are skipped with an Info diagnostic.
+//! translated ones (and WasmPlugin, PeerAuthentication and AuthorizationPolicy) are skipped with an Info diagnostic.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +29,7 @@ pub enum Spec {
     WorkloadEntry(istio::WorkloadEntry),
     WasmPlugin(istio::WasmPlugin),
     PeerAuthentication(istio::PeerAuthentication),
+    AuthorizationPolicy(istio::AuthorizationPolicy),
 }
 
 impl Spec {
@@ -40,6 +41,7 @@ impl Spec {
             Spec::WorkloadEntry(_) => "WorkloadEntry",
             Spec::WasmPlugin(_) => "WasmPlugin",
             Spec::PeerAuthentication(_) => "PeerAuthentication",
+            Spec::AuthorizationPolicy(_) => "AuthorizationPolicy",
         }
     }
 }
@@ -335,7 +337,9 @@ fn parse_document(doc: &Document, file: Option<&Path>, loaded: &mut Loaded) {
             (istio::GROUP, &istio::VERSIONS[..])
         }
         "WasmPlugin" => (istio::EXTENSIONS_GROUP, &istio::EXTENSIONS_VERSIONS[..]),
-        "PeerAuthentication" => (istio::SECURITY_GROUP, &istio::SECURITY_VERSIONS[..]),
+        "PeerAuthentication" | "AuthorizationPolicy" => {
+            (istio::SECURITY_GROUP, &istio::SECURITY_VERSIONS[..])
+        }
         _ => ("", &[][..]),
     };
     let (doc_group, version) = api_version.split_once('/').unwrap_or(("", api_version));
@@ -373,6 +377,7 @@ fn parse_document(doc: &Document, file: Option<&Path>, loaded: &mut Loaded) {
         "ServiceEntry" => typed(&doc.text, Spec::ServiceEntry),
         "WasmPlugin" => typed(&doc.text, Spec::WasmPlugin),
         "PeerAuthentication" => typed(&doc.text, Spec::PeerAuthentication),
+        "AuthorizationPolicy" => typed(&doc.text, Spec::AuthorizationPolicy),
         _ => typed(&doc.text, Spec::WorkloadEntry),
     };
     match parsed {

@@ -362,7 +362,13 @@ impl Mesh {
                     });
                     (shared, part)
                 });
-            let own = own_part(&node, shared, &resources, &user_plugins);
+            let own = own_part(
+                &node,
+                shared,
+                &resources,
+                &user_plugins,
+                base.plugins.as_ref(),
+            );
             let bootstrap_json = serde_json::to_string(&own).expect("a bootstrap serializes");
             let modules: Vec<(String, u64)> = shared
                 .listeners
@@ -442,6 +448,7 @@ impl Mesh {
             fault: one(&p.fault)?,
             mirror: one(&p.mirror)?,
             circuit_breaker: one(&p.circuit_breaker)?,
+            authz: one(&p.authz)?,
         })
     }
 

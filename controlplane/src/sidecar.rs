@@ -17,11 +17,12 @@ use wasmesh_config::{
     RouteMatch, UpstreamProtocol, VirtualHost,
 };
 
+use crate::authz;
 use crate::istio::{self, MtlsMode, WasmPlugin};
 use crate::manifests::{Resource, Spec};
 use crate::peer_auth;
 use crate::plugins::{self, Direction, Workload};
-use crate::translate::{Options, Translation, translate};
+use crate::translate::{Options, PluginModules, Translation, translate};
 
 /// A sidecar's identity and the listeners it has bound.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -144,7 +145,13 @@ pub fn translate_for(
     base: &Options,
 ) -> Translation {
     let mut t = outbound(&node.namespace, resources, base);
-    let own = own_part(node, &t.bootstrap, resources, user_plugins);
+    let own = own_part(
+        node,
+        &t.bootstrap,
+        resources,
+        user_plugins,
+        base.plugins.as_ref(),
+    );
     t.bootstrap = own.laid_over(t.bootstrap.clone());
     t
 }
@@ -163,12 +170,14 @@ pub fn outbound(namespace: &str, resources: &[Resource], base: &Options) -> Tran
 
 /// One sidecar's own part of its bootstrap, to lay over its namespace's [`outbound`] part
 /// (`shared`, whose settings it keeps): its outbound address and the users' plugins that
-/// select it for CLIENT traffic, its inbound listeners and their clusters.
+/// select it for CLIENT traffic, its inbound listeners (with the AuthorizationPolicies that
+/// select it, enforced by the authorization plugin of `modules`) and their clusters.
 pub fn own_part(
     node: &Node,
     shared: &Bootstrap,
     resources: &[Resource],
     user_plugins: &[UserPlugin],
+    modules: Option<&PluginModules>,
 ) -> Bootstrap {
     let all: Vec<&Resource> = resources.iter().collect();
     // Policies with errors are left out (reported by the translation).
@@ -213,13 +222,20 @@ pub fn own_part(
             virtual_hosts: Vec::new(),
         });
     }
+    let authz_policies = authz::policies_for(resources, &node.namespace, &node.labels);
     for p in &node.inbound {
         let cluster = format!("inbound|{}||", p.port);
+        let mut http_filters = filters_for(Direction::Server { port: p.port });
+        http_filters.extend(modules.and_then(|m| authz::filter(&m.authz, p.port, &authz_policies)));
         own.listeners.push(Listener {
             name: format!("inbound|{}", p.port),
             address: p.listen_address.clone(),
             max_connections: 100_000,
-            http: HttpOptions::default(),
+            // Policies judge paths as the workload will read them (Istio's BASE).
+            http: HttpOptions {
+                normalize_path: true,
+                ..HttpOptions::default()
+            },
             tls: match peer_auth::inbound_mode(&peer_auths, &node.namespace, &node.labels, p.port) {
                 MtlsMode::Strict => Some(DownstreamTls {
                     mode: DownstreamTlsMode::Strict,
@@ -229,7 +245,7 @@ pub fn own_part(
                     mode: DownstreamTlsMode::Permissive,
                 }),
             },
-            http_filters: filters_for(Direction::Server { port: p.port }),
+            http_filters,
             virtual_hosts: vec![VirtualHost {
                 name: format!("inbound|http|{}", p.port),
                 domains: vec!["*".into()],

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use wasmesh_api as api;
 
-use crate::config::{Admin, Bootstrap};
+use crate::config::{AccessLog, Admin, Bootstrap};
 use crate::config_source::ConfigSource;
 use crate::identity::{Identity, IdentityError, PendingKey, Svid, TrustBundle};
 use crate::{Proxy, StartError};
@@ -38,6 +38,8 @@ pub struct SidecarOptions {
     pub cache_dir: PathBuf,
     /// The workload certificate's lifetime to ask for (the control plane's default if none).
     pub cert_ttl: Option<Duration>,
+    /// Where the access log goes (Istio's `accessLogFile`); none: no access log.
+    pub access_log: Option<String>,
 }
 
 /// Why the sidecar could not start.
@@ -456,6 +458,9 @@ impl Client {
         // What is the proxy's own to decide.
         bootstrap.admin = self.options.admin.clone().map(|address| Admin { address });
         bootstrap.workers = self.options.workers;
+        if let Some(path) = &self.options.access_log {
+            bootstrap.access_log = Some(AccessLog { path: path.clone() });
+        }
         bootstrap.wasm.cache_dir = Some(self.options.cache_dir.join("compiled"));
         bootstrap.validate().map_err(|e| e.to_string())?;
 

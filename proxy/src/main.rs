@@ -81,6 +81,10 @@ struct SidecarArgs {
     /// plane's default when not given.
     #[arg(long, value_parser = wasmesh_proxy::config::parse_duration)]
     cert_ttl: Option<std::time::Duration>,
+    /// Write an access log (JSON lines, Envoy's field names) to this file; `/dev/stdout` or
+    /// `-` for standard output (Istio's `accessLogFile`).
+    #[arg(long, value_name = "PATH")]
+    access_log: Option<String>,
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {
@@ -172,6 +176,7 @@ fn run_sidecar(args: SidecarArgs) -> ExitCode {
         admin: args.admin,
         workers: args.workers,
         cert_ttl: args.cert_ttl,
+        access_log: args.access_log,
         cache_dir,
     };
     let proxy = match wasmesh_proxy::control_plane::start(options) {

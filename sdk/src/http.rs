@@ -110,13 +110,26 @@ impl Request {
     /// Answers the request without sending it upstream. The callback's result is then ignored.
     pub fn respond(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<()> {
         crate::dispatch::mark_replied();
-        local_response(status, headers, body, None)
+        local_response(status, "", headers, body, None)
+    }
+
+    /// Answers the request, with `details` as the response code details the access log
+    /// shows (Envoy's `%RESPONSE_CODE_DETAILS%`, one token: no spaces).
+    pub fn respond_with_details(
+        &mut self,
+        status: u16,
+        details: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<()> {
+        crate::dispatch::mark_replied();
+        local_response(status, details, headers, body, None)
     }
 
     /// Answers a gRPC request with a gRPC status.
     pub fn respond_grpc(&mut self, grpc_status: u8, message: &str) -> Result<()> {
         crate::dispatch::mark_replied();
-        local_response(200, &[], message.as_bytes(), Some(grpc_status))
+        local_response(200, "", &[], message.as_bytes(), Some(grpc_status))
     }
 
     /// Calls out to `cluster`; the answer arrives in `on_callout_response` of this filter.
@@ -156,6 +169,7 @@ impl Request {
 
 fn local_response(
     status: u16,
+    details: &str,
     headers: &[(&str, &str)],
     body: &[u8],
     grpc: Option<u8>,
@@ -167,8 +181,8 @@ fn local_response(
         unsafe {
             abi::proxy_send_local_response(
                 status as u32,
-                null_mut(),
-                0,
+                details.as_ptr(),
+                details.len(),
                 body.as_ptr(),
                 body.len(),
                 headers.as_ptr(),

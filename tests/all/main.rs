@@ -6,6 +6,7 @@ mod support;
 mod access_log;
 mod admin;
 mod assemblyscript;
+mod authz;
 mod binary;
 mod bodies;
 mod circuit_breakers;

@@ -26,6 +26,8 @@ fn main() {
 
     let mut guests = Vec::new();
     for dir in ["tests/filters", "plugins"] {
+        // A guest added (or removed) changes the directory.
+        println!("cargo:rerun-if-changed={}", root.join(dir).display());
         let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
             continue;
         };

@@ -33,9 +33,9 @@ pub enum ChainSource {
 /// The plugin modules a `--plugins` directory must hold.
 pub use wasmesh_controlplane::PLUGIN_FILES;
 
-/// The command that builds [`PLUGIN_FILES`] into `target/wasm32-wasip1/release`.
+/// The command that builds [`PLUGIN_FILES`] (and the authorization plugin) into `target/wasm32-wasip1/release`.
 pub const BUILD_PLUGINS: &str = "cargo build --release --target wasm32-wasip1 \
--p plugin-router -p plugin-fault -p plugin-mirror -p plugin-circuit-breaker";
+-p plugin-router -p plugin-fault -p plugin-mirror -p plugin-circuit-breaker -p plugin-authz";
 
 /// Where the plugins are when `--plugins` is not given: `target/wasm32-wasip1/release`
 /// (under `$CARGO_TARGET_DIR` when it is set).

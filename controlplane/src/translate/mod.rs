@@ -64,6 +64,9 @@ pub struct PluginModules {
     pub fault: PluginModule,
     pub mirror: PluginModule,
     pub circuit_breaker: PluginModule,
+    /// The authorization plugin, on sidecars' inbound listeners where AuthorizationPolicies
+    /// apply.
+    pub authz: PluginModule,
 }
 
 /// The modules' file names as `cargo build --release --target wasm32-wasip1 -p plugin-router
@@ -75,9 +78,12 @@ pub const PLUGIN_FILES: [&str; 4] = [
     "plugin_circuit_breaker.wasm",
 ];
 
+/// The authorization plugin's module file name (`-p plugin-authz`).
+pub const AUTHZ_PLUGIN_FILE: &str = "plugin_authz.wasm";
+
 impl PluginModules {
-    /// The four modules in `dir` ([`PLUGIN_FILES`]), as absolute paths; `Err` names the first
-    /// one missing.
+    /// The four traffic modules in `dir` ([`PLUGIN_FILES`]) and the authorization plugin's
+    /// ([`AUTHZ_PLUGIN_FILE`]), as absolute paths; `Err` names the first one missing.
     pub fn in_dir(dir: &std::path::Path) -> Result<PluginModules, std::path::PathBuf> {
         let module = |name: &str| {
             let file = dir.join(name);
@@ -92,6 +98,7 @@ impl PluginModules {
             fault: module(PLUGIN_FILES[1])?,
             mirror: module(PLUGIN_FILES[2])?,
             circuit_breaker: module(PLUGIN_FILES[3])?,
+            authz: module(AUTHZ_PLUGIN_FILE)?,
         })
     }
 }

@@ -39,6 +39,7 @@ fn with_plugins() -> Options {
             fault: PluginModule::new("fault.wasm"),
             mirror: PluginModule::new("mirror.wasm"),
             circuit_breaker: PluginModule::new("circuit_breaker.wasm"),
+            authz: PluginModule::new("authz.wasm"),
         }),
         ..Options::default()
     }

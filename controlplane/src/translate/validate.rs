@@ -142,6 +142,51 @@ impl Check<'_> {
         }
     }
 
+    /// Istio's string values: not empty, `*` only at the start or the end.
+    fn wildcards(&mut self, field: &str, values: &[String]) {
+        for v in values {
+            let inner = v.strip_prefix('*').unwrap_or(v);
+            let inner = inner.strip_suffix('*').unwrap_or(inner);
+            if v.is_empty() {
+                self.error(field, "empty value not allowed");
+            } else if inner.contains('*') || (v.len() > 1 && v.starts_with('*') && v.ends_with('*'))
+            {
+                self.error(
+                    field,
+                    format!("{v:?}: `*` is allowed only as a prefix or a suffix"),
+                );
+            }
+        }
+    }
+
+    /// Paths: wildcards, or templates whose `{*}` and `{**}` are whole segments, `{**}` last.
+    fn paths(&mut self, field: &str, values: &[String]) {
+        let (templates, plain): (Vec<String>, Vec<String>) =
+            values.iter().cloned().partition(|v| v.contains('{'));
+        self.wildcards(field, &plain);
+        for v in templates {
+            let segments: Vec<&str> = v.split('/').collect();
+            let bad = !v.starts_with('/')
+                || v.contains('*')
+                    && segments
+                        .iter()
+                        .any(|s| s.contains('*') && !matches!(*s, "{*}" | "{**}"))
+                || segments
+                    .iter()
+                    .any(|s| s.contains(['{', '}']) && !matches!(*s, "{*}" | "{**}"))
+                || segments
+                    .iter()
+                    .position(|s| *s == "{**}")
+                    .is_some_and(|i| i + 1 != segments.len());
+            if bad {
+                self.error(
+                    field,
+                    format!("{v:?}: a path template uses `{{*}}` and `{{**}}` as whole segments, `{{**}}` last"),
+                );
+            }
+        }
+    }
+
     fn string_match(&mut self, field: &str, m: &StringMatch, empty_ok: bool) {
         let set = [&m.exact, &m.prefix, &m.regex]
             .iter()
@@ -209,8 +254,164 @@ pub(crate) fn resource(r: &Resource) -> Vec<Diagnostic> {
         Spec::WorkloadEntry(we) => workload(&mut c, "spec", we),
         Spec::WasmPlugin(wp) => wasm_plugin(&mut c, wp),
         Spec::PeerAuthentication(pa) => peer_authentication(&mut c, pa),
+        Spec::AuthorizationPolicy(ap) => authorization_policy(&mut c, ap),
     }
     c.out
+}
+
+fn authorization_policy(c: &mut Check, ap: &istio::AuthorizationPolicy) {
+    use istio::AuthzAction;
+    match (ap.action, &ap.provider) {
+        (AuthzAction::Custom, _) => c.error(
+            "spec.action",
+            "CUSTOM needs an external authorizer (an extension provider), which wasmesh does \
+             not have: the workloads this policy selects deny every request (as Istio does \
+             when a CUSTOM policy's provider is missing)",
+        ),
+        (_, Some(_)) => c.error("spec.provider", "only for action CUSTOM"),
+        (_, None) => {}
+    }
+    let refs = ap.target_refs.len() + usize::from(ap.target_ref.is_some());
+    if refs > 0 {
+        if ap.selector.is_some() {
+            c.error(
+                "spec.targetRefs",
+                "selector and targetRefs are mutually exclusive",
+            );
+        } else {
+            c.note(
+                "spec.targetRefs",
+                "selects gateways and waypoints, not sidecars: no sidecar enforces this policy",
+            );
+        }
+    }
+    if ap.rules.is_empty() && matches!(ap.action, AuthzAction::Deny | AuthzAction::Audit) {
+        c.note("spec.rules", "a policy without rules matches no request");
+    }
+    for (i, rule) in ap.rules.iter().enumerate() {
+        let field = format!("spec.rules[{i}]");
+        for (j, from) in rule.from.iter().enumerate() {
+            let f = format!("{field}.from[{j}].source");
+            let s = &from.source;
+            let lists: [(&str, &Vec<String>); 10] = [
+                ("principals", &s.principals),
+                ("notPrincipals", &s.not_principals),
+                ("requestPrincipals", &s.request_principals),
+                ("notRequestPrincipals", &s.not_request_principals),
+                ("namespaces", &s.namespaces),
+                ("notNamespaces", &s.not_namespaces),
+                ("ipBlocks", &s.ip_blocks),
+                ("notIpBlocks", &s.not_ip_blocks),
+                ("remoteIpBlocks", &s.remote_ip_blocks),
+                ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+            ];
+            if lists.iter().all(|(_, l)| l.is_empty())
+                && s.service_accounts.is_none()
+                && s.not_service_accounts.is_none()
+            {
+                c.error(&f, "must not be empty");
+            }
+            for (name, list) in lists {
+                let field = format!("{f}.{name}");
+                if name.to_ascii_lowercase().ends_with("ipblocks") {
+                    for v in list {
+                        if !wasmesh_policy::authz::is_ip_block(v) {
+                            c.error(&field, format!("{v:?} is not an IP address or CIDR block"));
+                        }
+                    }
+                } else {
+                    c.wildcards(&field, list);
+                }
+                if name.ends_with("equestPrincipals") && !list.is_empty() {
+                    c.unsupported(
+                        &field,
+                        "wasmesh has no RequestAuthentication yet, so no request has a JWT \
+                         principal (requestPrincipals match none, notRequestPrincipals all)",
+                    );
+                }
+            }
+            if s.service_accounts.is_some() || s.not_service_accounts.is_some() {
+                c.unsupported(&format!("{f}.serviceAccounts"), "ambient mode only");
+            }
+        }
+        for (j, to) in rule.to.iter().enumerate() {
+            let f = format!("{field}.to[{j}].operation");
+            let o = &to.operation;
+            let lists: [(&str, &Vec<String>); 8] = [
+                ("hosts", &o.hosts),
+                ("notHosts", &o.not_hosts),
+                ("ports", &o.ports),
+                ("notPorts", &o.not_ports),
+                ("methods", &o.methods),
+                ("notMethods", &o.not_methods),
+                ("paths", &o.paths),
+                ("notPaths", &o.not_paths),
+            ];
+            if lists.iter().all(|(_, l)| l.is_empty()) {
+                c.error(&f, "must not be empty");
+            }
+            for (name, list) in lists {
+                let field = format!("{f}.{name}");
+                if name.to_ascii_lowercase().ends_with("ports") {
+                    for v in list {
+                        if !v.parse::<u16>().is_ok_and(|p| p > 0) {
+                            c.error(&field, format!("{v:?} is not a port number"));
+                        }
+                    }
+                } else if name.to_ascii_lowercase().ends_with("paths") {
+                    c.paths(&field, list);
+                } else {
+                    c.wildcards(&field, list);
+                }
+            }
+        }
+        for (j, cond) in rule.when.iter().enumerate() {
+            let f = format!("{field}.when[{j}]");
+            let key = cond.key.as_str();
+            if !wasmesh_policy::authz::condition_key_is_known(key) {
+                c.error(&format!("{f}.key"), format!("unknown attribute {key:?}"));
+                continue;
+            }
+            if cond.values.is_empty() && cond.not_values.is_empty() {
+                c.error(
+                    &f,
+                    format!("at least one of values or notValues must be set for key {key:?}"),
+                );
+            }
+            let all = cond.values.iter().chain(&cond.not_values);
+            match key {
+                "source.ip" | "remote.ip" | "destination.ip" => {
+                    for v in all {
+                        if !wasmesh_policy::authz::is_ip_block(v) {
+                            c.error(&f, format!("{v:?} is not an IP address or CIDR block"));
+                        }
+                    }
+                }
+                "destination.port" => {
+                    for v in all {
+                        if !v.parse::<u16>().is_ok_and(|p| p > 0) {
+                            c.error(&f, format!("{v:?} is not a port number"));
+                        }
+                    }
+                }
+                k if k.starts_with("request.auth.") => c.unsupported(
+                    &format!("{f}.key"),
+                    "wasmesh has no RequestAuthentication yet: no request has JWT claims, so \
+                     values match none and notValues all",
+                ),
+                "connection.sni" => c.unsupported(
+                    &format!("{f}.key"),
+                    "the SNI is not recorded: values match none and notValues all",
+                ),
+                k if k.starts_with("experimental.") => c.unsupported(
+                    &format!("{f}.key"),
+                    "Envoy's filter metadata does not exist here: values match none and \
+                     notValues all",
+                ),
+                _ => {}
+            }
+        }
+    }
 }
 
 fn peer_authentication(c: &mut Check, pa: &istio::PeerAuthentication) {

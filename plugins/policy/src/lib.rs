@@ -1,4 +1,5 @@
-//! The configuration of wasmesh's four traffic plugins, as the control plane translates it from
+//! The configuration of wasmesh's four traffic plugins (and, in [`authz`], of the authorization
+//! plugin), as the control plane translates it from
 //! Istio's VirtualService and DestinationRule and the plugins read it (JSON, in each plugin's
 //! `plugin_config`). Everything a plugin needs per request is precomputed here, so the plugins
 //! only look things up: cluster names are final, retry policies are the strings the core takes.
@@ -6,6 +7,8 @@
 //! The plugins run in one chain, in this order: router, fault, mirror, circuit-breaker. The
 //! router publishes its decisions for the others through properties: the route it chose under
 //! [`ROUTE_PROPERTY`] and the cluster under `wasmesh.upstream_cluster`.
+
+pub mod authz;
 
 use std::collections::BTreeMap;
 

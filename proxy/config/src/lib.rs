@@ -168,6 +168,11 @@ pub struct HttpOptions {
     pub server_name: String,
     /// What happens to a response's `server` header (Envoy's `server_header_transformation`).
     pub server_header_transformation: ServerHeaderTransformation,
+    /// Normalize request paths (RFC 3986: dot segments removed, percent-encoded unreserved
+    /// characters decoded, `\` as `/`) before filters and routing see them and before they
+    /// go upstream: Envoy's `normalize_path`, on in Istio's sidecars, so that a path-based
+    /// policy sees the path the workload will.
+    pub normalize_path: bool,
 }
 
 /// Envoy's `server_header_transformation`.
@@ -195,6 +200,7 @@ impl Default for HttpOptions {
             max_pending_accept_reset_streams: 100,
             server_name: "wasmesh".into(),
             server_header_transformation: ServerHeaderTransformation::Overwrite,
+            normalize_path: false,
         }
     }
 }

@@ -247,7 +247,12 @@ pub(super) fn answer(verdict: Verdict, ex: &mut Exchange) -> Option<Response<Pro
 
 /// A filter's local reply as a response (a gRPC status for gRPC requests).
 pub(super) fn local_response(local: LocalResponse, ex: &mut Exchange) -> Response<ProxyBody> {
-    ex.details = "wasm_local_reply".into();
+    // The filter's details (Envoy's: `rbac_access_denied_matched_policy[...]`), as one token.
+    ex.details = if local.details.is_empty() {
+        "wasm_local_reply".into()
+    } else {
+        local.details.replace(char::is_whitespace, "_").into()
+    };
     match local.to_response(ex.grpc) {
         Ok(response) => response.map(|body| {
             if body.is_empty() {

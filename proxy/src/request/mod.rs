@@ -3,7 +3,7 @@
 //! 1. accept: [`serve`] takes the request from hyper (the connection was accepted and guarded
 //!    by `server`, `h1_guard` and `h2_guard`);
 //! 2. [`prepare`]: `CONNECT` refused, hop-by-hop headers removed, proxy headers added, the
-//!    authority settled;
+//!    authority settled, the path normalized where the listener asks ([`path`]);
 //! 3. [`filters`]: the listener's Wasm chain, when it has one (request headers here; bodies and
 //!    the response in the phases below);
 //! 4. [`routing`]: the target cluster, timeout and retry policy;
@@ -21,6 +21,7 @@ mod forward;
 mod local_reply;
 mod log;
 mod mirror;
+mod path;
 mod prepare;
 mod respond;
 mod retry;

@@ -45,6 +45,13 @@ pub(super) fn prepare(
     let upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let authority = request_authority(&mut parts)?;
+    if conn.opts.normalize_path && super::path::normalize_uri(&mut parts.uri).is_err() {
+        return Err(LocalReply::new(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            "path_normalization_failed",
+        ));
+    }
     let mut added = headers::Added::prepare(&mut parts.headers, is_upgrade, &conn.client_ip);
     if let Some(xfcc) = &conn.xfcc {
         // Only this proxy says who the client is.

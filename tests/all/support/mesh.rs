@@ -23,6 +23,7 @@ pub fn options() -> Options {
             fault: PluginModule::new(wasmesh_artifacts::FAULT),
             mirror: PluginModule::new(wasmesh_artifacts::MIRROR),
             circuit_breaker: PluginModule::new(wasmesh_artifacts::CIRCUIT_BREAKER),
+            authz: PluginModule::new(wasmesh_artifacts::AUTHZ),
         }),
         ..Options::default()
     }
