@@ -62,6 +62,7 @@ fn node_from(n: api::Node) -> Node {
         labels: n.labels.into_iter().collect(),
         service_account: n.service_account,
         outbound_address: n.outbound_address,
+        pod_ip: n.pod_ip,
         inbound: n
             .inbound
             .into_iter()

@@ -9,12 +9,18 @@
 //! - A connected sidecar **registers** its workload, as Istio's WorkloadEntry auto-registration
 //!   does: ServiceEntries whose `workloadSelector` matches its labels get it as an endpoint, at
 //!   its sidecar's inbound listener. Every hop is proxy to proxy.
+//! - A **transparent** sidecar (its node has a `pod_ip`: iptables redirect the pod's traffic,
+//!   Istio's interception model) also gets `virtualOutbound` on 15001 and `virtualInbound`
+//!   on 15006, which hand each redirected connection to the listener that handles its
+//!   original destination: the outbound listener for the mesh's service addresses and
+//!   endpoints, the inbound listener of the port for the pod's own ports. Anything else
+//!   passes through as TCP. Its workload registers at the pod's IP and its own ports.
 
 use std::collections::BTreeMap;
 
 use wasmesh_config::{
-    Bootstrap, Cluster, DownstreamTls, DownstreamTlsMode, Dur, HttpOptions, Listener, Route,
-    RouteMatch, UpstreamProtocol, VirtualHost,
+    Bootstrap, Cluster, DownstreamTls, DownstreamTlsMode, Dur, HttpOptions, Listener, OriginalDst,
+    Route, RouteMatch, UpstreamProtocol, VirtualHost,
 };
 
 use crate::authz;
@@ -34,7 +40,14 @@ pub struct Node {
     /// The outbound listener's address (`ip:port`, bound).
     pub outbound_address: String,
     pub inbound: Vec<InboundPort>,
+    /// The pod's IP when the sidecar intercepts transparently; empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod_ip: String,
 }
+
+/// Istio's ports for redirected traffic (`wasmesh-proxy init` sends it there).
+pub const VIRTUAL_OUTBOUND: &str = "0.0.0.0:15001";
+pub const VIRTUAL_INBOUND: &str = "0.0.0.0:15006";
 
 /// One workload port behind its sidecar.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -56,6 +69,8 @@ pub enum NodeError {
     Address { field: String, value: String },
     #[error("node.inbound: port {0} is listed twice")]
     DuplicatePort(u32),
+    #[error("node.pod_ip: {0:?} is not an IP address")]
+    PodIp(String),
 }
 
 impl Node {
@@ -82,6 +97,9 @@ impl Node {
                 })
         };
         address("outbound_address".into(), &self.outbound_address)?;
+        if !self.pod_ip.is_empty() && self.pod_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(NodeError::PodIp(self.pod_ip.clone()));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, p) in self.inbound.iter().enumerate() {
             if !seen.insert(p.port) {
@@ -94,19 +112,30 @@ impl Node {
     }
 
     /// The WorkloadEntry its registration stands for: its labels and service account, at its
-    /// sidecar's address, each workload port mapped to the sidecar's inbound listener.
+    /// sidecar's address, each workload port mapped to the sidecar's inbound listener (for a
+    /// transparent sidecar: at the pod's IP and the workload's own ports, which iptables send
+    /// to the sidecar).
     pub fn workload_entry(&self) -> Option<Resource> {
         let first: std::net::SocketAddr = self.inbound.first()?.listen_address.parse().ok()?;
+        let transparent = !self.pod_ip.is_empty();
         let sidecar_ports = self
             .inbound
             .iter()
             .filter_map(|p| {
+                if transparent {
+                    return Some((p.port, p.port));
+                }
                 let listen: std::net::SocketAddr = p.listen_address.parse().ok()?;
                 Some((p.port, u32::from(listen.port())))
             })
             .collect();
+        let address = if transparent {
+            self.pod_ip.clone()
+        } else {
+            first.ip().to_string()
+        };
         let entry = istio::WorkloadEntry {
-            address: Some(first.ip().to_string()),
+            address: Some(address),
             labels: self.labels.clone(),
             service_account: Some(self.service_account.clone()).filter(|s| !s.is_empty()),
             sidecar_ports,
@@ -211,6 +240,7 @@ pub fn own_part(
         wasm: shared.wasm.clone(),
         base_dir: shared.base_dir.clone(),
     };
+    let transparent = !node.pod_ip.is_empty();
     if let Some(outbound) = shared.listeners.first() {
         own.listeners.push(Listener {
             name: outbound.name.clone(),
@@ -220,6 +250,12 @@ pub fn own_part(
             tls: None,
             http_filters: filters_for(Direction::Client),
             virtual_hosts: Vec::new(),
+            original_dst: None,
+            handles: if transparent {
+                mesh_destinations(shared, resources, &node.pod_ip)
+            } else {
+                Vec::new()
+            },
         });
     }
     let authz_policies = authz::policies_for(resources, &node.namespace, &node.labels);
@@ -246,6 +282,12 @@ pub fn own_part(
                 }),
             },
             http_filters,
+            original_dst: None,
+            handles: if transparent {
+                vec![format!("0.0.0.0:{}", p.port)]
+            } else {
+                Vec::new()
+            },
             virtual_hosts: vec![VirtualHost {
                 name: format!("inbound|http|{}", p.port),
                 domains: vec!["*".into()],
@@ -275,7 +317,79 @@ pub fn own_part(
             tls: None,
         });
     }
+    if transparent {
+        let virtual_listener =
+            |name: &str, address: &str, to: Vec<String>, source: Option<&str>| Listener {
+                name: name.into(),
+                address: address.into(),
+                max_connections: 100_000,
+                http: HttpOptions::default(),
+                tls: None,
+                http_filters: Vec::new(),
+                virtual_hosts: Vec::new(),
+                original_dst: Some(OriginalDst {
+                    listeners: to,
+                    passthrough_source: source.and_then(|s| s.parse().ok()),
+                }),
+                handles: Vec::new(),
+            };
+        let outbound = shared.listeners.first().map(|l| l.name.clone());
+        let inbound = node
+            .inbound
+            .iter()
+            .map(|p| format!("inbound|{}", p.port))
+            .collect();
+        own.listeners.push(virtual_listener(
+            "virtualOutbound",
+            VIRTUAL_OUTBOUND,
+            outbound.into_iter().collect(),
+            None,
+        ));
+        // Passed-through inbound connections leave from 127.0.0.6, which the iptables rules
+        // let reach the workload (from the proxy's own address they would be captured again).
+        own.listeners.push(virtual_listener(
+            "virtualInbound",
+            VIRTUAL_INBOUND,
+            inbound,
+            Some("127.0.0.6"),
+        ));
+    }
     own
+}
+
+/// The addresses the mesh's services are reached at, which a transparent sidecar's outbound
+/// listener handles: every endpoint of an outbound cluster and each ServiceEntry address with
+/// each of its ports (not the pod's own IP: connections to it arrive inbound).
+fn mesh_destinations(shared: &Bootstrap, resources: &[Resource], pod_ip: &str) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for c in shared
+        .clusters
+        .iter()
+        .filter(|c| c.name.starts_with("outbound|"))
+    {
+        for e in &c.endpoints {
+            if let Ok(addr) = e.parse::<std::net::SocketAddr>()
+                && addr.ip().to_string() != pod_ip
+            {
+                out.insert(addr.to_string());
+            }
+        }
+    }
+    for r in resources {
+        let Spec::ServiceEntry(se) = &r.spec else {
+            continue;
+        };
+        for a in se
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse::<std::net::IpAddr>().ok())
+        {
+            for p in &se.ports {
+                out.insert(std::net::SocketAddr::new(a, p.number as u16).to_string());
+            }
+        }
+    }
+    out.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -290,6 +404,7 @@ mod tests {
             labels: [("app".to_owned(), app.to_owned())].into(),
             service_account: "bookinfo".into(),
             outbound_address: "127.0.0.1:25000".into(),
+            pod_ip: String::new(),
             inbound: inbound
                 .map(|(port, listen, app)| InboundPort {
                     port,

@@ -1,6 +1,8 @@
 //! `wasmesh-proxy --config FILE`: runs the data plane from a static bootstrap.
 //! `wasmesh-proxy --control-plane ADDR --node NAME ...`: runs a sidecar the control plane
 //! configures.
+//! `wasmesh-proxy init ...`: installs the iptables rules that send a pod's traffic through its
+//! sidecar (Istio's `istio-iptables`), or removes them (`--cleanup`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use wasmesh_proxy::Proxy;
 use wasmesh_proxy::config::Bootstrap;
+use wasmesh_proxy::init;
 
 // jemalloc: fewer cycles per request than glibc malloc under many small allocations.
 #[cfg(target_os = "linux")]
@@ -26,7 +29,12 @@ pub static MALLOC_CONF: &u8 = &b"background_thread:true,dirty_decay_ms:10000,muz
 
 /// The wasmesh data plane.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
     /// The bootstrap YAML file (see docs/configuration.md).
     #[arg(
@@ -42,8 +50,90 @@ struct Args {
     #[arg(long)]
     validate: bool,
     /// Log filter, as RUST_LOG (for example `info` or `wasmesh_proxy=debug`).
-    #[arg(long, env = "WASMESH_LOG", default_value = "info")]
+    #[arg(long, env = "WASMESH_LOG", default_value = "info", global = true)]
     log: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Installs the nat-table rules that send the pod's TCP traffic through its sidecar, as
+    /// Istio's istio-iptables does (IPv4 only). Run it as root in the pod's network namespace
+    /// before the workload starts; running it again gives the same rules.
+    Init(InitArgs),
+}
+
+/// `init`'s flags. Lists are comma-separated; the short letters are istio-iptables'.
+#[derive(clap::Args)]
+struct InitArgs {
+    /// Where outbound TCP is redirected: the sidecar's outbound listener.
+    #[arg(long, short = 'p', value_name = "PORT", default_value_t = init::REDIRECT_PORT.to_string())]
+    redirect_port: String,
+    /// Where inbound TCP is redirected: the sidecar's inbound listener.
+    #[arg(long, short = 'z', value_name = "PORT", default_value_t = init::INBOUND_CAPTURE_PORT.to_string())]
+    inbound_capture_port: String,
+    /// The sidecar's user ids: what they send is not redirected.
+    #[arg(long, short = 'u', value_name = "UIDS", default_value_t = init::PROXY_ID.to_string())]
+    proxy_uid: String,
+    /// The sidecar's group ids: what they send is not redirected.
+    #[arg(long, short = 'g', value_name = "GIDS", default_value_t = init::PROXY_ID.to_string())]
+    proxy_gid: String,
+    /// Inbound ports redirected to the sidecar: `*` for all, empty for none.
+    #[arg(long, short = 'b', value_name = "PORTS", default_value = "*")]
+    inbound_ports: String,
+    /// Inbound ports never redirected, besides 15001, 15006, 15000, 15020, 15021, 15090 and
+    /// the two ports above.
+    #[arg(long, short = 'd', value_name = "PORTS")]
+    exclude_inbound_ports: Option<String>,
+    /// Outbound destinations redirected to the sidecar, as CIDRs: `*` for all, empty for none.
+    #[arg(long, short = 'i', value_name = "CIDRS", default_value = "*")]
+    outbound_ip_ranges: String,
+    /// Outbound destinations never redirected, as CIDRs.
+    #[arg(long, short = 'x', value_name = "CIDRS")]
+    exclude_outbound_ip_ranges: Option<String>,
+    /// Outbound ports never redirected.
+    #[arg(long, short = 'o', value_name = "PORTS")]
+    exclude_outbound_ports: Option<String>,
+    /// Print the iptables-restore input instead of applying it (with `--cleanup`, what would
+    /// be removed).
+    #[arg(long)]
+    dry_run: bool,
+    /// Remove the jumps and the ISTIO_* chains init installed (other flags are ignored).
+    #[arg(long)]
+    cleanup: bool,
+}
+
+impl InitArgs {
+    fn options(&self) -> Result<init::Options, init::InitError> {
+        let text = |value: &Option<String>| value.as_deref().unwrap_or_default().to_owned();
+        Ok(init::Options {
+            redirect_port: init::parse_port("--redirect-port", &self.redirect_port)?,
+            inbound_capture_port: init::parse_port(
+                "--inbound-capture-port",
+                &self.inbound_capture_port,
+            )?,
+            proxy_uids: init::parse_ids("--proxy-uid", &self.proxy_uid)?,
+            proxy_gids: init::parse_ids("--proxy-gid", &self.proxy_gid)?,
+            inbound_ports: init::parse_port_capture("--inbound-ports", &self.inbound_ports)?,
+            exclude_inbound_ports: init::parse_ports(
+                "--exclude-inbound-ports",
+                &text(&self.exclude_inbound_ports),
+            )?,
+            outbound_ip_ranges: init::parse_cidr_capture(
+                "--outbound-ip-ranges",
+                &self.outbound_ip_ranges,
+            )?,
+            exclude_outbound_ip_ranges: init::parse_cidrs(
+                "--exclude-outbound-ip-ranges",
+                &text(&self.exclude_outbound_ip_ranges),
+            )?,
+            exclude_outbound_ports: init::parse_ports(
+                "--exclude-outbound-ports",
+                &text(&self.exclude_outbound_ports),
+            )?,
+        })
+    }
 }
 
 /// A sidecar's identity and listeners, for `--control-plane`.
@@ -85,6 +175,11 @@ struct SidecarArgs {
     /// `-` for standard output (Istio's `accessLogFile`).
     #[arg(long, value_name = "PATH")]
     access_log: Option<String>,
+    /// The pod's IP, for a sidecar whose traffic iptables redirect (`wasmesh-proxy init`):
+    /// it then serves redirected connections on 15001 (outbound) and 15006 (inbound), and
+    /// other sidecars reach the workload's ports at this IP.
+    #[arg(long, value_name = "IP")]
+    pod_ip: Option<std::net::IpAddr>,
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {
@@ -120,6 +215,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(Command::Init(init_args)) = args.command {
+        return run_init(&init_args);
+    }
     let Some(config) = args.config else {
         return run_sidecar(args.sidecar);
     };
@@ -154,6 +252,29 @@ fn main() -> ExitCode {
     })
 }
 
+/// `init`: installs (or prints, or removes) the interception rules.
+fn run_init(args: &InitArgs) -> ExitCode {
+    let result = if args.cleanup {
+        init::cleanup(args.dry_run).map(drop)
+    } else {
+        args.options().and_then(|options| {
+            if args.dry_run {
+                print!("{}", init::rules(&options, ""));
+                Ok(())
+            } else {
+                init::install(&options)
+            }
+        })
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs a sidecar of the control plane until SIGTERM or SIGINT.
 fn run_sidecar(args: SidecarArgs) -> ExitCode {
     let (Some(control_plane), Some(name)) = (args.control_plane, args.node) else {
@@ -172,6 +293,7 @@ fn run_sidecar(args: SidecarArgs) -> ExitCode {
             service_account: args.service_account,
             outbound_address: args.outbound,
             inbound: args.inbound,
+            pod_ip: args.pod_ip.map(|ip| ip.to_string()).unwrap_or_default(),
         },
         admin: args.admin,
         workers: args.workers,

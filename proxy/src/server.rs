@@ -76,12 +76,37 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn serve_connection(
     worker: Rc<Worker>,
-    listener: usize,
+    mut listener: usize,
     mut stream: TcpStream,
     peer: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().unwrap_or(peer);
+    let mut local = stream.local_addr().unwrap_or(peer);
+    // A redirected connection: served by the listener that handles where it was going.
+    let original_dst = worker.snapshot().bootstrap.listeners[listener]
+        .original_dst
+        .clone();
+    if let Some(od) = original_dst {
+        let destination = match crate::original_dst::original_dst(&stream) {
+            Ok(d) if d != local => d,
+            // Not redirected (a client connected here directly): passing it on would loop.
+            Ok(_) | Err(_) => {
+                tracing::debug!(%peer, %local, "no original destination: closed");
+                return;
+            }
+        };
+        let handler = worker.snapshot().handler(listener, destination);
+        match handler {
+            Some(target) => {
+                listener = target;
+                local = destination;
+            }
+            None => {
+                return crate::passthrough::serve(stream, peer, destination, od.passthrough_source)
+                    .await;
+            }
+        }
+    }
     let (opts, tls) = {
         let snapshot = worker.snapshot();
         let l = &snapshot.bootstrap.listeners[listener];

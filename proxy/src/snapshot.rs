@@ -2,6 +2,7 @@
 //! chains). Workers read the current snapshot without locks; a reload swaps in a new one.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use wasmesh_host::{Host, PluginSpec};
@@ -61,6 +62,9 @@ pub struct Snapshot {
     pub routes: Vec<RouteTable>,
     /// Plugin chain of each listener, in the order plugins run.
     pub chains: Vec<Vec<Arc<PluginSpec>>>,
+    /// For each `original_dst` listener (empty for the others): which listener (by index)
+    /// handles each original destination.
+    handoff: Vec<HashMap<SocketAddr, usize>>,
 }
 
 impl Snapshot {
@@ -136,6 +140,28 @@ impl Snapshot {
             plugins::validate(host, &l.http_filters, &fresh).map_err(in_listener)?;
             chains.push(specs);
         }
+        let handoff = bootstrap
+            .listeners
+            .iter()
+            .map(|l| {
+                let Some(od) = &l.original_dst else {
+                    return HashMap::new();
+                };
+                let mut map = HashMap::new();
+                for (i, target) in bootstrap.listeners.iter().enumerate() {
+                    if od.listeners.contains(&target.name) {
+                        // Validated: every entry is an ip:port.
+                        map.extend(
+                            target
+                                .handles
+                                .iter()
+                                .filter_map(|h| Some((h.parse().ok()?, i))),
+                        );
+                    }
+                }
+                map
+            })
+            .collect();
         Ok(Snapshot {
             version,
             bootstrap,
@@ -143,10 +169,24 @@ impl Snapshot {
             by_name,
             routes,
             chains,
+            handoff,
         })
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
         self.by_name.get(name).map(|&i| &self.clusters[i])
+    }
+
+    /// The listener that serves a connection `listener` (an `original_dst` one) accepted for
+    /// `destination`: the one handling that exact address, else that port on any address.
+    pub fn handler(&self, listener: usize, destination: SocketAddr) -> Option<usize> {
+        let map = self.handoff.get(listener)?;
+        map.get(&destination).copied().or_else(|| {
+            let any = match destination {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            };
+            map.get(&SocketAddr::new(any, destination.port())).copied()
+        })
     }
 }

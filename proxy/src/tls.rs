@@ -117,14 +117,16 @@ pub fn xfcc(
     http::HeaderValue::from_str(&format!("By={by};Hash={hash};Subject=\"\";URI={uri}")).ok()
 }
 
-/// The client side of mTLS to one cluster: the proxy's SVID presented, the endpoint's
-/// certificate verified against the trust bundle and its SPIFFE id against the cluster's.
+/// The client side of TLS to one cluster. ISTIO_MUTUAL: the proxy's SVID presented, the
+/// endpoint's certificate verified against the trust bundle and its SPIFFE id against the
+/// cluster's. SIMPLE and MUTUAL: a config made once from files ([`crate::external_tls`]).
 pub struct ClientTls {
     identity: Arc<Identity>,
     server_name: ServerName<'static>,
     expected: Arc<[String]>,
     alpn: Vec<Vec<u8>>,
     config: ArcSwapOption<(Arc<TrustBundle>, Arc<ClientConfig>)>,
+    external: Option<Arc<ClientConfig>>,
 }
 
 impl ClientTls {
@@ -138,20 +140,29 @@ impl ClientTls {
         let sni = tls.sni.as_deref().unwrap_or(name);
         let server_name =
             ServerName::try_from(sni.to_owned()).map_err(|e| format!("tls.sni: {sni:?}: {e}"))?;
+        let alpn = vec![if http2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
+        let external = match tls.mode {
+            crate::config::UpstreamTlsMode::IstioMutual => None,
+            _ => Some(crate::external_tls::client_config(tls, alpn.clone())?),
+        };
         Ok(ClientTls {
             identity,
             server_name,
             expected: tls.subject_alt_names.clone().into(),
-            alpn: vec![if http2 {
-                b"h2".to_vec()
-            } else {
-                b"http/1.1".to_vec()
-            }],
+            alpn,
             config: ArcSwapOption::empty(),
+            external,
         })
     }
 
     fn config(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        if let Some(external) = &self.external {
+            return Ok(external.clone());
+        }
         let trust = self.identity.trust().ok_or(TlsError::NoTrustBundle)?;
         if let Some(cached) = &*self.config.load()
             && Arc::ptr_eq(&cached.0, &trust)

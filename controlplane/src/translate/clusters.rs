@@ -197,7 +197,7 @@ fn cluster(name: &str, svc: &Service, endpoints: &[&Endpoint], p: &Effective) ->
                 .unwrap_or(unlimited.max_retries),
         },
         retry_budget: None,
-        tls: upstream_tls(name, endpoints, p.tls),
+        tls: upstream_tls(name, &svc.host, endpoints, p.tls),
     }
 }
 
@@ -214,13 +214,17 @@ fn auto_mtls(name: &str, endpoints: &[&Endpoint]) -> Option<UpstreamTls> {
         mode: UpstreamTlsMode::IstioMutual,
         subject_alt_names: identities.into_iter().map(str::to_owned).collect(),
         sni: Some(name.replace('|', "_.")),
+        ..UpstreamTls::default()
     })
 }
 
 /// The DestinationRule's `tls` where it sets one (DISABLE: plaintext; ISTIO_MUTUAL: mTLS
-/// expecting its `subjectAltNames`, else the endpoints' identities), else auto mTLS.
+/// expecting its `subjectAltNames`, else the endpoints' identities; SIMPLE and MUTUAL: TLS to
+/// a server outside the mesh with the given files, SNI the DestinationRule's or the host),
+/// else auto mTLS.
 fn upstream_tls(
     name: &str,
+    host: &str,
     endpoints: &[&Endpoint],
     rule: Option<&istio::ClientTlsSettings>,
 ) -> Option<UpstreamTls> {
@@ -236,10 +240,25 @@ fn upstream_tls(
                     t.subject_alt_names.clone()
                 },
                 sni: Some(t.sni.clone().unwrap_or_else(|| name.replace('|', "_."))),
+                ..UpstreamTls::default()
             })
         }
-        // SIMPLE and MUTUAL are reported as not supported yet.
-        Some(_) => None,
+        Some((mode @ (istio::ClientTlsMode::Simple | istio::ClientTlsMode::Mutual), t)) => {
+            Some(UpstreamTls {
+                mode: if mode == istio::ClientTlsMode::Simple {
+                    UpstreamTlsMode::Simple
+                } else {
+                    UpstreamTlsMode::Mutual
+                },
+                subject_alt_names: t.subject_alt_names.clone(),
+                sni: Some(t.sni.clone().unwrap_or_else(|| host.to_owned())),
+                ca_certificates: t.ca_certificates.clone(),
+                client_certificate: t.client_certificate.clone(),
+                private_key: t.private_key.clone(),
+                insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+            })
+        }
+        Some((istio::ClientTlsMode::Disable, _)) => None,
     }
 }
 

@@ -200,6 +200,8 @@ pub fn translate(resources: &[Resource], options: &Options) -> Translation {
             None => Vec::new(),
         },
         virtual_hosts: routed.core_virtual_hosts,
+        original_dst: None,
+        handles: Vec::new(),
     };
     let bootstrap = Bootstrap {
         workers: None,

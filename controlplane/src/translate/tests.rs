@@ -1229,7 +1229,7 @@ metadata: {name: reviews-extra}
 spec:
   host: reviews.default.svc.cluster.local
   trafficPolicy:
-    tls: {mode: SIMPLE}
+    tls: {mode: SIMPLE, caCrl: /etc/crl.pem}
     loadBalancer:
       consistentHash: {httpHeaderName: x-user}
     outlierDetection: {consecutiveErrors: 7}
@@ -1238,7 +1238,7 @@ spec:
     assert_eq!(
         said,
         [
-            "Warning [WSM0002] (DestinationRule reviews-extra.default bad.yaml:215) spec.trafficPolicy.tls.mode is not supported by wasmesh yet: SIMPLE and MUTUAL (TLS leaving the mesh) come with the gateways: plaintext is used",
+            "Warning [WSM0002] (DestinationRule reviews-extra.default bad.yaml:215) spec.trafficPolicy.tls.caCrl is not supported by wasmesh yet: not checked",
             "Warning [WSM0002] (DestinationRule reviews-extra.default bad.yaml:215) spec.trafficPolicy.loadBalancer.consistentHash is not supported by wasmesh yet: LEAST_REQUEST is used",
             "Warning [IST0002] (DestinationRule reviews-extra.default bad.yaml:215) Deprecated: spec.trafficPolicy.outlierDetection.consecutiveErrors is deprecated; use consecutiveGatewayErrors or consecutive5xxErrors",
             "Warning [WSM0005] (DestinationRule reviews-extra.default bad.yaml:215) DestinationRule reviews.default for the same host reviews.default.svc.cluster.local came first: this one is ignored",

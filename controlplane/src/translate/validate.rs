@@ -974,15 +974,46 @@ fn settings(
 ) {
     if let Some(tls) = tls {
         let at = format!("{at}.tls");
+        let files = [
+            ("clientCertificate", &tls.client_certificate),
+            ("privateKey", &tls.private_key),
+            ("caCertificates", &tls.ca_certificates),
+        ];
         match tls.mode {
-            istio::ClientTlsMode::Disable | istio::ClientTlsMode::IstioMutual => {}
-            istio::ClientTlsMode::Simple | istio::ClientTlsMode::Mutual => c.unsupported(
-                &format!("{at}.mode"),
-                "SIMPLE and MUTUAL (TLS leaving the mesh) come with the gateways: plaintext is used",
-            ),
+            istio::ClientTlsMode::Disable | istio::ClientTlsMode::IstioMutual => {
+                for (field, value) in files {
+                    if value.is_some() {
+                        c.error(
+                            &format!("{at}.{field}"),
+                            "only with SIMPLE or MUTUAL (ISTIO_MUTUAL uses the mesh's certificates)",
+                        );
+                    }
+                }
+            }
+            istio::ClientTlsMode::Mutual => {
+                if tls.credential_name.is_none()
+                    && (tls.client_certificate.is_none() || tls.private_key.is_none())
+                {
+                    c.error(
+                        &at,
+                        "MUTUAL needs clientCertificate and privateKey (client certificate required for mutual tls)",
+                    );
+                }
+            }
+            istio::ClientTlsMode::Simple => {
+                if tls.client_certificate.is_some() || tls.private_key.is_some() {
+                    c.error(&at, "SIMPLE presents no client certificate (use MUTUAL)");
+                }
+            }
         }
         if tls.credential_name.is_some() {
-            c.unsupported(&format!("{at}.credentialName"), "ignored");
+            c.unsupported(
+                &format!("{at}.credentialName"),
+                "Kubernetes Secrets come with the Kubernetes source: use the file fields",
+            );
+        }
+        if tls.ca_crl.is_some() {
+            c.unsupported(&format!("{at}.caCrl"), "not checked");
         }
     }
     if let Some(lb) = lb {

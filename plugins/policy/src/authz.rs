@@ -293,12 +293,7 @@ type Matcher = fn(&str, &str) -> bool;
 
 /// A field and its `not` field: any of `values` matches (or there are none), and none of
 /// `not_values` does. An absent attribute matches no value.
-fn both(
-    values: &[String],
-    not_values: &[String],
-    have: Option<&str>,
-    matches: Matcher,
-) -> bool {
+fn both(values: &[String], not_values: &[String], have: Option<&str>, matches: Matcher) -> bool {
     let any = |list: &[String]| have.is_some_and(|h| list.iter().any(|v| matches(v, h)));
     (values.is_empty() || any(values)) && (not_values.is_empty() || !any(not_values))
 }

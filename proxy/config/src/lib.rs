@@ -127,7 +127,31 @@ pub struct Listener {
     /// priority (higher first), then name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http_filters: Vec<filters::HttpFilter>,
+    /// Optional on an `original_dst` listener, which serves no HTTP itself.
+    #[serde(default)]
     pub virtual_hosts: Vec<VirtualHost>,
+    /// Transparent interception (Envoy's `use_original_dst`): iptables redirected the
+    /// connections accepted here; each is served by the one of `original_dst.listeners` that
+    /// `handles` its original destination, or else passed through to it as TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_dst: Option<OriginalDst>,
+    /// Original destinations (`ip:port`, or `0.0.0.0:port` for any address with that port)
+    /// whose redirected connections this listener serves (an exact address is preferred).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handles: Vec<String>,
+}
+
+/// What an `original_dst` listener does with what no listener handles.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginalDst {
+    /// The listeners (by name) this one hands connections to.
+    pub listeners: Vec<String>,
+    /// The source address of connections passed through to their original destination.
+    /// Istio's inbound side uses `127.0.0.6`, which its iptables rules let reach the workload
+    /// instead of capturing again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passthrough_source: Option<std::net::IpAddr>,
 }
 
 /// Downstream mTLS: the proxy presents its workload certificate and requires a client
@@ -359,26 +383,44 @@ pub struct Cluster {
 }
 
 /// TLS originated to a cluster's endpoints.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     pub mode: UpstreamTlsMode,
-    /// The identities (URI SANs) an endpoint's certificate may carry; empty: any that
-    /// chains to the trust bundle.
+    /// ISTIO_MUTUAL: the identities (URI SANs) an endpoint's certificate may carry; empty:
+    /// any that chains to the trust bundle. SIMPLE and MUTUAL: the DNS names it may carry
+    /// (empty: the SNI).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<String>,
     /// The server name sent (SNI); the cluster's name when not set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    /// SIMPLE and MUTUAL: a PEM file of the CAs that verify the server; none: the system's
+    /// roots (or those `SSL_CERT_FILE` / `SSL_CERT_DIR` name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    /// MUTUAL: the PEM certificate chain and private key the proxy presents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    /// SIMPLE and MUTUAL: accept any server certificate (Istio's `insecureSkipVerify`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
 }
 
 /// How a cluster's TLS is set up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamTlsMode {
+    #[default]
     /// mTLS with the proxy's workload certificate, the peer verified against the mesh's
     /// trust bundle and its SPIFFE identity (Istio's ISTIO_MUTUAL).
     IstioMutual,
+    /// TLS to a server outside the mesh, verified by `ca_certificates` (Istio's SIMPLE).
+    Simple,
+    /// SIMPLE, presenting `client_certificate` (Istio's MUTUAL).
+    Mutual,
 }
 
 /// Envoy's circuit-breaker thresholds, shared by all workers. The defaults are Istio's: no
@@ -515,6 +557,7 @@ impl Bootstrap {
                 Some(l) => {
                     l.address = own.address;
                     l.http_filters.extend(own.http_filters);
+                    l.handles.extend(own.handles);
                 }
                 None => listeners.push(own),
             }
@@ -579,6 +622,38 @@ impl Bootstrap {
             for (j, e) in c.endpoints.iter().enumerate() {
                 resolve_endpoint(e)
                     .map_err(|e| ConfigError::at(at(&format!("endpoints[{j}]")), e.to_string()))?;
+            }
+            if let Some(tls) = &c.tls {
+                let files = tls.ca_certificates.is_some()
+                    || tls.client_certificate.is_some()
+                    || tls.private_key.is_some()
+                    || tls.insecure_skip_verify;
+                match tls.mode {
+                    UpstreamTlsMode::IstioMutual if files => {
+                        return Err(ConfigError::at(
+                            at("tls"),
+                            "istio_mutual uses the proxy's workload certificate and the mesh's \
+                             roots: no certificate files or insecure_skip_verify",
+                        ));
+                    }
+                    UpstreamTlsMode::Mutual
+                        if tls.client_certificate.is_none() || tls.private_key.is_none() =>
+                    {
+                        return Err(ConfigError::at(
+                            at("tls"),
+                            "mutual needs client_certificate and private_key",
+                        ));
+                    }
+                    UpstreamTlsMode::Simple
+                        if tls.client_certificate.is_some() || tls.private_key.is_some() =>
+                    {
+                        return Err(ConfigError::at(
+                            at("tls"),
+                            "simple presents no client certificate (use mutual)",
+                        ));
+                    }
+                    _ => {}
+                }
             }
             if c.connect_timeout.0.is_zero() {
                 return Err(ConfigError::at(
@@ -660,7 +735,38 @@ impl Bootstrap {
                     "must be non-empty visible ASCII (it is sent as a header value)",
                 ));
             }
-            if l.virtual_hosts.is_empty() {
+            for (j, h) in l.handles.iter().enumerate() {
+                if h.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(ConfigError::at(
+                        at(&format!("handles[{j}]")),
+                        "not an ip:port address",
+                    ));
+                }
+            }
+            if let Some(od) = &l.original_dst {
+                let mut handled = HashSet::new();
+                for (j, name) in od.listeners.iter().enumerate() {
+                    let field = at(&format!("original_dst.listeners[{j}]"));
+                    let Some(target) = self.listeners.iter().find(|t| &t.name == name) else {
+                        return Err(ConfigError::at(field, format!("unknown listener {name:?}")));
+                    };
+                    if target.original_dst.is_some() {
+                        return Err(ConfigError::at(
+                            field,
+                            format!("{name:?} hands connections off itself"),
+                        ));
+                    }
+                    for h in &target.handles {
+                        if !handled.insert(h.as_str()) {
+                            return Err(ConfigError::at(
+                                field,
+                                format!("{h} is handled by two of these listeners"),
+                            ));
+                        }
+                    }
+                }
+            }
+            if l.virtual_hosts.is_empty() && l.original_dst.is_none() {
                 return Err(ConfigError::at(
                     at("virtual_hosts"),
                     "at least one virtual host is required",

@@ -5,6 +5,7 @@
 
 pub mod ca_client;
 pub mod mesh;
+pub mod netns;
 pub mod sidecars;
 pub mod tls;
 

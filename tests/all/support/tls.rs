@@ -58,15 +58,37 @@ impl TestCa {
 
     /// A server config with a certificate for 127.0.0.1 signed by this CA.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.server_config_for("127.0.0.1", None)
+    }
+
+    /// A server config with a certificate for `name` signed by this CA; with `clients`, a
+    /// client certificate from that CA is required.
+    pub fn server_config_for(
+        &self,
+        name: &str,
+        clients: Option<&TestCa>,
+    ) -> Arc<rustls::ServerConfig> {
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        let cert = CertificateParams::new(vec![name.to_owned()])
             .unwrap()
             .signed_by(&key, &self.issuer)
             .unwrap();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let builder = rustls::ServerConfig::builder();
+        let builder = match clients {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.issuer.der().clone()).unwrap();
+                builder.with_client_cert_verifier(
+                    rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                        .build()
+                        .unwrap(),
+                )
+            }
+            None => builder.with_no_client_auth(),
+        };
         Arc::new(
-            rustls::ServerConfig::builder()
-                .with_no_client_auth()
+            builder
                 .with_single_cert(vec![cert.der().clone()], key)
                 .unwrap(),
         )
@@ -76,9 +98,14 @@ impl TestCa {
 /// Answers every request with `body` over HTTPS (HTTP/1.1) on 127.0.0.1, with a certificate
 /// from `ca`.
 pub async fn https_server(ca: &TestCa, body: Bytes) -> SocketAddr {
+    https_server_with(ca.server_config(), body).await
+}
+
+/// Answers every request with `body` over HTTPS (HTTP/1.1) on 127.0.0.1 with `config`.
+pub async fn https_server_with(config: Arc<rustls::ServerConfig>, body: Bytes) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config());
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let (acceptor, body) = (acceptor.clone(), body.clone());
