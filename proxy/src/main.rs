@@ -152,9 +152,10 @@ struct SidecarArgs {
     labels: Vec<(String, String)>,
     #[arg(long, default_value = "default")]
     service_account: String,
-    /// Where the workload sends its outbound requests (port 0 picks one).
-    #[arg(long, default_value = "127.0.0.1:15001")]
-    outbound: String,
+    /// Where the workload sends its outbound requests (port 0 picks one) [default:
+    /// 127.0.0.1:15001; with --pod-ip, where iptables send them instead, 127.0.0.1:0].
+    #[arg(long)]
+    outbound: Option<String>,
     /// A workload port behind the sidecar: `PORT=APP_ADDRESS[@LISTEN_ADDRESS]`, for example
     /// `9080=127.0.0.1:9080@127.0.0.1:15006` (the listen address defaults to 127.0.0.1:0).
     #[arg(long, value_parser = inbound_port)]
@@ -291,7 +292,13 @@ fn run_sidecar(args: SidecarArgs) -> ExitCode {
             namespace: args.namespace,
             labels: args.labels.into_iter().collect(),
             service_account: args.service_account,
-            outbound_address: args.outbound,
+            outbound_address: args.outbound.unwrap_or_else(|| {
+                if args.pod_ip.is_some() {
+                    "127.0.0.1:0".into()
+                } else {
+                    "127.0.0.1:15001".into()
+                }
+            }),
             inbound: args.inbound,
             pod_ip: args.pod_ip.map(|ip| ip.to_string()).unwrap_or_default(),
         },

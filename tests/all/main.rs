@@ -33,4 +33,5 @@ mod retries;
 mod routing;
 mod sdk;
 mod smuggling;
+mod transparent;
 mod upgrade;

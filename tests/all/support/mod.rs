@@ -55,6 +55,15 @@ impl Upstream {
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::serve(listener, handler)
+    }
+
+    /// Serves `handler` on a bound listener (one made in a pod, say).
+    pub fn serve<F, Fut>(listener: TcpListener, handler: F) -> Upstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let handler: Arc<Handler> = Arc::new(move |req| Box::pin(handler(req)));

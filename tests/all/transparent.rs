@@ -1,0 +1,210 @@
+//! Transparent sidecars, pod-shaped: each workload and its sidecar in a network namespace of
+//! its own on a bridge (`support::netns`), `wasmesh-proxy init` redirecting the pod's traffic,
+//! the sidecar running as uid 1337 with `--pod-ip`. The workloads are unmodified: they call
+//! plain hostnames and ports, and listen on their own ports. Between the sidecars it is mTLS
+//! (the mesh is STRICT, so a plaintext caller outside the mesh is refused at the same port);
+//! what is not the mesh's passes through as TCP, both ways.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use crate::support::netns::{Node, Pod};
+use crate::support::sidecars::{ControlPlane, Process, Sidecar, write};
+use crate::support::*;
+
+/// The address `reviews` resolves to in the pods: a virtual IP, as a Kubernetes Service's.
+const REVIEWS_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+
+fn init(pod: &Pod) {
+    let out = pod.command(proxy_binary()).arg("init").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts a transparent sidecar in `pod` as uid 1337 and waits until it serves.
+fn sidecar(pod: &Pod, cp: &str, cache: &std::path::Path, app: &str, inbound: &[&str]) -> Sidecar {
+    let mut cmd = pod.command_as(1337, 1337, proxy_binary());
+    cmd.args(["--control-plane", cp, "--node", &format!("{app}-v1")])
+        .args(["--pod-ip", &pod.ip.to_string(), "--workers", "1"])
+        .args(["--service-account", &format!("bookinfo-{app}")])
+        .args(["--label", &format!("app={app}")])
+        .arg("--cache-dir")
+        .arg(cache);
+    for port in inbound {
+        cmd.args(["--inbound", &format!("{port}=127.0.0.1:{port}")]);
+    }
+    Sidecar::ready(Process::spawn(&format!("{app}-sidecar"), cmd))
+}
+
+/// `curl` in `pod` (as root, which iptables redirect like any workload user): status and body.
+fn curl(pod: &Pod, url: &str) -> (String, String) {
+    let out = pod
+        .command("curl")
+        .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}", url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.to_owned(), body.to_owned())
+}
+
+/// Sends `line` over a TCP connection made in `pod` and reads the answer until it closes.
+fn tcp_exchange(pod: &Pod, to: SocketAddr, line: &[u8]) -> std::io::Result<Vec<u8>> {
+    pod.enter(|| {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(line)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer)?;
+        Ok(answer)
+    })?
+}
+
+/// A TCP server in `pod` that answers each connection with `greeting` and what it received.
+fn tcp_echo(pod: &Pod, port: u16, greeting: &'static str) -> std::thread::JoinHandle<()> {
+    let listener = pod.listen(("0.0.0.0", port)).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            let _ = s.write_all(greeting.as_bytes());
+            let _ = s.write_all(&got);
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_call_each_other_by_name_through_transparent_sidecars_over_mtls() {
+    let mut node = Node::new();
+    let productpage = node.pod("productpage");
+    let reviews = node.pod("reviews");
+    let outside = node.pod("outside");
+    for pod in [&productpage, &reviews] {
+        pod.hosts(&[("reviews", REVIEWS_VIP), ("outside", outside.ip)])
+            .unwrap();
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    write(
+        &manifests,
+        "mesh.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  addresses: [{REVIEWS_VIP}]
+  location: MESH_INTERNAL
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: reviews}}}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: istio-system}}
+spec:
+  mtls: {{mode: STRICT}}
+"
+        ),
+    );
+    let cp = ControlPlane::start(
+        &manifests,
+        &dir.path().join("data"),
+        &format!("{}:0", node.gateway()),
+    );
+    // Sidecars run as 1337: their cache must be theirs to write.
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+
+    // The workloads: reviews serves HTTP on 9080 and raw TCP on 7070 (a port no service
+    // declares); outside, not in the mesh, serves HTTP on 8080 and raw TCP on 7070.
+    let _reviews_app = Upstream::serve(
+        tokio::net::TcpListener::from_std({
+            let l = reviews.listen(("0.0.0.0", 9080)).unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+        .unwrap(),
+        |req| echo_response("reviews-v1", req),
+    );
+    let _outside_app = Upstream::serve(
+        tokio::net::TcpListener::from_std({
+            let l = outside.listen(("0.0.0.0", 8080)).unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+        .unwrap(),
+        |req| echo_response("outside", req),
+    );
+    tcp_echo(&reviews, 7070, "reviews-tcp:");
+    tcp_echo(&outside, 7070, "outside-tcp:");
+
+    init(&productpage);
+    init(&reviews);
+    let _reviews_sidecar = sidecar(&reviews, &cp.address, &cache, "reviews", &["9080"]);
+    let _productpage_sidecar = sidecar(&productpage, &cp.address, &cache, "productpage", &[]);
+
+    // productpage calls reviews by name and port, as it would without a mesh: its sidecar
+    // routes it to reviews' pod over mTLS, whose sidecar tells the workload who called.
+    let mut echo = serde_json::Value::Null;
+    eventually(
+        "productpage reaches reviews through both sidecars",
+        Duration::from_secs(30),
+        || {
+            let (status, body) = curl(&productpage, "http://reviews:9080/reviews/1");
+            let ok = status == "200";
+            if ok {
+                echo = serde_json::from_str(&body).unwrap_or_default();
+            }
+            async move { ok }
+        },
+    )
+    .await;
+    assert_eq!(echo["server"], "reviews-v1", "{echo}");
+    let xfcc = echo["headers"]["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        xfcc.contains("URI=spiffe://cluster.local/ns/default/sa/bookinfo-productpage"),
+        "{echo}"
+    );
+    assert!(
+        xfcc.starts_with("By=spiffe://cluster.local/ns/default/sa/bookinfo-reviews"),
+        "{echo}"
+    );
+
+    // A caller outside the mesh, plaintext to the same port of reviews' pod: refused (STRICT),
+    // so what productpage's sidecar sent there was mTLS.
+    let (status, _) = curl(&outside, &format!("http://{}:9080/reviews/1", reviews.ip));
+    assert_ne!(status, "200");
+
+    // Outbound to a destination the mesh does not know passes through: HTTP and raw TCP.
+    let (status, body) = curl(&productpage, "http://outside:8080/anything");
+    assert_eq!(status, "200", "{body}");
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["server"], "outside");
+    let answer = tcp_exchange(&productpage, SocketAddr::from((outside.ip, 7070)), b"ping").unwrap();
+    assert_eq!(answer, b"outside-tcp:ping");
+
+    // Inbound to a port of reviews no service declares passes through to the workload.
+    let answer = tcp_exchange(&outside, SocketAddr::from((reviews.ip, 7070)), b"hello").unwrap();
+    assert_eq!(answer, b"reviews-tcp:hello");
+
+    // What the sidecars would loop on is refused: a client straight at 15001 goes nowhere.
+    let looped = tcp_exchange(
+        &productpage,
+        SocketAddr::from((productpage.ip, 15001)),
+        b"x",
+    );
+    assert!(looped.is_err() || looped.unwrap().is_empty());
+}
