@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The load benchmark (direct vs nginx vs wasmesh-proxy). Installs wrk, nginx and oha if missing.
+# The load benchmarks against nginx: `deploy/bench.sh` (load: direct vs nginx vs wasmesh-proxy)
+# or `deploy/bench.sh mtls` (a proxy-to-proxy hop, plaintext and mTLS). Installs wrk, nginx and
+# oha if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,4 +10,9 @@ if ! command -v oha >/dev/null 2>&1; then
   echo "bench: installing oha (cargo install oha)"
   cargo install oha --locked
 fi
-cargo bench -p wasmesh-benches --bench load "$@"
+bench=load
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+  bench=$1
+  shift
+fi
+cargo bench -p wasmesh-benches --bench "$bench" "$@"

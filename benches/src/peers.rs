@@ -32,7 +32,7 @@ pub fn nginx_upstream(dir: &Path, addr: SocketAddr) -> anyhow::Result<Process> {
     let server = format!(
         "server {{ listen {addr} reuseport; location / {{ return 200 \"hello world\\n\"; }} }}"
     );
-    nginx(dir, "upstream", addr, &server, "")
+    nginx_with(dir, "upstream", addr, &server, "")
 }
 
 /// nginx as a reverse proxy with upstream keep-alive (the peer wasmesh is compared with).
@@ -44,10 +44,12 @@ pub fn nginx_proxy(dir: &Path, addr: SocketAddr, upstream: SocketAddr) -> anyhow
         "server {{ listen {addr}; location / {{ proxy_pass http://backend; \
          proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}"
     );
-    nginx(dir, "proxy", addr, &server, &upstream_block)
+    nginx_with(dir, "proxy", addr, &server, &upstream_block)
 }
 
-fn nginx(
+/// One single-process nginx named `name` with `server` blocks (and `extra` http-level
+/// directives), ready when `addr` accepts connections.
+pub fn nginx_with(
     dir: &Path,
     name: &str,
     addr: SocketAddr,

@@ -37,6 +37,33 @@ async fn client_svid(address: &str, service_account: &str, dir: &Path) -> (PathB
     (cert, key_path)
 }
 
+/// A client certificate for `id` signed by the control plane's own root (in `ca_dir`), one
+/// that expired in 2021 or one valid now, written as PEM files in `dir`.
+fn root_signed_svid(ca_dir: &Path, id: &str, dir: &Path, expired: bool) -> (PathBuf, PathBuf) {
+    let root_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("root-key.pem")).unwrap())
+            .unwrap();
+    let root_pem = std::fs::read_to_string(ca_dir.join("root-cert.pem")).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&root_pem, root_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let name = if expired { "expired" } else { "valid" };
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
 fn run(cmd: &mut Command, stdin: &[u8]) -> Output {
     use std::io::Write;
     let mut child = cmd
@@ -184,6 +211,40 @@ async fn inbound_mtls_with_real_clients_under_permissive_strict_and_disable() {
         b"",
     );
     assert!(!out.status.success(), "{}", text(&out));
+
+    // A certificate from the mesh's own CA, for the same identity, that has expired: refused.
+    let (ecert, ekey) = root_signed_svid(&data.join("ca"), CLIENT_ID, dir.path(), true);
+    let out = run(
+        Command::new("curl")
+            .args(["-sS", "-k", "--cert"])
+            .arg(&ecert)
+            .arg("--key")
+            .arg(&ekey)
+            .arg(&https),
+        b"",
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    // The same certificate, made alike but within its validity, is accepted: the dates were
+    // the reason.
+    let (vcert, vkey) = root_signed_svid(&data.join("ca"), CLIENT_ID, dir.path(), false);
+    let out = run(
+        Command::new("curl")
+            .args([
+                "-sS",
+                "-k",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--cert",
+            ])
+            .arg(&vcert)
+            .arg("--key")
+            .arg(&vkey)
+            .arg(&https),
+        b"",
+    );
+    assert_eq!(text(&out), "200");
 
     // Garbage after a TLS record header, and a handshake that stalls: the connection is
     // closed or held, and the worker goes on serving everyone else.

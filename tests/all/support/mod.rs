@@ -141,9 +141,17 @@ pub async fn echo_response(name: &str, req: Request<Incoming>) -> Response<Body>
 }
 
 /// A free loopback address nothing listens on (for dead endpoints).
+///
+/// The port stays bound (never listening) for the life of the test process: connections to it
+/// are refused, and no other test can start listening on it meanwhile.
 pub fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 /// Starts the proxy in-process from a YAML bootstrap.
