@@ -196,6 +196,59 @@ async fn inbound_mtls_with_real_clients_under_permissive_strict_and_disable() {
         "{echo}"
     );
 
+    // The workload's plugins see who called: a filter built with the published proxy-wasm
+    // crate, selected by a WasmPlugin, reads Istio's attributes into response headers.
+    write(
+        &manifests,
+        "props.yaml",
+        &format!(
+            "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: props}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  url: {}
+",
+            wasmesh_artifacts::PROPERTIES
+        ),
+    );
+    let headers = |mtls: bool| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-k", "-o", "/dev/null", "-D", "-"]);
+        if mtls {
+            cmd.arg("--cert")
+                .arg(&cert)
+                .arg("--key")
+                .arg(&key)
+                .arg(&https);
+        } else {
+            cmd.arg(format!("http://{inbound}/reviews/1"));
+        }
+        text(&run(&mut cmd, b"")).to_ascii_lowercase()
+    };
+    eventually("the plugin runs", Duration::from_secs(20), || {
+        let found = headers(true).contains("x-prop-mtls");
+        async move { found }
+    })
+    .await;
+    let seen = headers(true);
+    for want in [
+        format!("x-prop-principal: {CLIENT_ID}"),
+        format!("x-prop-peer-san: {CLIENT_ID}"),
+        "x-prop-namespace: default".into(),
+        "x-prop-mtls: true".into(),
+    ] {
+        assert!(seen.contains(&want), "{want} not in\n{seen}");
+    }
+    let seen = headers(false);
+    for want in [
+        "x-prop-principal: <none>",
+        "x-prop-namespace: <none>",
+        "x-prop-mtls: false",
+    ] {
+        assert!(seen.contains(want), "{want} not in\n{seen}");
+    }
+
     // No client certificate, or one from a CA outside the mesh: refused.
     let out = run(Command::new("curl").args(["-sS", "-k", &https]), b"");
     assert!(!out.status.success(), "{}", text(&out));

@@ -63,6 +63,27 @@ impl HttpContext for Props {
                 "x-prop-missing",
                 text(self.get_property(vec!["no", "such", "thing"])),
             ),
+            // The peer, on an mTLS connection (Istio's attributes).
+            (
+                "x-prop-principal",
+                text(self.get_property(vec!["source", "principal"])),
+            ),
+            (
+                "x-prop-peer-san",
+                text(self.get_property(vec!["connection", "uri_san_peer_certificate"])),
+            ),
+            (
+                "x-prop-namespace",
+                text(self.get_property(vec!["source", "namespace"])),
+            ),
+            (
+                "x-prop-mtls",
+                match self.get_property(vec!["connection", "mtls"]).as_deref() {
+                    Some([1]) => "true".into(),
+                    Some([0]) => "false".into(),
+                    _ => "<none>".into(),
+                },
+            ),
         ];
         for (k, v) in pairs {
             self.set_http_response_header(k, Some(&v));
