@@ -58,6 +58,27 @@ fn median_ms(replies: &[Reply]) -> f64 {
     ms.get(ms.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// Step 9's policies: Istio's authorization task shapes, on httpbin.
+const HTTPBIN_AUTHORIZATION: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: httpbin-viewer}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]
+    to: [{operation: {methods: [GET]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-blocked}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules:
+  - when: [{key: 'request.headers[x-user]', values: [blocked]}]
+";
+
 async fn send(
     mesh: &Mesh,
     host: &str,
@@ -363,13 +384,32 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut mesh = Arc::into_inner(mesh).expect("clients are done");
 
+    // Authorization: who may call httpbin, judged by httpbin's sidecar on the caller's SPIFFE
+    // id from mTLS.
+    let took = mesh
+        .apply(&[("httpbin-authz.yaml", HTTPBIN_AUTHORIZATION)])
+        .await?;
+    step(
+        "9. Authorization: httpbin allows GET from sleep's identity, and denies `x-user: blocked`",
+        "AuthorizationPolicy (ALLOW by principal and method, DENY by header), the authz plugin",
+        took,
+    );
+    println!(
+        "  as sleep (spiffe://cluster.local/ns/default/sa/sleep): {}",
+        tally(&send(&mesh, "httpbin:8000", &[], 10).await?)
+    );
+    println!(
+        "  as sleep, with x-user: blocked:                       {}",
+        tally(&send(&mesh, "httpbin:8000", &[("x-user", "blocked")], 10).await?)
+    );
+
     // A broken edit: reported, the rest of the mesh's config stays as it was.
     let broken = VIRTUAL_SERVICE_REVIEWS_TEST_V2.replace("route:", "rout:");
     let took = mesh
         .apply(&[("reviews.yaml", &broken), ("ratings.yaml", "")])
         .await?;
     step(
-        "9. A broken edit: a typo in reviews.yaml (`rout:`), and ratings.yaml removed",
+        "10. A broken edit: a typo in reviews.yaml (`rout:`), and ratings.yaml removed",
         "reviews.yaml keeps its last good version; ratings' fault is gone",
         took,
     );

@@ -169,7 +169,11 @@ impl Mesh {
         // The client's sidecar first: its modules, compiled once, are on disk for the others.
         let (client_proxy, lines) = Process::start(
             "sleep",
-            sidecar("sleep", &[("app", "sleep")]),
+            {
+                let mut cmd = sidecar("sleep", &[("app", "sleep")]);
+                cmd.args(["--service-account", "sleep"]);
+                cmd
+            },
             "sidecar started",
         )
         .await?;
