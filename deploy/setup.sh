@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the tests, the demo and the benchmarks need on a fresh Debian machine:
-# Debian packages (curl, h2load, wrk, nginx, haproxy, openssl; iptables and iproute2 for the
-# interception tests' pods; npm, with Node.js, for the AssemblyScript test filter, unless the
+# Debian packages (curl, h2load, wrk, nginx, haproxy, openssl; iptables, iproute2 and tcpdump for
+# the interception tests' pods; npm, with Node.js, for the AssemblyScript test filter, unless the
 # machine has them already) and the wasm32-wasip1 target.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
 need=()
-for pair in curl:curl h2load:nghttp2-client wrk:wrk nginx:nginx haproxy:haproxy openssl:openssl iptables:iptables ip:iproute2 npm:npm; do
+for pair in curl:curl h2load:nghttp2-client wrk:wrk nginx:nginx haproxy:haproxy openssl:openssl iptables:iptables ip:iproute2 tcpdump:tcpdump npm:npm; do
   cmd=${pair%%:*}
   pkg=${pair#*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then

@@ -65,6 +65,59 @@ fn tcp_exchange(pod: &Pod, to: SocketAddr, line: &[u8]) -> std::io::Result<Vec<u
     })?
 }
 
+/// `tcpdump` on a pod's `eth0`, writing what `filter` matches to a file.
+struct Capture {
+    child: std::process::Child,
+    file: std::path::PathBuf,
+}
+
+impl Capture {
+    fn start(pod: &Pod, filter: &str, file: &std::path::Path) -> Capture {
+        let mut child = pod
+            .command("tcpdump")
+            .args([
+                "-i",
+                "eth0",
+                "--immediate-mode",
+                "-Z",
+                "root",
+                "-U",
+                "-s",
+                "0",
+                "-w",
+            ])
+            .arg(file)
+            .arg(filter)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tcpdump is installed (deploy/setup.sh)");
+        // It says so on stderr once it captures.
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap_or(0) > 0 {
+            if line.contains("listening on") {
+                break;
+            }
+            line.clear();
+        }
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Capture {
+            child,
+            file: file.to_owned(),
+        }
+    }
+
+    /// Stops capturing; the raw capture file.
+    fn stop(mut self) -> Vec<u8> {
+        // SIGINT makes tcpdump flush and exit.
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        std::fs::read(&self.file).unwrap_or_default()
+    }
+}
+
 /// A TCP server in `pod` that answers each connection with `greeting` and what it received.
 fn tcp_echo(pod: &Pod, port: u16, greeting: &'static str) -> std::thread::JoinHandle<()> {
     let listener = pod.listen(("0.0.0.0", port)).unwrap();
@@ -155,7 +208,13 @@ spec:
     let _productpage_sidecar = sidecar(&productpage, &cp.address, &cache, "productpage", &[]);
 
     // productpage calls reviews by name and port, as it would without a mesh: its sidecar
-    // routes it to reviews' pod over mTLS, whose sidecar tells the workload who called.
+    // routes it to reviews' pod over mTLS, whose sidecar tells the workload who called. What
+    // leaves productpage's pod for reviews' port is captured on its interface.
+    let capture = Capture::start(
+        &productpage,
+        &format!("tcp and dst host {} and dst port 9080", reviews.ip),
+        &dir.path().join("wire.pcap"),
+    );
     let mut echo = serde_json::Value::Null;
     eventually(
         "productpage reaches reviews through both sidecars",
@@ -181,6 +240,19 @@ spec:
     assert!(
         xfcc.starts_with("By=spiffe://cluster.local/ns/default/sa/bookinfo-reviews"),
         "{echo}"
+    );
+    // On the wire: a TLS ClientHello naming Istio's SNI for the cluster, and never the
+    // request in the clear.
+    let wire = capture.stop();
+    let has = |needle: &[u8]| wire.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        has(b"outbound_.9080_._.reviews.default.svc.cluster.local"),
+        "no ClientHello with Istio's SNI in {} captured bytes",
+        wire.len()
+    );
+    assert!(
+        !has(b"GET /reviews/1"),
+        "the request crossed the wire in the clear"
     );
 
     // A caller outside the mesh, plaintext to the same port of reviews' pod: refused (STRICT),
