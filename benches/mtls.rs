@@ -166,7 +166,14 @@ fn main() -> anyhow::Result<()> {
         for (i, (name, addr, req, pids)) in targets.iter().enumerate() {
             let m = with_cpu(pids, || load::wrk(*addr, req, connections, seconds, None))?;
             if m.errors * 1000 > m.requests {
-                anyhow::bail!("{name}: {} of {} requests failed", m.errors, m.requests);
+                let log = |n: &str| std::fs::read_to_string(dir.path().join(n)).unwrap_or_default();
+                anyhow::bail!(
+                    "{name}: {} of {} requests failed\nnginx client side:\n{}\nnginx server side:\n{}",
+                    m.errors,
+                    m.requests,
+                    log("client-side.err"),
+                    log("server-side.err")
+                );
             }
             runs[i].push(m);
         }
@@ -279,8 +286,12 @@ struct TlsFiles {
 impl TlsFiles {
     fn write(dir: &Path) -> anyhow::Result<TlsFiles> {
         use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        // Distinct subjects: OpenSSL takes a leaf named as its issuer for self-signed.
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mtls bench CA");
         let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
         let file = |name: &str, text: String| -> anyhow::Result<String> {
             let path = dir.join(name);
@@ -289,7 +300,12 @@ impl TlsFiles {
         };
         let leaf = |name: &str| -> anyhow::Result<(String, String)> {
             let key = KeyPair::generate()?;
-            let cert = CertificateParams::new(vec![name.to_owned()])?.signed_by(&key, &ca)?;
+            let mut params = CertificateParams::new(vec![name.to_owned()])?;
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            let cert = params.signed_by(&key, &ca)?;
             Ok((cert.pem(), key.serialize_pem()))
         };
         let (sc, sk) = leaf("echo.mesh")?;
