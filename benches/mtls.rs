@@ -23,7 +23,8 @@
 //! ```
 //!
 //! Settings (environment): `MTLS_SECONDS` per run (10), `MTLS_ROUNDS` (3, median kept),
-//! `MTLS_CONNECTIONS` (32), `MTLS_RATE` for the fixed-rate runs (2000 req/s).
+//! `MTLS_CONNECTIONS` (32), `MTLS_RATE` for the fixed-rate runs (2000 req/s), `MTLS_ONLY`
+//! (only the targets whose name contains it, to profile one).
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -158,6 +159,12 @@ fn main() -> anyhow::Result<()> {
         ("wasmesh mTLS", mesh.outbound, &MTLS, mesh_pids),
         ("wasmesh mTLS, new conn", mesh.outbound, &NEW, mesh_pids),
     ];
+    // MTLS_ONLY=<text>: only the targets whose name contains it (to profile one).
+    let only = std::env::var("MTLS_ONLY").unwrap_or_default();
+    let targets: Vec<_> = targets
+        .into_iter()
+        .filter(|t| t.0.contains(only.as_str()))
+        .collect();
     for (_, addr, req, _) in &targets {
         load::wrk(*addr, req, connections, Duration::from_secs(1), None)?;
     }
@@ -185,7 +192,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|");
     for (i, ((name, ..), m)) in targets.iter().zip(&results).enumerate() {
-        let peer = &results[i % 3];
+        let peer = &results[i % 3.min(results.len())];
         let cpu = m.cpu_per_request.unwrap_or_default();
         let per_core = if name.ends_with("new conn") && !cpu.is_zero() {
             format!("{:.0}", 1.0 / cpu.as_secs_f64())
@@ -198,6 +205,10 @@ fn main() -> anyhow::Result<()> {
             m.requests_per_sec / peer.requests_per_sec,
             cpu.as_secs_f64() * 1e6,
         );
+    }
+
+    if !only.is_empty() {
+        return Ok(());
     }
 
     // Latency at a fixed rate, kept-alive connections.
