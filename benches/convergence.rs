@@ -13,7 +13,6 @@
 //! everyone. An edit rewrites a VirtualService (a new fault percentage), which changes every
 //! proxy's snapshot.
 
-use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -194,33 +193,17 @@ async fn run(
     std::fs::create_dir(&manifests)?;
     std::fs::write(manifests.join("services.yaml"), services())?;
     std::fs::write(manifests.join("vs.yaml"), virtual_service(0))?;
-    let mut cp = Command::new(controlplane)
-        .arg("--manifests")
-        .arg(&manifests)
-        .arg("--plugins")
-        .arg(plugins)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--address", "127.0.0.1:0", "--log"])
-        .arg(
-            std::env::var("CONVERGENCE_LOG")
-                .unwrap_or_else(|_| "warn,wasmesh_controlplane=info".into()),
-        )
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let cp_pid = cp.id();
-    let mut lines = std::io::BufReader::new(cp.stderr.take().context("stderr")?).lines();
-    let mut processes = Processes(vec![cp]);
-    let address = loop {
-        let line = lines.next().context("the control plane exited")??;
-        if let Some(a) = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("address="))
-            .filter(|_| line.contains("control plane listening"))
-        {
-            break a.to_owned();
-        }
-    };
+    let cp = wasmesh_benches::start_controlplane(
+        controlplane,
+        &manifests,
+        plugins,
+        &dir.path().join("data"),
+        &std::env::var("CONVERGENCE_LOG")
+            .unwrap_or_else(|_| "warn,wasmesh_controlplane=info".into()),
+    )?;
+    let cp_pid = cp.child.id();
+    let (address, lines) = (cp.address, cp.lines);
+    let mut processes = Processes(vec![cp.child]);
     // The control plane's log goes on to stderr when CONVERGENCE_LOG asks for one.
     let show = std::env::var_os("CONVERGENCE_LOG").is_some();
     std::thread::spawn(move || {

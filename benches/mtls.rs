@@ -26,7 +26,6 @@
 //! `MTLS_CONNECTIONS` (32), `MTLS_RATE` for the fixed-rate runs (2000 req/s), `MTLS_ONLY`
 //! (only the targets whose name contains it, to profile one).
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -35,7 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use wasmesh_benches::load::{self, LoadRequest, Measurement, cpu_ticks};
 use wasmesh_benches::peers;
-use wasmesh_benches::{build_release, free_addr, wait_for_port};
+use wasmesh_benches::{build_release, free_addr, start_controlplane, wait_for_port};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -377,33 +376,15 @@ impl Mesh {
         let plugins = Path::new(wasmesh_artifacts::ROUTER)
             .parent()
             .context("the plugins' directory")?;
-        let mut cp = Command::new(controlplane)
-            .arg("--manifests")
-            .arg(&manifests)
-            .arg("--plugins")
-            .arg(plugins)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args([
-                "--address",
-                "127.0.0.1:0",
-                "--log",
-                "warn,wasmesh_controlplane=info",
-            ])
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut lines = std::io::BufReader::new(cp.stderr.take().context("stderr")?).lines();
-        let mut children = Children(vec![cp]);
-        let address = loop {
-            let line = lines.next().context("the control plane exited")??;
-            if let Some(a) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("address="))
-                .filter(|_| line.contains("control plane listening"))
-            {
-                break a.to_owned();
-            }
-        };
+        let cp = start_controlplane(
+            controlplane,
+            &manifests,
+            plugins,
+            &dir.join("data"),
+            "warn,wasmesh_controlplane=info",
+        )?;
+        let (address, lines) = (cp.address, cp.lines);
+        let mut children = Children(vec![cp.child]);
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
         let cache = dir.join("cache");
         let sidecar = |name: &str, args: &[String]| -> anyhow::Result<Child> {

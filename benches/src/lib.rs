@@ -66,3 +66,55 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
 }
+
+/// A started `wasmesh-controlplane` on `manifests`, listening on a free loopback port.
+pub struct ControlPlane {
+    pub child: std::process::Child,
+    /// `ip:port`, as it logged it.
+    pub address: String,
+    /// The rest of its log (stderr), for the caller to show or drain.
+    pub lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+}
+
+/// Starts the control plane binary on `manifests` with the plugins of `plugins`, keeping its
+/// data in `data` and logging with the filter `log`; returns once it listens.
+pub fn start_controlplane(
+    binary: &std::path::Path,
+    manifests: &std::path::Path,
+    plugins: &std::path::Path,
+    data: &std::path::Path,
+    log: &str,
+) -> anyhow::Result<ControlPlane> {
+    use std::io::BufRead;
+    let mut child = Command::new(binary)
+        .arg("--manifests")
+        .arg(manifests)
+        .arg("--plugins")
+        .arg(plugins)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--address", "127.0.0.1:0", "--log", log])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("start wasmesh-controlplane")?;
+    let mut lines = std::io::BufReader::new(child.stderr.take().context("stderr")?).lines();
+    let address = loop {
+        let Some(line) = lines.next() else {
+            let _ = child.kill();
+            bail!("the control plane exited before listening");
+        };
+        let line = line?;
+        if let Some(a) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("address="))
+            .filter(|_| line.contains("control plane listening"))
+        {
+            break a.to_owned();
+        }
+    };
+    Ok(ControlPlane {
+        child,
+        address,
+        lines,
+    })
+}

@@ -18,7 +18,9 @@ use crate::config::{UpstreamTls, UpstreamTlsMode};
 pub fn client_config(tls: &UpstreamTls, alpn: Vec<Vec<u8>>) -> Result<Arc<ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = if tls.insecure_skip_verify {
-        Arc::new(AnyServer(provider.clone()))
+        Arc::new(AnyServer {
+            provider: provider.clone(),
+        })
     } else {
         let roots = Arc::new(roots(tls.ca_certificates.as_deref())?);
         let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
@@ -149,7 +151,9 @@ impl ServerCertVerifier for AnyOfNames {
 /// `insecureSkipVerify`: any certificate is accepted, though the handshake's signatures are
 /// still checked against it.
 #[derive(Debug)]
-struct AnyServer(Arc<CryptoProvider>);
+struct AnyServer {
+    provider: Arc<CryptoProvider>,
+}
 
 impl ServerCertVerifier for AnyServer {
     fn verify_server_cert(
@@ -163,35 +167,5 @@ impl ServerCertVerifier for AnyServer {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    crate::tls::handshake_signatures_by_provider!();
 }

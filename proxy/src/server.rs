@@ -83,10 +83,11 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let mut local = stream.local_addr().unwrap_or(peer);
     // A redirected connection: served by the listener that handles where it was going.
-    let original_dst = worker.snapshot().bootstrap.listeners[listener]
+    let passthrough_source = worker.snapshot().bootstrap.listeners[listener]
         .original_dst
-        .clone();
-    if let Some(od) = original_dst {
+        .as_ref()
+        .map(|od| od.passthrough_source);
+    if let Some(passthrough_source) = passthrough_source {
         let destination = match crate::original_dst::original_dst(&stream) {
             Ok(d) if d != local => d,
             // Not redirected (a client connected here directly): passing it on would loop.
@@ -102,7 +103,7 @@ async fn serve_connection(
                 local = destination;
             }
             None => {
-                return crate::passthrough::serve(stream, peer, destination, od.passthrough_source)
+                return crate::passthrough::serve(stream, peer, destination, passthrough_source)
                     .await;
             }
         }

@@ -128,7 +128,8 @@ pub enum Attribute<'a> {
     Method,
     /// The path without its query.
     Path,
-    /// A request header, lowercase.
+    /// A request header, named as the rule names it: hosts look headers up without regard to
+    /// case.
     Header(&'a str),
 }
 
@@ -223,8 +224,9 @@ impl AuthzConfig {
     }
 
     fn operation(&self, o: &AuthzOperation, req: &mut dyn Attributes) -> bool {
-        let port = self.port.to_string();
-        both(&o.ports, &o.not_ports, Some(&port), exact)
+        // Formatted only for rules that name ports: most requests allocate nothing here.
+        let port = (!o.ports.is_empty() || !o.not_ports.is_empty()).then(|| self.port.to_string());
+        both(&o.ports, &o.not_ports, port.as_deref(), exact)
             && both(
                 &o.methods,
                 &o.not_methods,
@@ -247,10 +249,7 @@ impl AuthzConfig {
             "source.principal" => (req.get(Attribute::Principal), wildcard),
             "source.namespace" => (req.get(Attribute::Namespace), wildcard),
             key => match header_key(key) {
-                Some(name) => (
-                    req.get(Attribute::Header(&name.to_ascii_lowercase())),
-                    wildcard,
-                ),
+                Some(name) => (req.get(Attribute::Header(name)), wildcard),
                 // JWT claims, SNI and Envoy's filter metadata: wasmesh has none of them.
                 None => (None, exact),
             },
@@ -420,7 +419,7 @@ mod tests {
                 Attribute::Header(name) => self
                     .headers
                     .iter()
-                    .find(|(k, _)| *k == name)
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
                     .map(|(_, v)| *v),
             }
         }
