@@ -167,5 +167,5 @@ impl ServerCertVerifier for AnyServer {
         Ok(ServerCertVerified::assertion())
     }
 
-    crate::tls::handshake_signatures_by_provider!();
+    crate::handshake_signatures::by_provider!();
 }

@@ -17,6 +17,7 @@ pub mod control_plane;
 mod external_tls;
 mod h1_guard;
 mod h2_guard;
+mod handshake_signatures;
 mod headers;
 pub mod identity;
 pub mod init;

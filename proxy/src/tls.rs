@@ -218,48 +218,6 @@ impl ResolvesClientCert for SvidResolver {
     }
 }
 
-/// The handshake-signature methods of a `ServerCertVerifier` whose `provider` field (an
-/// `Arc<CryptoProvider>`) checks them: what every verifier here shares, whatever it makes of
-/// the certificate.
-macro_rules! handshake_signatures_by_provider {
-    () => {
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.provider
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    };
-}
-pub(crate) use handshake_signatures_by_provider;
-
 /// Verifies a server's SVID: its chain against the trust bundle (for server use), and its
 /// one URI SAN against the identities expected of the cluster's endpoints. The DNS name is
 /// not checked: an SVID names none.
@@ -306,7 +264,7 @@ impl ServerCertVerifier for SpiffeVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    handshake_signatures_by_provider!();
+    crate::handshake_signatures::by_provider!();
 }
 
 /// A server whose SPIFFE id is not one the cluster expects.
