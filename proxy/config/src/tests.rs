@@ -107,8 +107,8 @@ fn yaml_syntax_errors_are_reported() {
 
 #[test]
 fn load_names_the_file() {
-    let dir = std::env::temp_dir().join(format!("wasmesh-config-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let path = dir.join("bad.yaml");
     std::fs::write(&path, MINIMAL.replace("cluster: backend", "cluster: 42x")).unwrap();
     let e = Bootstrap::load(&path).unwrap_err();
