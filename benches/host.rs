@@ -31,6 +31,7 @@ fn spec(module: &Arc<PluginModule>, name: &str, config: &str) -> Arc<PluginSpec>
         limits: VmLimits::default(),
         reload_backoff: Duration::from_secs(1),
         module: module.clone(),
+        scope: None,
     })
 }
 

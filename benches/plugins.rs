@@ -18,15 +18,14 @@
 //! The target: the four plugins cost at most 5 µs per request on top of no filters.
 
 use std::hint::black_box;
-use std::rc::Rc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use wasmesh_benches::peers;
-use wasmesh_cli::bench::driver::{Outcome, Worker, exchange_now, exchange_stream, now};
+use wasmesh_cli::bench::driver::{Listener, Outcome, Worker, exchange_now, exchange_stream, now};
 use wasmesh_cli::bench::profile::read_requests;
 use wasmesh_cli::bench::{RequestSpec, ResponseSpec, chain, load};
-use wasmesh_host::{Chain, Host};
+use wasmesh_host::Host;
 
 /// The requests `wasmesh bench --requests` reads too: the 6th route's, then the default's.
 const REQUESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/requests.jsonl");
@@ -45,7 +44,7 @@ fn translated() -> chain::ResolvedChain {
 }
 
 /// Checks, before measuring, that `request` takes `route` through the plugins.
-fn check_route(chain: &Rc<Chain>, request: &RequestSpec, response: &ResponseSpec, route: &str) {
+fn check_route(chain: &Listener, request: &RequestSpec, response: &ResponseSpec, route: &str) {
     let (outcome, driver) =
         now(exchange_stream(chain, request, response)).expect("no wait in the exchange");
     assert_eq!(outcome, Outcome::Upstream);
@@ -72,12 +71,12 @@ fn benches(c: &mut Criterion) {
         let host = Host::new(None);
         let specs = load(&host, &resolved).expect("the plugins load");
         let mut worker = Worker::new(&host).expect("a worker");
-        let plugins = worker.chain(&specs).expect("the plugins start");
+        let plugins = Listener::new(worker.chain(&specs).expect("the plugins start"), &resolved);
         assert_eq!(
-            plugins.names(),
+            plugins.chain.names(),
             ["router", "fault", "mirror", "circuit-breaker"]
         );
-        let none = worker.chain(&[]).expect("an empty chain");
+        let none = Listener::bare(worker.chain(&[]).expect("an empty chain"));
 
         let response = ResponseSpec::ok(0);
         let [checkout, default] = <[RequestSpec; 2]>::try_from(

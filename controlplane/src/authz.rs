@@ -144,6 +144,7 @@ pub fn filter(module: &PluginModule, port: u32, policies: &[AuthzPolicy]) -> Opt
         // A policy that cannot be judged must not let requests through.
         fail_strategy: FailStrategy::FailClose,
         vm_config: VmConfig::default(),
+        applies_to: None,
     })
 }
 

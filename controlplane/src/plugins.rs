@@ -162,6 +162,7 @@ pub fn filter(r: &Resource, wp: &WasmPlugin, url: String, sha256: Option<String>
                 .collect(),
             ..VmConfig::default()
         },
+        applies_to: None,
     }
 }
 

@@ -25,7 +25,7 @@ pub mod original_dst;
 pub mod passthrough;
 mod plugins;
 mod request;
-mod route;
+pub mod route;
 mod rt;
 mod server;
 mod snapshot;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Uri;
 use http_body_util::BodyExt;
-use wasmesh_host::{FailStrategy, Host, ModuleError, PluginSpec, VmFailure, VmLimits};
+use wasmesh_host::{FailStrategy, Host, ModuleError, PluginSpec, Scope, VmFailure, VmLimits};
 
 use crate::config::ConfigError;
 use crate::config::filters::{self, EnvSource, HttpFilter};
@@ -111,6 +111,10 @@ pub fn load_chain(
             },
             reload_backoff: f.vm_config.reload_backoff.0,
             module,
+            scope: f
+                .applies_to
+                .as_ref()
+                .map(|s| Scope::new(s.routes.clone(), s.clusters.clone(), s.unrouted)),
         }));
     }
     Ok(specs)

@@ -7,25 +7,26 @@ use std::time::Duration;
 use crate::config::{self, RetryPolicy};
 use crate::upstream::Cluster;
 
-/// One listener's compiled routes.
-pub struct RouteTable {
+/// One listener's compiled routes, each with its cluster as `C` (the proxy's upstream; a name
+/// where only the routing is wanted, as `wasmesh bench` does).
+pub struct RouteTable<C = Arc<Cluster>> {
     exact: rustc_hash::FxHashMap<String, usize>,
     /// `*.example.com` / `*-suffix` domains, longest first.
     suffixes: Vec<(String, usize)>,
     /// `example.*` domains, longest first.
     prefixes: Vec<(String, usize)>,
     any: Option<usize>,
-    vhosts: Vec<VirtualHost>,
+    vhosts: Vec<VirtualHost<C>>,
 }
 
-pub struct VirtualHost {
-    pub routes: Vec<Route>,
+pub struct VirtualHost<C> {
+    pub routes: Vec<Route<C>>,
 }
 
-pub struct Route {
+pub struct Route<C = Arc<Cluster>> {
     pub name: String,
     matcher: PathMatch,
-    pub cluster: Arc<Cluster>,
+    pub cluster: C,
     pub timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
 }
@@ -41,6 +42,17 @@ impl RouteTable {
         vhosts: &[config::VirtualHost],
         clusters: &HashMap<String, Arc<Cluster>>,
     ) -> RouteTable {
+        RouteTable::with_clusters(vhosts, |name| clusters[name].clone())
+    }
+}
+
+impl<C> RouteTable<C> {
+    /// Compiles a listener's virtual hosts, each route's cluster made by `cluster` from its
+    /// name.
+    pub fn with_clusters(
+        vhosts: &[config::VirtualHost],
+        mut cluster: impl FnMut(&str) -> C,
+    ) -> RouteTable<C> {
         let mut table = RouteTable {
             exact: Default::default(),
             suffixes: Vec::new(),
@@ -72,7 +84,7 @@ impl RouteTable {
                         (None, Some(p)) => PathMatch::Prefix(p.clone()),
                         (None, None) => PathMatch::Prefix("/".to_owned()),
                     },
-                    cluster: clusters[&r.cluster].clone(),
+                    cluster: cluster(&r.cluster),
                     timeout: r.timeout.nonzero(),
                     retry: r.retry_policy.clone(),
                 })
@@ -90,12 +102,12 @@ impl RouteTable {
     }
 
     /// Finds the route for a host (with or without port) and a path.
-    pub fn find(&self, host: &str, path: &str) -> Option<&Route> {
+    pub fn find(&self, host: &str, path: &str) -> Option<&Route<C>> {
         let vh = self.virtual_host(host)?;
         vh.routes.iter().find(|r| r.matches(path))
     }
 
-    fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
+    fn virtual_host(&self, host: &str) -> Option<&VirtualHost<C>> {
         if self.exact.is_empty() && self.suffixes.is_empty() && self.prefixes.is_empty() {
             // Only `*` (or nothing): the host need not be looked at.
             return self.any.map(|i| &self.vhosts[i]);
@@ -141,7 +153,7 @@ impl RouteTable {
     }
 }
 
-impl Route {
+impl<C> Route<C> {
     fn matches(&self, path: &str) -> bool {
         match &self.matcher {
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),

@@ -190,6 +190,76 @@ async fn shared_data_counts_across_workers_and_metrics_are_exported() {
     .await;
 }
 
+/// Filters scoped with `applies_to` run on their routes or clusters only. Elsewhere they are
+/// never entered: no callback runs (the counter does not count, the headers filter edits
+/// nothing), and a request no filter runs on goes through as on a listener without filters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_filters_run_only_on_their_routes_and_clusters() {
+    let up = Upstream::echo("up").await;
+    let other = Upstream::echo("other").await;
+    let proxy = start_proxy(&format!(
+        r#"
+workers: 1
+admin: {{address: "127.0.0.1:0"}}
+listeners:
+- name: ingress
+  address: "127.0.0.1:0"
+  http_filters:
+  - name: headers
+    url: "{HEADERS}"
+    plugin_config: green
+    applies_to: {{routes: [api]}}
+  - name: counter
+    url: "{COUNTER}"
+    applies_to: {{clusters: [other]}}
+  virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+    - {{name: api, match: {{prefix: /api}}, cluster: backend}}
+    - {{name: free, match: {{prefix: /free}}, cluster: backend}}
+    - {{name: rest, cluster: other}}
+clusters:
+- name: backend
+  endpoints: ["{}"]
+- name: other
+  endpoints: ["{}"]
+"#,
+        up.addr, other.addr
+    ));
+    let addr = proxy.listener_addr("ingress").unwrap();
+    let get = |path: &str| {
+        let req = http::Request::get(format!("http://{addr}{path}"))
+            .body(empty())
+            .unwrap();
+        async move { send(&h1_client(), req).await }
+    };
+
+    for _ in 0..3 {
+        let api = get("/api/items").await;
+        assert_eq!(api.status, 200);
+        assert_eq!(api.json()["headers"]["x-plugin-config"], "green");
+        assert_eq!(api.header("x-wasm-path"), Some("/api/items"));
+        assert!(api.json()["headers"].get("x-request-count").is_none());
+    }
+
+    let rest = get("/elsewhere").await;
+    assert_eq!(rest.status, 200);
+    assert!(rest.json()["headers"].get("x-plugin-config").is_none());
+    assert!(rest.header("x-wasm-path").is_none());
+    assert_eq!(rest.json()["headers"]["x-request-count"], "1");
+
+    let free = get("/free").await;
+    assert_eq!(free.status, 200);
+    assert!(free.json()["headers"].get("x-plugin-config").is_none());
+    assert!(free.json()["headers"].get("x-request-count").is_none());
+    assert!(free.header("x-wasm-path").is_none());
+
+    assert_eq!(up.hits(), 4);
+    assert_eq!(other.hits(), 1);
+    assert_eq!(metric(&proxy, "counter_requests_total").await, Some(1.0));
+}
+
 /// The hostile filter under a strategy: what a misbehaving request gets, and whether the next
 /// well-behaved one still works.
 async fn hostile(
@@ -763,6 +833,7 @@ fn a_new_chain_keeps_the_vms_of_unchanged_plugins() {
             limits: VmLimits::default(),
             reload_backoff: Duration::from_secs(1),
             module: module.clone(),
+            scope: None,
         })
     };
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -20,8 +20,10 @@ use wasmesh_host::{
     WorkerVms,
 };
 
+use super::chain::ResolvedChain;
 use super::profile::{RequestSpec, ResponseSpec};
 use super::stats::histogram;
+use wasmesh_proxy::route::RouteTable;
 
 /// How one exchange ended.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -86,29 +88,100 @@ impl Worker {
     }
 }
 
-/// One request and its response through `chain`. Pauses (callouts, timers) are waited out.
+/// A chain as a proxy listener runs it, with the listener's own routes: they say where
+/// plugins scoped to routes or clusters run, and a request none of them runs on skips the
+/// chain, as it takes the proxy's unfiltered path.
+#[derive(Clone)]
+pub struct Listener {
+    pub chain: Rc<Chain>,
+    routes: Option<Rc<RouteTable<Arc<str>>>>,
+}
+
+impl Listener {
+    /// `chain` with the routes of the listener `resolved` came from, if any.
+    pub fn new(chain: Rc<Chain>, resolved: &ResolvedChain) -> Listener {
+        let routes = resolved.bootstrap.as_ref().and_then(|(bootstrap, name)| {
+            let listener = bootstrap.listeners.iter().find(|l| l.name == *name)?;
+            Some(Rc::new(RouteTable::with_clusters(
+                &listener.virtual_hosts,
+                |name: &str| Arc::from(name),
+            )))
+        });
+        Listener { chain, routes }
+    }
+
+    /// A listener without routes of its own.
+    pub fn bare(chain: Rc<Chain>) -> Listener {
+        Listener {
+            chain,
+            routes: None,
+        }
+    }
+
+    /// The listener's route for `request` (its name and cluster), when the chain's plugins
+    /// are scoped and so need it.
+    fn own_route(&self, request: &RequestSpec) -> Option<(Bytes, Arc<str>)> {
+        if !self.chain.is_scoped() {
+            return None;
+        }
+        let host = request.uri.authority().map(|a| a.as_str()).or_else(|| {
+            request
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        let route = self.routes.as_ref()?.find(host?, request.uri.path())?;
+        Some((
+            Bytes::copy_from_slice(route.name.as_bytes()),
+            route.cluster.clone(),
+        ))
+    }
+}
+
+/// One request and its response through the listener's chain. Pauses (callouts, timers)
+/// are waited out.
 pub async fn exchange(
-    chain: &Rc<Chain>,
+    listener: &Listener,
     request: &RequestSpec,
     response: &ResponseSpec,
 ) -> Outcome {
-    exchange_stream(chain, request, response).await.0
+    let own = listener.own_route(request);
+    if listener.chain.is_scoped() {
+        let (route, cluster) = own.as_ref().map_or((&b""[..], ""), |(r, c)| (&r[..], &**c));
+        if listener.chain.skips(route, cluster) {
+            return Outcome::Upstream;
+        }
+    }
+    stream(listener, request, response, own).await.0
 }
 
 /// [`exchange`], also giving back the stream's driver: what the filters decided (its
 /// `decisions`, such as the upstream cluster, and its `filter_state`, such as
 /// `wasmesh.route_name`).
 pub async fn exchange_stream(
-    chain: &Rc<Chain>,
+    listener: &Listener,
     request: &RequestSpec,
     response: &ResponseSpec,
 ) -> (Outcome, Rc<StreamDriver>) {
+    let own = listener.own_route(request);
+    stream(listener, request, response, own).await
+}
+
+async fn stream(
+    listener: &Listener,
+    request: &RequestSpec,
+    response: &ResponseSpec,
+    own: Option<(Bytes, Arc<str>)>,
+) -> (Outcome, Rc<StreamDriver>) {
+    let (route_name, cluster_name) = own.unwrap_or_default();
     let driver = StreamDriver::new(
-        chain,
+        &listener.chain,
         StreamInfo {
             protocol: "HTTP/1.1",
             listener: "bench".into(),
             request_size: request.body.len() as u64,
+            route_name,
+            cluster_name,
             ..StreamInfo::default()
         },
     );
@@ -159,11 +232,11 @@ fn stopped(v: Verdict) -> Option<Outcome> {
 /// Runs [`exchange`] to its end if it needs no wait (no callout pending, no timer): what a
 /// criterion benchmark can call from a synchronous loop. `None` if it had to wait.
 pub fn exchange_now(
-    chain: &Rc<Chain>,
+    listener: &Listener,
     request: &RequestSpec,
     response: &ResponseSpec,
 ) -> Option<Outcome> {
-    now(exchange(chain, request, response))
+    now(exchange(listener, request, response))
 }
 
 /// Runs a future to its end if it needs no wait; `None` if it had to wait.

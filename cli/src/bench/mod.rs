@@ -27,7 +27,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use wasmesh_host::{Chain, Host, PluginSpec, VmFailure};
 
 pub use chain::{ChainSource, FilterArg, PLUGIN_FILES, ResolvedChain, default_plugins_dir};
-use driver::{Collector, Worker, exchange};
+use driver::{Collector, Listener, Worker, exchange};
 pub use profile::{RequestProfile, RequestSpec, ResponseSpec};
 pub use report::Report;
 use report::{CallbackReport, ChainInfo, FilterReport, Latency, ModeReport};
@@ -329,8 +329,8 @@ async fn in_process(
     let specs = load(&host, chain)?;
     let base_specs = load(&host, baseline)?;
     let mut worker = Worker::new(&host).map_err(Error::Usage)?;
-    let c = start(&mut worker, chain, &specs, logs)?;
-    let b = start(&mut worker, baseline, &base_specs, logs)?;
+    let c = Listener::new(start(&mut worker, chain, &specs, logs)?, chain);
+    let b = Listener::new(start(&mut worker, baseline, &base_specs, logs)?, baseline);
     let profile = &options.profile;
     let budget = options.amount.per_block(options.rounds, 3);
 
@@ -344,7 +344,7 @@ async fn in_process(
         block(chain, profile, &mut cursor, warm, &mut Timed::new(), None).await;
     }
 
-    let collector = Collector::new(c.len());
+    let collector = Collector::new(c.chain.len());
     let mut timed = [Timed::new(), Timed::new()];
     let total = budget.total(options.rounds as u64 * 3);
     let mut done = 0;
@@ -363,7 +363,7 @@ async fn in_process(
         }
         // Per filter figures come from blocks of their own: timing every callback costs a
         // little, which the chain's own figures above do not pay.
-        c.set_profiler(Some(collector.clone()));
+        c.chain.set_profiler(Some(collector.clone()));
         block(
             &c,
             profile,
@@ -373,7 +373,7 @@ async fn in_process(
             Some(&collector),
         )
         .await;
-        c.set_profiler(None);
+        c.chain.set_profiler(None);
         done += budget.total(1);
         progress(Progress {
             phase: "in-process",
@@ -383,8 +383,8 @@ async fn in_process(
     }
 
     let profiled = collector.requests().max(1) as f64;
-    let names: Vec<String> = c.names().into_iter().map(str::to_owned).collect();
-    let vms: Vec<_> = (0..c.len()).map(|i| c.vm(i)).collect();
+    let names: Vec<String> = c.chain.names().into_iter().map(str::to_owned).collect();
+    let vms: Vec<_> = (0..c.chain.len()).map(|i| c.chain.vm(i)).collect();
     let mut filters = Vec::new();
     for (i, costs) in collector.take().into_iter().enumerate() {
         let vm = vms[i].as_ref();
@@ -444,7 +444,7 @@ async fn in_process(
 
 /// Runs one block; returns its mean latency per request (ns).
 async fn block(
-    chain: &Rc<Chain>,
+    chain: &Listener,
     profile: &RequestProfile,
     cursor: &mut usize,
     budget: Budget,

@@ -11,7 +11,7 @@ mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use wasmesh_config::filters::{FailStrategy, HttpFilter, Phase, VmConfig};
+use wasmesh_config::filters::{FailStrategy, FilterScope, HttpFilter, Phase, VmConfig};
 use wasmesh_config::{Bootstrap, Dur, HttpOptions, Listener, WasmOptions};
 use wasmesh_policy::{CircuitBreakerConfig, FaultConfig, MirrorConfig, RouterConfig};
 
@@ -190,13 +190,7 @@ pub fn translate(resources: &[Resource], options: &Options) -> Translation {
         http: HttpOptions::default(),
         tls: None,
         http_filters: match &options.plugins {
-            Some(modules) => filters(
-                modules,
-                &routed.router,
-                &routed.fault,
-                &routed.mirror,
-                &clusters.circuit_breaker,
-            ),
+            Some(modules) => filters(modules, &routed, &clusters.circuit_breaker),
             None => Vec::new(),
         },
         virtual_hosts: routed.core_virtual_hosts,
@@ -227,43 +221,97 @@ pub fn translate(resources: &[Resource], options: &Options) -> Translation {
     }
 }
 
+/// Where a traffic plugin has something to do.
+enum Work {
+    /// On these requests only.
+    On(FilterScope),
+    /// Nowhere: the plugin is left out.
+    Nowhere,
+}
+
+impl Work {
+    fn on_routes(routes: Vec<String>) -> Work {
+        Work::on(FilterScope {
+            routes,
+            ..FilterScope::default()
+        })
+    }
+
+    fn on(scope: FilterScope) -> Work {
+        if scope.routes.is_empty() && scope.clusters.is_empty() && !scope.unrouted {
+            Work::Nowhere
+        } else {
+            Work::On(scope)
+        }
+    }
+}
+
+/// The four traffic plugins, each scoped to where it has something to do (the router to the
+/// services a VirtualService binds and to requests the proxy has no route for, a fault or a
+/// mirror to the routes that carry one, the breaker to the clusters with a policy) and left
+/// out where that is nowhere: a request none of them has anything for takes the proxy's
+/// unfiltered path.
 fn filters(
     modules: &PluginModules,
-    router: &RouterConfig,
-    fault: &FaultConfig,
-    mirror: &MirrorConfig,
+    routed: &routes::Routed,
     circuit_breaker: &CircuitBreakerConfig,
 ) -> Vec<HttpFilter> {
     let json = |v: serde_json::Result<serde_json::Value>| v.expect("plugin configs serialize");
     let configs = [
-        (&modules.router, json(serde_json::to_value(router))),
-        (&modules.fault, json(serde_json::to_value(fault))),
-        (&modules.mirror, json(serde_json::to_value(mirror))),
+        (
+            &modules.router,
+            json(serde_json::to_value(&routed.router)),
+            Work::on(FilterScope {
+                routes: routed.router_routes.clone(),
+                clusters: Vec::new(),
+                unrouted: true,
+            }),
+        ),
+        (
+            &modules.fault,
+            json(serde_json::to_value(&routed.fault)),
+            Work::on_routes(routed.fault.routes.keys().cloned().collect()),
+        ),
+        (
+            &modules.mirror,
+            json(serde_json::to_value(&routed.mirror)),
+            Work::on_routes(routed.mirror.routes.keys().cloned().collect()),
+        ),
         (
             &modules.circuit_breaker,
             json(serde_json::to_value(circuit_breaker)),
+            Work::on(FilterScope {
+                clusters: circuit_breaker.clusters.keys().cloned().collect(),
+                ..FilterScope::default()
+            }),
         ),
     ];
     configs
         .into_iter()
         .zip(PLUGIN_NAMES)
         .enumerate()
-        .map(|(i, ((module, config), name))| HttpFilter {
-            name: name.to_owned(),
-            url: module.url.clone(),
-            sha256: module.sha256.clone(),
-            plugin_config: Some(config),
-            plugin_name: String::new(),
-            phase: Phase::UnspecifiedPhase,
-            // The chain is ordered by priority, higher first: router, fault, mirror, breaker.
-            priority: 40 - 10 * i as i32,
-            // Without the router nothing is routed as configured; the others only add policy.
-            fail_strategy: if name == "router" {
-                FailStrategy::FailClose
-            } else {
-                FailStrategy::FailOpen
-            },
-            vm_config: VmConfig::default(),
+        .filter_map(|(i, ((module, config, work), name))| {
+            let Work::On(scope) = work else {
+                return None;
+            };
+            Some(HttpFilter {
+                name: name.to_owned(),
+                url: module.url.clone(),
+                sha256: module.sha256.clone(),
+                plugin_config: Some(config),
+                plugin_name: String::new(),
+                phase: Phase::UnspecifiedPhase,
+                // The chain is ordered by priority, higher first: router, fault, mirror, breaker.
+                priority: 40 - 10 * i as i32,
+                // Without the router nothing is routed as configured; the others only add policy.
+                fail_strategy: if name == "router" {
+                    FailStrategy::FailClose
+                } else {
+                    FailStrategy::FailOpen
+                },
+                vm_config: VmConfig::default(),
+                applies_to: Some(scope),
+            })
         })
         .collect()
 }

@@ -29,6 +29,10 @@ pub(crate) struct Routed {
     pub fault: FaultConfig,
     pub mirror: MirrorConfig,
     pub core_virtual_hosts: Vec<wasmesh_config::VirtualHost>,
+    /// The proxy's own default routes of the services a VirtualService binds: the router has
+    /// nothing to add on the others' routes, which are the proxy's (a service the proxy has no
+    /// route for still goes through the router, as every request without a route does).
+    pub router_routes: Vec<String>,
 }
 
 struct Ctx<'a, 'r> {
@@ -104,6 +108,7 @@ pub(crate) fn build(
     let mut router = RouterConfig::default();
     let mut core = Vec::new();
     let mut used_domains = BTreeSet::new();
+    let mut router_routes = Vec::new();
     for svc in &registry.services {
         let domains = domains(svc, options, &mut used_domains);
         if domains.is_empty() {
@@ -157,7 +162,11 @@ pub(crate) fn build(
             ..Default::default()
         });
         let core_default = options.plugins.is_some() || fall_through;
-        if core_default && clusters.present.contains(&default_cluster) {
+        let has_core_default = core_default && clusters.present.contains(&default_cluster);
+        if bound.is_some() && has_core_default {
+            router_routes.push(default_id.clone());
+        }
+        if has_core_default {
             core_routes.push(wasmesh_config::Route {
                 name: Some(default_id),
                 matcher: Default::default(),
@@ -191,6 +200,7 @@ pub(crate) fn build(
         fault: ctx.fault,
         mirror: ctx.mirror,
         core_virtual_hosts: core,
+        router_routes,
     }
 }
 

@@ -193,13 +193,30 @@ fn bookinfo_services_get_clusters_domains_and_default_routes() {
     assert!(t.circuit_breaker.clusters.is_empty());
 }
 
+/// Istio's mirroring task's subsets of httpbin, with outlier detection.
+const HTTPBIN_SUBSETS_WITH_POOL: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"#;
+
 #[test]
 fn plugins_run_in_order_with_their_configs() {
     let t = run(
         &[
             &bookinfo(),
+            &httpbin(),
             samples::DESTINATION_RULE_ALL,
             samples::VIRTUAL_SERVICE_RATINGS_TEST_ABORT,
+            HTTPBIN_SUBSETS_WITH_POOL,
+            samples::HTTPBIN_MIRROR,
         ],
         &with_plugins(),
     );
@@ -234,9 +251,53 @@ fn plugins_run_in_order_with_their_configs() {
     let cb: policy::CircuitBreakerConfig = serde_json::from_value(read(3)).unwrap();
     assert_eq!(cb, t.circuit_breaker);
 
+    // Each runs only where it has something to do: the router on the services a
+    // VirtualService binds (told by the proxy's default route) and on requests the proxy has
+    // no route for, the fault and the mirror on the routes that carry one, the breaker on the
+    // clusters with a policy.
+    let scope = |i: usize| filters[i].applies_to.clone().expect("scoped");
+    let mut bound = vec![
+        "default/httpbin.default.svc.cluster.local:8000".to_owned(),
+        "default/ratings.default.svc.cluster.local:9080".to_owned(),
+    ];
+    bound.sort();
+    assert_eq!(scope(0).routes, bound);
+    assert!(scope(0).unrouted);
+    assert!(!scope(1).unrouted);
+    assert_eq!(
+        scope(1).routes,
+        fault.routes.keys().cloned().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        scope(2).routes,
+        mirror.routes.keys().cloned().collect::<Vec<_>>()
+    );
+    assert!(scope(3).routes.is_empty());
+    assert_eq!(
+        scope(3).clusters,
+        cb.clusters.keys().cloned().collect::<Vec<_>>()
+    );
+    assert!(!cb.clusters.is_empty());
+
     // The whole bootstrap survives a YAML round trip through the proxy's own parser.
     let yaml = serde_saphyr::to_string(&t.bootstrap).unwrap();
     wasmesh_config::Bootstrap::parse(&yaml).unwrap();
+}
+
+#[test]
+fn plugins_with_nothing_to_do_are_left_out() {
+    // No VirtualService, no fault, no mirror, no connection pool: only the router, for the
+    // requests the proxy has no route for (it answers those as Istio does: 503 for a service
+    // without endpoints); the proxy's own routes serve every service.
+    let t = run(
+        &[&bookinfo(), samples::DESTINATION_RULE_ALL],
+        &with_plugins(),
+    );
+    let filters = &t.bootstrap.listeners[0].http_filters;
+    let names: Vec<_> = filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["router"]);
+    let scope = filters[0].applies_to.as_ref().unwrap();
+    assert!(scope.routes.is_empty() && scope.clusters.is_empty() && scope.unrouted);
 }
 
 #[test]

@@ -30,6 +30,29 @@ pub struct HttpFilter {
     pub fail_strategy: FailStrategy,
     #[serde(default)]
     pub vm_config: VmConfig,
+    /// Where the filter runs; omitted, on every request of the listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applies_to: Option<FilterScope>,
+}
+
+/// The requests a filter runs on, as Envoy's per-route filter config disables a filter on
+/// other routes. A filter out of scope is never entered for the stream: no context is made,
+/// no callback runs. A request is in scope if each list that is given holds its route or
+/// cluster, or, with `unrouted`, if it has no route.
+///
+/// The route and the cluster are what they are when the filter's turn comes: the route an
+/// earlier filter named (`wasmesh.route_name`) and the cluster one chose, else the listener's
+/// own route for the request and its cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterScope {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<String>,
+    /// Also the requests no filter before it named a route for and the listener has none for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unrouted: bool,
 }
 
 /// Istio's `phase`: where in the chain the plugin runs.
@@ -165,6 +188,16 @@ pub(super) fn validate(f: &HttpFilter, at: &str) -> Result<(), super::ConfigErro
         return Err(ConfigError::at(
             format!("{at}.vm_config.memory_limit_mb"),
             "must be between 1 and 256",
+        ));
+    }
+    if let Some(scope) = &f.applies_to
+        && scope.routes.is_empty()
+        && scope.clusters.is_empty()
+        && !scope.unrouted
+    {
+        return Err(ConfigError::at(
+            format!("{at}.applies_to"),
+            "names no route, no cluster and not unrouted (omit it to run on every request)",
         ));
     }
     if f.vm_config.call_deadline.0.is_zero() {

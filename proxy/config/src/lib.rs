@@ -695,6 +695,15 @@ impl Bootstrap {
             let mut filter_names = HashSet::new();
             for (j, f) in l.http_filters.iter().enumerate() {
                 filters::validate(f, &at(&format!("http_filters[{j}]")))?;
+                let scoped = f.applies_to.iter().flat_map(|s| s.clusters.iter());
+                for (k, c) in scoped.enumerate() {
+                    if !cluster_names.contains(c.as_str()) {
+                        return Err(ConfigError::at(
+                            at(&format!("http_filters[{j}].applies_to.clusters[{k}]")),
+                            format!("unknown cluster {c:?}"),
+                        ));
+                    }
+                }
                 if !filter_names.insert(f.name.as_str()) {
                     return Err(ConfigError::at(
                         at(&format!("http_filters[{j}].name")),

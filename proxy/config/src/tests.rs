@@ -146,3 +146,30 @@ fn filter_retry_specs_parse_and_are_capped_like_routes() {
         assert!(err.contains(why), "{bad}: {err}");
     }
 }
+
+#[test]
+fn a_filter_scope_names_known_clusters_and_something() {
+    let with = |scope: &str| {
+        MINIMAL.replace(
+            "  virtual_hosts:",
+            &format!("  http_filters:\n  - {{name: f, url: f.wasm, applies_to: {scope}}}\n  virtual_hosts:"),
+        )
+    };
+    let b = Bootstrap::parse(&with("{routes: [r], clusters: [backend], unrouted: true}")).unwrap();
+    let scope = b.listeners[0].http_filters[0].applies_to.clone().unwrap();
+    assert_eq!(
+        (scope.routes, scope.clusters, scope.unrouted),
+        (vec!["r".to_owned()], vec!["backend".to_owned()], true)
+    );
+
+    let e = err(&with("{clusters: [nowhere]}"));
+    assert_eq!(
+        e.field,
+        "listeners[0].http_filters[0].applies_to.clusters[0]"
+    );
+    assert!(e.reason.contains("unknown cluster"), "{e}");
+    let e = err(&with("{}"));
+    assert_eq!(e.field, "listeners[0].http_filters[0].applies_to");
+    let e = err(&with("{hosts: [a]}"));
+    assert!(e.to_string().contains("hosts"), "{e}");
+}

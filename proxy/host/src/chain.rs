@@ -15,6 +15,7 @@ use crate::abi::ACTION_PAUSE;
 use crate::callout::Embedder;
 use crate::module::PluginModule;
 use crate::profile::{self, Callback, Profiler};
+use crate::scope::Scope;
 use crate::state::{HostState, PluginInfo};
 use crate::stream::{BodyPhase, LocalResponse, Stream};
 use crate::vm::{VmCell, VmFailure, VmLimits, VmSetup};
@@ -45,6 +46,8 @@ pub struct PluginSpec {
     /// First wait before a failed VM is replaced (FAIL_RELOAD); doubles up to 30 s.
     pub reload_backoff: Duration,
     pub module: Arc<PluginModule>,
+    /// The routes and clusters it runs on; `None`: every request.
+    pub scope: Option<Scope>,
 }
 
 impl PluginSpec {
@@ -58,6 +61,7 @@ impl PluginSpec {
             && self.fail_strategy == other.fail_strategy
             && self.limits == other.limits
             && self.reload_backoff == other.reload_backoff
+            && self.scope == other.scope
             && self.vm_key() == other.vm_key()
     }
 
@@ -180,6 +184,7 @@ impl WorkerVms {
             })
             .collect();
         Ok(Rc::new(Chain {
+            scoped: plugins.iter().any(|p| p.scope.is_some()),
             entries,
             profiler: RefCell::new(None),
         }))
@@ -321,9 +326,31 @@ struct ChainEntry {
     slot: Rc<VmSlot>,
 }
 
+impl ChainEntry {
+    /// The plugin's context for a stream (plugin `i` of the chain).
+    fn enter(&self, i: usize, stream: &Rc<Stream>, profiler: Option<&dyn Profiler>) -> Filter {
+        match self.slot.current() {
+            Some(vm) if vm.failure().is_none() => {
+                let root = self.slot.root_of(&self.spec);
+                let created = profile::call(profiler, i, Callback::ContextCreate, &vm, |v| {
+                    v.create_stream(root, stream.clone())
+                });
+                match created {
+                    Ok(ctx) => Filter::Active { vm, ctx },
+                    Err(e) => Filter::Failed(e),
+                }
+            }
+            Some(vm) => Filter::Failed(vm.failure().expect("checked")),
+            None => Filter::Failed(VmFailure::Start("no VM".into())),
+        }
+    }
+}
+
 /// A listener's plugins on one worker, in the order they run on requests.
 pub struct Chain {
     entries: Vec<ChainEntry>,
+    /// Whether some plugin runs only on some routes or clusters.
+    scoped: bool,
     /// Sees the callbacks of streams started after it was set (`wasmesh bench`).
     profiler: RefCell<Option<Rc<dyn Profiler>>>,
 }
@@ -335,6 +362,24 @@ impl Chain {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Whether some plugin runs only on some routes or clusters: the embedder then tells the
+    /// stream its own route for the request ([`crate::StreamInfo`]'s `route_name` and
+    /// `cluster_name`) before the filters run.
+    pub fn is_scoped(&self) -> bool {
+        self.scoped
+    }
+
+    /// Whether no plugin would run on a request the embedder routes to `route` and `cluster`:
+    /// each is out of scope there (and none runs that could name another route first).
+    pub fn skips(&self, route: &[u8], cluster: &str) -> bool {
+        self.entries.iter().all(|e| {
+            e.spec
+                .scope
+                .as_ref()
+                .is_some_and(|s| !s.admits(route, cluster))
+        })
     }
 
     pub fn names(&self) -> Vec<&str> {
@@ -369,20 +414,10 @@ impl Chain {
         let profiler = self.profiler.borrow().clone();
         let mut filters = Vec::with_capacity(self.entries.len());
         for (i, entry) in self.entries.iter().enumerate() {
-            let state = match entry.slot.current() {
-                Some(vm) if vm.failure().is_none() => {
-                    let root = entry.slot.root_of(&entry.spec);
-                    let created =
-                        profile::call(profiler.as_deref(), i, Callback::ContextCreate, &vm, |v| {
-                            v.create_stream(root, stream.clone())
-                        });
-                    match created {
-                        Ok(ctx) => Filter::Active { vm, ctx },
-                        Err(e) => Filter::Failed(e),
-                    }
-                }
-                Some(vm) => Filter::Failed(vm.failure().expect("checked")),
-                None => Filter::Failed(VmFailure::Start("no VM".into())),
+            let state = if entry.spec.scope.is_some() {
+                Filter::Dormant
+            } else {
+                entry.enter(i, &stream, profiler.as_deref())
             };
             filters.push(FilterState {
                 state,
@@ -410,8 +445,11 @@ enum Filter {
         ctx: u32,
     },
     Failed(VmFailure),
-    /// Failed open: skipped for the rest of the stream.
+    /// Failed open, or out of scope: skipped for the rest of the stream.
     Skipped,
+    /// Scoped to some routes or clusters: entered, or skipped, when the request headers
+    /// reach it.
+    Dormant,
 }
 
 struct FilterState {
@@ -596,6 +634,19 @@ impl FilterStream {
                 self.headers_next = i + 1;
                 i
             };
+            if !response && matches!(self.filters[i].state, Filter::Dormant) {
+                let entry = &self.chain.entries[i];
+                let in_scope = entry
+                    .spec
+                    .scope
+                    .as_ref()
+                    .is_none_or(|s| s.admits_stream(&self.stream));
+                self.filters[i].state = if in_scope {
+                    entry.enter(i, &self.stream, self.profiler.as_deref())
+                } else {
+                    Filter::Skipped
+                };
+            }
             let (vm, ctx) = match &self.filters[i].state {
                 Filter::Active { vm, ctx } => (vm.clone(), *ctx),
                 Filter::Failed(f) if !response => {

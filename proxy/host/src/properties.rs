@@ -188,11 +188,14 @@ pub fn get(
         ["xds", "route_name"] => Ok(info.route_name.clone()),
         ["xds", "listener_name"] | ["wasmesh", "listener"] => Ok(string(&info.listener)),
         ["node", "id"] => Ok(string(&info.node_id)),
+        // The cluster a filter chose, else the one the proxy's route gives (known before the
+        // filters run when plugins are scoped to routes or clusters, else after routing).
         ["wasmesh", "upstream_cluster"] => stream
             .decisions
             .borrow()
             .upstream_cluster
             .as_deref()
+            .or((!info.cluster_name.is_empty()).then_some(&*info.cluster_name))
             .map(string)
             .ok_or(Status::NotFound),
         _ => Err(Status::NotFound),

@@ -25,6 +25,7 @@ use super::local_reply::LocalReply;
 use super::prepare::{Prepared, request_authority};
 use crate::body::{BoxError, ProxyBody};
 use crate::conn::ConnCtx;
+use crate::route::Route;
 use crate::snapshot::Snapshot;
 use crate::stats::ResponseFlag;
 
@@ -52,7 +53,21 @@ pub(super) struct Filters {
 }
 
 impl Filters {
-    pub(super) fn start(chain: Rc<Chain>, conn: &ConnCtx, version: Version) -> Filters {
+    /// Starts the stream through `chain`; `core` is the listener's route for the request as
+    /// it comes to the filters, when plugins scoped to routes or clusters need to know it.
+    pub(super) fn start(
+        chain: Rc<Chain>,
+        conn: &ConnCtx,
+        version: Version,
+        core: Option<&Route>,
+    ) -> Filters {
+        let (route_name, cluster_name) = match core {
+            Some(r) => (
+                Bytes::copy_from_slice(r.name.as_bytes()),
+                r.cluster.name.clone(),
+            ),
+            None => Default::default(),
+        };
         let info = StreamInfo {
             source: Some(conn.peer),
             destination: Some(conn.local),
@@ -68,6 +83,8 @@ impl Filters {
             start_time: Some(SystemTime::now()),
             node_id: conn.worker.shared.node_id.clone(),
             peer_uri_san: conn.peer_uri_san.clone(),
+            route_name,
+            cluster_name,
             ..Default::default()
         };
         Filters {

@@ -30,6 +30,7 @@ mod upgrade;
 
 use std::rc::Rc;
 
+use http::uri::Authority;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -102,11 +103,36 @@ async fn phases(
     chain: Option<Rc<Chain>>,
     ex: &mut Exchange,
 ) -> (Result<Response<ProxyBody>, StreamReset>, Option<Filters>) {
-    let mut request = match prepare::prepare(req, conn, chain.is_some(), ex) {
+    // With plugins scoped to routes or clusters, the listener's own route for the request
+    // says which can run; when none can, the request takes the unfiltered path.
+    let mut core = None;
+    let mut filtered = false;
+    let mut request = match prepare::prepare(
+        req,
+        conn,
+        |parts, authority| {
+            filtered = match &chain {
+                None => false,
+                Some(chain) if !chain.is_scoped() => true,
+                Some(chain) => {
+                    let host = authority.map_or("", Authority::as_str);
+                    let route = snapshot.routes[conn.listener].find(host, parts.uri.path());
+                    core = route;
+                    let (name, cluster) =
+                        route.map_or((&b""[..], ""), |r| (r.name.as_bytes(), &*r.cluster.name));
+                    !chain.skips(name, cluster)
+                }
+            };
+            filtered
+        },
+        ex,
+    ) {
         Ok(request) => request,
         Err(reply) => return (Ok(reply.into_response(ex)), None),
     };
-    let filters = chain.map(|chain| Filters::start(chain, conn, request.parts.version));
+    let filters = chain
+        .filter(|_| filtered)
+        .map(|chain| Filters::start(chain, conn, request.parts.version, core));
     let answered = match &filters {
         None => None,
         // Boxed: only filtered requests pay for the filters' state.

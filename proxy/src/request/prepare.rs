@@ -25,12 +25,12 @@ pub(super) struct Prepared {
     pub upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
-/// Prepares a request. With `filters`, the added headers go into the map, as filters see them
-/// in Envoy.
+/// Prepares a request. `filters` says, from the prepared head, whether the listener's filters
+/// will see it: then the added headers go into the map, as filters see them in Envoy.
 pub(super) fn prepare(
     mut req: Request<Incoming>,
     conn: &ConnCtx,
-    filters: bool,
+    filters: impl FnOnce(&Parts, Option<&Authority>) -> bool,
     ex: &mut Exchange,
 ) -> Result<Prepared, LocalReply> {
     if req.method() == Method::CONNECT {
@@ -64,7 +64,7 @@ pub(super) fn prepare(
     }
     // Logged as received, even if a filter answers before the request goes anywhere (Envoy).
     ex.capture_request(&parts, authority.as_ref(), &added);
-    if upgrade.is_some() || filters {
+    if filters(&parts, authority.as_ref()) || upgrade.is_some() {
         std::mem::take(&mut added).apply_to(&mut parts.headers);
     }
     Ok(Prepared {

@@ -151,6 +151,7 @@ impl HarnessBuilder {
                 limits: p.limits,
                 reload_backoff: Duration::from_millis(10),
                 module,
+                scope: None,
             }));
         }
         let callouts = Rc::new(RefCell::new(Vec::new()));

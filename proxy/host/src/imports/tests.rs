@@ -262,6 +262,7 @@ fn bad_guest_pointers_get_statuses_not_a_crash() {
         limits: VmLimits::default(),
         reload_backoff: Duration::from_secs(1),
         module,
+        scope: None,
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
