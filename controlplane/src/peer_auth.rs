@@ -19,6 +19,26 @@ pub fn inbound_mode(
     labels: &BTreeMap<String, String>,
     port: u32,
 ) -> MtlsMode {
+    mode(resources, namespace, labels, Some(port))
+}
+
+/// The mode for the ports of a workload no listener serves (passed through to the
+/// workload): its policies' `mtls`, never their `portLevelMtls`, which Istio applies only to
+/// ports it has a listener for.
+pub fn passthrough_mode(
+    resources: &[&Resource],
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> MtlsMode {
+    mode(resources, namespace, labels, None)
+}
+
+fn mode(
+    resources: &[&Resource],
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    port: Option<u32>,
+) -> MtlsMode {
     let mut policies: Vec<(&Resource, &PeerAuthentication)> = resources
         .iter()
         .filter_map(|r| match &r.spec {
@@ -52,7 +72,8 @@ pub fn inbound_mode(
             .map_or(MtlsMode::Unset, |m| m.mode)
     };
     let port_mode = workload
-        .and_then(|pa| pa.port_level_mtls.get(&port))
+        .zip(port)
+        .and_then(|(pa, port)| pa.port_level_mtls.get(&port))
         .map_or(MtlsMode::Unset, |m| m.mode);
     [
         port_mode,
@@ -133,5 +154,14 @@ spec:
         assert_eq!(inbound_mode(&r, "legacy", &app, 9080), MtlsMode::Permissive);
         // A PeerAuthentication in another namespace selects nothing here.
         assert_eq!(inbound_mode(&r, "legacy", &app, 8080), MtlsMode::Permissive);
+        // Ports no listener serves take the policies' `mtls`, never a `portLevelMtls` (Istio
+        // has no filter chain for them to carry it): 8080's DISABLE does not reach them.
+        let refs: Vec<&Resource> = r.iter().collect();
+        assert_eq!(passthrough_mode(&refs, "default", &app), MtlsMode::Strict);
+        assert_eq!(
+            passthrough_mode(&refs, "legacy", &app),
+            MtlsMode::Permissive
+        );
+        assert_eq!(passthrough_mode(&[], "default", &app), MtlsMode::Permissive);
     }
 }

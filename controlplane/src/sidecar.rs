@@ -272,15 +272,12 @@ pub fn own_part(
                 normalize_path: true,
                 ..HttpOptions::default()
             },
-            tls: match peer_auth::inbound_mode(&peer_auths, &node.namespace, &node.labels, p.port) {
-                MtlsMode::Strict => Some(DownstreamTls {
-                    mode: DownstreamTlsMode::Strict,
-                }),
-                MtlsMode::Disable => None,
-                MtlsMode::Permissive | MtlsMode::Unset => Some(DownstreamTls {
-                    mode: DownstreamTlsMode::Permissive,
-                }),
-            },
+            tls: downstream_tls(peer_auth::inbound_mode(
+                &peer_auths,
+                &node.namespace,
+                &node.labels,
+                p.port,
+            )),
             http_filters,
             original_dst: None,
             handles: if transparent {
@@ -324,6 +321,7 @@ pub fn own_part(
                 address: address.into(),
                 max_connections: 100_000,
                 http: HttpOptions::default(),
+                // Inbound, the passed-through ports take the workload's mode (below).
                 tls: None,
                 http_filters: Vec::new(),
                 virtual_hosts: Vec::new(),
@@ -347,14 +345,33 @@ pub fn own_part(
         ));
         // Passed-through inbound connections leave from 127.0.0.6, which the iptables rules
         // let reach the workload (from the proxy's own address they would be captured again).
-        own.listeners.push(virtual_listener(
+        let mut virtual_inbound = virtual_listener(
             "virtualInbound",
             VIRTUAL_INBOUND,
             inbound,
             Some("127.0.0.6"),
+        );
+        virtual_inbound.tls = downstream_tls(peer_auth::passthrough_mode(
+            &peer_auths,
+            &node.namespace,
+            &node.labels,
         ));
+        own.listeners.push(virtual_inbound);
     }
     own
+}
+
+/// What a PeerAuthentication mode asks of an inbound listener (UNSET is PERMISSIVE).
+fn downstream_tls(mode: MtlsMode) -> Option<DownstreamTls> {
+    match mode {
+        MtlsMode::Strict => Some(DownstreamTls {
+            mode: DownstreamTlsMode::Strict,
+        }),
+        MtlsMode::Disable => None,
+        MtlsMode::Permissive | MtlsMode::Unset => Some(DownstreamTls {
+            mode: DownstreamTlsMode::Permissive,
+        }),
+    }
 }
 
 /// The addresses the mesh's services are reached at, which a transparent sidecar's outbound

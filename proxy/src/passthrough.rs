@@ -6,15 +6,17 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// How long connecting to the original destination may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Copies bytes both ways between `downstream` and a new connection to `destination` (made
-/// from `source`, when given) until both sides are done.
+/// Copies bytes both ways between `downstream` (a TCP connection, or what a TLS one carries)
+/// and a new connection to `destination` (made from `source`, when given) until both sides
+/// are done.
 pub async fn serve(
-    mut downstream: TcpStream,
+    mut downstream: impl AsyncRead + AsyncWrite + Unpin,
     peer: SocketAddr,
     destination: SocketAddr,
     source: Option<IpAddr>,

@@ -77,17 +77,17 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 async fn serve_connection(
     worker: Rc<Worker>,
     mut listener: usize,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
     let mut local = stream.local_addr().unwrap_or(peer);
     // A redirected connection: served by the listener that handles where it was going.
-    let passthrough_source = worker.snapshot().bootstrap.listeners[listener]
+    let passthrough = worker.snapshot().bootstrap.listeners[listener]
         .original_dst
         .as_ref()
         .map(|od| od.passthrough_source);
-    if let Some(passthrough_source) = passthrough_source {
+    if let Some(source) = passthrough {
         let destination = match crate::original_dst::original_dst(&stream) {
             Ok(d) if d != local => d,
             // Not redirected (a client connected here directly): passing it on would loop.
@@ -103,8 +103,7 @@ async fn serve_connection(
                 local = destination;
             }
             None => {
-                return crate::passthrough::serve(stream, peer, destination, passthrough_source)
-                    .await;
+                return pass_through(&worker, listener, stream, peer, destination, source).await;
             }
         }
     }
@@ -114,28 +113,6 @@ async fn serve_connection(
         (l.http.clone(), l.tls.as_ref().map(|t| t.mode))
     };
     let header_timeout = opts.request_headers_timeout.nonzero();
-    let Some(mode) = tls else {
-        let conn = Connection {
-            worker,
-            listener,
-            peer,
-            local,
-            opts,
-            header_timeout,
-            tls: None,
-        };
-        return conn.serve(stream, BytesMut::new()).await;
-    };
-
-    // TLS or, on a PERMISSIVE port, plaintext: the first bytes tell.
-    let stats = &worker.shared.listener_stats[listener];
-    let handshake_timeout =
-        header_timeout.map_or(TLS_HANDSHAKE_TIMEOUT, |t| t.min(TLS_HANDSHAKE_TIMEOUT));
-    let mut first = BytesMut::with_capacity(4096);
-    match tokio::time::timeout(handshake_timeout, stream.read_buf(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => {}
-        _ => return,
-    }
     let conn = |tls| Connection {
         worker: worker.clone(),
         listener,
@@ -145,20 +122,96 @@ async fn serve_connection(
         header_timeout,
         tls,
     };
+    let Some(mode) = tls else {
+        return conn(None).serve(stream, BytesMut::new()).await;
+    };
+    let handshake_timeout =
+        header_timeout.map_or(TLS_HANDSHAKE_TIMEOUT, |t| t.min(TLS_HANDSHAKE_TIMEOUT));
+    match accept(&worker, listener, stream, peer, mode, handshake_timeout).await {
+        Accepted::Closed => {}
+        Accepted::Plaintext(stream, first) => conn(Some((None, None))).serve(stream, first).await,
+        Accepted::Tls(tls) => {
+            let certs = tls.get_ref().1.peer_certificates();
+            let san = crate::tls::peer_uri_san(certs);
+            let xfcc = crate::tls::xfcc(&worker.shared.identity, certs, san.as_deref());
+            conn(Some((san, xfcc))).serve(tls, BytesMut::new()).await
+        }
+    }
+}
+
+/// A redirected connection no listener handles, passed through to its original destination
+/// (from `source`, when given). Under the listener's PeerAuthentication mode, as Istio's
+/// inbound passthrough chains: STRICT takes mTLS only, PERMISSIVE mTLS or plaintext; mTLS is
+/// terminated here and what it carries goes on as plain TCP.
+async fn pass_through(
+    worker: &Rc<Worker>,
+    listener: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+    destination: SocketAddr,
+    source: Option<std::net::IpAddr>,
+) {
+    let mode = worker.snapshot().bootstrap.listeners[listener]
+        .tls
+        .as_ref()
+        .map(|t| t.mode);
+    let Some(mode) = mode else {
+        return crate::passthrough::serve(stream, peer, destination, source).await;
+    };
+    match accept(worker, listener, stream, peer, mode, TLS_HANDSHAKE_TIMEOUT).await {
+        Accepted::Closed => {}
+        Accepted::Plaintext(stream, first) => {
+            let io = Rewind {
+                prefix: first.freeze(),
+                inner: stream,
+            };
+            crate::passthrough::serve(io, peer, destination, source).await
+        }
+        Accepted::Tls(tls) => crate::passthrough::serve(tls, peer, destination, source).await,
+    }
+}
+
+/// What came of a connection to a listener that takes mTLS.
+enum Accepted {
+    /// Refused or failed (counted and logged).
+    Closed,
+    /// Plaintext on a PERMISSIVE listener, with the bytes read to tell.
+    Plaintext(TcpStream, BytesMut),
+    /// Boxed: the TLS state is large, the other variants small.
+    Tls(Box<tokio_rustls::server::TlsStream<Rewind<TcpStream>>>),
+}
+
+/// Reads the first bytes to tell a TLS ClientHello from plaintext, and completes the mTLS
+/// handshake (the client's certificate verified against the trust bundle) or, on a
+/// PERMISSIVE listener, lets plaintext through; STRICT closes plaintext.
+async fn accept(
+    worker: &Rc<Worker>,
+    listener: usize,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    mode: DownstreamTlsMode,
+    handshake_timeout: Duration,
+) -> Accepted {
+    let stats = &worker.shared.listener_stats[listener];
+    let mut first = BytesMut::with_capacity(4096);
+    match tokio::time::timeout(handshake_timeout, stream.read_buf(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => return Accepted::Closed,
+    }
     if !crate::tls::is_client_hello(&first) {
         if mode == DownstreamTlsMode::Strict {
             stats.shards.local().tls_plaintext_refused.inc();
             tracing::debug!(%peer, "plaintext on a STRICT mTLS listener: closed");
-            return;
+            return Accepted::Closed;
         }
-        return conn(Some((None, None))).serve(stream, first).await;
+        return Accepted::Plaintext(stream, first);
     }
     let config = match worker.shared.tls.server_config() {
         Ok(c) => c,
         Err(e) => {
             stats.shards.local().tls_error.inc();
             tracing::warn!(%peer, error = %e, "cannot accept mTLS");
-            return;
+            return Accepted::Closed;
         }
     };
     let io = Rewind {
@@ -170,24 +223,22 @@ async fn serve_connection(
         tokio_rustls::TlsAcceptor::from(config).accept(io),
     )
     .await;
-    let tls = match accepted {
-        Ok(Ok(tls)) => tls,
+    match accepted {
+        Ok(Ok(tls)) => {
+            stats.shards.local().tls_handshake.inc();
+            Accepted::Tls(Box::new(tls))
+        }
         Ok(Err(e)) => {
             stats.shards.local().tls_error.inc();
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            return;
+            Accepted::Closed
         }
         Err(_) => {
             stats.shards.local().tls_error.inc();
             tracing::debug!(%peer, "TLS handshake timed out");
-            return;
+            Accepted::Closed
         }
-    };
-    stats.shards.local().tls_handshake.inc();
-    let certs = tls.get_ref().1.peer_certificates();
-    let san = crate::tls::peer_uri_san(certs);
-    let xfcc = crate::tls::xfcc(&worker.shared.identity, certs, san.as_deref());
-    conn(Some((san, xfcc))).serve(tls, BytesMut::new()).await
+    }
 }
 
 /// One downstream connection about to be served over HTTP.

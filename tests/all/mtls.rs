@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::ca_client::{CaStream, csr};
+use crate::support::ca_client::{CaStream, csr, root_signed_svid};
 use crate::support::sidecars::{
     ControlPlane, Process, Sidecar, SidecarSpec, services, shared_cache, write,
 };
@@ -35,33 +35,6 @@ async fn client_svid(address: &str, service_account: &str, dir: &Path) -> (PathB
     std::fs::write(&cert, &answer.cert_chain_pem[0]).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     (cert, key_path)
-}
-
-/// A client certificate for `id` signed by the control plane's own root (in `ca_dir`), one
-/// that expired in 2021 or one valid now, written as PEM files in `dir`.
-fn root_signed_svid(ca_dir: &Path, id: &str, dir: &Path, expired: bool) -> (PathBuf, PathBuf) {
-    let root_key =
-        rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("root-key.pem")).unwrap())
-            .unwrap();
-    let root_pem = std::fs::read_to_string(ca_dir.join("root-cert.pem")).unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&root_pem, root_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    if expired {
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    }
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let name = if expired { "expired" } else { "valid" };
-    let (cert_path, key_path) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (cert_path, key_path)
 }
 
 fn run(cmd: &mut Command, stdin: &[u8]) -> Output {

@@ -3,12 +3,14 @@
 //! the sidecar running as uid 1337 with `--pod-ip`. The workloads are unmodified: they call
 //! plain hostnames and ports, and listen on their own ports. Between the sidecars it is mTLS
 //! (the mesh is STRICT, so a plaintext caller outside the mesh is refused at the same port);
-//! what is not the mesh's passes through as TCP, both ways.
+//! what is not the mesh's passes through as TCP, both ways, and inbound under the workload's
+//! PeerAuthentication: STRICT takes only mTLS on the ports no service declares too.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
+use crate::support::ca_client::root_signed_svid;
 use crate::support::netns::{Node, Pod};
 use crate::support::sidecars::{ControlPlane, Process, Sidecar, write};
 use crate::support::*;
@@ -118,6 +120,18 @@ impl Capture {
     }
 }
 
+/// A TCP server in `pod` that speaks first: `greeting`, then it closes (as a server-first
+/// protocol such as MySQL's or SMTP's greets).
+fn tcp_greeter(pod: &Pod, port: u16, greeting: &'static str) -> std::thread::JoinHandle<()> {
+    let listener = pod.listen(("0.0.0.0", port)).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let _ = s.write_all(greeting.as_bytes());
+        }
+    })
+}
+
 /// A TCP server in `pod` that answers each connection with `greeting` and what it received.
 fn tcp_echo(pod: &Pod, port: u16, greeting: &'static str) -> std::thread::JoinHandle<()> {
     let listener = pod.listen(("0.0.0.0", port)).unwrap();
@@ -200,6 +214,7 @@ spec:
         |req| echo_response("outside", req),
     );
     tcp_echo(&reviews, 7070, "reviews-tcp:");
+    tcp_greeter(&reviews, 7071, "reviews-greeting");
     tcp_echo(&outside, 7070, "outside-tcp:");
 
     init(&productpage);
@@ -268,9 +283,41 @@ spec:
     let answer = tcp_exchange(&productpage, SocketAddr::from((outside.ip, 7070)), b"ping").unwrap();
     assert_eq!(answer, b"outside-tcp:ping");
 
-    // Inbound to a port of reviews no service declares passes through to the workload.
-    let answer = tcp_exchange(&outside, SocketAddr::from((reviews.ip, 7070)), b"hello").unwrap();
-    assert_eq!(answer, b"reviews-tcp:hello");
+    // Inbound to a port of reviews no service declares passes through to the workload under
+    // the workload's mode, as Istio's inbound passthrough chains: STRICT refuses plaintext
+    // there too...
+    let refused = tcp_exchange(&outside, SocketAddr::from((reviews.ip, 7070)), b"hello");
+    assert!(
+        refused.as_ref().map_or(true, Vec::is_empty),
+        "plaintext passed through a STRICT sidecar: {refused:?}"
+    );
+    // ...and takes mTLS with a certificate of the mesh, terminated by the sidecar, whose
+    // content reaches the workload as plain TCP.
+    let (cert, key) = root_signed_svid(
+        &dir.path().join("data/ca"),
+        "spiffe://cluster.local/ns/default/sa/outside",
+        dir.path(),
+        false,
+    );
+    let out = outside
+        .command("openssl")
+        .args(["s_client", "-connect", &format!("{}:7071", reviews.ip)])
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .arg("-CAfile")
+        .arg(dir.path().join("data/ca/root-cert.pem"))
+        .args(["-verify_return_error", "-ign_eof"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("Verify return code: 0 (ok)") && said.contains("reviews-greeting"),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // What the sidecars would loop on is refused: a client straight at 15001 goes nowhere.
     let looped = tcp_exchange(

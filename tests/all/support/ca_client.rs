@@ -1,6 +1,8 @@
 //! A workload's stream to the control plane's CA, opened by hand as a sidecar opens it: for
 //! tests that ask for certificates themselves.
 
+use std::path::{Path, PathBuf};
+
 use wasmesh_api as api;
 
 pub struct CaStream {
@@ -92,4 +94,31 @@ pub fn csr(uris: &[&str]) -> (rcgen::KeyPair, String) {
         .collect();
     let pem = params.serialize_request(&key).unwrap().pem().unwrap();
     (key, pem)
+}
+
+/// A client certificate for `id` signed by the control plane's own root (in `ca_dir`), one
+/// that expired in 2021 or one valid now, written as PEM files in `dir`.
+pub fn root_signed_svid(ca_dir: &Path, id: &str, dir: &Path, expired: bool) -> (PathBuf, PathBuf) {
+    let root_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("root-key.pem")).unwrap())
+            .unwrap();
+    let root_pem = std::fs::read_to_string(ca_dir.join("root-cert.pem")).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&root_pem, root_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(id.try_into().unwrap())];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let name = if expired { "expired" } else { "valid" };
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
 }
