@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use wasmesh_config::{
     Bootstrap, Cluster, DownstreamTls, DownstreamTlsMode, Dur, HttpOptions, Listener, OriginalDst,
-    Route, RouteMatch, UpstreamProtocol, VirtualHost,
+    Route, RouteMatch, TcpProxy, UpstreamProtocol, VirtualHost,
 };
 
 use crate::authz;
@@ -28,7 +28,8 @@ use crate::istio::{self, MtlsMode, WasmPlugin};
 use crate::manifests::{Resource, Spec};
 use crate::peer_auth;
 use crate::plugins::{self, Direction, Workload};
-use crate::translate::{Options, PluginModules, Translation, translate};
+use crate::translate::registry::{PortProtocol, port_protocol};
+use crate::translate::{Options, PluginModules, Translation, cluster_name, translate};
 
 /// A sidecar's identity and the listeners it has bound.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -256,6 +257,7 @@ pub fn own_part(
             } else {
                 Vec::new()
             },
+            tcp_proxy: None,
         });
     }
     let authz_policies = authz::policies_for(resources, &node.namespace, &node.labels);
@@ -285,6 +287,7 @@ pub fn own_part(
             } else {
                 Vec::new()
             },
+            tcp_proxy: None,
             virtual_hosts: vec![VirtualHost {
                 name: format!("inbound|http|{}", p.port),
                 domains: vec!["*".into()],
@@ -330,8 +333,37 @@ pub fn own_part(
                     passthrough_source: source.and_then(|s| s.parse().ok()),
                 }),
                 handles: Vec::new(),
+                tcp_proxy: None,
             };
-        let outbound = shared.listeners.first().map(|l| l.name.clone());
+        // TCP services reached at their addresses: a TCP proxy each, to its cluster.
+        let tcp = tcp_services(shared, resources);
+        for (address, cluster) in &tcp {
+            own.listeners.push(Listener {
+                name: format!("outbound|tcp|{address}"),
+                // Only the hand-off reaches it (Envoy's `bind_to_port: false`); the port it
+                // binds on loopback is unused.
+                address: "127.0.0.1:0".into(),
+                max_connections: 100_000,
+                http: HttpOptions::default(),
+                tls: None,
+                http_filters: Vec::new(),
+                virtual_hosts: Vec::new(),
+                original_dst: None,
+                handles: vec![address.clone()],
+                tcp_proxy: Some(TcpProxy {
+                    cluster: cluster.clone(),
+                }),
+            });
+        }
+        let outbound = shared
+            .listeners
+            .first()
+            .map(|l| l.name.clone())
+            .into_iter()
+            .chain(
+                tcp.iter()
+                    .map(|(address, _)| format!("outbound|tcp|{address}")),
+            );
         let inbound = node
             .inbound
             .iter()
@@ -340,7 +372,7 @@ pub fn own_part(
         own.listeners.push(virtual_listener(
             "virtualOutbound",
             VIRTUAL_OUTBOUND,
-            outbound.into_iter().collect(),
+            outbound.collect(),
             None,
         ));
         // Passed-through inbound connections leave from 127.0.0.6, which the iptables rules
@@ -374,6 +406,42 @@ fn downstream_tls(mode: MtlsMode) -> Option<DownstreamTls> {
     }
 }
 
+/// The TCP services of the mesh a transparent sidecar proxies: each ServiceEntry address
+/// (`ip:port`) of a TCP port, with the cluster of its (first) host's port, where that cluster
+/// exists.
+fn tcp_services(shared: &Bootstrap, resources: &[Resource]) -> Vec<(String, String)> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for r in resources {
+        let Spec::ServiceEntry(se) = &r.spec else {
+            continue;
+        };
+        for p in se
+            .ports
+            .iter()
+            .filter(|p| port_protocol(p) == Some(PortProtocol::Tcp))
+        {
+            let cluster = se.hosts.iter().find_map(|h| {
+                let name = cluster_name(p.number, None, &h.trim().to_ascii_lowercase());
+                shared
+                    .clusters
+                    .iter()
+                    .any(|c| c.name == name && c.protocol == UpstreamProtocol::Tcp)
+                    .then_some(name)
+            });
+            let Some(cluster) = cluster else { continue };
+            for a in se
+                .addresses
+                .iter()
+                .filter_map(|a| a.parse::<std::net::IpAddr>().ok())
+            {
+                let address = std::net::SocketAddr::new(a, p.number as u16).to_string();
+                out.entry(address).or_insert_with(|| cluster.clone());
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
 /// The addresses the mesh's services are reached at, which a transparent sidecar's outbound
 /// listener handles: every endpoint of an outbound cluster and each ServiceEntry address with
 /// each of its ports (not the pod's own IP: connections to it arrive inbound).
@@ -382,7 +450,7 @@ fn mesh_destinations(shared: &Bootstrap, resources: &[Resource], pod_ip: &str) -
     for c in shared
         .clusters
         .iter()
-        .filter(|c| c.name.starts_with("outbound|"))
+        .filter(|c| c.name.starts_with("outbound|") && c.protocol != UpstreamProtocol::Tcp)
     {
         for e in &c.endpoints {
             if let Ok(addr) = e.parse::<std::net::SocketAddr>()
@@ -401,7 +469,11 @@ fn mesh_destinations(shared: &Bootstrap, resources: &[Resource], pod_ip: &str) -
             .iter()
             .filter_map(|a| a.parse::<std::net::IpAddr>().ok())
         {
-            for p in &se.ports {
+            for p in se
+                .ports
+                .iter()
+                .filter(|p| port_protocol(p) != Some(PortProtocol::Tcp))
+            {
                 out.insert(std::net::SocketAddr::new(a, p.number as u16).to_string());
             }
         }

@@ -30,6 +30,7 @@ mod rt;
 mod server;
 mod snapshot;
 mod stats;
+mod tcp_proxy;
 mod threads;
 mod tls;
 mod upstream;

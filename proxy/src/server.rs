@@ -107,11 +107,18 @@ async fn serve_connection(
             }
         }
     }
-    let (opts, tls) = {
+    let (opts, tls, tcp) = {
         let snapshot = worker.snapshot();
         let l = &snapshot.bootstrap.listeners[listener];
-        (l.http.clone(), l.tls.as_ref().map(|t| t.mode))
+        (
+            l.http.clone(),
+            l.tls.as_ref().map(|t| t.mode),
+            l.tcp_proxy.as_ref().map(|t| t.cluster.clone()),
+        )
     };
+    if let Some(cluster) = tcp {
+        return crate::tcp_proxy::serve(&worker, &cluster, stream, peer).await;
+    }
     let header_timeout = opts.request_headers_timeout.nonzero();
     let conn = |tls| Connection {
         worker: worker.clone(),

@@ -98,10 +98,7 @@ impl Snapshot {
                 let tls = c
                     .tls
                     .as_ref()
-                    .map(|t| {
-                        let http2 = c.protocol == crate::config::UpstreamProtocol::Http2;
-                        ClientTls::new(identity.clone(), t, &c.name, http2)
-                    })
+                    .map(|t| ClientTls::new(identity.clone(), t, &c.name, c.protocol))
                     .transpose()
                     .map_err(|error| SnapshotError::Tls { cluster: i, error })?;
                 Cluster::new(c, workers, tls)

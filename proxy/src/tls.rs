@@ -130,21 +130,23 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
-    /// For a cluster (`name`, speaking HTTP/2 or not) with `tls` settings.
+    /// For a cluster (`name`, speaking `protocol`) with `tls` settings. ALPN offers the
+    /// protocol's name (none for opaque TCP).
     pub fn new(
         identity: Arc<Identity>,
         tls: &crate::config::UpstreamTls,
         name: &str,
-        http2: bool,
+        protocol: crate::config::UpstreamProtocol,
     ) -> Result<ClientTls, String> {
+        use crate::config::UpstreamProtocol;
         let sni = tls.sni.as_deref().unwrap_or(name);
         let server_name =
             ServerName::try_from(sni.to_owned()).map_err(|e| format!("tls.sni: {sni:?}: {e}"))?;
-        let alpn = vec![if http2 {
-            b"h2".to_vec()
-        } else {
-            b"http/1.1".to_vec()
-        }];
+        let alpn = match protocol {
+            UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+            UpstreamProtocol::Tcp => Vec::new(),
+            UpstreamProtocol::Http1 | UpstreamProtocol::Downstream => vec![b"http/1.1".to_vec()],
+        };
         let external = match tls.mode {
             crate::config::UpstreamTlsMode::IstioMutual => None,
             _ => Some(crate::external_tls::client_config(tls, alpn.clone())?),

@@ -33,5 +33,6 @@ mod retries;
 mod routing;
 mod sdk;
 mod smuggling;
+mod tcp_proxy;
 mod transparent;
 mod upgrade;

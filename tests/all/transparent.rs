@@ -17,6 +17,8 @@ use crate::support::*;
 
 /// The address `reviews` resolves to in the pods: a virtual IP, as a Kubernetes Service's.
 const REVIEWS_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+/// The address of `reviews-tcp`, a TCP service of the same workload.
+const REVIEWS_TCP_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
 
 fn init(pod: &Pod) {
     let out = pod.command(proxy_binary()).arg("init").output().unwrap();
@@ -153,8 +155,12 @@ async fn pods_call_each_other_by_name_through_transparent_sidecars_over_mtls() {
     let reviews = node.pod("reviews");
     let outside = node.pod("outside");
     for pod in [&productpage, &reviews] {
-        pod.hosts(&[("reviews", REVIEWS_VIP), ("outside", outside.ip)])
-            .unwrap();
+        pod.hosts(&[
+            ("reviews", REVIEWS_VIP),
+            ("reviews-tcp", REVIEWS_TCP_VIP),
+            ("outside", outside.ip),
+        ])
+        .unwrap();
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -172,6 +178,17 @@ spec:
   addresses: [{REVIEWS_VIP}]
   location: MESH_INTERNAL
   ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: reviews}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews-tcp}}
+spec:
+  hosts: [reviews-tcp.default.svc.cluster.local]
+  addresses: [{REVIEWS_TCP_VIP}]
+  location: MESH_INTERNAL
+  ports: [{{number: 7070, name: tcp, protocol: TCP}}]
   resolution: STATIC
   workloadSelector: {{labels: {{app: reviews}}}}
 ---
@@ -317,6 +334,33 @@ spec:
         said.contains("Verify return code: 0 (ok)") && said.contains("reviews-greeting"),
         "{said}\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A TCP service of the mesh, by its address: productpage's sidecar proxies it as TCP to
+    // reviews' pod over mTLS (reviews' STRICT sidecar takes nothing else), which carries it
+    // to the workload. On the wire, Istio's SNI for the TCP cluster and never the payload.
+    let capture = Capture::start(
+        &productpage,
+        &format!("tcp and dst host {} and dst port 7070", reviews.ip),
+        &dir.path().join("tcp-wire.pcap"),
+    );
+    let answer = tcp_exchange(
+        &productpage,
+        SocketAddr::from((REVIEWS_TCP_VIP, 7070)),
+        b"ping-over-the-mesh",
+    )
+    .unwrap();
+    assert_eq!(answer, b"reviews-tcp:ping-over-the-mesh");
+    let wire = capture.stop();
+    let has = |needle: &[u8]| wire.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        has(b"outbound_.7070_._.reviews-tcp.default.svc.cluster.local"),
+        "no ClientHello with Istio's SNI in {} captured bytes",
+        wire.len()
+    );
+    assert!(
+        !has(b"ping-over-the-mesh"),
+        "TCP crossed the wire in the clear"
     );
 
     // What the sidecars would loop on is refused: a client straight at 15001 goes nowhere.

@@ -85,7 +85,9 @@ pub(crate) fn build(registry: &Registry, diags: &mut Vec<Diagnostic>) -> Cluster
 impl Clusters {
     fn add(&mut self, name: String, svc: &Service, endpoints: Vec<&Endpoint>, policy: &Effective) {
         let cluster = cluster(&name, svc, &endpoints, policy);
-        if let Some(p) = cluster_policy(policy, cluster.protocol, endpoints.len())
+        // The breaker is an HTTP plugin: TCP clusters keep only the proxy's own limits.
+        if cluster.protocol != UpstreamProtocol::Tcp
+            && let Some(p) = cluster_policy(policy, cluster.protocol, endpoints.len())
             && (p.max_requests.is_some() || p.outlier_detection.is_some())
         {
             self.circuit_breaker.clusters.insert(name.clone(), p);
@@ -163,7 +165,9 @@ fn cluster(name: &str, svc: &Service, endpoints: &[&Endpoint], p: &Effective) ->
         // Istio's default is LEAST_REQUEST; PASSTHROUGH is not supported (reported).
         _ => LbPolicy::LeastRequest,
     };
-    let protocol = if http.is_some_and(|h| h.use_client_protocol) {
+    let protocol = if svc.protocol == PortProtocol::Tcp {
+        UpstreamProtocol::Tcp
+    } else if http.is_some_and(|h| h.use_client_protocol) {
         UpstreamProtocol::Downstream
     } else if svc.protocol == PortProtocol::Http2
         || http.and_then(|h| h.h2_upgrade_policy) == Some(H2UpgradePolicy::Upgrade)

@@ -5,7 +5,7 @@
 //! crate's README for what maps to what.
 
 mod clusters;
-mod registry;
+pub(crate) mod registry;
 mod routes;
 mod validate;
 
@@ -196,6 +196,7 @@ pub fn translate(resources: &[Resource], options: &Options) -> Translation {
         virtual_hosts: routed.core_virtual_hosts,
         original_dst: None,
         handles: Vec::new(),
+        tcp_proxy: None,
     };
     let bootstrap = Bootstrap {
         workers: None,

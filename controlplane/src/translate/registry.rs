@@ -14,6 +14,15 @@ pub(crate) enum PortProtocol {
     Http1,
     /// HTTP2, GRPC, GRPC-WEB.
     Http2,
+    /// Opaque to the proxy: TCP, TLS, HTTPS (passed through), MONGO, REDIS, MYSQL. Reached
+    /// at the service's addresses by a transparent sidecar, proxied as TCP.
+    Tcp,
+}
+
+impl PortProtocol {
+    pub fn is_http(self) -> bool {
+        self != PortProtocol::Tcp
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -90,11 +99,11 @@ impl<'a> Registry<'a> {
                         host: host.clone(),
                         port: port.number,
                         protocol,
-                        first_port: first,
+                        first_port: first && protocol.is_http(),
                         endpoints,
                         entry: r,
                     });
-                    first = false;
+                    first &= !protocol.is_http();
                 }
             }
         }
@@ -190,7 +199,8 @@ pub(crate) fn host_match(pattern: &str, host: &str) -> Option<usize> {
     (host.len() > suffix.len() && host.ends_with(suffix)).then_some(suffix.len())
 }
 
-/// The protocol of an HTTP-ish port; None (the port is skipped) for the others.
+/// The protocol of a port; None (the port is skipped) for UDP and, with no name that says,
+/// a protocol Istio would sniff.
 fn protocol(port: &istio::ServicePort) -> Option<PortProtocol> {
     // Unset: Istio's port naming convention, `<protocol>[-<suffix>]`.
     let (declared, named) = match &port.protocol {
@@ -207,15 +217,21 @@ fn protocol(port: &istio::ServicePort) -> Option<PortProtocol> {
     match declared.as_str() {
         "HTTP2" | "GRPC" | "GRPC-WEB" => Some(PortProtocol::Http2),
         "HTTP" => Some(PortProtocol::Http1),
-        "HTTPS" | "TCP" | "TLS" | "MONGO" | "REDIS" | "MYSQL" | "UDP" => None,
+        "HTTPS" | "TCP" | "TLS" | "MONGO" | "REDIS" | "MYSQL" => Some(PortProtocol::Tcp),
+        "UDP" => None,
         // Neither declared nor named: Istio sniffs the protocol; HTTP is what wasmesh serves.
         _ if named => Some(PortProtocol::Http1),
         _ => None,
     }
 }
 
+/// What a port speaks, if it is served.
+pub(crate) fn port_protocol(port: &istio::ServicePort) -> Option<PortProtocol> {
+    protocol(port)
+}
+
 /// Whether a port is served (the validation pass reports the ones that are not).
-pub(crate) fn is_http(port: &istio::ServicePort) -> bool {
+pub(crate) fn is_served(port: &istio::ServicePort) -> bool {
     protocol(port).is_some()
 }
 

@@ -109,7 +109,8 @@ pub(crate) fn build(
     let mut core = Vec::new();
     let mut used_domains = BTreeSet::new();
     let mut router_routes = Vec::new();
-    for svc in &registry.services {
+    // TCP services have no routes: a transparent sidecar proxies them as TCP.
+    for svc in registry.services.iter().filter(|s| s.protocol.is_http()) {
         let domains = domains(svc, options, &mut used_domains);
         if domains.is_empty() {
             continue;
@@ -409,7 +410,13 @@ impl Ctx<'_, '_> {
         from: &Service,
     ) -> String {
         let host = qualify(&d.host, res.namespace(), self.options);
-        let ports: Vec<u32> = self.registry.by_host(&host).map(|s| s.port).collect();
+        // HTTP routes go to HTTP ports only (a TCP port's cluster takes no HTTP).
+        let ports: Vec<u32> = self
+            .registry
+            .by_host(&host)
+            .filter(|s| s.protocol.is_http())
+            .map(|s| s.port)
+            .collect();
         let subset = d.subset.as_deref();
         if ports.is_empty() {
             self.report(

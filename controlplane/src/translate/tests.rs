@@ -1074,6 +1074,7 @@ spec:
   - {number: 80, name: http, protocol: HTTP, targetPort: 8080}
   - {number: 81, name: grpc-api, protocol: GRPC}
   - {number: 443, name: https, protocol: HTTPS}
+  - {number: 53, name: dns, protocol: UDP}
   resolution: STATIC
   endpoints:
   - {address: 10.0.0.1}
@@ -1092,7 +1093,7 @@ spec:
     assert_eq!(
         printed(&t),
         [
-            "Warning [WSM0002] (ServiceEntry api.shop) spec.ports[2] is not supported by wasmesh yet: port 443 speaks HTTPS; only HTTP, HTTP2 and GRPC ports are served: skipped"
+            "Warning [WSM0002] (ServiceEntry api.shop) spec.ports[3] is not supported by wasmesh yet: port 53 speaks UDP; only HTTP, HTTP2, GRPC and TCP ports are served: skipped"
         ]
     );
     let c: Vec<_> = t
@@ -1114,6 +1115,12 @@ spec:
                 "10.0.0.1:81 10.0.0.2:9191 [::1]:81".to_owned(),
                 UpstreamProtocol::Http2
             ),
+            // HTTPS, opaque to the proxy: a TCP service (proxied where it has an address).
+            (
+                "outbound|443||api.example.com",
+                "10.0.0.1:443 10.0.0.2:443 [::1]:443".to_owned(),
+                UpstreamProtocol::Tcp
+            ),
             (
                 "outbound|8080||localhost",
                 "localhost:8080".to_owned(),
@@ -1129,6 +1136,15 @@ spec:
         vhost(&t, "api.example.com:81").domains,
         ["api.example.com:81"]
     );
+    // No HTTP routes to the TCP port.
+    assert!(
+        t.router
+            .virtual_hosts
+            .iter()
+            .all(|v| v.name != "api.example.com:443")
+    );
+    // The whole bootstrap is one the proxy takes.
+    t.bootstrap.validate().unwrap();
 }
 
 // ----- bad input -----

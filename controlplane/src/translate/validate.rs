@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use base64::Engine as _;
 
-use super::registry::is_http;
+use super::registry::is_served;
 use crate::diag::{Diagnostic, code};
 use crate::duration;
 use crate::istio::{self, Resolution, SimpleLb, StringMatch};
@@ -1172,11 +1172,11 @@ fn service_entry(c: &mut Check, se: &istio::ServiceEntry) {
                 format!("duplicate port name {:?}", p.name),
             );
         }
-        if !is_http(p) {
+        if !is_served(p) {
             c.unsupported(
                 &at,
                 &format!(
-                    "port {} speaks {}; only HTTP, HTTP2 and GRPC ports are served: skipped",
+                    "port {} speaks {}; only HTTP, HTTP2, GRPC and TCP ports are served: skipped",
                     p.number,
                     p.protocol.as_deref().unwrap_or(&p.name)
                 ),

@@ -139,6 +139,18 @@ pub struct Listener {
     /// whose redirected connections this listener serves (an exact address is preferred).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub handles: Vec<String>,
+    /// Opaque TCP to a cluster instead of HTTP (Envoy's `tcp_proxy`): each connection goes to
+    /// an endpoint load balancing picks, bytes copied both ways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_proxy: Option<TcpProxy>,
+}
+
+/// A listener's TCP proxying.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProxy {
+    /// A cluster of protocol `tcp`.
+    pub cluster: String,
 }
 
 /// What an `original_dst` listener does with what no listener handles.
@@ -353,6 +365,8 @@ pub enum UpstreamProtocol {
     Http2,
     /// Whatever the downstream request used.
     Downstream,
+    /// Opaque TCP (a listener's `tcp_proxy`); no HTTP route may go to it.
+    Tcp,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -775,6 +789,37 @@ impl Bootstrap {
                     }
                 }
             }
+            if let Some(tcp) = &l.tcp_proxy {
+                let cluster = self.clusters.iter().find(|c| c.name == tcp.cluster);
+                match cluster {
+                    None => {
+                        return Err(ConfigError::at(
+                            at("tcp_proxy.cluster"),
+                            format!("unknown cluster {:?}", tcp.cluster),
+                        ));
+                    }
+                    Some(c) if c.protocol != UpstreamProtocol::Tcp => {
+                        return Err(ConfigError::at(
+                            at("tcp_proxy.cluster"),
+                            format!("cluster {:?} is not of protocol tcp", tcp.cluster),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+                let http = [
+                    ("virtual_hosts", !l.virtual_hosts.is_empty()),
+                    ("http_filters", !l.http_filters.is_empty()),
+                    ("original_dst", l.original_dst.is_some()),
+                    ("tls", l.tls.is_some()),
+                ];
+                if let Some((field, _)) = http.iter().find(|(_, set)| *set) {
+                    return Err(ConfigError::at(
+                        at(field),
+                        "a tcp_proxy listener serves no HTTP and hands nothing off",
+                    ));
+                }
+                continue;
+            }
             if l.virtual_hosts.is_empty() && l.original_dst.is_none() {
                 return Err(ConfigError::at(
                     at("virtual_hosts"),
@@ -801,6 +846,16 @@ impl Bootstrap {
                         return Err(ConfigError::at(
                             at("cluster"),
                             format!("unknown cluster {:?}", r.cluster),
+                        ));
+                    }
+                    if self
+                        .clusters
+                        .iter()
+                        .any(|c| c.name == r.cluster && c.protocol == UpstreamProtocol::Tcp)
+                    {
+                        return Err(ConfigError::at(
+                            at("cluster"),
+                            format!("cluster {:?} speaks TCP, not HTTP", r.cluster),
                         ));
                     }
                     match (&r.matcher.prefix, &r.matcher.path) {

@@ -173,3 +173,41 @@ fn a_filter_scope_names_known_clusters_and_something() {
     let e = err(&with("{hosts: [a]}"));
     assert!(e.to_string().contains("hosts"), "{e}");
 }
+
+#[test]
+fn tcp_proxy_listeners_name_a_tcp_cluster_and_serve_no_http() {
+    let tcp = |listener: &str, cluster_protocol: &str| {
+        format!(
+            "listeners:\n- {listener}\nclusters:\n- {{name: db, protocol: {cluster_protocol}, endpoints: [\"127.0.0.1:3306\"]}}\n"
+        )
+    };
+    let ok = tcp(
+        "{name: db, address: \"127.0.0.1:0\", tcp_proxy: {cluster: db}}",
+        "tcp",
+    );
+    let b = Bootstrap::parse(&ok).unwrap();
+    assert_eq!(b.listeners[0].tcp_proxy.as_ref().unwrap().cluster, "db");
+
+    let e = err(&tcp(
+        "{name: db, address: \"127.0.0.1:0\", tcp_proxy: {cluster: nope}}",
+        "tcp",
+    ));
+    assert_eq!(e.field, "listeners[0].tcp_proxy.cluster");
+    let e = err(&tcp(
+        "{name: db, address: \"127.0.0.1:0\", tcp_proxy: {cluster: db}}",
+        "http1",
+    ));
+    assert!(e.reason.contains("not of protocol tcp"), "{e}");
+    let e = err(&tcp(
+        "{name: db, address: \"127.0.0.1:0\", tcp_proxy: {cluster: db}, virtual_hosts: [{name: v, domains: [\"*\"], routes: []}]}",
+        "tcp",
+    ));
+    assert_eq!(e.field, "listeners[0].virtual_hosts");
+
+    // An HTTP route to a TCP cluster is refused.
+    let e = err(&MINIMAL.replace(
+        "  endpoints: [\"127.0.0.1:8080\"]",
+        "  protocol: tcp\n  endpoints: [\"127.0.0.1:8080\"]",
+    ));
+    assert!(e.reason.contains("speaks TCP"), "{e}");
+}

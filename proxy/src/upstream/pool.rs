@@ -42,6 +42,16 @@ pub enum AcquireError {
     Timeout,
 }
 
+/// Why no connection for opaque TCP could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TcpConnectError {
+    /// TCP does not wait for a slot.
+    #[error("max_connections reached")]
+    Overflow,
+    #[error("connect failed: {0}")]
+    ConnectFailed(io::Error),
+}
+
 /// All pools of one worker.
 #[derive(Default)]
 pub struct Pools {
@@ -290,6 +300,23 @@ impl EndpointPool {
         Ok(sender)
     }
 
+    /// A connection of its own for opaque TCP (a `tcp_proxy` listener), never pooled, counted
+    /// while the guard lives. Over `max_connections` none is made (Envoy's `tcp_proxy`
+    /// refuses the connection and counts the overflow).
+    pub async fn connect_tcp(
+        self: &Rc<Self>,
+    ) -> Result<(Stream, ConnectionGuard), TcpConnectError> {
+        if !self.cluster.try_add_connection() {
+            self.cluster.stats().cx_overflow.inc();
+            return Err(TcpConnectError::Overflow);
+        }
+        let guard = ConnectionGuard::new(self.clone());
+        let stream = connect::connect(&self.cluster, self.endpoint())
+            .await
+            .map_err(TcpConnectError::ConnectFailed)?;
+        Ok((stream, guard))
+    }
+
     async fn connect(&self) -> Result<Stream, AcquireError> {
         connect::connect(&self.cluster, self.endpoint())
             .await
@@ -329,7 +356,7 @@ impl EndpointPool {
 }
 
 /// Counts a connection for its whole life, from connect to close.
-pub(super) struct ConnectionGuard {
+pub struct ConnectionGuard {
     pool: Rc<EndpointPool>,
 }
 

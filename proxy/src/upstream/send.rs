@@ -36,7 +36,8 @@ impl Protocol {
             UpstreamProtocol::Http1 => Protocol::Http1,
             UpstreamProtocol::Http2 => Protocol::Http2,
             UpstreamProtocol::Downstream if version == Version::HTTP_2 => Protocol::Http2,
-            UpstreamProtocol::Downstream => Protocol::Http1,
+            // Never routed to (the config refuses it); HTTP/1.1 if it were.
+            UpstreamProtocol::Downstream | UpstreamProtocol::Tcp => Protocol::Http1,
         }
     }
 }

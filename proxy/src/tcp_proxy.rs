@@ -1,0 +1,44 @@
+//! Opaque TCP to a cluster (Envoy's `tcp_proxy`): each connection of a `tcp_proxy` listener
+//! goes to an endpoint load balancing picks (TLS to it where the cluster has it: auto mTLS to
+//! a sidecar), and bytes are copied both ways until both sides are done. A TCP service of the
+//! mesh (a port of protocol TCP) reached at its address is served so.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use tokio::net::TcpStream;
+
+use crate::upstream::pick_endpoint;
+use crate::worker::Worker;
+
+/// Proxies `downstream` (from `peer`) to an endpoint of `cluster`.
+pub async fn serve(
+    worker: &Rc<Worker>,
+    cluster: &str,
+    mut downstream: TcpStream,
+    peer: SocketAddr,
+) {
+    let Some(cluster) = worker.snapshot().cluster(cluster).cloned() else {
+        tracing::debug!(%peer, cluster, "tcp_proxy: no such cluster");
+        return;
+    };
+    let pool = worker.pools.cluster(&cluster);
+    let Some(index) = pick_endpoint(&cluster, &pool.rr, &[]) else {
+        tracing::debug!(%peer, cluster = %cluster.name, "tcp_proxy: no endpoint");
+        return;
+    };
+    let endpoint = pool.endpoints[index].clone();
+    let (mut upstream, _counted) = match endpoint.connect_tcp().await {
+        Ok(connected) => connected,
+        Err(e) => {
+            tracing::debug!(%peer, cluster = %cluster.name, error = %e, "tcp_proxy: no connection");
+            return;
+        }
+    };
+    match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+        Ok((sent, received)) => {
+            tracing::debug!(%peer, cluster = %cluster.name, sent, received, "tcp_proxy closed")
+        }
+        Err(e) => tracing::debug!(%peer, cluster = %cluster.name, error = %e, "tcp_proxy broken"),
+    }
+}
