@@ -190,8 +190,22 @@ fn main() -> anyhow::Result<()> {
         "| target | req/s | vs nginx (same shape) | CPU per request, both proxies | handshakes/s per core |"
     );
     println!("|---|---|---|---|---|");
-    for (i, ((name, ..), m)) in targets.iter().zip(&results).enumerate() {
-        let peer = &results[i % 3.min(results.len())];
+    // The nginx target of the same shape, when it ran (MTLS_ONLY may leave it out).
+    let nginx_of = |name: &str| -> Option<&Measurement> {
+        let shape = name
+            .trim_start_matches("wasmesh ")
+            .trim_start_matches("nginx ")
+            .replacen("mTLS", "TLS", 1);
+        let nginx = format!("nginx {shape}");
+        targets
+            .iter()
+            .position(|t| t.0 == nginx)
+            .map(|j| &results[j])
+    };
+    for ((name, ..), m) in targets.iter().zip(&results) {
+        let ratio = nginx_of(name).map_or("-".to_owned(), |peer| {
+            format!("{:.2}", m.requests_per_sec / peer.requests_per_sec)
+        });
         let cpu = m.cpu_per_request.unwrap_or_default();
         let per_core = if name.ends_with("new conn") && !cpu.is_zero() {
             format!("{:.0}", 1.0 / cpu.as_secs_f64())
@@ -199,9 +213,8 @@ fn main() -> anyhow::Result<()> {
             "-".into()
         };
         println!(
-            "| {name} | {:.0} | {:.2} | {:.1} µs | {per_core} |",
+            "| {name} | {:.0} | {ratio} | {:.1} µs | {per_core} |",
             m.requests_per_sec,
-            m.requests_per_sec / peer.requests_per_sec,
             cpu.as_secs_f64() * 1e6,
         );
     }
