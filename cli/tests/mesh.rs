@@ -234,9 +234,9 @@ fn proxy_status_and_proxy_config_show_what_proxies_were_sent_and_said() {
                     .bootstrap_json
                     .contains("reviews.default.svc.cluster.local")
             );
-            // A service and no policy: of the traffic plugins, only the router (for requests
-            // the proxy has no route of its own for).
-            assert_eq!(s.modules.len(), 1, "the router's module");
+            // Every plugin of the mesh's own, though with a service and no policy only the
+            // router runs: the sidecar compiles the others ahead of need.
+            assert_eq!(s.modules.len(), 5, "the mesh's five plugin modules");
             tx.send(api::ProxyMessage {
                 kind: Some(api::proxy_message::Kind::Ack(api::Ack {
                     version: s.version,

@@ -370,12 +370,20 @@ impl Mesh {
                 base.plugins.as_ref(),
             );
             let bootstrap_json = serde_json::to_string(&own).expect("a bootstrap serializes");
+            // The modules the filters use, and the mesh's own plugins' even where no filter
+            // uses them yet: sidecars compile those ahead, so a first fault, mirror, breaker
+            // or AuthorizationPolicy takes effect as fast as the next.
             let modules: Vec<(String, u64)> = shared
                 .listeners
                 .iter()
                 .chain(&own.listeners)
                 .flat_map(|l| &l.http_filters)
                 .filter_map(|f| f.sha256.clone())
+                .chain(base.plugins.iter().flat_map(|p| {
+                    [&p.router, &p.fault, &p.mirror, &p.circuit_breaker, &p.authz]
+                        .into_iter()
+                        .filter_map(|m| m.sha256.clone())
+                }))
                 .filter(|sha| used.contains(sha))
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()

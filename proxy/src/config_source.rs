@@ -109,6 +109,27 @@ impl ConfigSource {
         Ok(Some(version))
     }
 
+    /// Compiles modules no filter uses yet (`(path, sha256)`), into the host's cache (and its
+    /// disk cache), so that a config that starts using one loads it at once. A module that
+    /// fails is only logged: a config that uses it will report why.
+    pub fn warm(&self, modules: &[(std::path::PathBuf, String)]) {
+        let cache = &self.shared.host.cache;
+        for (path, sha256) in modules {
+            if cache.get(sha256).is_some() {
+                continue;
+            }
+            let loaded = std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| cache.load(&bytes, Some(sha256)).map_err(|e| e.to_string()));
+            match loaded {
+                Ok(_) => tracing::debug!(module = %sha256, "module compiled ahead of use"),
+                Err(error) => {
+                    tracing::warn!(module = %sha256, %error, "cannot compile a module ahead of use")
+                }
+            }
+        }
+    }
+
     /// Every source's bootstrap takes effect here, or is refused with nothing changed.
     fn apply(&self, bootstrap: Bootstrap, file: Option<&Path>) -> Result<u64, ReloadError> {
         let in_file = |e: ConfigError| ReloadError::Config(e.in_file(file));

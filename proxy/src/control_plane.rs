@@ -444,8 +444,11 @@ impl Client {
             bootstrap = bootstrap.laid_over(shared);
         }
         let modules_dir = self.options.cache_dir.join("modules");
+        // Modules sent though no filter uses them yet: compiled ahead, once the config is in.
+        let mut unused = Vec::new();
         for module in &snapshot.modules {
             let path = fetch_module(config, &modules_dir, &module.sha256).await?;
+            let mut used = false;
             for f in bootstrap
                 .listeners
                 .iter_mut()
@@ -453,6 +456,10 @@ impl Client {
                 .filter(|f| f.sha256.as_deref() == Some(module.sha256.as_str()))
             {
                 f.url = path.display().to_string();
+                used = true;
+            }
+            if !used {
+                unused.push((path, module.sha256.clone()));
             }
         }
         // What is the proxy's own to decide.
@@ -490,6 +497,12 @@ impl Client {
         }
         self.serving = snapshot.version.clone();
         tracing::info!(version = %snapshot.version, "control plane config applied");
+        if !unused.is_empty()
+            && let Some(source) = self.source.clone()
+        {
+            // Off this thread's runtime, and not waited for: the ACK does not depend on it.
+            tokio::task::spawn_blocking(move || source.warm(&unused));
+        }
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmesh_api as api;
 
 use crate::support::sidecars::{
-    ControlPlane, Process, Sidecar, SidecarSpec, services, shared_cache, write,
+    ControlPlane, Process, Sidecar, SidecarSpec, plugins_dir, services, shared_cache, write,
 };
 use crate::support::tls::{TestCa, https_server};
 use crate::support::*;
@@ -573,4 +573,59 @@ spec:
         nacked.error
     );
     assert_eq!(stamp().await, "over-tls");
+}
+
+/// A sidecar compiles the mesh's own plugins before any policy needs them. With a service and
+/// no policy, it runs only the router (for requests without a route), yet every plugin the
+/// control plane ships ends up compiled in its cache, so the first fault, mirror, breaker or
+/// AuthorizationPolicy takes effect as fast as the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_compile_the_mesh_plugins_ahead_of_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    write(&manifests, "services.yaml", &services(&[("echo", ECHO)]));
+    let cp = ControlPlane::start(&manifests, &dir.path().join("data"), "127.0.0.1:0");
+    // A cache of its own: nothing compiled before.
+    let cache = dir.path().join("cache");
+    let _client = Sidecar::start(
+        &cp.address,
+        &SidecarSpec {
+            name: "client",
+            labels: &[("app", "client")],
+            app: None,
+            cache: &cache,
+            outbound: "127.0.0.1:0",
+        },
+    );
+    cp.wait_synced(1, Duration::from_secs(60)).await;
+    let plugins = std::fs::read_dir(plugins_dir())
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("plugin_") && name.ends_with(".wasm")
+        })
+        .count();
+    assert_eq!(plugins, 5, "router, fault, mirror, circuit-breaker, authz");
+    let compiled = || {
+        std::fs::read_dir(cache.join("compiled"))
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    eventually(
+        "every plugin compiled in the sidecar's cache",
+        Duration::from_secs(60),
+        || {
+            let n = compiled();
+            async move { n == plugins }
+        },
+    )
+    .await;
 }
