@@ -500,8 +500,10 @@ impl Client {
         if !unused.is_empty()
             && let Some(source) = self.source.clone()
         {
-            // Off this thread's runtime, and not waited for: the ACK does not depend on it.
-            tokio::task::spawn_blocking(move || source.warm(&unused));
+            // Before the ACK, as the modules in use were compiled before it: a sidecar that
+            // says it is in sync has its CPU back (at start, the whole set is compiled here
+            // once; later snapshots find them in the cache).
+            let _ = tokio::task::spawn_blocking(move || source.warm(&unused)).await;
         }
         Ok(())
     }
