@@ -27,16 +27,6 @@ fn echo_server(name: &'static str) -> SocketAddr {
     addr
 }
 
-fn exchange(to: SocketAddr, line: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut s = TcpStream::connect(to)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(line)?;
-    s.shutdown(std::net::Shutdown::Write)?;
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer)?;
-    Ok(answer)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_is_proxied_to_the_clusters_endpoints_in_turn() {
     let (a, b) = (echo_server("a"), echo_server("b"));
@@ -58,7 +48,7 @@ clusters:
     let addr = proxy.listener_addr("db").unwrap();
     let answers = tokio::task::spawn_blocking(move || {
         (0..4)
-            .map(|i| exchange(addr, format!("hello {i}").as_bytes()).unwrap())
+            .map(|i| tcp_exchange(addr, format!("hello {i}").as_bytes()).unwrap())
             .collect::<Vec<_>>()
     })
     .await
@@ -117,7 +107,7 @@ clusters:
         },
     )
     .await;
-    let refused = tokio::task::spawn_blocking(move || exchange(addr, b"x"))
+    let refused = tokio::task::spawn_blocking(move || tcp_exchange(addr, b"x"))
         .await
         .unwrap();
     assert!(

@@ -7,7 +7,7 @@
 //! PeerAuthentication: STRICT takes only mTLS on the ports no service declares too.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::support::ca_client::root_signed_svid;
@@ -57,16 +57,8 @@ fn curl(pod: &Pod, url: &str) -> (String, String) {
 }
 
 /// Sends `line` over a TCP connection made in `pod` and reads the answer until it closes.
-fn tcp_exchange(pod: &Pod, to: SocketAddr, line: &[u8]) -> std::io::Result<Vec<u8>> {
-    pod.enter(|| {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(line)?;
-        s.shutdown(std::net::Shutdown::Write)?;
-        let mut answer = Vec::new();
-        s.read_to_end(&mut answer)?;
-        Ok(answer)
-    })?
+fn tcp_exchange_in(pod: &Pod, to: SocketAddr, line: &[u8]) -> std::io::Result<Vec<u8>> {
+    pod.enter(|| tcp_exchange(to, line))?
 }
 
 /// `tcpdump` on a pod's `eth0`, writing what `filter` matches to a file.
@@ -297,13 +289,14 @@ spec:
     assert_eq!(status, "200", "{body}");
     let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echo["server"], "outside");
-    let answer = tcp_exchange(&productpage, SocketAddr::from((outside.ip, 7070)), b"ping").unwrap();
+    let answer =
+        tcp_exchange_in(&productpage, SocketAddr::from((outside.ip, 7070)), b"ping").unwrap();
     assert_eq!(answer, b"outside-tcp:ping");
 
     // Inbound to a port of reviews no service declares passes through to the workload under
     // the workload's mode, as Istio's inbound passthrough chains: STRICT refuses plaintext
     // there too...
-    let refused = tcp_exchange(&outside, SocketAddr::from((reviews.ip, 7070)), b"hello");
+    let refused = tcp_exchange_in(&outside, SocketAddr::from((reviews.ip, 7070)), b"hello");
     assert!(
         refused.as_ref().map_or(true, Vec::is_empty),
         "plaintext passed through a STRICT sidecar: {refused:?}"
@@ -344,7 +337,7 @@ spec:
         &format!("tcp and dst host {} and dst port 7070", reviews.ip),
         &dir.path().join("tcp-wire.pcap"),
     );
-    let answer = tcp_exchange(
+    let answer = tcp_exchange_in(
         &productpage,
         SocketAddr::from((REVIEWS_TCP_VIP, 7070)),
         b"ping-over-the-mesh",
@@ -364,7 +357,7 @@ spec:
     );
 
     // What the sidecars would loop on is refused: a client straight at 15001 goes nowhere.
-    let looped = tcp_exchange(
+    let looped = tcp_exchange_in(
         &productpage,
         SocketAddr::from((productpage.ip, 15001)),
         b"x",

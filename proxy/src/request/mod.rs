@@ -105,6 +105,7 @@ async fn phases(
 ) -> (Result<Response<ProxyBody>, StreamReset>, Option<Filters>) {
     // With plugins scoped to routes or clusters, the listener's own route for the request
     // says which can run; when none can, the request takes the unfiltered path.
+    // `Some` once looked up (`Some(None)`: the listener has no route for it).
     let mut core = None;
     let mut filtered = false;
     let mut request = match prepare::prepare(
@@ -117,7 +118,7 @@ async fn phases(
                 Some(chain) => {
                     let host = authority.map_or("", Authority::as_str);
                     let route = snapshot.routes[conn.listener].find(host, parts.uri.path());
-                    core = route;
+                    core = Some(route);
                     let (name, cluster) =
                         route.map_or((&b""[..], ""), |r| (r.name.as_bytes(), &*r.cluster.name));
                     !chain.skips(name, cluster)
@@ -132,7 +133,7 @@ async fn phases(
     };
     let filters = chain
         .filter(|_| filtered)
-        .map(|chain| Filters::start(chain, conn, request.parts.version, core));
+        .map(|chain| Filters::start(chain, conn, request.parts.version, core.flatten()));
     let answered = match &filters {
         None => None,
         // Boxed: only filtered requests pay for the filters' state.
@@ -144,7 +145,15 @@ async fn phases(
     };
     let mut response = match answered {
         Some(response) => response,
-        None => match routing::route(&request, snapshot, conn, filters.as_ref(), ex) {
+        None => match routing::route(
+            &request,
+            snapshot,
+            conn,
+            filters.as_ref(),
+            // Found before the filters; when none ran, the request has not changed since.
+            core.filter(|_| filters.is_none()),
+            ex,
+        ) {
             Ok(target) => {
                 forward::forward(request, target, conn, snapshot, filters.as_ref(), ex).await
             }

@@ -39,15 +39,20 @@ impl<'a> Target<'a> {
 }
 
 /// Chooses the target of a request (no route: `404 NR`; a filter's unknown cluster: `503 NC`).
+/// `looked_up` is the listener's route for the request when it was already found (for scoped
+/// plugins, none of which ran: the request is as it was then).
 pub(super) fn route<'s>(
     request: &Prepared,
     snapshot: &'s Snapshot,
     conn: &ConnCtx,
     filters: Option<&Filters>,
+    looked_up: Option<Option<&'s Route>>,
     ex: &mut Exchange,
 ) -> Result<Target<'s>, LocalReply> {
-    let host = request.authority.as_ref().map_or("", Authority::as_str);
-    let route = snapshot.routes[conn.listener].find(host, request.parts.uri.path());
+    let route = looked_up.unwrap_or_else(|| {
+        let host = request.authority.as_ref().map_or("", Authority::as_str);
+        snapshot.routes[conn.listener].find(host, request.parts.uri.path())
+    });
     let Some(filters) = filters else {
         let route = route.ok_or_else(LocalReply::no_route)?;
         ex.capture_route(route);

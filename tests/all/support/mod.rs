@@ -268,6 +268,19 @@ pub async fn metric(proxy: &Proxy, sample: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Sends `line` over a new TCP connection to `to`, closes its sending side, and reads the
+/// answer until the peer closes (blocking; a 5 s bound on each step).
+pub fn tcp_exchange(to: SocketAddr, line: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(line)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)?;
+    Ok(answer)
+}
+
 /// Waits until `check` holds, polling; panics with `what` after `timeout`.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
