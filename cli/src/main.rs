@@ -8,6 +8,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use wasmesh_cli::bench::{self, ChainSource, FilterArg, RequestProfile, ResponseSpec};
 
+mod plugin_image;
+
 #[derive(Parser)]
 #[command(
     version,
@@ -180,6 +182,41 @@ enum PluginCommand {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
+    /// Builds the filter crate (release, wasm32-wasip1) and prints its module's path, size
+    /// and sha256.
+    Build {
+        /// The crate's directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Pushes a filter as an Istio Wasm image (OCI: one layer of media type
+    /// application/vnd.module.wasm.content.layer.v1+wasm), for a WasmPlugin's `url: oci://...`.
+    Push {
+        /// REGISTRY/NAME:TAG (`oci://` optional).
+        reference: String,
+        /// The module to push [default: the crate in --dir, built first].
+        #[arg(long, value_name = "FILE.wasm")]
+        module: Option<PathBuf>,
+        /// The crate's directory, when no --module is given.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The registry's user (basic auth); else credentials from --docker-config.
+        #[arg(long, short)]
+        username: Option<String>,
+        /// Read the password from stdin (else WASMESH_REGISTRY_PASSWORD).
+        #[arg(long)]
+        password_stdin: bool,
+        /// A Docker config.json with credentials [default: $DOCKER_CONFIG/config.json or
+        /// ~/.docker/config.json].
+        #[arg(long, value_name = "FILE")]
+        docker_config: Option<PathBuf>,
+        /// A CA (PEM) to trust for the registry, besides the system's roots.
+        #[arg(long, value_name = "FILE")]
+        registry_ca: Option<PathBuf>,
+        /// Reach the registry over plain HTTP.
+        #[arg(long)]
+        plain_http: bool,
+    },
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -279,7 +316,105 @@ fn run(args: Args) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Plugin {
+            command: PluginCommand::Build { dir },
+        } => plugin_build(&dir).map(drop),
+        Command::Plugin {
+            command:
+                PluginCommand::Push {
+                    reference,
+                    module,
+                    dir,
+                    username,
+                    password_stdin,
+                    docker_config,
+                    registry_ca,
+                    plain_http,
+                },
+        } => plugin_push(
+            &reference,
+            module,
+            &dir,
+            username,
+            password_stdin,
+            docker_config,
+            registry_ca,
+            plain_http,
+        ),
     }
+}
+
+fn plugin_build(dir: &Path) -> anyhow::Result<plugin_image::Built> {
+    let built = plugin_image::build(dir)?;
+    println!("built {}", built.path.display());
+    println!("  size    {} bytes", built.module.len());
+    println!("  sha256  {}", built.sha256);
+    Ok(built)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plugin_push(
+    reference: &str,
+    module: Option<PathBuf>,
+    dir: &Path,
+    username: Option<String>,
+    password_stdin: bool,
+    docker_config: Option<PathBuf>,
+    registry_ca: Option<PathBuf>,
+    plain_http: bool,
+) -> anyhow::Result<()> {
+    let module = match module {
+        Some(path) => std::fs::read(&path).with_context(|| format!("read {}", path.display()))?,
+        None => plugin_build(dir)?.module,
+    };
+    let password = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("read the password from stdin")?;
+        Some(line.trim_end_matches(['\r', '\n']).to_owned())
+    } else {
+        std::env::var("WASMESH_REGISTRY_PASSWORD").ok()
+    };
+    let parsed = wasmesh_controlplane::images::reference(reference)?;
+    let registry = wasmesh_controlplane::images::RegistryOptions {
+        ca_pem: match &registry_ca {
+            Some(path) => {
+                Some(std::fs::read(path).with_context(|| format!("read {}", path.display()))?)
+            }
+            None => None,
+        },
+        insecure: if plain_http {
+            vec![parsed.resolve_registry().to_owned()]
+        } else {
+            Vec::new()
+        },
+    };
+    let credentials = plugin_image::Credentials {
+        username,
+        password,
+        docker_config,
+    };
+    let pushed = block_on(plugin_image::push(
+        reference,
+        &module,
+        &credentials,
+        &registry,
+    ))?;
+    println!("pushed oci://{parsed}");
+    println!("  digest  {}", pushed.manifest_digest);
+    println!(
+        "  module  sha256:{} ({} bytes)",
+        pushed.module_sha256,
+        module.len()
+    );
+    println!("in a WasmPlugin:");
+    println!("  url: oci://{parsed}");
+    println!(
+        "  sha256: {}",
+        pushed.manifest_digest.trim_start_matches("sha256:")
+    );
+    Ok(())
 }
 
 fn chain_source(args: &BenchArgs, plugins: &Path) -> anyhow::Result<ChainSource> {

@@ -155,6 +155,7 @@ fn control_plane(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> String 
                 plugins,
                 data_dir: None,
                 grace: std::time::Duration::from_secs(15),
+                images: Default::default(),
             },
             source.rx.clone(),
         )

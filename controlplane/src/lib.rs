@@ -15,6 +15,7 @@ pub mod authz;
 pub mod ca;
 pub mod diag;
 pub mod duration;
+pub mod images;
 pub mod istio;
 pub mod manifests;
 pub mod mesh;
@@ -33,3 +34,9 @@ pub use translate::{
     AUTHZ_PLUGIN_FILE, Options, PLUGIN_FILES, PLUGIN_NAMES, PluginModule, PluginModules,
     Translation, check, cluster_name, translate, translate_loaded,
 };
+
+/// Installs ring as the process's rustls provider (the registry and https clients take the
+/// process default); a no-op once one is installed.
+pub(crate) fn tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

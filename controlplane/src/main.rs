@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use wasmesh_controlplane::ca::{Authority, CaFiles, WatchedAuthority};
+use wasmesh_controlplane::images::RegistryOptions;
+use wasmesh_controlplane::images::puller::PullerOptions;
 use wasmesh_controlplane::mesh::{Mesh, MeshOptions};
 use wasmesh_controlplane::server::Services;
 use wasmesh_controlplane::source::{self, DirectorySource};
@@ -60,6 +62,19 @@ struct Args {
     /// The longest lifetime a proxy may ask for (Istio's MAX_WORKLOAD_CERT_TTL).
     #[arg(long, default_value = "2160h", value_parser = wasmesh_controlplane::duration::parse)]
     max_workload_cert_ttl: Duration,
+    /// Where pulled plugin modules are kept, by digest [default: <data-dir>/images].
+    #[arg(long)]
+    image_cache: Option<PathBuf>,
+    /// Where WasmPlugins' `imagePullSecret`s are: `<dir>/<namespace>/<name>.json`, each a
+    /// Docker config.json [default: <data-dir>/pull-secrets].
+    #[arg(long)]
+    pull_secrets: Option<PathBuf>,
+    /// A CA (PEM) trusted for registries and https:// modules, besides the system's roots.
+    #[arg(long)]
+    registry_ca: Option<PathBuf>,
+    /// A registry (`host:port`) reached over plain HTTP (repeat).
+    #[arg(long, value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
     /// The cluster's DNS suffix.
     #[arg(long, default_value = "svc.cluster.local")]
     domain_suffix: String,
@@ -103,6 +118,28 @@ fn main() -> anyhow::Result<()> {
             max_lifetime: args.max_workload_cert_ttl.max(args.workload_cert_ttl),
         },
     )?;
+    let images = PullerOptions {
+        cache_dir: Some(
+            args.image_cache
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("images")),
+        ),
+        registry: RegistryOptions {
+            ca_pem: match &args.registry_ca {
+                Some(path) => Some(
+                    std::fs::read(path)
+                        .with_context(|| format!("--registry-ca {}", path.display()))?,
+                ),
+                None => None,
+            },
+            insecure: args.insecure_registry.clone(),
+        },
+        pull_secrets: Some(
+            args.pull_secrets
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("pull-secrets")),
+        ),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -120,6 +157,7 @@ fn main() -> anyhow::Result<()> {
                 plugins,
                 data_dir: Some(args.data_dir),
                 grace: args.grace,
+                images,
             },
             source.rx.clone(),
         )?;

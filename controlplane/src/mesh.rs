@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::diag::{Diagnostic, code};
+use crate::images::puller::{PullRequest, PullStatus, Puller, PullerOptions};
+use crate::istio::WasmPlugin;
 use crate::manifests::{Resource, Spec};
 use crate::modules::{ModuleStore, hex};
 use crate::plugins::ModuleUrl;
@@ -98,12 +100,15 @@ pub struct MeshOptions {
     pub data_dir: Option<PathBuf>,
     /// How long a disconnected proxy's workload stays an endpoint.
     pub grace: Duration,
+    /// How WasmPlugins' `oci://` and `http(s)://` modules are pulled.
+    pub images: PullerOptions,
 }
 
 /// The mesh's state. Shared by the server's streams and the recompute thread.
 pub struct Mesh {
     options: MeshOptions,
     pub modules: ModuleStore,
+    puller: Puller,
     inner: Mutex<Inner>,
     changed: std::sync::mpsc::Sender<()>,
 }
@@ -147,9 +152,17 @@ impl Mesh {
         if let Some(dir) = &options.data_dir {
             inner.registrations = load_registrations(dir, options.grace);
         }
+        let pulled = changed.clone();
+        let puller = Puller::new(
+            options.images.clone(),
+            Arc::new(move || {
+                let _ = pulled.send(());
+            }),
+        );
         let mesh = Arc::new(Mesh {
             options,
             modules: ModuleStore::default(),
+            puller,
             inner: Mutex::new(inner),
             changed,
         });
@@ -324,7 +337,8 @@ impl Mesh {
                 return next_expiry(&inner);
             }
         };
-        let user_plugins = self.user_plugins(&mut inner, &resources, &mut used, &mut diagnostics);
+        let (user_plugins, pulling) =
+            self.user_plugins(&mut inner, &resources, &mut used, &mut diagnostics);
         let base = Options {
             plugins: Some(traffic),
             ..self.options.translate.clone()
@@ -429,7 +443,11 @@ impl Mesh {
             .map(|(_, part)| (part.sha256.clone(), part))
             .collect();
         self.modules.retain(&used);
-        inner.computed_generation = source.generation;
+        // A change is applied once the modules it names are in: until a pull ends, the
+        // sources' generation stays where it was.
+        if !pulling {
+            inner.computed_generation = source.generation;
+        }
         tracing::debug!(
             proxies = inner.registrations.len(),
             pushed,
@@ -460,18 +478,20 @@ impl Mesh {
         })
     }
 
-    /// The users' WasmPlugins with their modules. A plugin whose module cannot be read (or
-    /// does not match its sha256) keeps its last good module, reported; one that never had
-    /// one is left out, reported.
+    /// The users' WasmPlugins with their modules, and whether a pull is still under way. A
+    /// plugin whose module cannot be had (a file that cannot be read, a failed pull, a sha256
+    /// that does not match) keeps its last good module, reported; one that never had one is
+    /// left out, reported. While a pull runs, the plugin stays as it last was.
     fn user_plugins(
         &self,
         inner: &mut Inner,
         resources: &[Resource],
         used: &mut HashSet<String>,
         diagnostics: &mut Vec<Diagnostic>,
-    ) -> Vec<UserPlugin> {
+    ) -> (Vec<UserPlugin>, bool) {
         let mut out = Vec::new();
         let mut last_good = BTreeMap::new();
+        let mut pulling = false;
         for r in resources {
             let Spec::WasmPlugin(wp) = &r.spec else {
                 continue;
@@ -480,6 +500,7 @@ impl Mesh {
                 continue;
             }
             let key = (r.namespace().to_owned(), r.name().to_owned());
+            let kept = inner.last_good_plugins.get(&key).cloned();
             let resolved = match ModuleUrl::parse(&wp.url) {
                 Ok(ModuleUrl::File(path)) => {
                     let path = match (&r.source.file, path.is_relative()) {
@@ -490,8 +511,23 @@ impl Mesh {
                         .add_file(&path, wp.sha256.as_deref())
                         .map(|sha| (path.display().to_string(), Some(sha)))
                 }
-                // (`check` above refused http:// without a sha256.)
-                Ok(ModuleUrl::Http(url)) => Ok((url, wp.sha256.clone())),
+                Ok(ModuleUrl::Http(url) | ModuleUrl::Oci(url)) => {
+                    match self.puller.status(&self.pull_request(r, wp, &url)) {
+                        PullStatus::Ready(module) => {
+                            self.modules.add(&module.sha256, module.bytes);
+                            Ok((url, Some(module.sha256)))
+                        }
+                        PullStatus::Failed(reason) => Err(reason),
+                        PullStatus::Pending => {
+                            pulling = true;
+                            if let Some(k) = kept {
+                                last_good.insert(key, k.clone());
+                                out.push(k);
+                            }
+                            continue;
+                        }
+                    }
+                }
                 Err(reason) => Err(reason),
             };
             let plugin = match resolved {
@@ -501,7 +537,6 @@ impl Mesh {
                     sha256,
                 },
                 Err(reason) => {
-                    let kept = inner.last_good_plugins.get(&key).cloned();
                     let what = if kept.is_some() {
                         "its last good module stays in effect"
                     } else {
@@ -534,8 +569,43 @@ impl Mesh {
             last_good.insert(key, plugin.clone());
             out.push(plugin);
         }
+        self.puller.sweep();
         inner.last_good_plugins = last_good;
-        out
+        (out, pulling)
+    }
+
+    /// What pulling `wp`'s module at `url` depends on.
+    fn pull_request(&self, r: &Resource, wp: &WasmPlugin, url: &str) -> PullRequest {
+        use crate::istio::PullPolicy;
+        let always = match wp.image_pull_policy {
+            Some(PullPolicy::Always) => true,
+            Some(PullPolicy::IfNotPresent) => false,
+            // Istio's default: Always for an image tagged `latest` (or not tagged).
+            Some(PullPolicy::Unspecified) | None => {
+                url.starts_with("oci://")
+                    && crate::images::reference(url).is_ok_and(|reference| {
+                        reference.digest().is_none()
+                            && reference.tag().is_none_or(|t| t == "latest")
+                    })
+            }
+        };
+        let generation = if always {
+            let mut hasher = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&format!("{wp:?}"), &mut hasher);
+            std::hash::Hasher::finish(&hasher)
+        } else {
+            0
+        };
+        PullRequest {
+            url: url.to_owned(),
+            always,
+            credentials: wp
+                .image_pull_secret
+                .as_deref()
+                .map(|name| self.options.images.pull_secret(r.namespace(), name)),
+            sha256: wp.sha256.clone(),
+            generation,
+        }
     }
 }
 

@@ -60,6 +60,12 @@ impl ModuleStore {
         Ok(sha)
     }
 
+    /// Keeps a module already hashed (a pulled one).
+    pub fn add(&self, sha256: &str, bytes: Arc<[u8]>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.by_sha.entry(sha256.to_owned()).or_insert(bytes);
+    }
+
     pub fn get(&self, sha256: &str) -> Option<Arc<[u8]>> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.by_sha.get(sha256).cloned()

@@ -16,9 +16,12 @@ pub const ROOT_NAMESPACE: &str = "istio-system";
 pub enum ModuleUrl {
     /// A path or `file://`: the control plane reads it and ships it to proxies by sha256.
     File(std::path::PathBuf),
-    /// `http://` or `https://`: proxies download it themselves and check it against
-    /// `sha256` (required over plaintext; over TLS the server's certificate vouches for it).
+    /// `http://` or `https://`: the control plane downloads it and ships it by sha256,
+    /// checked against `sha256` (required over plaintext; over TLS the server's certificate
+    /// vouches for it).
     Http(String),
+    /// `oci://`: an image in a registry, pulled by the control plane (`images`).
+    Oci(String),
 }
 
 impl ModuleUrl {
@@ -35,9 +38,8 @@ impl ModuleUrl {
             return Ok(ModuleUrl::Http(url.to_owned()));
         }
         if url.starts_with("oci://") {
-            return Err(format!(
-                "{url:?}: OCI images are not supported yet; use a file path, file://, http:// or https://"
-            ));
+            crate::images::reference(url).map_err(|e| e.to_string())?;
+            return Ok(ModuleUrl::Oci(url.to_owned()));
         }
         if let Some((scheme, _)) = url.split_once("://") {
             return Err(format!("{url:?}: unknown scheme {scheme:?}"));
@@ -188,7 +190,11 @@ mod tests {
             ModuleUrl::parse("https://h/b.wasm"),
             Ok(ModuleUrl::Http(_))
         ));
-        assert!(ModuleUrl::parse("oci://r/p:1").unwrap_err().contains("OCI"));
+        assert_eq!(
+            ModuleUrl::parse("oci://r.io/p:1"),
+            Ok(ModuleUrl::Oci("oci://r.io/p:1".into()))
+        );
+        assert!(ModuleUrl::parse("oci://R/p:1").is_err());
         assert!(ModuleUrl::parse("ftp://x").unwrap_err().contains("ftp"));
         assert!(ModuleUrl::parse(" ").is_err());
     }

@@ -431,13 +431,13 @@ fn peer_authentication(c: &mut Check, pa: &istio::PeerAuthentication) {
 
 fn wasm_plugin(c: &mut Check, wp: &istio::WasmPlugin) {
     match crate::plugins::ModuleUrl::parse(&wp.url) {
-        // Over plaintext only the digest vouches for what proxies download.
+        // Over plaintext only the digest vouches for what is downloaded.
         Ok(crate::plugins::ModuleUrl::Http(url))
             if url.starts_with("http://") && wp.sha256.is_none() =>
         {
             c.error(
                 "spec.sha256",
-                "required with http:// (proxies check what they download; https:// may go without)",
+                "required with http:// (the control plane checks what it downloads; https:// may go without)",
             )
         }
         Ok(_) => {}
@@ -478,8 +478,8 @@ fn wasm_plugin(c: &mut Check, wp: &istio::WasmPlugin) {
             c.error(&format!("{field}.name"), "must not be empty");
         }
     }
-    if wp.image_pull_secret.is_some() {
-        c.unsupported("spec.imagePullSecret", "pull secrets come with OCI images");
+    if wp.image_pull_secret.as_deref().is_some_and(str::is_empty) {
+        c.error("spec.imagePullSecret", "must not be empty");
     }
     if wp.verification_key.is_some() {
         c.unsupported("spec.verificationKey", "ignored (deprecated by Istio)");
