@@ -2,18 +2,26 @@
 # Installs what the tests, the demo and the benchmarks need on a fresh Debian machine:
 # Debian packages (curl, h2load, wrk, nginx, haproxy, openssl; iptables, iproute2 and tcpdump for
 # the interception tests' pods; npm, with Node.js, for the AssemblyScript test filter, unless the
-# machine has them already) and the wasm32-wasip1 target.
+# machine has them already; docker-registry, the reference OCI distribution registry, and
+# apache2-utils' htpasswd for the plugin-image tests), the wasm32-wasip1 target, and a Python
+# virtualenv at /opt/wasmesh-py with the `oras` client (PyPI) that pushes and pulls test images.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
 need=()
-for pair in curl:curl h2load:nghttp2-client wrk:wrk nginx:nginx haproxy:haproxy openssl:openssl iptables:iptables ip:iproute2 tcpdump:tcpdump npm:npm; do
+for pair in curl:curl h2load:nghttp2-client wrk:wrk nginx:nginx haproxy:haproxy openssl:openssl iptables:iptables ip:iproute2 tcpdump:tcpdump npm:npm \
+  docker-registry:docker-registry htpasswd:apache2-utils; do
   cmd=${pair%%:*}
   pkg=${pair#*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then
     need+=("$pkg")
   fi
 done
+# The virtualenv below is made with Debian's python3 (not a pyenv one on PATH), which needs
+# python3-venv for ensurepip.
+if ! dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q 'ok installed'; then
+  need+=(python3-venv)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo=sudo
@@ -26,4 +34,14 @@ fi
 if ! rustup target list --installed | grep -qx wasm32-wasip1; then
   echo "setup: adding the wasm32-wasip1 target"
   rustup target add wasm32-wasip1
+fi
+
+# The ORAS Python client, in a virtualenv of its own (Debian's Python is externally managed).
+venv=/opt/wasmesh-py
+if ! "$venv/bin/python" -c 'import oras' >/dev/null 2>&1; then
+  echo "setup: creating $venv with the oras Python client"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo /usr/bin/python3 -m venv "$venv"
+  $sudo "$venv/bin/pip" install -q --disable-pip-version-check 'oras>=0.2,<0.3'
 fi

@@ -480,7 +480,7 @@ impl Mesh {
 
     /// The users' WasmPlugins with their modules, and whether a pull is still under way. A
     /// plugin whose module cannot be had (a file that cannot be read, a failed pull, a sha256
-    /// that does not match) keeps its last good module, reported; one that never had one is
+    /// that does not match) stays as it last was, reported; one that never had a module is
     /// left out, reported. While a pull runs, the plugin stays as it last was.
     fn user_plugins(
         &self,
@@ -538,7 +538,7 @@ impl Mesh {
                 },
                 Err(reason) => {
                     let what = if kept.is_some() {
-                        "its last good module stays in effect"
+                        "its last good version stays in effect"
                     } else {
                         "the plugin is left out"
                     };
@@ -552,11 +552,9 @@ impl Mesh {
                         ),
                     );
                     match kept {
-                        Some(mut k) => {
-                            // The module is the last good one; the rest of the spec is new.
-                            k.resource = r.clone();
-                            k
-                        }
+                        // The plugin as it last was, module and spec: the new spec may be
+                        // meant for the new module only.
+                        Some(k) => k,
                         None => continue,
                     }
                 }

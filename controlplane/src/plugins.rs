@@ -194,7 +194,7 @@ mod tests {
             ModuleUrl::parse("oci://r.io/p:1"),
             Ok(ModuleUrl::Oci("oci://r.io/p:1".into()))
         );
-        assert!(ModuleUrl::parse("oci://R/p:1").is_err());
+        assert!(ModuleUrl::parse("oci://r.io/P:1").is_err());
         assert!(ModuleUrl::parse("ftp://x").unwrap_err().contains("ftp"));
         assert!(ModuleUrl::parse(" ").is_err());
     }

@@ -26,6 +26,7 @@ mod istio_routing;
 mod istio_timeouts;
 mod layout;
 mod mtls;
+mod oci_infra;
 mod plugins;
 mod probes;
 mod request_path;

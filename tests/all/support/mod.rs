@@ -6,6 +6,7 @@
 pub mod ca_client;
 pub mod mesh;
 pub mod netns;
+pub mod registry;
 pub mod sidecars;
 pub mod tls;
 

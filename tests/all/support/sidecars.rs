@@ -147,6 +147,16 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts on `manifests`, keeping registrations in `data`; `address` may be port 0.
     pub fn start(manifests: &Path, data: &Path, address: &str) -> ControlPlane {
+        Self::start_with(manifests, data, address, &[])
+    }
+
+    /// As [`start`](Self::start), with more flags.
+    pub fn start_with(
+        manifests: &Path,
+        data: &Path,
+        address: &str,
+        flags: &[&std::ffi::OsStr],
+    ) -> ControlPlane {
         let mut cmd = Command::new(controlplane_bin());
         cmd.arg("--manifests")
             .arg(manifests)
@@ -154,7 +164,8 @@ impl ControlPlane {
             .arg(plugins_dir())
             .arg("--data-dir")
             .arg(data)
-            .args(["--address", address]);
+            .args(["--address", address])
+            .args(flags);
         let process = Process::spawn("controlplane", cmd);
         let line = process.wait_for_line("control plane listening", Duration::from_secs(30));
         let address = field(&line, "address");
