@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmesh_api as api;
 
 use crate::support::sidecars::{
-    ControlPlane, Process, Sidecar, SidecarSpec, plugins_dir, services, shared_cache, write,
+    ControlPlane, Sidecar, SidecarSpec, plugins_dir, services, shared_cache, write,
 };
 use crate::support::tls::{TestCa, https_server};
 use crate::support::*;
