@@ -124,6 +124,8 @@ pub async fn push(
 ) -> anyhow::Result<images::Pushed> {
     let parsed = images::reference(reference)?;
     let auth = credentials.auth_for(parsed.resolve_registry())?;
-    let pushed = images::push(&parsed, module, &auth, registry).await?;
+    let pushed = images::push(&parsed, module, &auth, registry)
+        .await
+        .with_context(|| format!("push to {parsed}"))?;
     Ok(pushed)
 }

@@ -521,6 +521,11 @@ impl Mesh {
                         PullStatus::Pending => {
                             pulling = true;
                             if let Some(k) = kept {
+                                if let Some(sha) = &k.sha256
+                                    && self.modules.get(sha).is_some()
+                                {
+                                    used.insert(sha.clone());
+                                }
                                 last_good.insert(key, k.clone());
                                 out.push(k);
                             }

@@ -27,6 +27,7 @@ mod istio_timeouts;
 mod layout;
 mod mtls;
 mod oci_infra;
+mod oci_plugins;
 mod plugins;
 mod probes;
 mod request_path;

@@ -102,7 +102,7 @@ pub async fn resolve(
     client
         .fetch_manifest_digest(reference, auth)
         .await
-        .map_err(|e| registry_error(reference, &e))
+        .map_err(|e| registry_error(&e))
 }
 
 /// Pulls the module of the image at `reference`.
@@ -115,7 +115,7 @@ pub async fn pull(
     let (manifest, manifest_digest) = client
         .pull_image_manifest(reference, auth)
         .await
-        .map_err(|e| registry_error(reference, &e))?;
+        .map_err(|e| registry_error(&e))?;
     let media_types: Vec<&str> = manifest
         .layers
         .iter()
@@ -130,7 +130,7 @@ pub async fn pull(
     client
         .pull_blob(reference, layer, &mut bytes)
         .await
-        .map_err(|e| registry_error(reference, &e))?;
+        .map_err(|e| registry_error(&e))?;
     let module = format::unpack(&bytes, packing)?;
     Ok(Pulled {
         manifest_digest,
@@ -168,7 +168,7 @@ pub async fn push(
     manifest.media_type = Some(oci_client::manifest::OCI_IMAGE_MEDIA_TYPE.to_owned());
     // The manifest's bytes as pushed, so that its digest is known without asking.
     let manifest_json = serde_json::to_vec(&manifest).expect("a manifest serializes");
-    let fail = |e: oci_client::errors::OciDistributionError| registry_error(reference, &e);
+    let fail = |e: oci_client::errors::OciDistributionError| registry_error(&e);
     client
         .store_auth_if_needed(reference.resolve_registry(), auth)
         .await;
@@ -199,11 +199,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-fn registry_error(
-    reference: &Reference,
-    e: &oci_client::errors::OciDistributionError,
-) -> ImageError {
-    ImageError::Registry(format!("{reference}: {}", causes(e)))
+/// (The error names the registry's url; callers name the plugin's.)
+fn registry_error(e: &oci_client::errors::OciDistributionError) -> ImageError {
+    ImageError::Registry(causes(e))
 }
 
 /// An error and its sources, joined: the innermost is often the one that says why.

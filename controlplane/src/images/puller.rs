@@ -162,7 +162,7 @@ async fn pull_until_done(
                 }
                 Err(reason) => {
                     tracing::warn!(url = %request.url, %reason, retry_in = ?backoff, "pull failed");
-                    PullStatus::Failed(reason)
+                    PullStatus::Failed(format!("{}: {reason}", request.url))
                 }
             };
             let changed = !matches!((&entry.status, &status),
@@ -237,7 +237,7 @@ async fn fetch(options: &PullerOptions, request: &PullRequest) -> Result<Module,
         }
     }
     if !module.starts_with(b"\0asm") {
-        return Err(format!("{}: not a Wasm module", request.url));
+        return Err("not a Wasm module".into());
     }
     if let Some(cache) = &cache {
         cache.store(
@@ -314,22 +314,19 @@ async fn download(options: &PullerOptions, url: &str) -> Result<Vec<u8>, String>
         .get(url)
         .send()
         .await
-        .map_err(|e| format!("fetching {url}: {}", super::causes(&e)))?;
+        .map_err(|e| super::causes(&e))?;
     if !response.status().is_success() {
-        return Err(format!("fetching {url}: HTTP {}", response.status()));
+        return Err(format!("HTTP {}", response.status()));
     }
     if response
         .content_length()
         .is_some_and(|n| n > super::format::MAX_MODULE_BYTES as u64)
     {
-        return Err(format!("fetching {url}: larger than a plugin may be"));
+        return Err("larger than a plugin may be".to_owned());
     }
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| format!("fetching {url}: {}", super::causes(&e)))?;
+    let body = response.bytes().await.map_err(|e| super::causes(&e))?;
     if body.len() > super::format::MAX_MODULE_BYTES {
-        return Err(format!("fetching {url}: larger than a plugin may be"));
+        return Err("larger than a plugin may be".to_owned());
     }
     Ok(body.to_vec())
 }

@@ -1,0 +1,411 @@
+//! WasmPlugins from OCI images in a real registry (docker-registry 2.8 on loopback): pushed by
+//! `wasmesh plugin push` and by the ORAS Python client, in both of Istio's image variants,
+//! pulled by the control plane (with credentials, a CA, a pull policy and a disk cache) and
+//! run by the sidecars the plugin selects. An image that cannot be had is reported with the
+//! reason while the last good plugin serves.
+
+use std::ffi::OsStr;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::registry::{Registry, oras_pull, oras_push_wasm, try_oras_push_files};
+use crate::support::sidecars::{ControlPlane, Sidecar, SidecarSpec, services, shared_cache, write};
+use crate::support::*;
+
+const ECHO: u16 = 9080;
+const OTHER: u16 = 9081;
+
+/// The `wasmesh` binary, beside the proxy's (`cargo build --workspace --bins`).
+fn wasmesh_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_wasmesh-proxy")).with_file_name("wasmesh")
+}
+
+/// `wasmesh plugin push` of `module` to `reference` (relative to the registry); its stdout.
+fn wasmesh_push(registry: &Registry, reference: &str, module: &Path) -> String {
+    let mut cmd = Command::new(wasmesh_bin());
+    cmd.args(["plugin", "push"])
+        .arg(registry.reference(reference))
+        .arg("--module")
+        .arg(module);
+    if registry.is_tls() {
+        cmd.arg("--registry-ca").arg(registry.ca_pem_path());
+    } else {
+        cmd.arg("--plain-http");
+    }
+    if let Some((user, password)) = registry.credentials() {
+        cmd.args(["--username", user])
+            .env("WASMESH_REGISTRY_PASSWORD", password);
+    }
+    let out = cmd.output().expect("wasmesh runs");
+    assert!(
+        out.status.success(),
+        "wasmesh plugin push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn plugin(url: &str, config: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata:
+  name: stamp
+spec:
+  selector:
+    matchLabels: {{app: echo}}
+  url: {url}
+  pluginConfig: {config}
+{extra}"
+    )
+}
+
+/// The `x-plugin-config` the headers filter stamps on requests through `inbound` (null
+/// without the filter).
+async fn stamp(inbound: SocketAddr) -> serde_json::Value {
+    get(inbound, "/").await.json()["headers"]["x-plugin-config"].clone()
+}
+
+async fn wait_stamp(cp: &ControlPlane, inbound: SocketAddr, want: serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = stamp(inbound).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stamp {got} never became {want}: {:#?}\n{}",
+            cp.status().await,
+            cp.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for a diagnostic naming `url`; returns it.
+async fn wait_reported(cp: &ControlPlane, url: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = cp.status().await;
+        if let Some(d) = status.diagnostics.iter().find(|d| d.contains(url)) {
+            return d.clone();
+        }
+        assert!(Instant::now() < deadline, "{url} not reported: {status:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn flags<'a>(pairs: &'a [(&'a str, &'a OsStr)]) -> Vec<&'a OsStr> {
+    pairs
+        .iter()
+        .flat_map(|(flag, value)| [OsStr::new(flag), *value])
+        .collect()
+}
+
+/// The filter author's images reach the workloads a WasmPlugin selects, and no others:
+/// pushed by `wasmesh plugin push` (and pulled unchanged by ORAS), pushed by ORAS as Istio's
+/// docs show, and in the compat variant (a tar+gzip layer holding `plugin.wasm`), from a TLS
+/// registry with htpasswd auth whose credentials are the plugin's `imagePullSecret`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plugin_images_of_both_variants_reach_the_selected_sidecars_only() {
+    let registry = tokio::task::spawn_blocking(|| Registry::tls_with_auth("dev", "s3cret"))
+        .await
+        .unwrap();
+    let auth = registry.credentials();
+    let headers = Path::new(wasmesh_artifacts::HEADERS);
+    let module = std::fs::read(headers).unwrap();
+
+    // wasmesh pushes; ORAS pulls the same module back.
+    let pushed = wasmesh_push(&registry, "filters/headers:v1", headers);
+    assert!(pushed.contains("digest  sha256:"), "{pushed}");
+    let out = tempfile::tempdir().unwrap();
+    let files = oras_pull(&registry, "filters/headers:v1", out.path(), auth);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].ends_with("plugin.wasm"), "{files:?}");
+    assert_eq!(std::fs::read(&files[0]).unwrap(), module);
+    // ORAS pushes as Istio's docs do; the compat variant is a tar+gzip layer.
+    oras_push_wasm(&registry, "filters/oras:v1", headers, auth);
+    let stage = tempfile::tempdir().unwrap();
+    std::fs::copy(headers, stage.path().join("plugin.wasm")).unwrap();
+    let tar = Command::new("tar")
+        .args(["czf", "-", "plugin.wasm"])
+        .current_dir(stage.path())
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    try_oras_push_files(
+        &registry,
+        "filters/compat:v1",
+        &[(
+            "layer.tar.gz",
+            &tar.stdout,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        )],
+        auth,
+    )
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    write(
+        &manifests,
+        "services.yaml",
+        &services(&[("echo", ECHO), ("other", OTHER)]),
+    );
+    let secrets = dir.path().join("pull-secrets");
+    let cp = ControlPlane::start_with(
+        &manifests,
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &flags(&[
+            ("--registry-ca", registry.ca_pem_path().as_os_str()),
+            ("--pull-secrets", secrets.as_os_str()),
+        ]),
+    );
+    let echo_app = Upstream::echo("echo-v1").await;
+    let other_app = Upstream::echo("other-v1").await;
+    let cache = shared_cache();
+    let echo = Sidecar::start(
+        &cp.address,
+        &SidecarSpec {
+            name: "echo-v1",
+            labels: &[("app", "echo")],
+            app: Some((ECHO, echo_app.addr)),
+            cache: &cache,
+            outbound: "127.0.0.1:0",
+        },
+    );
+    let other = Sidecar::start(
+        &cp.address,
+        &SidecarSpec {
+            name: "other-v1",
+            labels: &[("app", "other")],
+            app: Some((OTHER, other_app.addr)),
+            cache: &cache,
+            outbound: "127.0.0.1:0",
+        },
+    );
+    let (echo_in, other_in) = (echo.inbound.unwrap(), other.inbound.unwrap());
+
+    // Without the pull secret the registry refuses, and the plugin is left out, reported.
+    let url = format!("oci://{}", registry.reference("filters/headers:v1"));
+    let secret = "  imagePullSecret: regcred\n";
+    write(&manifests, "plugin.yaml", &plugin(&url, "pushed", secret));
+    let reported = wait_reported(&cp, "regcred.json").await;
+    assert!(reported.contains("plugin is left out"), "{reported}");
+    assert_eq!(stamp(echo_in).await, serde_json::Value::Null);
+
+    // With it (a Docker config.json, as a kubernetes.io/dockerconfigjson Secret holds).
+    std::fs::create_dir_all(secrets.join("default")).unwrap();
+    let config =
+        serde_json::json!({"auths": {registry.host(): {"username": "dev", "password": "s3cret"}}});
+    std::fs::write(secrets.join("default/regcred.json"), config.to_string()).unwrap();
+    // The failed pull is retried (with backoff) while the plugin wants it.
+    wait_stamp(&cp, echo_in, "pushed".into()).await;
+    assert_eq!(
+        stamp(other_in).await,
+        serde_json::Value::Null,
+        "not selected"
+    );
+
+    for (name, config) in [("filters/oras:v1", "oras"), ("filters/compat:v1", "compat")] {
+        let url = format!("oci://{}", registry.reference(name));
+        write(&manifests, "plugin.yaml", &plugin(&url, config, secret));
+        wait_stamp(&cp, echo_in, config.into()).await;
+    }
+    assert_eq!(
+        stamp(other_in).await,
+        serde_json::Value::Null,
+        "not selected"
+    );
+    let status = cp.wait_synced(2, Duration::from_secs(10)).await;
+    assert!(status.diagnostics.is_empty(), "{:#?}", status.diagnostics);
+
+    // Deleted: gone from every proxy.
+    std::fs::remove_file(manifests.join("plugin.yaml")).unwrap();
+    wait_stamp(&cp, echo_in, serde_json::Value::Null).await;
+}
+
+/// What makes an image unusable is reported with the reason, and the last good plugin keeps
+/// serving: a missing image, a digest that does not match, a layer that is not Wasm, a module
+/// that does not compile (the proxies NACK it) and a registry that is down. A cached image
+/// (IfNotPresent) serves with the registry down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_image_that_cannot_be_had_is_reported_and_the_last_good_plugin_serves() {
+    let mut registry = tokio::task::spawn_blocking(Registry::plain).await.unwrap();
+    let headers = Path::new(wasmesh_artifacts::HEADERS);
+    wasmesh_push(&registry, "filters/headers:v1", headers);
+    try_oras_push_files(
+        &registry,
+        "filters/text:v1",
+        &[(
+            "plugin.wasm",
+            b"not a module",
+            crate::support::registry::WASM_LAYER_MEDIA_TYPE,
+        )],
+        None,
+    )
+    .unwrap();
+    let broken = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(broken.path(), b"\0asm\x01\0\0\0\x01\xff\xff\xff").unwrap();
+    wasmesh_push(&registry, "filters/broken:v1", broken.path());
+
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    write(&manifests, "services.yaml", &services(&[("echo", ECHO)]));
+    let host = registry.host();
+    let cp = ControlPlane::start_with(
+        &manifests,
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &flags(&[("--insecure-registry", OsStr::new(&host))]),
+    );
+    let app = Upstream::echo("echo-v1").await;
+    let cache = shared_cache();
+    let echo = Sidecar::start(
+        &cp.address,
+        &SidecarSpec {
+            name: "echo-v1",
+            labels: &[("app", "echo")],
+            app: Some((ECHO, app.addr)),
+            cache: &cache,
+            outbound: "127.0.0.1:0",
+        },
+    );
+    let inbound = echo.inbound.unwrap();
+    let url = |name: &str| format!("oci://{host}/{name}");
+    write(
+        &manifests,
+        "plugin.yaml",
+        &plugin(&url("filters/headers:v1"), "good", ""),
+    );
+    wait_stamp(&cp, inbound, "good".into()).await;
+
+    let zeros = "0".repeat(64);
+    let cases = [
+        (url("filters/missing:v1"), String::new(), "manifest"),
+        (
+            url("filters/headers:v1"),
+            format!("  sha256: {zeros}\n"),
+            "sha256 mismatch",
+        ),
+        (url("filters/text:v1"), String::new(), "not a Wasm module"),
+    ];
+    for (url, extra, reason) in &cases {
+        write(&manifests, "plugin.yaml", &plugin(url, "bad", extra));
+        let reported = wait_reported(&cp, url).await;
+        assert!(
+            reported.contains(reason) && reported.contains("last good version stays"),
+            "{reason}: {reported}"
+        );
+        assert_eq!(stamp(inbound).await, "good");
+    }
+
+    // A module that does not compile reaches the proxy, which refuses it.
+    write(
+        &manifests,
+        "plugin.yaml",
+        &plugin(&url("filters/broken:v1"), "broken", ""),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let nacked = loop {
+        let status = cp.status().await;
+        if let Some(p) = status.proxies.iter().find(|p| p.state == "NACKED") {
+            break p.error.clone();
+        }
+        assert!(Instant::now() < deadline, "no NACK: {status:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(nacked.contains("default.stamp"), "{nacked}");
+    assert_eq!(stamp(inbound).await, "good");
+
+    // The registry goes down: an image not cached is reported; the cached one still serves
+    // (IfNotPresent: the tag is not looked up again), with the plugin's new config.
+    tokio::task::spawn_blocking(move || {
+        registry.stop();
+        registry
+    })
+    .await
+    .unwrap();
+    let fresh = url("filters/fresh:v1");
+    write(&manifests, "plugin.yaml", &plugin(&fresh, "fresh", ""));
+    let reported = wait_reported(&cp, &fresh).await;
+    assert!(reported.to_lowercase().contains("connect"), "{reported}");
+    assert_eq!(stamp(inbound).await, "good");
+    write(
+        &manifests,
+        "plugin.yaml",
+        &plugin(&url("filters/headers:v1"), "cached", ""),
+    );
+    wait_stamp(&cp, inbound, "cached".into()).await;
+    let status = cp.wait_synced(1, Duration::from_secs(10)).await;
+    assert!(status.diagnostics.is_empty(), "{:#?}", status.diagnostics);
+}
+
+/// `imagePullPolicy`: with IfNotPresent a tag once pulled is not looked up again when the
+/// plugin changes; with Always (or a `latest` tag) a changed plugin pulls the tag again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pull_policy_decides_whether_a_moved_tag_is_pulled_again() {
+    let registry = tokio::task::spawn_blocking(Registry::plain).await.unwrap();
+    let headers = Path::new(wasmesh_artifacts::HEADERS);
+    let noop = Path::new(wasmesh_artifacts::NOOP);
+    wasmesh_push(&registry, "filters/f:v1", headers);
+    wasmesh_push(&registry, "filters/f:latest", headers);
+
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    write(&manifests, "services.yaml", &services(&[("echo", ECHO)]));
+    let host = registry.host();
+    let cp = ControlPlane::start_with(
+        &manifests,
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &flags(&[("--insecure-registry", OsStr::new(&host))]),
+    );
+    let app = Upstream::echo("echo-v1").await;
+    let cache = shared_cache();
+    let echo = Sidecar::start(
+        &cp.address,
+        &SidecarSpec {
+            name: "echo-v1",
+            labels: &[("app", "echo")],
+            app: Some((ECHO, app.addr)),
+            cache: &cache,
+            outbound: "127.0.0.1:0",
+        },
+    );
+    let inbound = echo.inbound.unwrap();
+    let v1 = format!("oci://{host}/filters/f:v1");
+    let latest = format!("oci://{host}/filters/f:latest");
+
+    write(&manifests, "plugin.yaml", &plugin(&v1, "one", ""));
+    wait_stamp(&cp, inbound, "one".into()).await;
+    write(&manifests, "plugin.yaml", &plugin(&latest, "l1", ""));
+    wait_stamp(&cp, inbound, "l1".into()).await;
+    // Both tags now name a module that stamps nothing.
+    wasmesh_push(&registry, "filters/f:v1", noop);
+    wasmesh_push(&registry, "filters/f:latest", noop);
+
+    write(&manifests, "plugin.yaml", &plugin(&v1, "two", ""));
+    wait_stamp(&cp, inbound, "two".into()).await;
+    cp.wait_synced(1, Duration::from_secs(10)).await;
+    assert_eq!(
+        stamp(inbound).await,
+        "two",
+        "IfNotPresent keeps the cached v1"
+    );
+    // `latest` defaults to Always: a changed plugin pulls it again.
+    write(&manifests, "plugin.yaml", &plugin(&latest, "l2", ""));
+    wait_stamp(&cp, inbound, serde_json::Value::Null).await;
+    write(&manifests, "plugin.yaml", &plugin(&v1, "three", ""));
+    wait_stamp(&cp, inbound, "three".into()).await;
+    let always = "  imagePullPolicy: Always\n";
+    write(&manifests, "plugin.yaml", &plugin(&v1, "four", always));
+    wait_stamp(&cp, inbound, serde_json::Value::Null).await;
+}
