@@ -24,6 +24,7 @@ mod istio_faults;
 mod istio_mirroring;
 mod istio_routing;
 mod istio_timeouts;
+mod journey;
 mod layout;
 mod mtls;
 mod oci_infra;

@@ -6,21 +6,18 @@
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::registry::{Registry, oras_pull, oras_push_wasm, try_oras_push_files};
-use crate::support::sidecars::{ControlPlane, Sidecar, SidecarSpec, services, shared_cache, write};
+use crate::support::sidecars::{
+    ControlPlane, Sidecar, SidecarSpec, services, shared_cache, wasmesh_bin, write,
+};
 use crate::support::*;
 
 const ECHO: u16 = 9080;
 const OTHER: u16 = 9081;
-
-/// The `wasmesh` binary, beside the proxy's (`cargo build --workspace --bins`).
-fn wasmesh_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_wasmesh-proxy")).with_file_name("wasmesh")
-}
 
 /// `wasmesh plugin push` of `module` to `reference` (relative to the registry); its stdout.
 fn wasmesh_push(registry: &Registry, reference: &str, module: &Path) -> String {

@@ -39,6 +39,11 @@ pub fn controlplane_bin() -> PathBuf {
     bin
 }
 
+/// The `wasmesh` CLI's binary, beside the proxy's (`cargo build --workspace --bins`).
+pub fn wasmesh_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_wasmesh-proxy")).with_file_name("wasmesh")
+}
+
 /// A cache directory every test's sidecars share: modules are compiled once per test run
 /// (writes are atomic renames), not by every sidecar of every test.
 pub fn shared_cache() -> PathBuf {
