@@ -17,10 +17,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use wasmesh_api as api;
-use wasmesh_benches::build_release;
+use anyhow::Context;
 use wasmesh_benches::load::cpu_ticks;
+use wasmesh_benches::{build_release, converged, status};
 
 const SERVICES: usize = 10;
 
@@ -145,40 +144,6 @@ async fn settled_rss_kib(pid: u32) -> anyhow::Result<u64> {
         last = now;
     }
     Ok(last)
-}
-
-async fn status(address: &str) -> anyhow::Result<api::ProxyStatusReply> {
-    let mut admin =
-        api::mesh_admin_client::MeshAdminClient::connect(format!("http://{address}")).await?;
-    Ok(admin
-        .proxy_status(api::ProxyStatusRequest {})
-        .await?
-        .into_inner())
-}
-
-/// Waits until the snapshots come from a generation after `before` and all `n` proxies ACKed.
-async fn converged(address: &str, n: usize, before: u64) -> anyhow::Result<u64> {
-    let mut admin =
-        api::mesh_admin_client::MeshAdminClient::connect(format!("http://{address}")).await?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let s = admin
-            .proxy_status(api::ProxyStatusRequest {})
-            .await?
-            .into_inner();
-        let generation: u64 = s.sources_version.parse().unwrap_or(0);
-        let synced = s.proxies.iter().filter(|p| p.state == "SYNCED").count();
-        if generation > before && s.proxies.len() == n && synced == n {
-            return Ok(generation);
-        }
-        if let Some(p) = s.proxies.iter().find(|p| p.state == "NACKED") {
-            bail!("{} NACKed: {}", p.id, p.error);
-        }
-        if Instant::now() > deadline {
-            bail!("{synced} of {n} proxies synced after 120 s");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 async fn run(

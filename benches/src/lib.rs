@@ -85,6 +85,18 @@ pub fn start_controlplane(
     data: &std::path::Path,
     log: &str,
 ) -> anyhow::Result<ControlPlane> {
+    start_controlplane_with(binary, manifests, plugins, data, log, &[])
+}
+
+/// [`start_controlplane`] with more flags.
+pub fn start_controlplane_with(
+    binary: &std::path::Path,
+    manifests: &std::path::Path,
+    plugins: &std::path::Path,
+    data: &std::path::Path,
+    log: &str,
+    flags: &[&str],
+) -> anyhow::Result<ControlPlane> {
     use std::io::BufRead;
     let mut child = Command::new(binary)
         .arg("--manifests")
@@ -94,6 +106,7 @@ pub fn start_controlplane(
         .arg("--data-dir")
         .arg(data)
         .args(["--address", "127.0.0.1:0", "--log", log])
+        .args(flags)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .context("start wasmesh-controlplane")?;
@@ -117,4 +130,40 @@ pub fn start_controlplane(
         address,
         lines,
     })
+}
+
+pub async fn status(address: &str) -> anyhow::Result<wasmesh_api::ProxyStatusReply> {
+    let mut admin =
+        wasmesh_api::mesh_admin_client::MeshAdminClient::connect(format!("http://{address}"))
+            .await?;
+    Ok(admin
+        .proxy_status(wasmesh_api::ProxyStatusRequest {})
+        .await?
+        .into_inner())
+}
+
+/// Waits until the snapshots come from a generation after `before` and all `n` proxies ACKed.
+pub async fn converged(address: &str, n: usize, before: u64) -> anyhow::Result<u64> {
+    let mut admin =
+        wasmesh_api::mesh_admin_client::MeshAdminClient::connect(format!("http://{address}"))
+            .await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = admin
+            .proxy_status(wasmesh_api::ProxyStatusRequest {})
+            .await?
+            .into_inner();
+        let generation: u64 = s.sources_version.parse().unwrap_or(0);
+        let synced = s.proxies.iter().filter(|p| p.state == "SYNCED").count();
+        if generation > before && s.proxies.len() == n && synced == n {
+            return Ok(generation);
+        }
+        if let Some(p) = s.proxies.iter().find(|p| p.state == "NACKED") {
+            bail!("{} NACKed: {}", p.id, p.error);
+        }
+        if Instant::now() > deadline {
+            bail!("{synced} of {n} proxies synced after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -265,7 +265,12 @@ impl Mesh {
             .connected
             .iter()
             .map(|(id, c)| {
-                let state = c.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let mut state = c.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                // A snapshot computed but not yet sent by the proxy's stream counts as sent:
+                // the proxy is STALE from the recompute on, not from the send.
+                if let Some(current) = c.snapshot.borrow().as_ref() {
+                    state.sent_version.clone_from(&current.version);
+                }
                 (id.clone(), c.node.clone(), c.since, state)
             })
             .collect()
