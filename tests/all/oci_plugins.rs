@@ -44,6 +44,50 @@ fn wasmesh_push(registry: &Registry, reference: &str, module: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Pushes `module` as `docker push` would an image built `FROM scratch` with `plugin.wasm`:
+/// a Docker v2 manifest with one `application/vnd.docker.image.rootfs.diff.tar.gzip` layer
+/// (Istio's compat variant). Over the registry API directly (Python's requests, from the
+/// ORAS virtualenv), to a plain registry without auth.
+fn docker_push(registry: &Registry, name: &str, tag: &str, module: &Path) {
+    const SCRIPT: &str = r#"
+import gzip, hashlib, io, json, sys, tarfile, requests
+base, name, tag, path = sys.argv[1:5]
+layer_tar = io.BytesIO()
+with tarfile.open(fileobj=layer_tar, mode="w") as t:
+    t.add(path, arcname="plugin.wasm")
+layer = gzip.compress(layer_tar.getvalue())
+config = json.dumps({"architecture": "amd64", "os": "linux",
+    "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_tar.getvalue()).hexdigest()]}}).encode()
+def blob(data):
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    r = requests.post(f"{base}/v2/{name}/blobs/uploads/")
+    r.raise_for_status()
+    loc = r.headers["Location"]
+    loc = loc if loc.startswith("http") else base + loc
+    r = requests.put(loc + ("&" if "?" in loc else "?") + "digest=" + digest, data=data,
+        headers={"Content-Type": "application/octet-stream"})
+    r.raise_for_status()
+    return {"size": len(data), "digest": digest}
+manifest = {"schemaVersion": 2,
+    "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+    "config": {"mediaType": "application/vnd.docker.container.image.v1+json", **blob(config)},
+    "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", **blob(layer)}]}
+r = requests.put(f"{base}/v2/{name}/manifests/{tag}", data=json.dumps(manifest),
+    headers={"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"})
+r.raise_for_status()
+"#;
+    let out = Command::new(crate::support::registry::oras_python())
+        .args(["-c", SCRIPT, &registry.base_url(), name, tag])
+        .arg(module)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "docker-format push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn plugin(url: &str, config: &str, extra: &str) -> String {
     format!(
         "apiVersion: extensions.istio.io/v1alpha1
@@ -227,7 +271,8 @@ async fn plugin_images_of_both_variants_reach_the_selected_sidecars_only() {
     wait_stamp(&cp, echo_in, serde_json::Value::Null).await;
 }
 
-/// What makes an image unusable is reported with the reason, and the last good plugin keeps
+/// A Docker-format image (`docker push` of one built FROM scratch with `plugin.wasm`) serves;
+/// what makes an image unusable is reported with the reason, and the last good plugin keeps
 /// serving: a missing image, a digest that does not match, a layer that is not Wasm, a module
 /// that does not compile (the proxies NACK it) and a registry that is down. A cached image
 /// (IfNotPresent) serves with the registry down.
@@ -235,7 +280,7 @@ async fn plugin_images_of_both_variants_reach_the_selected_sidecars_only() {
 async fn an_image_that_cannot_be_had_is_reported_and_the_last_good_plugin_serves() {
     let mut registry = tokio::task::spawn_blocking(Registry::plain).await.unwrap();
     let headers = Path::new(wasmesh_artifacts::HEADERS);
-    wasmesh_push(&registry, "filters/headers:v1", headers);
+    docker_push(&registry, "filters/docker", "v1", headers);
     try_oras_push_files(
         &registry,
         "filters/text:v1",
@@ -279,7 +324,7 @@ async fn an_image_that_cannot_be_had_is_reported_and_the_last_good_plugin_serves
     write(
         &manifests,
         "plugin.yaml",
-        &plugin(&url("filters/headers:v1"), "good", ""),
+        &plugin(&url("filters/docker:v1"), "good", ""),
     );
     wait_stamp(&cp, inbound, "good".into()).await;
 
@@ -287,7 +332,7 @@ async fn an_image_that_cannot_be_had_is_reported_and_the_last_good_plugin_serves
     let cases = [
         (url("filters/missing:v1"), String::new(), "manifest"),
         (
-            url("filters/headers:v1"),
+            url("filters/docker:v1"),
             format!("  sha256: {zeros}\n"),
             "sha256 mismatch",
         ),
@@ -337,7 +382,7 @@ async fn an_image_that_cannot_be_had_is_reported_and_the_last_good_plugin_serves
     write(
         &manifests,
         "plugin.yaml",
-        &plugin(&url("filters/headers:v1"), "cached", ""),
+        &plugin(&url("filters/docker:v1"), "cached", ""),
     );
     wait_stamp(&cp, inbound, "cached".into()).await;
     let status = cp.wait_synced(1, Duration::from_secs(10)).await;
