@@ -29,6 +29,7 @@ mod layout;
 mod mtls;
 mod oci_infra;
 mod oci_plugins;
+mod oci_token_auth;
 mod plugins;
 mod probes;
 mod request_path;

@@ -67,9 +67,25 @@ pub fn reference(url: &str) -> Result<Reference, ImageError> {
         .map_err(|e| ImageError::Reference(url.to_owned(), e.to_string()))
 }
 
-/// A client for one operation: `oci-client` keeps the first credentials it sees per
-/// registry, and pulls may use different ones for the same registry.
-fn client(options: &RegistryOptions) -> Result<Client, ImageError> {
+/// A client for one operation, authenticated for it: `oci-client` keeps the first credentials
+/// it sees per registry, and pulls may use different ones for the same registry. Asking for
+/// the token first is what reports refused credentials as such (later requests would go
+/// without a token and get the registry's plain 401).
+async fn client(
+    reference: &Reference,
+    auth: &RegistryAuth,
+    operation: oci_client::RegistryOperation,
+    options: &RegistryOptions,
+) -> Result<Client, ImageError> {
+    let client = unauthenticated(options)?;
+    client
+        .auth(reference, auth, operation)
+        .await
+        .map_err(|e| registry_error(&e))?;
+    Ok(client)
+}
+
+fn unauthenticated(options: &RegistryOptions) -> Result<Client, ImageError> {
     crate::tls_provider();
     let mut config = ClientConfig {
         protocol: if options.insecure.is_empty() {
@@ -98,7 +114,13 @@ pub async fn resolve(
     auth: &RegistryAuth,
     options: &RegistryOptions,
 ) -> Result<String, ImageError> {
-    let client = client(options)?;
+    let client = client(
+        reference,
+        auth,
+        oci_client::RegistryOperation::Pull,
+        options,
+    )
+    .await?;
     client
         .fetch_manifest_digest(reference, auth)
         .await
@@ -111,7 +133,13 @@ pub async fn pull(
     auth: &RegistryAuth,
     options: &RegistryOptions,
 ) -> Result<Pulled, ImageError> {
-    let client = client(options)?;
+    let client = client(
+        reference,
+        auth,
+        oci_client::RegistryOperation::Pull,
+        options,
+    )
+    .await?;
     let (manifest, manifest_digest) = client
         .pull_image_manifest(reference, auth)
         .await
@@ -149,7 +177,13 @@ pub async fn push(
     if !module.starts_with(b"\0asm") {
         return Err(FormatError::NotWasm.into());
     }
-    let client = client(options)?;
+    let client = client(
+        reference,
+        auth,
+        oci_client::RegistryOperation::Push,
+        options,
+    )
+    .await?;
     let title = BTreeMap::from([(
         format::TITLE_ANNOTATION.to_owned(),
         format::PLUGIN_FILE.to_owned(),

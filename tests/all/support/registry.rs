@@ -1,6 +1,7 @@
 //! A real OCI registry on loopback for plugin-image tests: the reference distribution registry
 //! (`/usr/bin/docker-registry`, Debian's 2.8) on 127.0.0.1 port 0, with TLS and htpasswd
-//! (basic) auth when asked; and the ORAS Python client (`oras` from PyPI, in the virtualenv
+//! (basic) auth when asked, or token (bearer) auth with a token server in this process (see
+//! [`TokenServer`]); and the ORAS Python client (`oras` from PyPI, in the virtualenv
 //! `/opt/wasmesh-py`) pushing and pulling artifacts, as `oras push` does for Istio's Wasm
 //! plugin images. deploy/setup.sh installs both.
 //!
@@ -9,14 +10,18 @@
 //! in `tokio::task::spawn_blocking`.
 
 use std::io::{BufRead, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use tokio_rustls::rustls;
 
 /// The registry binary (Debian's `docker-registry` package).
@@ -40,6 +45,8 @@ pub struct Registry {
     addr: SocketAddr,
     tls: Option<RegistryTls>,
     auth: Option<(String, String)>,
+    /// With token auth: the server issuing the tokens (`auth` holds what it accepts).
+    token: Option<TokenServer>,
     lines: Arc<Mutex<Vec<String>>>,
     exited: Arc<AtomicBool>,
     stopped: bool,
@@ -75,8 +82,22 @@ impl Registry {
         Registry::start(true, Some((user, password)))
     }
 
+    /// Plain HTTP with token auth, as Docker Hub, GHCR and Harbor have it: the registry
+    /// answers 401 with `WWW-Authenticate: Bearer realm=…,service=…,scope=…`, and a
+    /// [`TokenServer`] in this process, checking `user` and `password` (HTTP Basic), issues
+    /// the JWTs it accepts. Distribution 2.8 does not require TLS for token auth.
+    pub fn with_token_auth(user: &str, password: &str) -> Registry {
+        Registry::launch(false, Some((user, password)), true)
+    }
+
     /// Starts a registry and waits until `GET /v2/` answers (200, or 401 with auth).
     pub fn start(tls: bool, auth: Auth<'_>) -> Registry {
+        Registry::launch(tls, auth, false)
+    }
+
+    /// [`Registry::start`]; with `token`, `auth` is what a [`TokenServer`] accepts instead
+    /// of an htpasswd file.
+    fn launch(tls: bool, auth: Auth<'_>, token: bool) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| {
             // A JSON string is a YAML string: the path needs no further quoting.
@@ -110,7 +131,25 @@ http:
             );
             tls
         });
-        if let Some((user, password)) = auth {
+        let token = token.then(|| {
+            let (user, password) = auth.expect("token auth needs credentials");
+            let server = TokenServer::start(user, password, &dir.path().join("token-signer.pem"));
+            config += &format!(
+                "auth:
+  token:
+    realm: {realm}
+    service: {service}
+    issuer: {issuer}
+    rootcertbundle: {bundle}
+",
+                realm = serde_json::to_string(&server.realm()).unwrap(),
+                service = TOKEN_SERVICE,
+                issuer = TOKEN_ISSUER,
+                bundle = path("token-signer.pem"),
+            );
+            server
+        });
+        if let (Some((user, password)), None) = (auth, &token) {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", user, password])
                 .output()
@@ -162,6 +201,7 @@ http:
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls,
             auth: auth.map(|(u, p)| (u.to_owned(), p.to_owned())),
+            token,
             lines,
             exited,
             stopped: false,
@@ -273,9 +313,26 @@ http:
         &self.tls.as_ref().expect("a TLS registry").ca_pem
     }
 
-    /// The user and password htpasswd accepts, if the registry requires auth.
+    /// The user and password htpasswd (or, with token auth, the token server) accepts, if the
+    /// registry requires auth.
     pub fn credentials(&self) -> Option<(&str, &str)> {
         self.auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+
+    /// Whether the registry wants bearer tokens ([`Registry::with_token_auth`]).
+    pub fn is_token_auth(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// The token server of a [`Registry::with_token_auth`] registry. Panics for any other.
+    pub fn token_server(&self) -> &TokenServer {
+        self.token.as_ref().expect("a registry with token auth")
+    }
+
+    /// How many tokens the token server has issued (see [`TokenServer::issued`]). Panics
+    /// for a registry without token auth.
+    pub fn tokens_issued(&self) -> usize {
+        self.token_server().issued()
     }
 
     /// The filesystem storage's root (`docker/registry/v2/...`), for tests that tamper with it.
@@ -307,8 +364,315 @@ impl Drop for Registry {
         self.stop();
         if std::thread::panicking() {
             eprintln!("docker-registry on {} logged:\n{}", self.addr, self.log());
+            if let Some(token) = &self.token {
+                eprintln!("its token server: {token:?}");
+            }
         }
     }
+}
+
+/// The `service` of token auth: the registry's challenges name it, and a token's `aud` must.
+pub const TOKEN_SERVICE: &str = "wasmesh-test";
+/// The `iss` of the tokens, which the registry trusts.
+pub const TOKEN_ISSUER: &str = "wasmesh-test-issuer";
+/// How long a token lasts (`expires_in`, and `exp` - `iat`).
+const TOKEN_LIFETIME_SECS: u64 = 300;
+
+/// The token server of token auth ("Docker Registry v2 authentication via central service",
+/// as Docker Hub's `auth.docker.io` does it), on `http://127.0.0.1:PORT/token`, a thread of the
+/// test process: `GET /token?service=S&scope=repository:NAME:pull,push` (scopes possibly
+/// repeated, or space-separated) with HTTP Basic credentials answers
+/// `{"token": JWT, "access_token": JWT, "expires_in": 300}`, granting every scope asked for;
+/// wrong or missing credentials get 401, another service 400.
+///
+/// The JWT is ES256, signed by a fresh P-256 key whose self-signed certificate is the
+/// registry's `rootcertbundle` and goes in the header's `x5c` (distribution 2.8 verifies that
+/// chain against the bundle, then the signature with the leaf's key; `aud` must be a string).
+pub struct TokenServer {
+    addr: SocketAddr,
+    state: Arc<TokenState>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct TokenState {
+    user: String,
+    password: String,
+    signer: EcdsaKeyPair,
+    /// The signing certificate's DER, base64 (standard, padded: a JWS `x5c` entry).
+    x5c: String,
+    rng: ring::rand::SystemRandom,
+    issued: AtomicUsize,
+    refused: AtomicUsize,
+    /// The scopes of the tokens issued, one string per token (`""` for none), in order.
+    scopes: Mutex<Vec<String>>,
+    stop: AtomicBool,
+}
+
+impl TokenServer {
+    /// Makes the signing key and certificate (the certificate's PEM written to `bundle`) and
+    /// starts serving on 127.0.0.1 port 0.
+    pub fn start(user: &str, password: &str, bundle: &Path) -> TokenServer {
+        let key = KeyPair::generate().unwrap(); // ECDSA P-256 with SHA-256
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "wasmesh test token signer");
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(bundle, cert.pem()).unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let signer =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key.serialize_der(), &rng)
+                .expect("rcgen's P-256 key in PKCS#8, as ring reads it");
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(TokenState {
+            user: user.to_owned(),
+            password: password.to_owned(),
+            signer,
+            x5c: STANDARD.encode(cert.der()),
+            rng,
+            issued: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
+            scopes: Mutex::new(Vec::new()),
+            stop: AtomicBool::new(false),
+        });
+        let serving = state.clone();
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if serving.stop.load(SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let state = serving.clone();
+                std::thread::spawn(move || {
+                    // A client that goes away mid-request is no concern of the server's.
+                    let _ = state.answer(stream);
+                });
+            }
+        });
+        TokenServer {
+            addr,
+            state,
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/token`: the `realm` of the registry's challenges.
+    pub fn realm(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+
+    /// Tokens issued so far.
+    pub fn issued(&self) -> usize {
+        self.state.issued.load(SeqCst)
+    }
+
+    /// Token requests refused so far (401: wrong or missing credentials).
+    pub fn refused(&self) -> usize {
+        self.state.refused.load(SeqCst)
+    }
+
+    /// The scopes each token issued so far grants, in order: the `scope` parameters of its
+    /// request joined by spaces (`repository:filters/headers:pull,push`), `""` for none.
+    pub fn scopes(&self) -> Vec<String> {
+        self.state.scopes.lock().unwrap().clone()
+    }
+}
+
+impl std::fmt::Debug for TokenServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenServer")
+            .field("realm", &self.realm())
+            .field("issued", &self.issued())
+            .field("refused", &self.refused())
+            .field("scopes", &self.scopes())
+            .finish()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.state.stop.store(true, SeqCst);
+        // Wakes the accept loop, which then sees `stop` and ends; should the connection fail,
+        // the thread is left blocked in accept rather than this drop waiting for it.
+        let woken = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)).is_ok();
+        if let Some(thread) = self.thread.take().filter(|_| woken) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl TokenState {
+    /// Reads one request from `stream` and answers it; the connection is closed after.
+    fn answer(&self, stream: TcpStream) -> std::io::Result<()> {
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let mut reader = std::io::BufReader::new(&stream);
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line)?;
+        let mut authorization = None;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                break;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.trim().eq_ignore_ascii_case("authorization")
+            {
+                authorization = Some(value.trim().to_owned());
+            }
+        }
+        let (status, extra, body) = self.respond(&request_line, authorization.as_deref());
+        let reason = match status {
+            200 => "OK",
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            404 => "Not Found",
+            _ => "Method Not Allowed",
+        };
+        let response = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n{extra}\r\n{body}",
+            body.len()
+        );
+        let mut stream = &stream;
+        stream.write_all(response.as_bytes())?;
+        stream.flush()
+    }
+
+    /// The status, extra header lines (each ending in CRLF) and JSON body for a request.
+    fn respond(&self, request_line: &str, authorization: Option<&str>) -> (u16, String, String) {
+        let error = |status, message: &str| {
+            let body = serde_json::json!({"errors": [{"message": message}]}).to_string();
+            (status, String::new(), body)
+        };
+        let mut words = request_line.split_whitespace();
+        let (Some(method), Some(target)) = (words.next(), words.next()) else {
+            return error(400, "not an HTTP request");
+        };
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        if path != "/token" {
+            return error(404, "no such endpoint: the token endpoint is /token");
+        }
+        if method != "GET" {
+            return error(405, "only GET (no OAuth2 POST) is served");
+        }
+        let credentials = authorization
+            .and_then(|a| {
+                a.strip_prefix("Basic ")
+                    .or_else(|| a.strip_prefix("basic "))
+            })
+            .and_then(|b| STANDARD.decode(b.trim()).ok())
+            .and_then(|b| String::from_utf8(b).ok());
+        let user = match credentials.as_deref().and_then(|c| c.split_once(':')) {
+            Some((user, password)) if user == self.user && password == self.password => user,
+            _ => {
+                self.refused.fetch_add(1, SeqCst);
+                let (status, _, body) = error(401, "wrong or missing credentials");
+                let challenge = "WWW-Authenticate: Basic realm=\"wasmesh-test-token\"\r\n";
+                return (status, challenge.to_owned(), body);
+            }
+        };
+        let mut scopes = Vec::new();
+        for (name, value) in query.split('&').filter_map(|p| p.split_once('=')) {
+            let value = percent_decode(value);
+            match name {
+                "service" if value != TOKEN_SERVICE => {
+                    return error(400, &format!("unknown service {value:?}"));
+                }
+                "scope" => {
+                    scopes.extend(value.split(' ').filter(|s| !s.is_empty()).map(String::from))
+                }
+                _ => {}
+            }
+        }
+        let mut access = Vec::new();
+        for scope in &scopes {
+            // `type:name:actions`; a name may hold a colon (`registry:catalog:*` has none,
+            // but an image name with a port would).
+            let Some((kind, rest)) = scope.split_once(':') else {
+                return error(400, &format!("bad scope {scope:?}"));
+            };
+            let Some((name, actions)) = rest.rsplit_once(':') else {
+                return error(400, &format!("bad scope {scope:?}"));
+            };
+            let actions: Vec<&str> = actions.split(',').filter(|a| !a.is_empty()).collect();
+            access.push(serde_json::json!({"type": kind, "name": name, "actions": actions}));
+        }
+
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [self.x5c]});
+        let claims = serde_json::json!({
+            "iss": TOKEN_ISSUER,
+            "sub": user,
+            // A string: distribution 2.8 reads `aud` into a Go string (an array is malformed).
+            "aud": TOKEN_SERVICE,
+            "exp": now + TOKEN_LIFETIME_SECS,
+            "nbf": now,
+            "iat": now,
+            "jti": uuid::Uuid::new_v4().to_string(),
+            "access": access,
+        });
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        // The FIXED algorithm signs as JWS wants it: r || s, 32 bytes each (not DER).
+        let signature = self
+            .signer
+            .sign(&self.rng, signing_input.as_bytes())
+            .expect("ES256 signing");
+        let jwt = format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature.as_ref())
+        );
+        self.issued.fetch_add(1, SeqCst);
+        self.scopes.lock().unwrap().push(scopes.join(" "));
+        let body = serde_json::json!({
+            "token": jwt,
+            "access_token": jwt,
+            "expires_in": TOKEN_LIFETIME_SECS,
+            "issued_at": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        });
+        (200, String::new(), body.to_string())
+    }
+}
+
+/// Decodes a query parameter's value (`%XX` escapes, `+` for a space).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = bytes
+            .get(i + 1..i + 3)
+            .filter(|_| bytes[i] == b'%')
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match (bytes[i], escaped) {
+            (_, Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, None) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn keep_lines(from: impl Read, into: &Mutex<Vec<String>>) {
@@ -514,7 +878,7 @@ def main():
         hostname=args["host"],
         insecure=not args["tls"],
         tls_verify=args["ca"] or True,
-        auth_backend="basic",
+        auth_backend="token" if args["token"] else "basic",
     )
     if args["user"] is not None:
         client.auth.set_basic_auth(args["user"], args["password"])
@@ -564,6 +928,8 @@ fn run_oras(
     );
     args["host"] = registry.host().into();
     args["tls"] = registry.is_tls().into();
+    // With token auth, oras-py's token backend asks the token server with the credentials.
+    args["token"] = registry.is_token_auth().into();
     args["ca"] = match &registry.tls {
         Some(tls) => tls.ca_pem_path.to_str().unwrap().into(),
         None => serde_json::Value::Null,
