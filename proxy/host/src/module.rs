@@ -255,21 +255,19 @@ impl ModuleCache {
             .dir
             .as_ref()
             .map(|d| d.join(format!("{}.cwasm", hex(sha256))));
-        if let Some(path) = &cached
-            && path.exists()
-        {
-            // SAFETY: the file was written by `Module::serialize` below for this same module
-            // (named by its sha256); wasmtime checks it was made by a compatible engine.
-            match unsafe { Module::deserialize_file(engine, path) } {
-                Ok(m) => {
-                    self.from_disk
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(m);
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, path = %path.display(), "recompiling a stale cached module")
-                }
-            }
+        if let Some(m) = cached.as_deref().and_then(|p| self.read_compiled(engine, p)) {
+            return Ok(m);
+        }
+        // Sidecars that share the directory (a mesh on one machine) compile a module once:
+        // the first takes the lock and compiles, the others wait and read its result. The
+        // kernel drops the lock of a process that dies.
+        let _lock = cached.as_ref().and_then(|path| {
+            let lock = std::fs::File::create(path.with_extension("lock")).ok()?;
+            lock.lock().ok()?;
+            Some(lock)
+        });
+        if let Some(m) = cached.as_deref().and_then(|p| self.read_compiled(engine, p)) {
+            return Ok(m);
         }
         let module =
             Module::new(engine, bytes).map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
@@ -284,6 +282,26 @@ impl ModuleCache {
             }
         }
         Ok(module)
+    }
+
+    /// The compiled module at `path`, if there is a usable one.
+    fn read_compiled(&self, engine: &Engine, path: &std::path::Path) -> Option<Module> {
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: the file was written by `Module::serialize` in `compile` for this same
+        // module (named by its sha256); wasmtime checks it was made by a compatible engine.
+        match unsafe { Module::deserialize_file(engine, path) } {
+            Ok(m) => {
+                self.from_disk
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(m)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, path = %path.display(), "recompiling a stale cached module");
+                None
+            }
+        }
     }
 }
 
