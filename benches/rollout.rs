@@ -145,7 +145,8 @@ async fn run(
         &manifests,
         plugins,
         &dir.path().join("data"),
-        "warn",
+        // (Its "listening" line is at info.)
+        "warn,wasmesh_controlplane=info",
         &["--insecure-registry", &host],
     )?;
     let address = cp.address;

@@ -255,7 +255,10 @@ impl ModuleCache {
             .dir
             .as_ref()
             .map(|d| d.join(format!("{}.cwasm", hex(sha256))));
-        if let Some(m) = cached.as_deref().and_then(|p| self.read_compiled(engine, p)) {
+        if let Some(m) = cached
+            .as_deref()
+            .and_then(|p| self.read_compiled(engine, p))
+        {
             return Ok(m);
         }
         // Sidecars that share the directory (a mesh on one machine) compile a module once:
@@ -266,7 +269,10 @@ impl ModuleCache {
             lock.lock().ok()?;
             Some(lock)
         });
-        if let Some(m) = cached.as_deref().and_then(|p| self.read_compiled(engine, p)) {
+        if let Some(m) = cached
+            .as_deref()
+            .and_then(|p| self.read_compiled(engine, p))
+        {
             return Ok(m);
         }
         let module =
