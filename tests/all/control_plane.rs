@@ -11,7 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmesh_api as api;
 
 use crate::support::sidecars::{
-    ControlPlane, Sidecar, SidecarSpec, plugins_dir, services, shared_cache, write,
+    ControlPlane, Sidecar, SidecarSpec, echo_workload, plugins_dir, services, shared_cache, stamp,
+    stamp_plugin, wait_stamp, write,
 };
 use crate::support::tls::{TestCa, https_server};
 use crate::support::*;
@@ -510,65 +511,23 @@ async fn https_plugins_reach_sidecars_from_servers_the_control_plane_trusts() {
         &["--registry-ca".as_ref(), roots.as_os_str()],
     );
 
-    let app = Upstream::echo("echo-v1").await;
-    let cache = shared_cache();
-    let sidecar = Sidecar::start(
-        &cp.address,
-        &SidecarSpec {
-            name: "echo-v1",
-            labels: &[("app", "echo")],
-            app: Some((ECHO, app.addr)),
-            cache: &cache,
-            outbound: "127.0.0.1:0",
-        },
-    );
+    let (_app, sidecar) = echo_workload(&cp.address, "echo-v1", "echo", ECHO).await;
     let inbound = sidecar.inbound.expect("an inbound listener");
-    let plugin = |url: String, config: &str| {
-        format!(
-            "apiVersion: extensions.istio.io/v1alpha1
-kind: WasmPlugin
-metadata:
-  name: stamp
-spec:
-  selector:
-    matchLabels: {{app: echo}}
-  url: {url}
-  pluginConfig: {config}
-"
-        )
-    };
-    let stamp = || async { get(inbound, "/").await.json()["headers"]["x-plugin-config"].clone() };
-
+    let good = format!("https://{good}/headers.wasm");
     write(
         &manifests,
         "plugin.yaml",
-        &plugin(format!("https://{good}/headers.wasm"), "over-tls"),
+        &stamp_plugin(&good, "over-tls", ""),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while stamp().await != "over-tls" {
-        assert!(
-            Instant::now() < deadline,
-            "the plugin never served: {:#?}",
-            cp.status().await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_stamp(&cp, inbound, "over-tls".into()).await;
 
     let untrusted = format!("https://{bad}/headers.wasm");
     write(
         &manifests,
         "plugin.yaml",
-        &plugin(untrusted.clone(), "untrusted"),
+        &stamp_plugin(&untrusted, "untrusted", ""),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let reported = loop {
-        let status = cp.status().await;
-        if let Some(d) = status.diagnostics.iter().find(|d| d.contains(&untrusted)) {
-            break d.clone();
-        }
-        assert!(Instant::now() < deadline, "not reported: {status:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let reported = cp.wait_diagnostic(&untrusted).await;
     assert!(
         reported.contains("WasmPlugin stamp") && reported.contains("UnknownIssuer"),
         "{reported}"
@@ -579,7 +538,11 @@ spec:
         status.proxies.iter().all(|p| p.error.is_empty()),
         "{status:#?}"
     );
-    assert_eq!(stamp().await, "over-tls", "the last good plugin serves");
+    assert_eq!(
+        stamp(inbound).await,
+        "over-tls",
+        "the last good plugin serves"
+    );
 }
 
 /// A sidecar compiles the mesh's own plugins before any policy needs them. With a service and

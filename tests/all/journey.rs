@@ -19,10 +19,8 @@ use http::Request;
 use http_body_util::BodyExt;
 
 use crate::support::registry::Registry;
-use crate::support::sidecars::{
-    ControlPlane, Sidecar, SidecarSpec, services, shared_cache, wasmesh_bin, write,
-};
-use crate::support::{Upstream, empty, h1_client};
+use crate::support::sidecars::{ControlPlane, echo_workload, services, wasmesh_bin, write};
+use crate::support::{empty, h1_client};
 
 const HELLO: u16 = 9080;
 const OTHER: u16 = 9081;
@@ -246,7 +244,6 @@ async fn a_new_plugin_goes_from_plugin_new_to_a_rollout_through_a_registry() {
         "127.0.0.1:0",
         &["--insecure-registry".as_ref(), host.as_ref()],
     );
-    let cache = shared_cache();
     let mut apps = Vec::new();
     let mut sidecars = Vec::new();
     for (name, app, port) in [
@@ -254,18 +251,9 @@ async fn a_new_plugin_goes_from_plugin_new_to_a_rollout_through_a_registry() {
         ("hello-v2", "hello", HELLO),
         ("other-v1", "other", OTHER),
     ] {
-        let upstream = Upstream::echo(name).await;
-        sidecars.push(Sidecar::start(
-            &cp.address,
-            &SidecarSpec {
-                name,
-                labels: &[("app", app)],
-                app: Some((port, upstream.addr)),
-                cache: &cache,
-                outbound: "127.0.0.1:0",
-            },
-        ));
+        let (upstream, sidecar) = echo_workload(&cp.address, name, app, port).await;
         apps.push(upstream);
+        sidecars.push(sidecar);
     }
     let inbound: Vec<SocketAddr> = sidecars.iter().map(|s| s.inbound.unwrap()).collect();
     write(&manifests, "hello-filter.yaml", &wasm_plugin(&v1));

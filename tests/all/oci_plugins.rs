@@ -5,16 +5,14 @@
 //! reason while the last good plugin serves.
 
 use std::ffi::OsStr;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::registry::{Registry, oras_pull, oras_push_wasm, try_oras_push_files};
 use crate::support::sidecars::{
-    ControlPlane, Sidecar, SidecarSpec, services, shared_cache, wasmesh_bin, write,
+    ControlPlane, echo_workload, services, stamp, stamp_plugin, wait_stamp, wasmesh_bin, write,
 };
-use crate::support::*;
 
 const ECHO: u16 = 9080;
 const OTHER: u16 = 9081;
@@ -88,57 +86,6 @@ r.raise_for_status()
     );
 }
 
-fn plugin(url: &str, config: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: extensions.istio.io/v1alpha1
-kind: WasmPlugin
-metadata:
-  name: stamp
-spec:
-  selector:
-    matchLabels: {{app: echo}}
-  url: {url}
-  pluginConfig: {config}
-{extra}"
-    )
-}
-
-/// The `x-plugin-config` the headers filter stamps on requests through `inbound` (null
-/// without the filter).
-async fn stamp(inbound: SocketAddr) -> serde_json::Value {
-    get(inbound, "/").await.json()["headers"]["x-plugin-config"].clone()
-}
-
-async fn wait_stamp(cp: &ControlPlane, inbound: SocketAddr, want: serde_json::Value) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = stamp(inbound).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stamp {got} never became {want}: {:#?}\n{}",
-            cp.status().await,
-            cp.process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits for a diagnostic naming `url`; returns it.
-async fn wait_reported(cp: &ControlPlane, url: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = cp.status().await;
-        if let Some(d) = status.diagnostics.iter().find(|d| d.contains(url)) {
-            return d.clone();
-        }
-        assert!(Instant::now() < deadline, "{url} not reported: {status:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn flags<'a>(pairs: &'a [(&'a str, &'a OsStr)]) -> Vec<&'a OsStr> {
     pairs
         .iter()
@@ -207,36 +154,19 @@ async fn plugin_images_of_both_variants_reach_the_selected_sidecars_only() {
             ("--pull-secrets", secrets.as_os_str()),
         ]),
     );
-    let echo_app = Upstream::echo("echo-v1").await;
-    let other_app = Upstream::echo("other-v1").await;
-    let cache = shared_cache();
-    let echo = Sidecar::start(
-        &cp.address,
-        &SidecarSpec {
-            name: "echo-v1",
-            labels: &[("app", "echo")],
-            app: Some((ECHO, echo_app.addr)),
-            cache: &cache,
-            outbound: "127.0.0.1:0",
-        },
-    );
-    let other = Sidecar::start(
-        &cp.address,
-        &SidecarSpec {
-            name: "other-v1",
-            labels: &[("app", "other")],
-            app: Some((OTHER, other_app.addr)),
-            cache: &cache,
-            outbound: "127.0.0.1:0",
-        },
-    );
+    let (_echo_app, echo) = echo_workload(&cp.address, "echo-v1", "echo", ECHO).await;
+    let (_other_app, other) = echo_workload(&cp.address, "other-v1", "other", OTHER).await;
     let (echo_in, other_in) = (echo.inbound.unwrap(), other.inbound.unwrap());
 
     // Without the pull secret the registry refuses, and the plugin is left out, reported.
     let url = format!("oci://{}", registry.reference("filters/headers:v1"));
     let secret = "  imagePullSecret: regcred\n";
-    write(&manifests, "plugin.yaml", &plugin(&url, "pushed", secret));
-    let reported = wait_reported(&cp, "regcred.json").await;
+    write(
+        &manifests,
+        "plugin.yaml",
+        &stamp_plugin(&url, "pushed", secret),
+    );
+    let reported = cp.wait_diagnostic("regcred.json").await;
     assert!(reported.contains("plugin is left out"), "{reported}");
     assert_eq!(stamp(echo_in).await, serde_json::Value::Null);
 
@@ -255,7 +185,11 @@ async fn plugin_images_of_both_variants_reach_the_selected_sidecars_only() {
 
     for (name, config) in [("filters/oras:v1", "oras"), ("filters/compat:v1", "compat")] {
         let url = format!("oci://{}", registry.reference(name));
-        write(&manifests, "plugin.yaml", &plugin(&url, config, secret));
+        write(
+            &manifests,
+            "plugin.yaml",
+            &stamp_plugin(&url, config, secret),
+        );
         wait_stamp(&cp, echo_in, config.into()).await;
     }
     assert_eq!(
@@ -307,24 +241,13 @@ async fn an_image_that_cannot_be_had_is_reported_and_the_last_good_plugin_serves
         "127.0.0.1:0",
         &flags(&[("--insecure-registry", OsStr::new(&host))]),
     );
-    let app = Upstream::echo("echo-v1").await;
-    let cache = shared_cache();
-    let echo = Sidecar::start(
-        &cp.address,
-        &SidecarSpec {
-            name: "echo-v1",
-            labels: &[("app", "echo")],
-            app: Some((ECHO, app.addr)),
-            cache: &cache,
-            outbound: "127.0.0.1:0",
-        },
-    );
+    let (_app, echo) = echo_workload(&cp.address, "echo-v1", "echo", ECHO).await;
     let inbound = echo.inbound.unwrap();
     let url = |name: &str| format!("oci://{host}/{name}");
     write(
         &manifests,
         "plugin.yaml",
-        &plugin(&url("filters/docker:v1"), "good", ""),
+        &stamp_plugin(&url("filters/docker:v1"), "good", ""),
     );
     wait_stamp(&cp, inbound, "good".into()).await;
 
@@ -339,8 +262,8 @@ async fn an_image_that_cannot_be_had_is_reported_and_the_last_good_plugin_serves
         (url("filters/text:v1"), String::new(), "not a Wasm module"),
     ];
     for (url, extra, reason) in &cases {
-        write(&manifests, "plugin.yaml", &plugin(url, "bad", extra));
-        let reported = wait_reported(&cp, url).await;
+        write(&manifests, "plugin.yaml", &stamp_plugin(url, "bad", extra));
+        let reported = cp.wait_diagnostic(url).await;
         assert!(
             reported.contains(reason) && reported.contains("last good version stays"),
             "{reason}: {reported}"
@@ -352,7 +275,7 @@ async fn an_image_that_cannot_be_had_is_reported_and_the_last_good_plugin_serves
     write(
         &manifests,
         "plugin.yaml",
-        &plugin(&url("filters/broken:v1"), "broken", ""),
+        &stamp_plugin(&url("filters/broken:v1"), "broken", ""),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     let nacked = loop {
@@ -375,14 +298,18 @@ async fn an_image_that_cannot_be_had_is_reported_and_the_last_good_plugin_serves
     .await
     .unwrap();
     let fresh = url("filters/fresh:v1");
-    write(&manifests, "plugin.yaml", &plugin(&fresh, "fresh", ""));
-    let reported = wait_reported(&cp, &fresh).await;
+    write(
+        &manifests,
+        "plugin.yaml",
+        &stamp_plugin(&fresh, "fresh", ""),
+    );
+    let reported = cp.wait_diagnostic(&fresh).await;
     assert!(reported.to_lowercase().contains("connect"), "{reported}");
     assert_eq!(stamp(inbound).await, "good");
     write(
         &manifests,
         "plugin.yaml",
-        &plugin(&url("filters/docker:v1"), "cached", ""),
+        &stamp_plugin(&url("filters/docker:v1"), "cached", ""),
     );
     wait_stamp(&cp, inbound, "cached".into()).await;
     let status = cp.wait_synced(1, Duration::from_secs(10)).await;
@@ -410,31 +337,20 @@ async fn the_pull_policy_decides_whether_a_moved_tag_is_pulled_again() {
         "127.0.0.1:0",
         &flags(&[("--insecure-registry", OsStr::new(&host))]),
     );
-    let app = Upstream::echo("echo-v1").await;
-    let cache = shared_cache();
-    let echo = Sidecar::start(
-        &cp.address,
-        &SidecarSpec {
-            name: "echo-v1",
-            labels: &[("app", "echo")],
-            app: Some((ECHO, app.addr)),
-            cache: &cache,
-            outbound: "127.0.0.1:0",
-        },
-    );
+    let (_app, echo) = echo_workload(&cp.address, "echo-v1", "echo", ECHO).await;
     let inbound = echo.inbound.unwrap();
     let v1 = format!("oci://{host}/filters/f:v1");
     let latest = format!("oci://{host}/filters/f:latest");
 
-    write(&manifests, "plugin.yaml", &plugin(&v1, "one", ""));
+    write(&manifests, "plugin.yaml", &stamp_plugin(&v1, "one", ""));
     wait_stamp(&cp, inbound, "one".into()).await;
-    write(&manifests, "plugin.yaml", &plugin(&latest, "l1", ""));
+    write(&manifests, "plugin.yaml", &stamp_plugin(&latest, "l1", ""));
     wait_stamp(&cp, inbound, "l1".into()).await;
     // Both tags now name a module that stamps nothing.
     wasmesh_push(&registry, "filters/f:v1", noop);
     wasmesh_push(&registry, "filters/f:latest", noop);
 
-    write(&manifests, "plugin.yaml", &plugin(&v1, "two", ""));
+    write(&manifests, "plugin.yaml", &stamp_plugin(&v1, "two", ""));
     wait_stamp(&cp, inbound, "two".into()).await;
     cp.wait_synced(1, Duration::from_secs(10)).await;
     assert_eq!(
@@ -443,11 +359,15 @@ async fn the_pull_policy_decides_whether_a_moved_tag_is_pulled_again() {
         "IfNotPresent keeps the cached v1"
     );
     // `latest` defaults to Always: a changed plugin pulls it again.
-    write(&manifests, "plugin.yaml", &plugin(&latest, "l2", ""));
+    write(&manifests, "plugin.yaml", &stamp_plugin(&latest, "l2", ""));
     wait_stamp(&cp, inbound, serde_json::Value::Null).await;
-    write(&manifests, "plugin.yaml", &plugin(&v1, "three", ""));
+    write(&manifests, "plugin.yaml", &stamp_plugin(&v1, "three", ""));
     wait_stamp(&cp, inbound, "three".into()).await;
     let always = "  imagePullPolicy: Always\n";
-    write(&manifests, "plugin.yaml", &plugin(&v1, "four", always));
+    write(
+        &manifests,
+        "plugin.yaml",
+        &stamp_plugin(&v1, "four", always),
+    );
     wait_stamp(&cp, inbound, serde_json::Value::Null).await;
 }

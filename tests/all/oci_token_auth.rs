@@ -4,15 +4,14 @@
 //! Basic credentials. `wasmesh plugin push` and the control plane's pulls go through it.
 
 use std::ffi::OsStr;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::registry::{Registry, oras_pull};
-use crate::support::sidecars::{ControlPlane, Sidecar, SidecarSpec, services, shared_cache};
-use crate::support::sidecars::{wasmesh_bin, write};
-use crate::support::*;
+use crate::support::sidecars::{
+    ControlPlane, echo_workload, services, stamp_plugin, wait_stamp, wasmesh_bin, write,
+};
 
 const ECHO: u16 = 9080;
 
@@ -28,11 +27,6 @@ fn push(registry: &Registry, reference: &str, module: &Path, password: &str) -> 
         .env("WASMESH_REGISTRY_PASSWORD", password)
         .output()
         .expect("wasmesh runs")
-}
-
-/// The `x-plugin-config` the headers filter stamps on requests through `inbound`.
-async fn stamp(inbound: SocketAddr) -> serde_json::Value {
-    get(inbound, "/").await.json()["headers"]["x-plugin-config"].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -105,50 +99,16 @@ async fn plugin_images_are_pushed_and_pulled_with_bearer_tokens() {
             secrets.as_os_str(),
         ],
     );
-    let app = Upstream::echo("echo-v1").await;
-    let cache = shared_cache();
-    let echo = Sidecar::start(
-        &cp.address,
-        &SidecarSpec {
-            name: "echo-v1",
-            labels: &[("app", "echo")],
-            app: Some((ECHO, app.addr)),
-            cache: &cache,
-            outbound: "127.0.0.1:0",
-        },
-    );
+    let (_app, echo) = echo_workload(&cp.address, "echo-v1", "echo", ECHO).await;
     let inbound = echo.inbound.unwrap();
+    let url = format!("oci://{host}/filters/headers:v1");
+    let secret = "  imagePullSecret: regcred\n";
     write(
         &manifests,
         "plugin.yaml",
-        &format!(
-            "apiVersion: extensions.istio.io/v1alpha1
-kind: WasmPlugin
-metadata:
-  name: stamp
-spec:
-  selector:
-    matchLabels: {{app: echo}}
-  url: oci://{host}/filters/headers:v1
-  imagePullSecret: regcred
-  pluginConfig: token
-"
-        ),
+        &stamp_plugin(&url, "token", secret),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = stamp(inbound).await;
-        if got == "token" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stamp {got} never became \"token\": {:#?}\n{tokens:?}\n{}",
-            cp.status().await,
-            cp.process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_stamp(&cp, inbound, "token".into()).await;
     assert!(
         tokens.issued() > issued_before_pull,
         "the control plane pulled without a token: {tokens:?}"

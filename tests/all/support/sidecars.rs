@@ -194,6 +194,22 @@ impl ControlPlane {
             .into_inner()
     }
 
+    /// Waits for a diagnostic that contains `needle`; returns it.
+    pub async fn wait_diagnostic(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status().await;
+            if let Some(d) = status.diagnostics.iter().find(|d| d.contains(needle)) {
+                return d.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle} not reported: {status:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until `n` proxies are connected and all SYNCED; returns the status.
     pub async fn wait_synced(&self, n: usize, timeout: Duration) -> api::ProxyStatusReply {
         let deadline = Instant::now() + timeout;
@@ -315,4 +331,67 @@ spec:
             )
         })
         .collect()
+}
+
+/// An echo workload `name` on `port` behind its own sidecar (labels `app: <app>`, the shared
+/// module cache): the workload, and the sidecar whose inbound listener fronts it.
+pub async fn echo_workload(
+    control_plane: &str,
+    name: &'static str,
+    app: &str,
+    port: u16,
+) -> (super::Upstream, Sidecar) {
+    let upstream = super::Upstream::echo(name).await;
+    let sidecar = Sidecar::start(
+        control_plane,
+        &SidecarSpec {
+            name,
+            labels: &[("app", app)],
+            app: Some((port, upstream.addr)),
+            cache: &shared_cache(),
+            outbound: "127.0.0.1:0",
+        },
+    );
+    (upstream, sidecar)
+}
+
+/// A WasmPlugin `stamp` for the workloads `app: echo`: its module at `url`, its config
+/// `config`, and `extra` spec lines (indented two spaces).
+pub fn stamp_plugin(url: &str, config: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata:
+  name: stamp
+spec:
+  selector:
+    matchLabels: {{app: echo}}
+  url: {url}
+  pluginConfig: {config}
+{extra}"
+    )
+}
+
+/// The `x-plugin-config` the headers test filter stamps on a request through `inbound` (to an
+/// echo workload); null without the filter.
+pub async fn stamp(inbound: SocketAddr) -> serde_json::Value {
+    super::get(inbound, "/").await.json()["headers"]["x-plugin-config"].clone()
+}
+
+/// Waits until requests through `inbound` are stamped `want`.
+pub async fn wait_stamp(cp: &ControlPlane, inbound: SocketAddr, want: serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = stamp(inbound).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stamp {got} never became {want}: {:#?}\n{}",
+            cp.status().await,
+            cp.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
