@@ -35,10 +35,7 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or(30);
     let proxy = build_release("wasmesh-proxy")?;
     let controlplane = build_release("wasmesh-controlplane")?;
-    let plugins = Path::new(wasmesh_artifacts::ROUTER)
-        .parent()
-        .context("the plugins' directory")?
-        .to_owned();
+    let plugins = wasmesh_benches::plugins_dir();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -31,7 +31,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use wasmesh_benches::load::{self, LoadRequest, Measurement, cpu_ticks};
 use wasmesh_benches::peers;
 use wasmesh_benches::{build_release, free_addr, start_controlplane, wait_for_port};
@@ -386,13 +385,11 @@ impl Mesh {
             ));
         }
         std::fs::write(manifests.join("mesh.yaml"), yaml)?;
-        let plugins = Path::new(wasmesh_artifacts::ROUTER)
-            .parent()
-            .context("the plugins' directory")?;
+        let plugins = wasmesh_benches::plugins_dir();
         let cp = start_controlplane(
             controlplane,
             &manifests,
-            plugins,
+            &plugins,
             &dir.join("data"),
             "warn,wasmesh_controlplane=info",
         )?;

@@ -16,7 +16,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use wasmesh_benches::{build_release, converged, start_controlplane_with};
 use wasmesh_controlplane::images::{self, RegistryAuth, RegistryOptions};
 
@@ -34,10 +33,7 @@ fn main() -> anyhow::Result<()> {
     let (n, edits) = (env("ROLLOUT_PROXIES", 10), env("ROLLOUT_EDITS", 20));
     let proxy = build_release("wasmesh-proxy")?;
     let controlplane = build_release("wasmesh-controlplane")?;
-    let plugins = Path::new(wasmesh_artifacts::ROUTER)
-        .parent()
-        .context("the plugins' directory")?
-        .to_owned();
+    let plugins = wasmesh_benches::plugins_dir();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

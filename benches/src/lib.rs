@@ -58,6 +58,14 @@ pub fn build_release(name: &str) -> anyhow::Result<PathBuf> {
     Ok(target.join("release").join(name))
 }
 
+/// The directory of the mesh's plugin modules (built by `wasmesh-artifacts`).
+pub fn plugins_dir() -> PathBuf {
+    std::path::Path::new(wasmesh_artifacts::ROUTER)
+        .parent()
+        .expect("the plugins' directory")
+        .to_owned()
+}
+
 /// Finds a program on PATH or in /usr/sbin (where Debian puts nginx).
 pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();

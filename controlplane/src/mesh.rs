@@ -506,47 +506,21 @@ impl Mesh {
             }
             let key = (r.namespace().to_owned(), r.name().to_owned());
             let kept = inner.last_good_plugins.get(&key).cloned();
-            let resolved = match ModuleUrl::parse(&wp.url) {
-                Ok(ModuleUrl::File(path)) => {
-                    let path = match (&r.source.file, path.is_relative()) {
-                        (Some(file), true) => file.parent().unwrap_or(Path::new(".")).join(&path),
-                        _ => path,
-                    };
-                    self.modules
-                        .add_file(&path, wp.sha256.as_deref())
-                        .map(|sha| (path.display().to_string(), Some(sha)))
-                }
-                Ok(ModuleUrl::Http(url) | ModuleUrl::Oci(url)) => {
-                    match self.puller.status(&self.pull_request(r, wp, &url)) {
-                        PullStatus::Ready(module) => {
-                            self.modules.add(&module.sha256, module.bytes);
-                            Ok((url, Some(module.sha256)))
-                        }
-                        PullStatus::Failed(reason) => Err(reason),
-                        PullStatus::Pending => {
-                            pulling = true;
-                            if let Some(k) = kept {
-                                if let Some(sha) = &k.sha256
-                                    && self.modules.get(sha).is_some()
-                                {
-                                    used.insert(sha.clone());
-                                }
-                                last_good.insert(key, k.clone());
-                                out.push(k);
-                            }
-                            continue;
-                        }
+            let plugin = match self.module_of(r, wp) {
+                // While its pull runs the plugin stays as it was (a new one waits).
+                None => {
+                    pulling = true;
+                    match kept {
+                        Some(k) => k,
+                        None => continue,
                     }
                 }
-                Err(reason) => Err(reason),
-            };
-            let plugin = match resolved {
-                Ok((url, sha256)) => UserPlugin {
+                Some(Ok((url, sha256))) => UserPlugin {
                     resource: r.clone(),
                     url,
                     sha256,
                 },
-                Err(reason) => {
+                Some(Err(reason)) => {
                     let what = if kept.is_some() {
                         "its last good version stays in effect"
                     } else {
@@ -580,6 +554,36 @@ impl Mesh {
         self.puller.sweep();
         inner.last_good_plugins = last_good;
         (out, pulling)
+    }
+
+    /// `wp`'s module as `(url, sha256)`, or why it cannot be had; `None` while it is pulled.
+    fn module_of(
+        &self,
+        r: &Resource,
+        wp: &WasmPlugin,
+    ) -> Option<Result<(String, Option<String>), String>> {
+        Some(match ModuleUrl::parse(&wp.url) {
+            Ok(ModuleUrl::File(path)) => {
+                let path = match (&r.source.file, path.is_relative()) {
+                    (Some(file), true) => file.parent().unwrap_or(Path::new(".")).join(&path),
+                    _ => path,
+                };
+                self.modules
+                    .add_file(&path, wp.sha256.as_deref())
+                    .map(|sha| (path.display().to_string(), Some(sha)))
+            }
+            Ok(ModuleUrl::Http(url) | ModuleUrl::Oci(url)) => {
+                match self.puller.status(&self.pull_request(r, wp, &url)) {
+                    PullStatus::Ready(module) => {
+                        self.modules.add(&module.sha256, module.bytes);
+                        Ok((url, Some(module.sha256)))
+                    }
+                    PullStatus::Failed(reason) => Err(reason),
+                    PullStatus::Pending => return None,
+                }
+            }
+            Err(reason) => Err(reason),
+        })
     }
 
     /// What pulling `wp`'s module at `url` depends on.

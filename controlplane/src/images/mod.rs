@@ -11,6 +11,7 @@ pub mod puller;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use oci_client::RegistryOperation::{Pull, Push};
 use oci_client::client::{ClientConfig, ClientProtocol, ImageLayer};
 pub use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -114,13 +115,7 @@ pub async fn resolve(
     auth: &RegistryAuth,
     options: &RegistryOptions,
 ) -> Result<String, ImageError> {
-    let client = client(
-        reference,
-        auth,
-        oci_client::RegistryOperation::Pull,
-        options,
-    )
-    .await?;
+    let client = client(reference, auth, Pull, options).await?;
     client
         .fetch_manifest_digest(reference, auth)
         .await
@@ -133,13 +128,7 @@ pub async fn pull(
     auth: &RegistryAuth,
     options: &RegistryOptions,
 ) -> Result<Pulled, ImageError> {
-    let client = client(
-        reference,
-        auth,
-        oci_client::RegistryOperation::Pull,
-        options,
-    )
-    .await?;
+    let client = client(reference, auth, Pull, options).await?;
     let (manifest, manifest_digest) = client
         .pull_image_manifest(reference, auth)
         .await
@@ -177,13 +166,7 @@ pub async fn push(
     if !module.starts_with(b"\0asm") {
         return Err(FormatError::NotWasm.into());
     }
-    let client = client(
-        reference,
-        auth,
-        oci_client::RegistryOperation::Push,
-        options,
-    )
-    .await?;
+    let client = client(reference, auth, Push, options).await?;
     let title = BTreeMap::from([(
         format::TITLE_ANNOTATION.to_owned(),
         format::PLUGIN_FILE.to_owned(),
