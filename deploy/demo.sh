@@ -9,5 +9,5 @@ cd "$(dirname "$0")/.."
 deploy/setup.sh
 cargo build --release --locked --target wasm32-wasip1 \
   -p plugin-router -p plugin-fault -p plugin-mirror -p plugin-circuit-breaker -p plugin-authz
-cargo build --release --locked -p wasmesh-proxy -p wasmesh-controlplane -p wasmesh-demo
+cargo build --release --locked -p wasmesh-proxy -p wasmesh-kube -p wasmesh-demo
 exec target/release/wasmesh-demo --plugins target/wasm32-wasip1/release "$@"

@@ -44,8 +44,21 @@ pub fn build_proxy() -> anyhow::Result<PathBuf> {
 /// Builds the release binary `name` (of the package of the same name) and returns its path.
 pub fn build_release(name: &str) -> anyhow::Result<PathBuf> {
     let root = workspace_root();
+    // The control plane's binary is in the package with its Kubernetes parts.
+    let package = match name {
+        "wasmesh-controlplane" => "wasmesh-kube",
+        other => other,
+    };
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "-p", name, "--bin", name])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            package,
+            "--bin",
+            name,
+        ])
         .current_dir(&root)
         .status()
         .context("run cargo build")?;

@@ -26,7 +26,14 @@ pub fn controlplane_bin() -> PathBuf {
             .and_then(|p| p.to_str())
             .unwrap_or("debug");
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "wasmesh-controlplane"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "wasmesh-kube",
+            "--bin",
+            "wasmesh-controlplane",
+        ]);
         if profile != "debug" {
             cmd.args(["--profile", profile]);
         }

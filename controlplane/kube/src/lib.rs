@@ -1,0 +1,10 @@
+//! wasmesh on Kubernetes. The control plane's library knows nothing of the API server; this
+//! crate connects the two:
+//!
+//! - [`crds`]: Istio's kinds as CustomResourceDefinitions, generated from the control plane's
+//!   Rust types (`deploy/kubernetes/crds.yaml` is their rendering);
+//! - [`source`]: the Kubernetes source, reflectors over the Istio kinds, Services,
+//!   EndpointSlices, Pods and Namespaces, yielding what the directory source yields;
+//! - [`status`]: diagnostics written back to the resources' `status`, by the Lease's holder;
+//! - [`lease`]: the `coordination.k8s.io` Lease that elects one replica for what must be single;
+//! - [`webhook`]: the mutating admission webhook that injects sidecars.
