@@ -8,3 +8,9 @@
 //! - [`status`]: diagnostics written back to the resources' `status`, by the Lease's holder;
 //! - [`lease`]: the `coordination.k8s.io` Lease that elects one replica for what must be single;
 //! - [`webhook`]: the mutating admission webhook that injects sidecars.
+
+pub mod crds;
+pub mod lease;
+pub mod source;
+pub mod status;
+pub mod webhook;
