@@ -4,7 +4,8 @@
 # the interception tests' pods; npm, with Node.js, for the AssemblyScript test filter, unless the
 # machine has them already; docker-registry, the reference OCI distribution registry, and
 # apache2-utils' htpasswd for the plugin-image tests), the wasm32-wasip1 target, and a Python
-# virtualenv at /opt/wasmesh-py with the `oras` client (PyPI) that pushes and pulls test images.
+# virtualenv at /opt/wasmesh-py with the `oras` client (PyPI) that pushes and pulls test images
+# and the `kubernetes-validate` and `jsonschema` validators of the Kubernetes manifests.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
@@ -36,12 +37,21 @@ if ! rustup target list --installed | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1
 fi
 
-# The ORAS Python client, in a virtualenv of its own (Debian's Python is externally managed).
+# Python tools in a virtualenv of their own (Debian's Python is externally managed): the ORAS
+# client that pushes and pulls test images, and the independent validators of deploy/kubernetes
+# (kubernetes-validate for built-in kinds, jsonschema for the CRDs' schemas).
 venv=/opt/wasmesh-py
-if ! "$venv/bin/python" -c 'import oras' >/dev/null 2>&1; then
-  echo "setup: creating $venv with the oras Python client"
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo=sudo
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo=sudo
+if ! [ -x "$venv/bin/python" ]; then
+  echo "setup: creating $venv"
   $sudo /usr/bin/python3 -m venv "$venv"
-  $sudo "$venv/bin/pip" install -q --disable-pip-version-check 'oras>=0.2,<0.3'
 fi
+for pair in 'oras:oras>=0.2,<0.3' 'kubernetes_validate:kubernetes-validate>=1.33,<2' 'jsonschema:jsonschema>=4.23,<5'; do
+  module=${pair%%:*}
+  requirement=${pair#*:}
+  if ! "$venv/bin/python" -c "import $module" >/dev/null 2>&1; then
+    echo "setup: installing $requirement into $venv"
+    $sudo "$venv/bin/pip" install -q --disable-pip-version-check "$requirement"
+  fi
+done

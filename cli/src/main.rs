@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use wasmesh_cli::bench::{self, ChainSource, FilterArg, RequestProfile, ResponseSpec};
 
+mod install;
 mod plugin_image;
 
 #[derive(Parser)]
@@ -59,6 +60,16 @@ enum Command {
         /// The namespace clients are in (short hosts resolve against it).
         #[arg(long, default_value = "default")]
         namespace: String,
+    },
+    /// Installs wasmesh on the current kubectl context: Istio's CRDs, RBAC, the control plane
+    /// and the sidecar injector (deploy/kubernetes), with `kubectl apply --server-side`.
+    Install {
+        /// Print the manifests instead of applying them.
+        #[arg(long)]
+        dry_run: bool,
+        /// The image of the control plane and of the sidecars it injects.
+        #[arg(long, default_value = install::DEFAULT_IMAGE)]
+        image: String,
     },
 }
 
@@ -302,6 +313,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Install { dry_run, image } => install::install(&image, dry_run),
         Command::Plugin {
             command: PluginCommand::New { name, dir, sdk },
         } => {

@@ -293,10 +293,42 @@ impl Ca {
         chain.extend(self.chain.iter().cloned());
         Ok(chain)
     }
+
+    /// A TLS server certificate for `dns_names` (the first is also its common name), with a
+    /// new key: the control plane's own endpoints (the sidecar injector's webhook) serve it
+    /// to clients that trust the mesh's roots. Returns the chain (the new certificate first,
+    /// then the CA's chain) and the key, PEM.
+    pub fn issue_server_certificate(
+        &self,
+        dns_names: &[String],
+        lifetime: Duration,
+    ) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(dns_names)?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(first) = dns_names.first() {
+            params.distinguished_name.push(DnType::CommonName, first);
+        }
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = now + lifetime;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(SerialNumber::from(rand::random::<[u8; 16]>().to_vec()));
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let chain = std::iter::once(cert.pem())
+            .chain(self.chain.iter().map(|c| to_pem(c)))
+            .collect();
+        Ok((chain, key.serialize_pem()))
+    }
 }
 
-/// A new self-signed root for `trust_domain`: its certificate and key, PEM.
-fn generate_root(trust_domain: &str) -> Result<(String, String), CaError> {
+/// A new self-signed root for `trust_domain`: its certificate and key, PEM. (As a `cacerts`
+/// directory it is both the signing CA and the root: `ca-cert.pem`, `root-cert.pem` and
+/// `cert-chain.pem` are the certificate, `ca-key.pem` the key.)
+pub fn generate_root(trust_domain: &str) -> Result<(String, String), CaError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     params
@@ -499,6 +531,43 @@ mod tests {
             text.contains("TLS Web Server Authentication, TLS Web Client Authentication"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_server_certificate_names_its_hosts_and_verifies_under_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::self_signed_in(&dir.path().join("ca"), DEFAULT_TRUST_DOMAIN).unwrap();
+        let names = ["injector".to_owned(), "injector.mesh.svc".to_owned()];
+        let (chain, key) = ca
+            .issue_server_certificate(&names, Duration::from_secs(3600))
+            .unwrap();
+        let chain: Vec<_> = CertificateDer::pem_slice_iter(chain.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(chain.len(), 2);
+        assert_eq!(chain[1], ca.roots()[0]);
+        // The key is the certificate's.
+        let key = KeyPair::from_pem(&key).unwrap();
+        assert_eq!(
+            public_key_info(&chain[0]),
+            Some(rcgen::PublicKeyData::subject_public_key_info(&key))
+        );
+        std::fs::write(dir.path().join("v-root.pem"), pem(&ca.roots()[0])).unwrap();
+        std::fs::write(dir.path().join("v-leaf.pem"), pem(&chain[0])).unwrap();
+        let out = Command::new("openssl")
+            .args(["verify", "-purpose", "sslserver", "-CAfile", "v-root.pem"])
+            .args(["-verify_hostname", "injector.mesh.svc", "v-leaf.pem"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let verdict = String::from_utf8_lossy(&out.stdout);
+        assert!(verdict.contains("v-leaf.pem: OK"), "{verdict}{out:?}");
+        let text = openssl_text(dir.path(), &chain[0]);
+        assert!(
+            text.contains("DNS:injector, DNS:injector.mesh.svc"),
+            "{text}"
+        );
+        assert!(text.contains("CA:FALSE"), "{text}");
     }
 
     #[test]

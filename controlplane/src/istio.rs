@@ -6,10 +6,40 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
 
-/// A field accepted for its presence only (its value is not read).
-pub type Unsupported = Option<serde::de::IgnoredAny>;
+/// A field accepted for its presence only (its value is kept, not read).
+pub type Unsupported = Option<Opaque>;
+
+/// Any value, kept as written; its schema is opaque (`x-kubernetes-preserve-unknown-fields`),
+/// so that the API server stores whatever Istio would accept there.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Opaque(pub serde_json::Value);
+
+impl JsonSchema for Opaque {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Opaque".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
+    }
+}
+
+/// The schema of a `google.protobuf.Struct` (a WasmPlugin's `pluginConfig`): any object.
+fn struct_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "nullable": true,
+    })
+}
 
 /// The API group of the kinds here.
 pub const GROUP: &str = "networking.istio.io";
@@ -48,7 +78,7 @@ pub struct Object<S> {
 
 // ----- VirtualService -----
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct VirtualService {
     pub hosts: Vec<String>,
@@ -59,7 +89,7 @@ pub struct VirtualService {
     pub export_to: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRoute {
     #[serde(default)]
@@ -97,7 +127,7 @@ pub struct HttpRoute {
     pub headers: Option<Headers>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct HttpMatchRequest {
     pub name: Option<String>,
@@ -118,7 +148,7 @@ pub struct HttpMatchRequest {
 }
 
 /// One of `exact`, `prefix`, `regex` (RE2); none at all means "present" where allowed.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StringMatch {
     #[serde(default)]
@@ -135,7 +165,7 @@ impl StringMatch {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteDestination {
     pub destination: Destination,
@@ -145,7 +175,7 @@ pub struct HttpRouteDestination {
     pub headers: Option<Headers>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Destination {
     pub host: String,
@@ -155,13 +185,13 @@ pub struct Destination {
     pub port: Option<PortSelector>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortSelector {
     pub number: u32,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Headers {
     #[serde(default)]
@@ -170,7 +200,7 @@ pub struct Headers {
     pub response: Option<HeaderOperations>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderOperations {
     #[serde(default)]
@@ -181,7 +211,7 @@ pub struct HeaderOperations {
     pub remove: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct HttpRedirect {
     pub uri: Option<String>,
@@ -192,7 +222,7 @@ pub struct HttpRedirect {
     pub redirect_code: Option<u32>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct HttpRewrite {
     pub uri: Option<String>,
@@ -200,7 +230,7 @@ pub struct HttpRewrite {
     pub uri_regex_rewrite: Option<RegexRewrite>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegexRewrite {
     #[serde(rename = "match")]
@@ -208,7 +238,7 @@ pub struct RegexRewrite {
     pub rewrite: String,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpDirectResponse {
     pub status: u32,
@@ -217,7 +247,7 @@ pub struct HttpDirectResponse {
 }
 
 /// One of `string` and `bytes` (base64).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpBody {
     #[serde(default)]
@@ -226,7 +256,7 @@ pub struct HttpBody {
     pub bytes: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct HttpRetry {
     pub attempts: Option<i32>,
@@ -237,7 +267,7 @@ pub struct HttpRetry {
     pub backoff: Unsupported,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpFaultInjection {
     #[serde(default)]
@@ -246,7 +276,7 @@ pub struct HttpFaultInjection {
     pub abort: Option<FaultAbort>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct FaultDelay {
     pub fixed_delay: Option<String>,
@@ -256,7 +286,7 @@ pub struct FaultDelay {
     pub percent: Option<i32>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct FaultAbort {
     pub http_status: Option<i32>,
@@ -266,14 +296,14 @@ pub struct FaultAbort {
     pub percentage: Option<Percent>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Percent {
     #[serde(default)]
     pub value: f64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpMirrorPolicy {
     pub destination: Destination,
@@ -283,7 +313,7 @@ pub struct HttpMirrorPolicy {
 
 // ----- DestinationRule -----
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationRule {
     pub host: String,
@@ -297,7 +327,7 @@ pub struct DestinationRule {
     pub workload_selector: Unsupported,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancerSettings>,
@@ -309,7 +339,7 @@ pub struct TrafficPolicy {
     pub proxy_protocol: Unsupported,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PortTrafficPolicy {
     pub port: Option<PortSelector>,
@@ -320,7 +350,7 @@ pub struct PortTrafficPolicy {
 }
 
 /// `trafficPolicy.tls`: TLS to the destination.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ClientTlsSettings {
     pub mode: ClientTlsMode,
@@ -334,7 +364,7 @@ pub struct ClientTlsSettings {
     pub ca_crl: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ClientTlsMode {
     #[default]
@@ -344,7 +374,7 @@ pub enum ClientTlsMode {
     IstioMutual,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct LoadBalancerSettings {
     pub simple: Option<SimpleLb>,
@@ -354,7 +384,7 @@ pub struct LoadBalancerSettings {
     pub warmup: Unsupported,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SimpleLb {
     Unspecified,
@@ -366,7 +396,7 @@ pub enum SimpleLb {
     LeastRequest,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionPoolSettings {
     #[serde(default)]
@@ -375,7 +405,7 @@ pub struct ConnectionPoolSettings {
     pub http: Option<HttpSettings>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct TcpSettings {
     pub max_connections: Option<i32>,
@@ -385,7 +415,7 @@ pub struct TcpSettings {
     pub idle_timeout: Unsupported,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpSettings {
     #[serde(default, rename = "http1MaxPendingRequests")]
@@ -406,7 +436,7 @@ pub struct HttpSettings {
     pub max_concurrent_streams: Unsupported,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum H2UpgradePolicy {
     Default,
@@ -414,7 +444,7 @@ pub enum H2UpgradePolicy {
     Upgrade,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
     /// Deprecated: Istio reads it as `consecutiveGatewayErrors` (with 5xx ejection off).
@@ -438,7 +468,7 @@ pub struct OutlierDetection {
     pub min_health_percent: Unsupported,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subset {
     pub name: String,
@@ -450,7 +480,7 @@ pub struct Subset {
 
 // ----- ServiceEntry and WorkloadEntry -----
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ServiceEntry {
     pub hosts: Vec<String>,
@@ -464,7 +494,7 @@ pub struct ServiceEntry {
     pub subject_alt_names: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServicePort {
     pub number: u32,
@@ -477,14 +507,14 @@ pub struct ServicePort {
     pub target_port: Option<u32>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Location {
     MeshExternal,
     MeshInternal,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Resolution {
     None,
@@ -493,7 +523,7 @@ pub enum Resolution {
     DnsRoundRobin,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadSelector {
     #[serde(default)]
@@ -501,7 +531,7 @@ pub struct WorkloadSelector {
 }
 
 /// A WorkloadEntry's spec, also the shape of a ServiceEntry's inline `endpoints`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct WorkloadEntry {
     pub address: Option<String>,
@@ -525,7 +555,7 @@ pub const EXTENSIONS_GROUP: &str = "extensions.istio.io";
 /// The versions of WasmPlugin served.
 pub const EXTENSIONS_VERSIONS: [&str; 1] = ["v1alpha1"];
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct WasmPlugin {
     pub selector: Option<LabelSelector>,
@@ -536,6 +566,7 @@ pub struct WasmPlugin {
     pub image_pull_policy: Option<PullPolicy>,
     pub image_pull_secret: Option<String>,
     pub verification_key: Unsupported,
+    #[schemars(schema_with = "struct_schema")]
     pub plugin_config: Option<serde_json::Value>,
     pub plugin_name: Option<String>,
     pub phase: Option<PluginPhase>,
@@ -549,13 +580,13 @@ pub struct WasmPlugin {
 }
 
 /// `selector`: Kubernetes' label selector, `matchLabels` only.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct LabelSelector {
     pub match_labels: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PolicyTargetReference {
     pub group: String,
@@ -564,7 +595,7 @@ pub struct PolicyTargetReference {
     pub namespace: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub enum PullPolicy {
     #[serde(rename = "UNSPECIFIED_POLICY")]
     Unspecified,
@@ -572,7 +603,7 @@ pub enum PullPolicy {
     Always,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PluginPhase {
     UnspecifiedPhase,
@@ -581,7 +612,7 @@ pub enum PluginPhase {
     Stats,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PluginFailStrategy {
     FailClose,
@@ -589,7 +620,7 @@ pub enum PluginFailStrategy {
     FailReload,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PluginType {
     UnspecifiedPluginType,
@@ -597,13 +628,13 @@ pub enum PluginType {
     Network,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PluginVmConfig {
     pub env: Vec<PluginEnvVar>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PluginEnvVar {
     pub name: String,
@@ -611,7 +642,7 @@ pub struct PluginEnvVar {
     pub value: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PluginEnvSource {
     Inline,
@@ -619,14 +650,14 @@ pub enum PluginEnvSource {
 }
 
 /// `match[]`: which traffic the plugin sees.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct TrafficSelector {
     pub mode: Option<WorkloadMode>,
     pub ports: Vec<PortSelector>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum WorkloadMode {
     Undefined,
@@ -643,7 +674,7 @@ pub const SECURITY_GROUP: &str = "security.istio.io";
 pub const SECURITY_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
 
 /// What TLS a workload's sidecar accepts from its peers.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PeerAuthentication {
     /// The workloads it applies to; none: every workload in its namespace (or, in the root
@@ -651,16 +682,19 @@ pub struct PeerAuthentication {
     pub selector: Option<LabelSelector>,
     pub mtls: Option<PeerMtls>,
     /// Per workload port; only with a selector.
+    // Keys are strings in JSON; schemars would spell a u32 key as `patternProperties`, which
+    // the API server's structural schemas do not allow.
+    #[schemars(with = "BTreeMap<String, PeerMtls>")]
     pub port_level_mtls: BTreeMap<u32, PeerMtls>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct PeerMtls {
     pub mode: MtlsMode,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MtlsMode {
     /// Inherited from the enclosing scope.
@@ -674,7 +708,7 @@ pub enum MtlsMode {
 // ----- AuthorizationPolicy (security.istio.io) -----
 
 /// Who may do what to the workloads it selects.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct AuthorizationPolicy {
     /// The workloads it applies to; none: every workload in its namespace (or, in the root
@@ -689,7 +723,7 @@ pub struct AuthorizationPolicy {
     pub provider: Option<AuthzProvider>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AuthzAction {
     #[default]
@@ -699,13 +733,13 @@ pub enum AuthzAction {
     Custom,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthzProvider {
     pub name: String,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthzRule {
     pub from: Vec<AuthzFrom>,
@@ -713,13 +747,13 @@ pub struct AuthzRule {
     pub when: Vec<AuthzCondition>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthzFrom {
     pub source: AuthzSource,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct AuthzSource {
     pub principals: Vec<String>,
@@ -737,13 +771,13 @@ pub struct AuthzSource {
     pub not_service_accounts: Unsupported,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthzTo {
     pub operation: AuthzOperation,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct AuthzOperation {
     pub hosts: Vec<String>,
@@ -756,7 +790,7 @@ pub struct AuthzOperation {
     pub not_paths: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct AuthzCondition {
     pub key: String,

@@ -111,6 +111,8 @@ pub struct Mesh {
     puller: Puller,
     inner: Mutex<Inner>,
     changed: std::sync::mpsc::Sender<()>,
+    /// The diagnostics of the last recompute, sent when they change (for status writers).
+    diagnostics_tx: watch::Sender<Arc<Vec<Diagnostic>>>,
 }
 
 #[derive(Default)]
@@ -165,6 +167,7 @@ impl Mesh {
             puller,
             inner: Mutex::new(inner),
             changed,
+            diagnostics_tx: watch::channel(Arc::default()).0,
         });
         // Sources' changes reach the recompute thread as a change.
         let weak = Arc::downgrade(&mesh);
@@ -282,6 +285,11 @@ impl Mesh {
         (inner.computed_generation, inner.diagnostics.clone())
     }
 
+    /// The mesh's diagnostics, now and each time a recompute changes them.
+    pub fn watch_diagnostics(&self) -> watch::Receiver<Arc<Vec<Diagnostic>>> {
+        self.diagnostics_tx.subscribe()
+    }
+
     /// A shared part of the last computed snapshots.
     pub fn shared_part(&self, sha256: &str) -> Option<Arc<SharedPart>> {
         self.lock().shared.get(sha256).cloned()
@@ -354,6 +362,8 @@ impl Mesh {
             for d in diagnostics.iter().filter(|d| d.is_error()) {
                 tracing::warn!("{d}");
             }
+            self.diagnostics_tx
+                .send_replace(Arc::new(diagnostics.clone()));
         }
         inner.diagnostics = diagnostics;
 

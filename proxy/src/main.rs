@@ -163,6 +163,11 @@ struct SidecarArgs {
     /// The admin API's address.
     #[arg(long)]
     admin: Option<String>,
+    /// Where to answer `GET /healthz/ready` with the admin's `/ready`, for a kubelet's
+    /// readiness probe (Istio's status port, 15021), so the admin API, which also takes
+    /// `POST /quitquitquit`, can stay on loopback. Needs --admin.
+    #[arg(long, value_name = "ADDRESS", requires = "admin")]
+    health: Option<std::net::SocketAddr>,
     #[arg(long)]
     workers: Option<usize>,
     /// Modules from the control plane and compiled modules are kept here.
@@ -315,6 +320,12 @@ fn run_sidecar(args: SidecarArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let (Some(address), Some(admin)) = (args.health, proxy.admin_addr())
+        && let Err(e) = health::spawn(address, admin)
+    {
+        eprintln!("error: --health {address}: {e}");
+        return ExitCode::FAILURE;
+    }
     serve(proxy, None, || {
         tracing::info!("wasmesh-proxy sidecar started")
     })
@@ -415,5 +426,80 @@ async fn reload(proxy: &Proxy, why: &str, force: bool) {
         }
         Ok(_) => {}
         Err(_) => tracing::error!(reason = why, "the reload panicked"),
+    }
+}
+
+/// The readiness endpoint of `--health`.
+mod health {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::time::Duration;
+
+    const TIMEOUT: Duration = Duration::from_secs(1);
+
+    /// Serves `GET /healthz/ready` at `address` on a thread of its own.
+    pub fn spawn(address: SocketAddr, admin: SocketAddr) -> std::io::Result<()> {
+        let listener = TcpListener::bind(address)?;
+        tracing::info!(address = %listener.local_addr()?, "health listening");
+        std::thread::Builder::new()
+            .name("wasmesh-health".into())
+            .spawn(move || {
+                // One at a time: a kubelet probes every few seconds, each answer is quick,
+                // and a client that stalls is cut off after TIMEOUT.
+                for stream in listener.incoming().flatten() {
+                    let _ = answer(stream, admin);
+                }
+            })?;
+        Ok(())
+    }
+
+    fn answer(mut stream: TcpStream, admin: SocketAddr) -> std::io::Result<()> {
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        stream.set_write_timeout(Some(TIMEOUT))?;
+        let head = read_head(&mut stream)?;
+        let (status, body) = match head.split(' ').take(2).collect::<Vec<_>>()[..] {
+            ["GET", "/healthz/ready"] if admin_ready(admin) => ("200 OK", "LIVE\n"),
+            ["GET", "/healthz/ready"] => ("503 Service Unavailable", "not ready\n"),
+            _ => ("404 Not Found", "GET /healthz/ready\n"),
+        };
+        write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// The request's head, up to its blank line (8 KiB at most, within about TIMEOUT).
+    fn read_head(stream: &mut TcpStream) -> std::io::Result<String> {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let mut head = Vec::new();
+        let mut buf = [0; 1024];
+        while !head.ends_with(b"\r\n\r\n")
+            && head.len() < 8192
+            && std::time::Instant::now() < deadline
+        {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok(String::from_utf8_lossy(&head).into_owned())
+    }
+
+    /// Whether the admin's `/ready` says 200: the proxy has its config and is not draining.
+    fn admin_ready(admin: SocketAddr) -> bool {
+        let ask = || -> std::io::Result<bool> {
+            let mut stream = TcpStream::connect_timeout(&admin, TIMEOUT)?;
+            stream.set_read_timeout(Some(TIMEOUT))?;
+            stream.write_all(
+                b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            )?;
+            let mut status = [0; 12];
+            stream.read_exact(&mut status)?;
+            Ok(status.ends_with(b" 200"))
+        };
+        ask().unwrap_or(false)
     }
 }

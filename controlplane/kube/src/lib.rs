@@ -9,6 +9,8 @@
 //! - [`lease`]: the `coordination.k8s.io` Lease that elects one replica for what must be single;
 //! - [`webhook`]: the mutating admission webhook that injects sidecars.
 
+pub mod ca_bundle;
+pub mod ca_secret;
 pub mod crds;
 pub mod lease;
 pub mod source;

@@ -1,1 +1,449 @@
-//! (being written)
+//! The Kubernetes source: reflectors over Istio's kinds, Services, EndpointSlices, Pods and
+//! Namespaces, yielding what the directory source yields (a [`SourceState`] through a watch
+//! channel), so the rest of the control plane cannot tell the two apart.
+//!
+//! - Istio objects are watched as [`DynamicObject`]s and parsed by the manifests parser
+//!   (strict, as for files), so one malformed object is a diagnostic on that object, not a
+//!   failed list.
+//! - Each Service becomes a ServiceEntry, and each ready endpoint of a pod without a sidecar a
+//!   WorkloadEntry; a pod with a sidecar registers itself through it ([`translate`] has the
+//!   details).
+//! - Nothing is published before every reflector has listed once. Through API errors the
+//!   watchers back off and retry while their stores keep their contents; a relist (after a
+//!   410 Gone) replaces a store at once, removing only what is gone. So a flapping API server
+//!   never empties the mesh's configuration.
+//! - Bursts of events are coalesced ([`KubeSourceOptions::debounce`]), and `generation` moves
+//!   only when what is produced changes. A resource that turns bad keeps its last good version
+//!   ([`LastGood`]), as with files.
+
+mod translate;
+
+#[cfg(test)]
+mod fake_api;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use wasmesh_controlplane::source::{LastGood, SourceState};
+
+/// The annotation Istio's injector (and wasmesh's) leaves on a pod it gave a sidecar.
+pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
+/// The name of the injected proxy container.
+pub const SIDECAR_CONTAINER: &str = "wasmesh-proxy";
+
+/// How the source reads the cluster.
+#[derive(Clone, Debug)]
+pub struct KubeSourceOptions {
+    /// The cluster's DNS suffix: Service `reviews` in `default` is
+    /// `reviews.default.<suffix>`. As the control plane's `Options::domain_suffix`.
+    pub domain_suffix: String,
+    /// How long to gather events after one before recomputing, so that a burst (a rollout,
+    /// a relist) is published once.
+    pub debounce: Duration,
+}
+
+impl Default for KubeSourceOptions {
+    fn default() -> KubeSourceOptions {
+        KubeSourceOptions {
+            domain_suffix: "svc.cluster.local".into(),
+            debounce: Duration::from_millis(100),
+        }
+    }
+}
+
+/// An Istio kind the source watches, as the API server serves it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct IstioKind {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+}
+
+impl IstioKind {
+    pub fn api_resource(&self) -> ApiResource {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(self.group, self.version, self.kind),
+            self.plural,
+        )
+    }
+
+    pub fn api_version(&self) -> String {
+        format!("{}/{}", self.group, self.version)
+    }
+}
+
+const fn kind(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+) -> IstioKind {
+    IstioKind {
+        group,
+        version,
+        kind,
+        plural,
+    }
+}
+
+/// The Istio kinds watched: the ones the control plane translates.
+pub static ISTIO_KINDS: [IstioKind; 7] = [
+    kind("networking.istio.io", "v1", "VirtualService", "virtualservices"),
+    kind("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
+    kind("networking.istio.io", "v1", "ServiceEntry", "serviceentries"),
+    kind("networking.istio.io", "v1", "WorkloadEntry", "workloadentries"),
+    kind("security.istio.io", "v1", "PeerAuthentication", "peerauthentications"),
+    kind("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"),
+    kind("extensions.istio.io", "v1alpha1", "WasmPlugin", "wasmplugins"),
+];
+
+/// The watched Istio kind named `kind` (`VirtualService`, ...).
+pub fn istio_kind(kind: &str) -> Option<&'static IstioKind> {
+    ISTIO_KINDS.iter().find(|k| k.kind == kind)
+}
+
+/// An Istio object as the API server holds it: what a status writer needs to patch it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectId {
+    pub kind: &'static IstioKind,
+    pub namespace: String,
+    pub name: String,
+    /// Its `metadata.generation`: what Istio's status reports as `observedGeneration`.
+    pub generation: Option<i64>,
+}
+
+/// The Istio objects behind a published [`SourceState`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IstioObjects {
+    /// The [`SourceState::generation`] they were read for.
+    pub generation: u64,
+    /// By kind (in [`ISTIO_KINDS`] order), namespace and name.
+    pub objects: Vec<ObjectId>,
+}
+
+/// The cluster's Namespaces, for the sidecar injector. Cheap to clone.
+#[derive(Clone)]
+pub struct Namespaces(Store<Namespace>);
+
+impl Namespaces {
+    /// A namespace's labels; None while it is not known.
+    pub fn labels(&self, namespace: &str) -> Option<BTreeMap<String, String>> {
+        let ns = self.0.get(&ObjectRef::new(namespace))?;
+        Some(ns.metadata.labels.clone().unwrap_or_default())
+    }
+}
+
+/// The source stopped (its tasks ended) before its first state.
+#[derive(Debug, thiserror::Error)]
+#[error("the Kubernetes source stopped")]
+pub struct Stopped;
+
+/// The Kubernetes source. Dropping it stops its watches.
+pub struct KubeSource {
+    /// As [`DirectorySource::rx`](wasmesh_controlplane::source::DirectorySource): holds
+    /// generation 0 (nothing) until every initial list is in (see [`KubeSource::synced`]).
+    pub rx: watch::Receiver<Arc<SourceState>>,
+    /// The Istio objects of the current state, for the status writer.
+    pub objects: watch::Receiver<Arc<IstioObjects>>,
+    namespaces: Namespaces,
+    _tasks: JoinSet<()>,
+}
+
+/// Every reflector's store.
+struct Stores {
+    istio: Vec<(&'static IstioKind, Store<DynamicObject>)>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    pods: Store<Pod>,
+    namespaces: Store<Namespace>,
+}
+
+impl KubeSource {
+    /// Starts the watches on the current tokio runtime; returns at once.
+    pub fn start(client: Client, options: KubeSourceOptions) -> KubeSource {
+        let (changed_tx, changed_rx) = watch::channel(());
+        let mut r = Reflectors {
+            tasks: JoinSet::new(),
+            changed: changed_tx,
+        };
+        let all = watcher::Config::default;
+        let istio = ISTIO_KINDS
+            .iter()
+            .map(|k| {
+                let ar = k.api_resource();
+                let api = Api::all_with(client.clone(), &ar);
+                (k, r.run(k.plural, api, all(), ar, trim_istio))
+            })
+            .collect();
+        let c = || client.clone();
+        let stores = Stores {
+            istio,
+            services: r.run("services", Api::all(c()), all(), (), trim_service),
+            slices: r.run("endpointslices", Api::all(c()), all(), (), trim_slice),
+            // Only running pods can be ready endpoints; the rest need not be held.
+            pods: r.run(
+                "pods",
+                Api::all(c()),
+                all().fields("status.phase=Running"),
+                (),
+                trim_pod,
+            ),
+            namespaces: r.run("namespaces", Api::all(c()), all(), (), trim_namespace),
+        };
+        let namespaces = Namespaces(stores.namespaces.clone());
+        let (state_tx, rx) = watch::channel(Arc::new(SourceState::default()));
+        let (objects_tx, objects) = watch::channel(Arc::new(IstioObjects::default()));
+        let mut tasks = r.tasks;
+        tasks.spawn(publish(stores, changed_rx, state_tx, objects_tx, options));
+        KubeSource {
+            rx,
+            objects,
+            namespaces,
+            _tasks: tasks,
+        }
+    }
+
+    /// Waits for the first state: every initial list in, translated and published. Start
+    /// serving proxies after this, or they would be sent an empty mesh.
+    pub async fn synced(&self) -> Result<(), Stopped> {
+        let mut rx = self.rx.clone();
+        rx.wait_for(|s| s.generation > 0).await.map_err(|_| Stopped)?;
+        Ok(())
+    }
+
+    pub fn namespaces(&self) -> Namespaces {
+        self.namespaces.clone()
+    }
+}
+
+/// The reflectors' tasks, and how they tell the publisher that a store changed.
+struct Reflectors {
+    tasks: JoinSet<()>,
+    changed: watch::Sender<()>,
+}
+
+impl Reflectors {
+    /// Starts one reflector: its watcher with the default backoff, feeding a store.
+    fn run<K>(
+        &mut self,
+        what: &'static str,
+        api: Api<K>,
+        config: watcher::Config,
+        dyntype: K::DynamicType,
+        trim: fn(&mut K),
+    ) -> Store<K>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K::DynamicType: Eq + Hash + Clone + Send + Sync,
+    {
+        let writer = Writer::new(dyntype);
+        let store = writer.as_reader();
+        let events = watcher(api, config)
+            .modify(trim)
+            .default_backoff()
+            .reflect(writer);
+        let changed = self.changed.clone();
+        self.tasks.spawn(async move {
+            let mut errors = ErrorLog::default();
+            let mut events = pin!(events);
+            while let Some(event) = events.next().await {
+                match event {
+                    // During a (re)list the store is unchanged: the list replaces it at
+                    // InitDone.
+                    Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {
+                        errors.recovered(what)
+                    }
+                    Ok(_) => {
+                        errors.recovered(what);
+                        changed.send_replace(());
+                    }
+                    Err(e) => errors.failed(what, &e),
+                }
+            }
+        });
+        store
+    }
+}
+
+/// How often a failing watch is warned about; the retries in between log at debug.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// A watcher's errors, rate-limited: the watcher retries with backoff, and an API server that
+/// is down would otherwise fill the log.
+#[derive(Default)]
+struct ErrorLog {
+    last_warning: Option<Instant>,
+    suppressed: u32,
+    /// Warned about since it last worked.
+    warned: bool,
+}
+
+impl ErrorLog {
+    fn failed(&mut self, what: &str, e: &watcher::Error) {
+        // The watch fell out of the API server's window: a routine relist.
+        if let watcher::Error::WatchError(status) = e
+            && status.code == 410
+        {
+            tracing::debug!(resource = what, "watch expired (410 Gone); relisting");
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last_warning
+            .is_some_and(|at| now.duration_since(at) < WARN_EVERY)
+        {
+            self.suppressed += 1;
+            tracing::debug!(resource = what, error = %e, "watch failed; retrying");
+            return;
+        }
+        tracing::warn!(
+            resource = what,
+            error = %e,
+            "watch failed; retrying with backoff, the last state stays in effect{}",
+            match std::mem::take(&mut self.suppressed) {
+                0 => String::new(),
+                n => format!(" ({n} more failures since the last warning)"),
+            }
+        );
+        self.last_warning = Some(now);
+        self.warned = true;
+    }
+
+    fn recovered(&mut self, what: &str) {
+        if std::mem::take(&mut self.warned) {
+            tracing::info!(resource = what, "watching again");
+        }
+    }
+}
+
+/// Once every store has listed: recomputes after each burst of changes and publishes what
+/// changed.
+async fn publish(
+    stores: Stores,
+    mut changed: watch::Receiver<()>,
+    state_tx: watch::Sender<Arc<SourceState>>,
+    objects_tx: watch::Sender<Arc<IstioObjects>>,
+    options: KubeSourceOptions,
+) {
+    if stores.ready().await.is_err() {
+        return;
+    }
+    let mut cache = translate::ParseCache::default();
+    let mut keeper = LastGood::default();
+    loop {
+        changed.borrow_and_update();
+        let (loaded, objects) = translate::translate(&stores, &mut cache, &options.domain_suffix);
+        let loaded = keeper.apply(loaded);
+        let last = state_tx.borrow().clone();
+        let generation = if last.generation == 0
+            || last.loaded.resources != loaded.resources
+            || last.loaded.diagnostics != loaded.diagnostics
+        {
+            let generation = last.generation + 1;
+            tracing::debug!(
+                generation,
+                resources = loaded.resources.len(),
+                "Kubernetes state"
+            );
+            state_tx.send_replace(Arc::new(SourceState { generation, loaded }));
+            generation
+        } else {
+            last.generation
+        };
+        let objects = IstioObjects {
+            generation,
+            objects,
+        };
+        objects_tx.send_if_modified(|o| {
+            let modified = **o != objects;
+            if modified {
+                *o = Arc::new(objects);
+            }
+            modified
+        });
+        if changed.changed().await.is_err() {
+            return;
+        }
+        tokio::time::sleep(options.debounce).await;
+    }
+}
+
+impl Stores {
+    /// Waits until every store has had its initial list.
+    async fn ready(&self) -> Result<(), kube::runtime::reflector::store::WriterDropped> {
+        for (_, store) in &self.istio {
+            store.wait_until_ready().await?;
+        }
+        self.services.wait_until_ready().await?;
+        self.slices.wait_until_ready().await?;
+        self.pods.wait_until_ready().await?;
+        self.namespaces.wait_until_ready().await
+    }
+}
+
+// What the stores keep of each object: only what translation reads (pods are many).
+
+fn trim_istio(o: &mut DynamicObject) {
+    o.managed_fields_mut().clear();
+    o.annotations_mut().clear();
+    // The control plane's own output.
+    if let Some(data) = o.data.as_object_mut() {
+        data.remove("status");
+    }
+}
+
+fn trim_service(s: &mut Service) {
+    s.managed_fields_mut().clear();
+    s.annotations_mut().clear();
+    s.status = None;
+}
+
+fn trim_slice(s: &mut EndpointSlice) {
+    s.managed_fields_mut().clear();
+    s.annotations_mut().clear();
+}
+
+fn trim_pod(p: &mut Pod) {
+    p.managed_fields_mut().clear();
+    p.annotations_mut()
+        .retain(|k, _| k == SIDECAR_STATUS_ANNOTATION);
+    p.status = None;
+    p.spec = p.spec.take().map(|s| PodSpec {
+        containers: s
+            .containers
+            .into_iter()
+            .map(|c| Container {
+                name: c.name,
+                ..Container::default()
+            })
+            .collect(),
+        service_account_name: s.service_account_name,
+        ..PodSpec::default()
+    });
+}
+
+fn trim_namespace(n: &mut Namespace) {
+    n.managed_fields_mut().clear();
+    n.annotations_mut().clear();
+    n.spec = None;
+    n.status = None;
+}
