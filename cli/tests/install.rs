@@ -107,7 +107,7 @@ fn without_dry_run_the_manifests_go_to_kubectl_apply() {
     // A kubectl that records what it is given.
     let kubectl = dir.path().join("kubectl");
     let script = format!(
-        "#!/bin/sh\necho \"$@\" > {0}/args\ncat > {0}/stdin\n",
+        "#!/bin/sh\necho \"$@\" > {0}/args\n/bin/cat > {0}/stdin\n",
         dir.path().display()
     );
     std::fs::write(&kubectl, script).unwrap();
@@ -129,7 +129,7 @@ fn without_dry_run_the_manifests_go_to_kubectl_apply() {
     assert_eq!(applied.as_bytes(), printed);
 
     // kubectl's failure is the command's.
-    std::fs::write(&kubectl, "#!/bin/sh\ncat >/dev/null\nexit 3\n").unwrap();
+    std::fs::write(&kubectl, "#!/bin/sh\n/bin/cat >/dev/null\nexit 3\n").unwrap();
     let out = wasmesh(&["install"], Some(dir.path()));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("kubectl apply failed"));

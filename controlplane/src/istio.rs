@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 pub type Unsupported = Option<Opaque>;
 
 /// Any value, kept as written; its schema is opaque (`x-kubernetes-preserve-unknown-fields`),
-/// so that the API server stores whatever Istio would accept there.
+/// so that the API server stores whatever Istio would accept there. Boxed: such fields are
+/// many and mostly absent.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(transparent)]
-pub struct Opaque(pub serde_json::Value);
+pub struct Opaque(pub Box<serde_json::Value>);
 
 impl JsonSchema for Opaque {
     fn inline_schema() -> bool {
@@ -28,7 +29,8 @@ impl JsonSchema for Opaque {
     }
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
+        // Any value, null included.
+        json_schema!({ "x-kubernetes-preserve-unknown-fields": true, "nullable": true })
     }
 }
 

@@ -21,6 +21,9 @@ pub struct Source {
 }
 
 /// One of the translated kinds, with its spec.
+// A DestinationRule is the largest by a few hundred bytes (its fields Istio has but wasmesh
+// does not translate are kept); specs are few and long-lived, so boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Spec {
     VirtualService(istio::VirtualService),

@@ -51,23 +51,9 @@ impl JsonSchema for Status {
     shortname = "vs",
     category = "istio-io",
     category = "networking-istio-io",
-    printcolumn(
-        name = "Gateways",
-        type_ = "string",
-        json_path = ".spec.gateways",
-        description = "The names of gateways and sidecars that should apply these routes"
-    ),
-    printcolumn(
-        name = "Hosts",
-        type_ = "string",
-        json_path = ".spec.hosts",
-        description = "The destination hosts to which traffic is being sent"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Gateways","type":"string","jsonPath":".spec.gateways","description":"The names of gateways and sidecars that should apply these routes"}"#,
+    printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts","description":"The destination hosts to which traffic is being sent"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(transparent)]
 pub struct VirtualServiceSpec(pub istio::VirtualService);
@@ -84,17 +70,8 @@ pub struct VirtualServiceSpec(pub istio::VirtualService);
     shortname = "dr",
     category = "istio-io",
     category = "networking-istio-io",
-    printcolumn(
-        name = "Host",
-        type_ = "string",
-        json_path = ".spec.host",
-        description = "The name of a service from the service registry"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Host","type":"string","jsonPath":".spec.host","description":"The name of a service from the service registry"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(transparent)]
 pub struct DestinationRuleSpec(pub istio::DestinationRule);
@@ -112,29 +89,10 @@ pub struct DestinationRuleSpec(pub istio::DestinationRule);
     shortname = "se",
     category = "istio-io",
     category = "networking-istio-io",
-    printcolumn(
-        name = "Hosts",
-        type_ = "string",
-        json_path = ".spec.hosts",
-        description = "The hosts associated with the ServiceEntry"
-    ),
-    printcolumn(
-        name = "Location",
-        type_ = "string",
-        json_path = ".spec.location",
-        description = "Whether the service is external to the mesh or part of the mesh (MESH_EXTERNAL or MESH_INTERNAL)"
-    ),
-    printcolumn(
-        name = "Resolution",
-        type_ = "string",
-        json_path = ".spec.resolution",
-        description = "Service resolution mode for the hosts (NONE, STATIC, or DNS)"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hosts","description":"The hosts associated with the ServiceEntry"}"#,
+    printcolumn = r#"{"name":"Location","type":"string","jsonPath":".spec.location","description":"Whether the service is external to the mesh or part of the mesh (MESH_EXTERNAL or MESH_INTERNAL)"}"#,
+    printcolumn = r#"{"name":"Resolution","type":"string","jsonPath":".spec.resolution","description":"Service resolution mode for the hosts (NONE, STATIC, or DNS)"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(transparent)]
 pub struct ServiceEntrySpec(pub istio::ServiceEntry);
@@ -152,17 +110,8 @@ pub struct ServiceEntrySpec(pub istio::ServiceEntry);
     shortname = "we",
     category = "istio-io",
     category = "networking-istio-io",
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    ),
-    printcolumn(
-        name = "Address",
-        type_ = "string",
-        json_path = ".spec.address",
-        description = "Address associated with the network endpoint"
-    )
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.address","description":"Address associated with the network endpoint"}"#
 )]
 #[serde(transparent)]
 pub struct WorkloadEntrySpec(pub istio::WorkloadEntry);
@@ -178,11 +127,7 @@ pub struct WorkloadEntrySpec(pub istio::WorkloadEntry);
     status = "Status",
     category = "istio-io",
     category = "extensions-istio-io",
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(transparent)]
 pub struct WasmPluginSpec(pub istio::WasmPlugin);
@@ -199,17 +144,8 @@ pub struct WasmPluginSpec(pub istio::WasmPlugin);
     shortname = "pa",
     category = "istio-io",
     category = "security-istio-io",
-    printcolumn(
-        name = "Mode",
-        type_ = "string",
-        json_path = ".spec.mtls.mode",
-        description = "Defines the mTLS mode used for peer authentication"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mtls.mode","description":"Defines the mTLS mode used for peer authentication"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(transparent)]
 pub struct PeerAuthenticationSpec(pub istio::PeerAuthentication);
@@ -227,17 +163,8 @@ pub struct PeerAuthenticationSpec(pub istio::PeerAuthentication);
     shortname = "ap",
     category = "istio-io",
     category = "security-istio-io",
-    printcolumn(
-        name = "Action",
-        type_ = "string",
-        json_path = ".spec.action",
-        description = "The operation to take"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action","description":"The operation to take"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(transparent)]
 pub struct AuthorizationPolicySpec(pub istio::AuthorizationPolicy);
@@ -270,10 +197,17 @@ fn finish(mut crd: CustomResourceDefinition, versions: &[&str]) -> CustomResourc
         .as_mut()
         .and_then(|s| s.open_api_v3_schema.as_mut())
     {
-        // schemars spells `#[serde(default)]` as `default`, which the API server would write
-        // into every stored object (`hosts: []`, `mode: DISABLE`, ...); Istio's CRDs default
-        // nothing, and the control plane applies the same defaults when it parses.
-        visit_schemas(schema, "", &mut |_, node| node.default = None);
+        visit_schemas(schema, "", &mut |_, node| {
+            // schemars spells `#[serde(default)]` as `default`, which the API server would
+            // write into every stored object (`hosts: []`, `mode: DISABLE`, ...); Istio's CRDs
+            // default nothing, and the control plane applies the same defaults when it parses.
+            node.default = None;
+            // An `Option` of an enum lists `null` among the values; kube's other enums, and
+            // Istio's, leave it to `nullable`.
+            if let Some(values) = &mut node.enum_ {
+                values.retain(|v| !v.0.is_null());
+            }
+        });
     }
     let older: Vec<_> = versions[1..]
         .iter()
@@ -289,7 +223,7 @@ fn finish(mut crd: CustomResourceDefinition, versions: &[&str]) -> CustomResourc
 
 /// Calls `f` on `schema` and every schema inside it, depth first, with its path
 /// (`.spec.http[].route`; `{}` for a map's values, `|anyOf[0]` and the like for junctors).
-pub fn visit_schemas(
+fn visit_schemas(
     schema: &mut JSONSchemaProps,
     path: &str,
     f: &mut dyn FnMut(&str, &mut JSONSchemaProps),
@@ -354,9 +288,26 @@ mod tests {
         let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             checked_in == rendered,
-            "{} differs from the CRDs the Rust types generate; regenerate it with `{REGENERATE}`",
-            path.display()
+            "deploy/kubernetes/crds.yaml differs from the CRDs the Rust types generate; \
+             regenerate it with `{REGENERATE}`"
         );
+    }
+
+    #[test]
+    fn crds_resource_types_read_istio_manifests_and_write_them_back() {
+        let text = wasmesh_controlplane::samples::VIRTUAL_SERVICE_REVIEWS_TEST_V2;
+        let vs: VirtualService = serde_saphyr::from_str(text).unwrap();
+        assert_eq!(vs.metadata.name.as_deref(), Some("reviews"));
+        assert_eq!(vs.spec.0.hosts, ["reviews"]);
+        assert_eq!(
+            vs.spec.0.http[0].matches[0].headers["end-user"]
+                .exact
+                .as_deref(),
+            Some("jason")
+        );
+        let again: VirtualService =
+            serde_json::from_value(serde_json::to_value(&vs).unwrap()).unwrap();
+        assert_eq!(again.spec, vs.spec);
     }
 
     #[test]
@@ -474,12 +425,7 @@ mod tests {
                 _ => {}
             }
             if let (Some(values), Some(ty)) = (&node.enum_, node.type_.as_deref()) {
-                let fits = |v: &serde_json::Value| match v {
-                    serde_json::Value::Null => node.nullable == Some(true),
-                    serde_json::Value::String(_) => ty == "string",
-                    _ => false,
-                };
-                if !values.iter().all(|v| fits(&v.0)) {
+                if !values.iter().all(|v| v.0.is_string() && ty == "string") {
                     bad("an enum value that does not fit the type");
                 }
             }

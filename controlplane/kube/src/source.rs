@@ -23,11 +23,11 @@ mod fake_api;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -107,13 +107,48 @@ const fn kind(
 
 /// The Istio kinds watched: the ones the control plane translates.
 pub static ISTIO_KINDS: [IstioKind; 7] = [
-    kind("networking.istio.io", "v1", "VirtualService", "virtualservices"),
-    kind("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
-    kind("networking.istio.io", "v1", "ServiceEntry", "serviceentries"),
-    kind("networking.istio.io", "v1", "WorkloadEntry", "workloadentries"),
-    kind("security.istio.io", "v1", "PeerAuthentication", "peerauthentications"),
-    kind("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"),
-    kind("extensions.istio.io", "v1alpha1", "WasmPlugin", "wasmplugins"),
+    kind(
+        "networking.istio.io",
+        "v1",
+        "VirtualService",
+        "virtualservices",
+    ),
+    kind(
+        "networking.istio.io",
+        "v1",
+        "DestinationRule",
+        "destinationrules",
+    ),
+    kind(
+        "networking.istio.io",
+        "v1",
+        "ServiceEntry",
+        "serviceentries",
+    ),
+    kind(
+        "networking.istio.io",
+        "v1",
+        "WorkloadEntry",
+        "workloadentries",
+    ),
+    kind(
+        "security.istio.io",
+        "v1",
+        "PeerAuthentication",
+        "peerauthentications",
+    ),
+    kind(
+        "security.istio.io",
+        "v1",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+    ),
+    kind(
+        "extensions.istio.io",
+        "v1alpha1",
+        "WasmPlugin",
+        "wasmplugins",
+    ),
 ];
 
 /// The watched Istio kind named `kind` (`VirtualService`, ...).
@@ -168,22 +203,16 @@ pub struct KubeSource {
     _tasks: JoinSet<()>,
 }
 
-/// Every reflector's store.
-struct Stores {
-    istio: Vec<(&'static IstioKind, Store<DynamicObject>)>,
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
-    pods: Store<Pod>,
-    namespaces: Store<Namespace>,
-}
-
 impl KubeSource {
-    /// Starts the watches on the current tokio runtime; returns at once.
+    /// Starts the watches on the current tokio runtime (panics outside one); returns at once.
     pub fn start(client: Client, options: KubeSourceOptions) -> KubeSource {
         let (changed_tx, changed_rx) = watch::channel(());
         let mut r = Reflectors {
             tasks: JoinSet::new(),
             changed: changed_tx,
+            listed: watch::Sender::default(),
+            count: 0,
+            errors: Arc::default(),
         };
         let all = watcher::Config::default;
         let istio = ISTIO_KINDS
@@ -212,8 +241,14 @@ impl KubeSource {
         let namespaces = Namespaces(stores.namespaces.clone());
         let (state_tx, rx) = watch::channel(Arc::new(SourceState::default()));
         let (objects_tx, objects) = watch::channel(Arc::new(IstioObjects::default()));
+        let (mut listed, count) = (r.listed.subscribe(), r.count);
         let mut tasks = r.tasks;
-        tasks.spawn(publish(stores, changed_rx, state_tx, objects_tx, options));
+        tasks.spawn(async move {
+            // Nothing before every store has had its initial list.
+            if listed.wait_for(|l| l.len() == count).await.is_ok() {
+                publish(stores, changed_rx, state_tx, objects_tx, options).await;
+            }
+        });
         KubeSource {
             rx,
             objects,
@@ -226,7 +261,9 @@ impl KubeSource {
     /// serving proxies after this, or they would be sent an empty mesh.
     pub async fn synced(&self) -> Result<(), Stopped> {
         let mut rx = self.rx.clone();
-        rx.wait_for(|s| s.generation > 0).await.map_err(|_| Stopped)?;
+        rx.wait_for(|s| s.generation > 0)
+            .await
+            .map_err(|_| Stopped)?;
         Ok(())
     }
 
@@ -239,6 +276,10 @@ impl KubeSource {
 struct Reflectors {
     tasks: JoinSet<()>,
     changed: watch::Sender<()>,
+    /// The reflectors that have had their initial list, of `count`.
+    listed: watch::Sender<BTreeSet<&'static str>>,
+    count: usize,
+    errors: Arc<Mutex<ErrorLog>>,
 }
 
 impl Reflectors {
@@ -262,21 +303,35 @@ impl Reflectors {
             .default_backoff()
             .reflect(writer);
         let changed = self.changed.clone();
+        let listed = self.listed.clone();
+        self.count += 1;
+        let errors = self.errors.clone();
         self.tasks.spawn(async move {
-            let mut errors = ErrorLog::default();
             let mut events = pin!(events);
             while let Some(event) = events.next().await {
+                let log = || errors.lock().unwrap_or_else(PoisonError::into_inner);
                 match event {
-                    // During a (re)list the store is unchanged: the list replaces it at
-                    // InitDone.
-                    Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {
-                        errors.recovered(what)
-                    }
-                    Ok(_) => {
-                        errors.recovered(what);
+                    // Before a (re)list's request.
+                    Ok(watcher::Event::Init) => {}
+                    // The store is unchanged until the list replaces it at InitDone.
+                    Ok(watcher::Event::InitApply(_)) => log().recovered(what),
+                    Ok(event) => {
+                        log().recovered(what);
+                        if let watcher::Event::InitDone = event {
+                            listed.send_if_modified(|l| l.insert(what));
+                        }
                         changed.send_replace(());
                     }
-                    Err(e) => errors.failed(what, &e),
+                    Err(e) => {
+                        // A kind the server does not serve (its CRD is not installed) has no
+                        // objects: it must not hold the rest back. Its watcher keeps trying.
+                        if let watcher::Error::InitialListFailed(kube::Error::Api(s)) = &e
+                            && s.is_not_found()
+                        {
+                            listed.send_if_modified(|l| l.insert(what));
+                        }
+                        log().failed(what, &e)
+                    }
                 }
             }
         });
@@ -284,21 +339,21 @@ impl Reflectors {
     }
 }
 
-/// How often a failing watch is warned about; the retries in between log at debug.
+/// How often watch failures are warned about; the retries in between log at debug.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
-/// A watcher's errors, rate-limited: the watcher retries with backoff, and an API server that
-/// is down would otherwise fill the log.
+/// The watchers' errors, rate-limited together: each watcher retries with backoff, and an
+/// API server that is down would otherwise fill the log, a line per kind per retry.
 #[derive(Default)]
 struct ErrorLog {
     last_warning: Option<Instant>,
     suppressed: u32,
-    /// Warned about since it last worked.
-    warned: bool,
+    /// The watches warned about since they last worked.
+    warned: BTreeSet<&'static str>,
 }
 
 impl ErrorLog {
-    fn failed(&mut self, what: &str, e: &watcher::Error) {
+    fn failed(&mut self, what: &'static str, e: &watcher::Error) {
         // The watch fell out of the API server's window: a routine relist.
         if let watcher::Error::WatchError(status) = e
             && status.code == 410
@@ -315,28 +370,36 @@ impl ErrorLog {
             tracing::debug!(resource = what, error = %e, "watch failed; retrying");
             return;
         }
-        tracing::warn!(
-            resource = what,
-            error = %e,
-            "watch failed; retrying with backoff, the last state stays in effect{}",
-            match std::mem::take(&mut self.suppressed) {
-                0 => String::new(),
-                n => format!(" ({n} more failures since the last warning)"),
-            }
-        );
+        let also = match std::mem::take(&mut self.suppressed) {
+            0 => String::new(),
+            n => format!(" ({n} other failures in the last minute)"),
+        };
+        if let watcher::Error::InitialListFailed(kube::Error::Api(s)) = e
+            && s.is_not_found()
+        {
+            tracing::warn!(
+                resource = what,
+                "not served by the API server (is its CRD installed?); none until it is{also}"
+            );
+        } else {
+            tracing::warn!(
+                resource = what,
+                error = %e,
+                "watch failed; retrying with backoff while the last state stays in effect{also}"
+            );
+        }
         self.last_warning = Some(now);
-        self.warned = true;
+        self.warned.insert(what);
     }
 
-    fn recovered(&mut self, what: &str) {
-        if std::mem::take(&mut self.warned) {
+    fn recovered(&mut self, what: &'static str) {
+        if self.warned.remove(what) {
             tracing::info!(resource = what, "watching again");
         }
     }
 }
 
-/// Once every store has listed: recomputes after each burst of changes and publishes what
-/// changed.
+/// Translates the stores, then again after each burst of changes; publishes what changed.
 async fn publish(
     stores: Stores,
     mut changed: watch::Receiver<()>,
@@ -344,9 +407,6 @@ async fn publish(
     objects_tx: watch::Sender<Arc<IstioObjects>>,
     options: KubeSourceOptions,
 ) {
-    if stores.ready().await.is_err() {
-        return;
-    }
     let mut cache = translate::ParseCache::default();
     let mut keeper = LastGood::default();
     loop {
@@ -387,17 +447,13 @@ async fn publish(
     }
 }
 
-impl Stores {
-    /// Waits until every store has had its initial list.
-    async fn ready(&self) -> Result<(), kube::runtime::reflector::store::WriterDropped> {
-        for (_, store) in &self.istio {
-            store.wait_until_ready().await?;
-        }
-        self.services.wait_until_ready().await?;
-        self.slices.wait_until_ready().await?;
-        self.pods.wait_until_ready().await?;
-        self.namespaces.wait_until_ready().await
-    }
+/// Every reflector's store.
+struct Stores {
+    istio: Vec<(&'static IstioKind, Store<DynamicObject>)>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    pods: Store<Pod>,
+    namespaces: Store<Namespace>,
 }
 
 // What the stores keep of each object: only what translation reads (pods are many).

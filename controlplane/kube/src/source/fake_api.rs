@@ -90,6 +90,8 @@ struct State {
     failure: Option<Failure>,
     /// Paths whose lists are not answered until released.
     held: BTreeSet<String>,
+    /// Paths answered 404, as for a custom resource whose CRD is not installed.
+    unserved: BTreeSet<String>,
     parked: Vec<Pending>,
     /// `GET <path>?<query>` of every request, in order.
     log: Vec<String>,
@@ -112,8 +114,7 @@ struct Watch {
 impl FakeApi {
     /// The fake and a client talking to it; it answers on a task of the current runtime.
     pub fn start() -> (FakeApi, kube::Client) {
-        let (service, mut handle) =
-            mock::pair::<Request<kube::client::Body>, Response<Body>>();
+        let (service, mut handle) = mock::pair::<Request<kube::client::Body>, Response<Body>>();
         let mut state = State::default();
         for (kind, api_version, path) in COLLECTIONS {
             state.collections.insert(
@@ -223,6 +224,15 @@ impl FakeApi {
         }
     }
 
+    /// Answers 404 for `path` until [`FakeApi::serve`].
+    pub fn unserve(&self, path: &str) {
+        self.lock().unserved.insert(path.to_owned());
+    }
+
+    pub fn serve(&self, path: &str) {
+        self.lock().unserved.remove(path);
+    }
+
     /// The requests so far: `<path>?<query>`, query decoded.
     pub fn requests(&self) -> Vec<String> {
         self.lock().log.clone()
@@ -309,8 +319,13 @@ impl State {
             return;
         }
         let (revision, compacted) = (self.revision, self.compacted);
-        let Some(c) = self.collections.get_mut(path.as_str()) else {
-            return respond.send_response(status(404, "NotFound", "the server could not find the requested resource"));
+        let served = !self.unserved.contains(&path);
+        let Some(c) = self.collections.get_mut(path.as_str()).filter(|_| served) else {
+            return respond.send_response(status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ));
         };
         let fields = query.get("fieldSelector").and_then(|f| {
             let (k, v) = f.split_once('=')?;

@@ -12,7 +12,7 @@ use wasmesh_controlplane::istio;
 use wasmesh_controlplane::source::SourceState;
 use wasmesh_controlplane::{Options, Spec};
 
-use super::fake_api::{FakeApi, Failure};
+use super::fake_api::{Failure, FakeApi};
 use super::{KubeSource, KubeSourceOptions};
 
 fn virtual_service(name: &str, http: Value) -> Value {
@@ -61,7 +61,8 @@ fn pod(name: &str, ip: &str, sidecar: Sidecar) -> Value {
     match sidecar {
         Sidecar::None => {}
         Sidecar::Injected => {
-            annotations[super::SIDECAR_STATUS_ANNOTATION] = json!("{\"containers\":[\"wasmesh-proxy\"]}");
+            annotations[super::SIDECAR_STATUS_ANNOTATION] =
+                json!("{\"containers\":[\"wasmesh-proxy\"]}");
             containers.push(json!({"name": super::SIDECAR_CONTAINER}));
         }
         Sidecar::Container => containers.push(json!({"name": super::SIDECAR_CONTAINER})),
@@ -128,9 +129,11 @@ async fn wait_for(
     what: &str,
     check: impl Fn(&SourceState) -> bool,
 ) -> Arc<SourceState> {
-    let waited = tokio::time::timeout(Duration::from_secs(600), rx.wait_for(|s| check(s))).await;
+    let waited = tokio::time::timeout(Duration::from_secs(600), rx.wait_for(|s| check(s)))
+        .await
+        .map(|found| found.map(|state| state.clone()));
     match waited {
-        Ok(Ok(state)) => state.clone(),
+        Ok(Ok(state)) => state,
         Ok(Err(_)) => panic!("the source stopped while waiting for {what}"),
         Err(_) => panic!("no state with {what}; the last: {:#?}", rx.borrow()),
     }
@@ -155,7 +158,11 @@ fn has(state: &SourceState, kind: &str, name: &str) -> bool {
 }
 
 fn spec<'a>(state: &'a SourceState, kind: &str, name: &str) -> &'a Spec {
-    let r = state.loaded.resources.iter().find(|r| r.kind() == kind && r.name() == name);
+    let r = state
+        .loaded
+        .resources
+        .iter()
+        .find(|r| r.kind() == kind && r.name() == name);
     &r.unwrap_or_else(|| panic!("no {kind} {name}")).spec
 }
 
@@ -209,7 +216,11 @@ async fn the_first_state_has_the_istio_objects_services_and_pods_without_sidecar
     assert_eq!(se.location, Some(istio::Location::MeshInternal));
     assert_eq!(se.resolution, Some(istio::Resolution::Static));
     assert_eq!(
-        (se.ports[0].name.as_str(), se.ports[0].number, se.ports[0].target_port),
+        (
+            se.ports[0].name.as_str(),
+            se.ports[0].number,
+            se.ports[0].target_port
+        ),
         ("http", 9080, Some(9080))
     );
     let app = BTreeMap::from([("app".to_owned(), "reviews".to_owned())]);
@@ -259,7 +270,10 @@ async fn the_first_state_has_the_istio_objects_services_and_pods_without_sidecar
     let requests = api.requests();
     let watch = requests
         .iter()
-        .find(|r| r.starts_with("/apis/networking.istio.io/v1/virtualservices?") && r.contains("watch=true"))
+        .find(|r| {
+            r.starts_with("/apis/networking.istio.io/v1/virtualservices?")
+                && r.contains("watch=true")
+        })
         .expect("a watch of VirtualServices");
     assert!(watch.contains("allowWatchBookmarks=true"), "{watch}");
     assert!(
@@ -282,7 +296,10 @@ async fn watch_events_update_the_state_once_per_burst() {
         api.apply(virtual_service("reviews", route(&format!("{i}s"))));
     }
     api.apply(pod("reviews-v5", "10.1.0.5", Sidecar::None));
-    api.apply(slice(&[("reviews-v1", "10.1.0.1", true), ("reviews-v5", "10.1.0.5", true)]));
+    api.apply(slice(&[
+        ("reviews-v1", "10.1.0.1", true),
+        ("reviews-v5", "10.1.0.5", true),
+    ]));
     let state = wait_for(&mut source.rx, "the burst", |s| {
         has(s, "WorkloadEntry", "reviews-v5") && timeout_of(s, "reviews").as_deref() == Some("6s")
     })
@@ -299,8 +316,14 @@ async fn watch_events_update_the_state_once_per_burst() {
     assert_eq!(source.rx.borrow().generation, 2);
 
     // The pod is no longer ready, then the VirtualService is deleted.
-    api.apply(slice(&[("reviews-v1", "10.1.0.1", true), ("reviews-v5", "10.1.0.5", false)]));
-    let state = wait_for(&mut source.rx, "v5 gone", |s| !has(s, "WorkloadEntry", "reviews-v5")).await;
+    api.apply(slice(&[
+        ("reviews-v1", "10.1.0.1", true),
+        ("reviews-v5", "10.1.0.5", false),
+    ]));
+    let state = wait_for(&mut source.rx, "v5 gone", |s| {
+        !has(s, "WorkloadEntry", "reviews-v5")
+    })
+    .await;
     assert_eq!(state.generation, 3);
     api.delete("VirtualService", "default", "reviews");
     let state = wait_for(&mut source.rx, "no VirtualService", |s| {
@@ -308,7 +331,14 @@ async fn watch_events_update_the_state_once_per_burst() {
     })
     .await;
     assert_eq!(state.generation, 4);
-    assert!(source.objects.borrow().objects.iter().all(|o| o.kind.kind != "VirtualService"));
+    assert!(
+        source
+            .objects
+            .borrow()
+            .objects
+            .iter()
+            .all(|o| o.kind.kind != "VirtualService")
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -326,28 +356,44 @@ async fn a_malformed_object_is_a_diagnostic_on_it_and_the_others_stay() {
     assert!(has(&state, "VirtualService", "reviews"));
     assert!(has(&state, "ServiceEntry", "reviews"));
     assert!(!has(&state, "VirtualService", "ratings"));
-    let errors: Vec<_> = state.loaded.diagnostics.iter().filter(|d| d.is_error()).collect();
+    let errors: Vec<_> = state
+        .loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .collect();
     assert_eq!(errors.len(), 2, "{errors:#?}");
-    let ratings = errors.iter().find(|d| d.name.as_deref() == Some("ratings")).unwrap();
+    let ratings = errors
+        .iter()
+        .find(|d| d.name.as_deref() == Some("ratings"))
+        .unwrap();
     assert_eq!(ratings.kind.as_deref(), Some("VirtualService"));
     assert_eq!(ratings.namespace.as_deref(), Some("bookinfo"));
     assert_eq!(ratings.field.as_deref(), Some("spec.http[0].rout"));
     assert_eq!((&ratings.file, ratings.line), (&None, None));
-    assert!(
-        ratings.to_string().starts_with("Error [IST0106] (VirtualService ratings.bookinfo) Schema validation error: unknown field"),
-        "{ratings}"
-    );
+    let expected = "Error [IST0106] (VirtualService ratings.bookinfo) Schema validation error";
+    assert!(ratings.to_string().starts_with(expected), "{ratings}");
     assert!(errors.iter().any(|d| d.name.as_deref() == Some("details")));
 
     // A good one turning bad keeps its last good version, with a note.
-    api.apply(virtual_service("reviews", json!([{"route": [{"destination": {"host": "reviews"}}], "timeout": 5}])));
+    api.apply(virtual_service(
+        "reviews",
+        json!([{"route": [{"destination": {"host": "reviews"}}], "timeout": ["5s"]}]),
+    ));
     let state = wait_for(&mut source.rx, "the error on reviews", |s| {
-        s.loaded.diagnostics.iter().any(|d| d.is_error() && d.name.as_deref() == Some("reviews"))
+        s.loaded
+            .diagnostics
+            .iter()
+            .any(|d| d.is_error() && d.name.as_deref() == Some("reviews"))
     })
     .await;
     assert_eq!(timeout_of(&state, "reviews").as_deref(), Some("1s"));
     assert!(
-        state.loaded.diagnostics.iter().any(|d| d.message.contains("last good version")),
+        state
+            .loaded
+            .diagnostics
+            .iter()
+            .any(|d| d.message.contains("last good version")),
         "{:#?}",
         state.loaded.diagnostics
     );
@@ -366,15 +412,24 @@ async fn an_expired_watch_relists_and_what_was_deleted_meanwhile_goes() {
     // ratings is deleted, and its event is lost with the history the watches needed.
     api.delete_unseen("VirtualService", "default", "ratings");
     api.expire_watches();
-    let state = wait_for(&mut source.rx, "ratings gone", |s| !has(s, "VirtualService", "ratings")).await;
+    let state = wait_for(&mut source.rx, "ratings gone", |s| {
+        !has(s, "VirtualService", "ratings")
+    })
+    .await;
     assert_eq!(lists(&api, path), 2, "relisted");
-    assert!(has(&state, "VirtualService", "reviews"), "only what is gone goes");
+    assert!(
+        has(&state, "VirtualService", "reviews"),
+        "only what is gone goes"
+    );
     assert!(has(&state, "WorkloadEntry", "reviews-v1"));
     assert_eq!(state.generation, 2);
 
     // And it watches again from the new list.
     api.apply(virtual_service("details", route("1s")));
-    wait_for(&mut source.rx, "details", |s| has(s, "VirtualService", "details")).await;
+    wait_for(&mut source.rx, "details", |s| {
+        has(s, "VirtualService", "details")
+    })
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -401,9 +456,16 @@ async fn a_closed_watch_resumes_from_its_last_bookmark() {
         resumed.contains("watch=true") && resumed.contains("resourceVersion=7&"),
         "{resumed}"
     );
-    assert_eq!(lists(&api, "/apis/networking.istio.io/v1/virtualservices"), 1, "no relist");
+    assert_eq!(
+        lists(&api, "/apis/networking.istio.io/v1/virtualservices"),
+        1,
+        "no relist"
+    );
     api.apply(virtual_service("reviews", route("2s")));
-    wait_for(&mut source.rx, "the edit", |s| timeout_of(s, "reviews").as_deref() == Some("2s")).await;
+    wait_for(&mut source.rx, "the edit", |s| {
+        timeout_of(s, "reviews").as_deref() == Some("2s")
+    })
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -412,14 +474,17 @@ async fn api_errors_keep_the_state_until_it_recovers() {
     api.apply(virtual_service("ratings", route("1s")));
     let mut source = start(client);
     source.synced().await.unwrap();
-    let before = source.rx.borrow().clone();
+    let before = source.rx.borrow_and_update().clone();
 
     // The API server answers 500, then does not answer at all; the watchers back off.
     api.fail(Failure::ServerError);
     tokio::time::sleep(Duration::from_secs(45)).await;
     api.fail(Failure::Refused);
     tokio::time::sleep(Duration::from_secs(45)).await;
-    assert!(!source.rx.has_changed().unwrap(), "nothing published while down");
+    assert!(
+        !source.rx.has_changed().unwrap(),
+        "nothing published while down"
+    );
     assert!(Arc::ptr_eq(&source.rx.borrow(), &before));
     let failed = api.requests().len();
 
@@ -435,7 +500,9 @@ async fn api_errors_keep_the_state_until_it_recovers() {
     assert!(has(&state, "WorkloadEntry", "reviews-v1"));
     assert_eq!(state.generation, before.generation + 1);
     // The watch from before the history was answered 410, and the client relisted.
-    assert!(api.requests()[failed..].iter().any(|r| r.starts_with("/apis/networking.istio.io/v1/virtualservices?") && !r.contains("watch=true")));
+    assert!(api.requests()[failed..].iter().any(|r| {
+        r.starts_with("/apis/networking.istio.io/v1/virtualservices?") && !r.contains("watch=true")
+    }));
 }
 
 #[tokio::test(start_paused = true)]
@@ -448,7 +515,10 @@ async fn nothing_is_published_before_every_initial_list() {
     api.hold("/api/v1/namespaces");
     api.recover();
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert!(lists(&api, "/api/v1/services") >= 2, "the services were listed again");
+    assert!(
+        lists(&api, "/api/v1/services") >= 2,
+        "the services were listed again"
+    );
     assert!(!source.rx.has_changed().unwrap());
     assert_eq!(source.rx.borrow().generation, 0);
     assert!(source.rx.borrow().loaded.resources.is_empty());
@@ -458,4 +528,26 @@ async fn nothing_is_published_before_every_initial_list() {
     let state = wait_for(&mut source.rx, "the first state", |s| s.generation > 0).await;
     assert_eq!(state.generation, 1);
     assert_eq!(resources(&state).len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kind_not_served_does_not_hold_the_rest_back() {
+    let (api, client) = reviews();
+    let wasm_plugins = "/apis/extensions.istio.io/v1alpha1/wasmplugins";
+    api.unserve(wasm_plugins);
+    let mut source = start(client);
+    source.synced().await.unwrap();
+    assert_eq!(resources(&source.rx.borrow_and_update()).len(), 4);
+
+    // Its CRD is installed, and a WasmPlugin made: the watcher, still trying, finds it.
+    api.serve(wasm_plugins);
+    api.apply(json!({
+        "apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+        "metadata": {"name": "stamp", "namespace": "default"},
+        "spec": {"url": "oci://registry.example/stamp:1"},
+    }));
+    wait_for(&mut source.rx, "the WasmPlugin", |s| {
+        has(s, "WasmPlugin", "stamp")
+    })
+    .await;
 }

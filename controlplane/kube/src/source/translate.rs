@@ -102,8 +102,9 @@ pub(super) fn parse_object(kind: &IstioKind, o: &DynamicObject) -> Loaded {
     if !o.labels().is_empty() {
         metadata["labels"] = serde_json::json!(o.labels());
     }
+    let api_version = o.types.as_ref().map(|t| t.api_version.clone());
     let mut manifest = serde_json::json!({
-        "apiVersion": o.types.as_ref().map_or_else(|| kind.api_version(), |t| t.api_version.clone()),
+        "apiVersion": api_version.unwrap_or_else(|| kind.api_version()),
         "kind": kind.kind,
         "metadata": metadata,
     });
@@ -291,7 +292,10 @@ fn ready_endpoints<'a>(
 
 /// The pod an endpoint points at, if the store has it.
 fn pod_of(e: &Endpoint, pods: &Store<Pod>) -> Option<Arc<Pod>> {
-    let target = e.target_ref.as_ref().filter(|t| t.kind.as_deref() == Some("Pod"))?;
+    let target = e
+        .target_ref
+        .as_ref()
+        .filter(|t| t.kind.as_deref() == Some("Pod"))?;
     let name = target.name.as_deref()?;
     let namespace = target.namespace.as_deref()?;
     pods.get(&ObjectRef::new(name).within(namespace))
@@ -307,7 +311,11 @@ fn has_sidecar(pod: &Pod) -> bool {
 }
 
 /// An endpoint as a WorkloadEntry: the pod's labels and service account when there is one.
-fn workload(address: &str, ports: BTreeMap<String, u32>, pod: Option<&Pod>) -> istio::WorkloadEntry {
+fn workload(
+    address: &str,
+    ports: BTreeMap<String, u32>,
+    pod: Option<&Pod>,
+) -> istio::WorkloadEntry {
     istio::WorkloadEntry {
         address: Some(address.to_owned()),
         ports,
@@ -413,7 +421,14 @@ mod tests {
         let ports: Vec<_> = se
             .ports
             .iter()
-            .map(|p| (p.name.as_str(), p.number, p.protocol.as_deref(), p.target_port))
+            .map(|p| {
+                (
+                    p.name.as_str(),
+                    p.number,
+                    p.protocol.as_deref(),
+                    p.target_port,
+                )
+            })
             .collect();
         assert_eq!(
             ports,

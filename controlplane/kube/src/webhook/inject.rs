@@ -233,8 +233,8 @@ impl Injector {
 }
 
 /// Denies the request as a bad one (HTTP 400), saying why.
-fn deny(response: AdmissionResponse, why: impl ToString) -> AdmissionResponse {
-    let mut response = response.deny(why.to_string());
+fn deny(mut response: AdmissionResponse, why: impl ToString) -> AdmissionResponse {
+    response.allowed = false;
     response.result = Status::failure(&why.to_string(), "BadRequest").with_code(400);
     response
 }
@@ -300,7 +300,7 @@ fn pod_says(pod: &Pod) -> Option<bool> {
         .and_then(|l| l.get(INJECT))
         .or_else(|| meta.annotations.as_ref()?.get(INJECT))?;
     let value = value.to_ascii_lowercase();
-    (!value.is_empty()).then(|| matches!(value.as_str(), "y" | "yes" | "true" | "on"))
+    (!value.is_empty()).then_some(matches!(value.as_str(), "y" | "yes" | "true" | "on"))
 }
 
 /// Whether the pod already has what the injector adds (so a second review adds nothing).
