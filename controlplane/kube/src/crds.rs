@@ -424,10 +424,13 @@ mod tests {
                 (None, Some("array")) => bad("an array without items"),
                 _ => {}
             }
-            if let (Some(values), Some(ty)) = (&node.enum_, node.type_.as_deref()) {
-                if !values.iter().all(|v| v.0.is_string() && ty == "string") {
-                    bad("an enum value that does not fit the type");
-                }
+            // Our enums are of strings (and `null` is `nullable`'s to allow).
+            if let Some(values) = &node.enum_
+                && !values
+                    .iter()
+                    .all(|v| v.0.is_string() && node.type_.as_deref() == Some("string"))
+            {
+                bad("an enum value that is not a string of a string node");
             }
             if path == ".metadata" && node.properties.is_some() {
                 bad("restrictions on metadata");

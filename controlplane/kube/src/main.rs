@@ -1,5 +1,9 @@
 //! `wasmesh-controlplane --manifests DIR`: watches a directory of Istio manifests and keeps
 //! every connected sidecar's configuration in sync over gRPC.
+//!
+//! `wasmesh-controlplane --kubernetes`: the same from the API server (Istio's CRDs, Services,
+//! EndpointSlices, Pods), plus the sidecar injector's webhook; replicas elect one of them
+//! (a Lease) to create the CA's Secret, write status and set the webhook's caBundle.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,13 +12,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use tokio::sync::watch;
 use wasmesh_controlplane::ca::{Authority, CaFiles, WatchedAuthority};
 use wasmesh_controlplane::images::RegistryOptions;
 use wasmesh_controlplane::images::puller::PullerOptions;
 use wasmesh_controlplane::mesh::{Mesh, MeshOptions};
 use wasmesh_controlplane::server::Services;
-use wasmesh_controlplane::source::{self, DirectorySource};
+use wasmesh_controlplane::source::{self, DirectorySource, SourceState};
 use wasmesh_controlplane::{Options, PluginModules};
+use wasmesh_kube::lease::{Lease, LeaseHandle};
+use wasmesh_kube::source::{KubeSource, KubeSourceOptions};
+use wasmesh_kube::webhook::{self, Injector, InjectorConfig, ServingCertificate};
+use wasmesh_kube::{ca_bundle, ca_secret, status};
 
 // jemalloc, configured for memory over speed: the control plane waits on the network, not on
 // malloc, and every page it keeps counts against each connected proxy. One arena and no
@@ -35,8 +44,18 @@ pub static MALLOC_CONF: &u8 = &b"narenas:1,tcache:false,dirty_decay_ms:0,muzzy_d
 #[command(version, about)]
 struct Args {
     /// The directory of Istio YAML to serve (watched; every `*.yaml` and `*.yml` in it).
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    manifests: Option<PathBuf>,
+    /// Read the mesh from the Kubernetes API server (in-cluster, or `KUBECONFIG`) and serve the
+    /// sidecar injector.
     #[arg(long)]
-    manifests: PathBuf,
+    kubernetes: bool,
+    #[command(flatten)]
+    kube: KubeArgs,
     /// The directory holding the four traffic plugins' modules.
     #[arg(long, default_value = "target/wasm32-wasip1/release")]
     plugins: PathBuf,
@@ -83,6 +102,34 @@ struct Args {
     log: String,
 }
 
+/// What only `--kubernetes` uses.
+#[derive(clap::Args)]
+struct KubeArgs {
+    /// The control plane's namespace: its Lease, its CA's Secret, its Service.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "wasmesh-system")]
+    namespace: String,
+    /// This replica's name in the Lease [default: the host name].
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Where the sidecar injector's webhook listens (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:15017")]
+    webhook_address: SocketAddr,
+    /// The Service in front of the control plane: the webhook's certificate names it, and
+    /// injected sidecars connect to it.
+    #[arg(long, default_value = "wasmesh-controlplane")]
+    service: String,
+    /// The MutatingWebhookConfiguration whose caBundle the control plane keeps.
+    #[arg(long, default_value = "wasmesh-sidecar-injector")]
+    webhook_config: String,
+    /// The image of injected sidecars (and their init container).
+    #[arg(
+        long,
+        env = "WASMESH_PROXY_IMAGE",
+        default_value = "ghcr.io/wasmesh/wasmesh:0.1.0"
+    )]
+    proxy_image: String,
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -102,22 +149,6 @@ fn main() -> anyhow::Result<()> {
     })?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("{}: cannot create", args.data_dir.display()))?;
-    let ca_files = match &args.cacerts {
-        Some(dir) => CaFiles::Cacerts(dir.clone()),
-        None => CaFiles::SelfSigned {
-            dir: args.data_dir.join("ca"),
-            trust_domain: args.trust_domain.clone(),
-        },
-    };
-    let authority = WatchedAuthority::start(
-        ca_files.clone(),
-        Authority {
-            ca: Arc::new(ca_files.load()?),
-            trust_domain: args.trust_domain.clone(),
-            default_lifetime: args.workload_cert_ttl,
-            max_lifetime: args.max_workload_cert_ttl.max(args.workload_cert_ttl),
-        },
-    )?;
     let images = PullerOptions {
         cache_dir: Some(
             args.image_cache
@@ -145,22 +176,53 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let source = DirectorySource::start(&args.manifests).map_err(anyhow::Error::msg)?;
-        tracing::info!(manifests = %source::describe(&args.manifests).display(), "watching");
+        let on_kubernetes = match args.kubernetes {
+            true => Some(KubeParts::start(&args).await?),
+            false => None,
+        };
+        let ca_files = match (&args.cacerts, &on_kubernetes) {
+            (Some(dir), _) => CaFiles::Cacerts(dir.clone()),
+            (None, Some(kube)) => CaFiles::Cacerts(kube.ca_secret(&args).await?),
+            (None, None) => CaFiles::SelfSigned {
+                dir: args.data_dir.join("ca"),
+                trust_domain: args.trust_domain.clone(),
+            },
+        };
+        let authority = WatchedAuthority::start(
+            ca_files.clone(),
+            Authority {
+                ca: Arc::new(ca_files.load()?),
+                trust_domain: args.trust_domain.clone(),
+                default_lifetime: args.workload_cert_ttl,
+                max_lifetime: args.max_workload_cert_ttl.max(args.workload_cert_ttl),
+            },
+        )?;
+        let source = match (&args.manifests, &on_kubernetes) {
+            (Some(dir), _) => {
+                let source = DirectorySource::start(dir).map_err(anyhow::Error::msg)?;
+                tracing::info!(manifests = %source::describe(dir).display(), "watching");
+                Source::Directory(source)
+            }
+            (None, Some(kube)) => Source::Kubernetes(kube.source(&args).await?),
+            (None, None) => unreachable!("clap requires --manifests or --kubernetes"),
+        };
         let mesh = Mesh::start(
             MeshOptions {
                 translate: Options {
-                    domain_suffix: args.domain_suffix,
+                    domain_suffix: args.domain_suffix.clone(),
                     trust_domain: args.trust_domain.clone(),
                     ..Options::default()
                 },
                 plugins,
-                data_dir: Some(args.data_dir),
+                data_dir: Some(args.data_dir.clone()),
                 grace: args.grace,
                 images,
             },
-            source.rx.clone(),
+            source.rx(),
         )?;
+        if let (Some(kube), Source::Kubernetes(source)) = (&on_kubernetes, &source) {
+            kube.serve(&args, source, &mesh, &authority).await?;
+        }
         let listener = tokio::net::TcpListener::bind(args.address)
             .await
             .with_context(|| format!("cannot listen on {}", args.address))?;
@@ -183,7 +245,123 @@ fn main() -> anyhow::Result<()> {
             .router()
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
+        if let Some(kube) = on_kubernetes {
+            // Another replica takes over at once, not after the Lease's duration.
+            kube.lease.release().await;
+        }
         drop(source);
         Ok(())
     })
+}
+
+/// Where the mesh's resources come from; kept alive while the control plane runs.
+enum Source {
+    Directory(DirectorySource),
+    Kubernetes(KubeSource),
+}
+
+impl Source {
+    fn rx(&self) -> watch::Receiver<Arc<SourceState>> {
+        match self {
+            Source::Directory(s) => s.rx.clone(),
+            Source::Kubernetes(s) => s.rx.clone(),
+        }
+    }
+}
+
+/// The control plane's parts on Kubernetes.
+struct KubeParts {
+    client: kube::Client,
+    lease: LeaseHandle,
+}
+
+impl KubeParts {
+    /// Connects to the API server and joins the replicas' election.
+    async fn start(args: &Args) -> anyhow::Result<KubeParts> {
+        let client = kube::Client::try_default()
+            .await
+            .context("no Kubernetes API server (in-cluster, or KUBECONFIG)")?;
+        let identity = match &args.kube.pod_name {
+            Some(name) => name.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| format!("wasmesh-controlplane-{}", std::process::id())),
+        };
+        tracing::info!(namespace = %args.kube.namespace, %identity, "on Kubernetes");
+        let lease = Lease::start(client.clone(), &args.kube.namespace, &identity);
+        Ok(KubeParts { client, lease })
+    }
+
+    /// The CA, one for every replica: from its Secret, created by the Lease's holder.
+    async fn ca_secret(&self, args: &Args) -> anyhow::Result<PathBuf> {
+        Ok(ca_secret::ensure_ca_secret(
+            self.client.clone(),
+            &args.kube.namespace,
+            self.lease.leader(),
+            &args.trust_domain,
+            &args.data_dir.join("ca"),
+        )
+        .await?)
+    }
+
+    /// The Kubernetes source, once every kind has been listed: a mesh computed before that
+    /// would send proxies an empty config.
+    async fn source(&self, args: &Args) -> anyhow::Result<KubeSource> {
+        let source = KubeSource::start(
+            self.client.clone(),
+            KubeSourceOptions {
+                domain_suffix: args.domain_suffix.clone(),
+                ..KubeSourceOptions::default()
+            },
+        );
+        tracing::info!("listing the mesh's resources from the API server");
+        source.synced().await?;
+        Ok(source)
+    }
+
+    /// Status writes, the injector's webhook and its caBundle.
+    async fn serve(
+        &self,
+        args: &Args,
+        source: &KubeSource,
+        mesh: &Mesh,
+        authority: &WatchedAuthority,
+    ) -> anyhow::Result<()> {
+        status::start(
+            self.client.clone(),
+            self.lease.leader(),
+            mesh.watch_diagnostics(),
+        );
+        let flags = &args.kube;
+        let names =
+            webhook::service_dns_names(&flags.service, &flags.namespace, &args.domain_suffix);
+        let certificate =
+            ServingCertificate::issue(authority.rx.clone(), names, webhook::DEFAULT_LIFETIME)?;
+        let namespaces = source.namespaces();
+        let injector = Injector::new(
+            InjectorConfig {
+                image: flags.proxy_image.clone(),
+                image_pull_policy: None,
+                control_plane: format!(
+                    "{}.{}.svc:{}",
+                    flags.service,
+                    flags.namespace,
+                    args.address.port()
+                ),
+            },
+            move |namespace| namespaces.labels(namespace),
+        );
+        let listener = tokio::net::TcpListener::bind(flags.webhook_address)
+            .await
+            .with_context(|| format!("cannot listen on {}", flags.webhook_address))?;
+        tracing::info!(address = %listener.local_addr()?, "sidecar injector listening");
+        tokio::spawn(webhook::serve(listener, certificate, injector));
+        tokio::spawn(ca_bundle::keep(
+            kube::Api::all(self.client.clone()),
+            flags.webhook_config.clone(),
+            authority.rx.clone(),
+            self.lease.leader(),
+        ));
+        Ok(())
+    }
 }

@@ -104,10 +104,10 @@ fn draft4(mut schema: Value) -> Value {
     let Value::Object(node) = &mut schema else {
         return schema;
     };
-    if node.remove("nullable") == Some(Value::Bool(true)) {
-        if let Some(ty) = node.get("type").cloned() {
-            node.insert("type".into(), json!([ty, "null"]));
-        }
+    if node.remove("nullable") == Some(Value::Bool(true))
+        && let Some(ty) = node.get("type").cloned()
+    {
+        node.insert("type".into(), json!([ty, "null"]));
     }
     let open = node.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
     if node.contains_key("properties") && !open {
