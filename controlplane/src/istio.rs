@@ -3,6 +3,10 @@
 //!
 //! Specs refuse unknown fields (kubectl's strict validation). Fields Istio has but wasmesh does
 //! not translate are accepted as [`Unsupported`] so that translation can say so.
+//!
+//! The spec types also serialize and carry JSON schemas, from which `wasmesh-kube` generates
+//! the CRDs (`deploy/kubernetes/crds.yaml`): a field changed here changes what the API server
+//! accepts, and the CRDs' drift test says to regenerate them.
 
 use std::collections::BTreeMap;
 
