@@ -696,3 +696,70 @@ fn dedup(diags: &mut Vec<Diagnostic>) {
     let mut seen = HashSet::new();
     diags.retain(|d| seen.insert(d.to_string()));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifests::{Loaded, parse_str};
+
+    const ROUTE_TO_NOWHERE: &str = "
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: nowhere}
+";
+
+    #[tokio::test]
+    async fn watchers_get_the_diagnostics_when_they_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let module = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"\0asm\x01\0\0\0").unwrap();
+            PluginModule::new(path.display().to_string())
+        };
+        let plugins = PluginModules {
+            router: module("router.wasm"),
+            fault: module("fault.wasm"),
+            mirror: module("mirror.wasm"),
+            circuit_breaker: module("circuit_breaker.wasm"),
+            authz: module("authz.wasm"),
+        };
+        let (source, rx) = watch::channel(Arc::new(SourceState::default()));
+        let options = MeshOptions {
+            translate: Options::default(),
+            plugins,
+            data_dir: None,
+            grace: Duration::from_secs(1),
+            images: PullerOptions::default(),
+        };
+        let mesh = Mesh::start(options, rx).unwrap();
+        let mut diagnostics = mesh.watch_diagnostics();
+        let about_reviews = |ds: &Arc<Vec<Diagnostic>>| {
+            ds.iter().any(|d| {
+                d.kind.as_deref() == Some("VirtualService") && d.name.as_deref() == Some("reviews")
+            })
+        };
+        let within = Duration::from_secs(10);
+
+        source.send_replace(Arc::new(SourceState {
+            generation: 1,
+            loaded: parse_str(ROUTE_TO_NOWHERE, None),
+        }));
+        tokio::time::timeout(within, diagnostics.wait_for(about_reviews))
+            .await
+            .expect("the VirtualService's diagnostics are sent")
+            .unwrap();
+        source.send_replace(Arc::new(SourceState {
+            generation: 2,
+            loaded: Loaded::default(),
+        }));
+        tokio::time::timeout(within, diagnostics.wait_for(|ds| !about_reviews(ds)))
+            .await
+            .expect("their going away is sent")
+            .unwrap();
+    }
+}

@@ -133,7 +133,7 @@ impl Elector {
         let mut failures = 0u32;
         loop {
             if let Some(t) = renewed
-                && t + self.config.duration * 2 <= Instant::now()
+                && t + self.config.renew_deadline <= Instant::now()
             {
                 renewed = None;
                 tracing::warn!(lease = %self.config.name, "the Lease could not be renewed in time");

@@ -237,7 +237,7 @@ impl Writer {
         let needed = match self.known.get(key) {
             None => !want.is_null(),
             Some(Known::Messages(v)) => *v != want,
-            Some(Known::Missing(_)) => !want.is_null(),
+            Some(Known::Missing(v)) => !want.is_null() && *v != want,
         };
         needed.then_some(want)
     }

@@ -459,26 +459,27 @@ async fn a_diagnostic_becomes_a_status_patch_written_once() {
         "VirtualService",
         "reviews",
     );
-    let (diags_tx, diags) = watch::channel(diagnostics(vec![
-        host_not_found("reviews"),
-        file_level.clone(),
-        note.clone(),
-    ]));
+    let short_host = about(
+        Diagnostic::warning(code::SHORT_SERVICE_ENTRY_HOST, "a short host"),
+        "VirtualService",
+        "reviews",
+    );
+    let all = vec![short_host, host_not_found("reviews"), file_level, note];
+    let (diags_tx, diags) = watch::channel(diagnostics(all.clone()));
     let _writer = status::start(client, leader, diags);
     answer_lists(&mut server, &[]).await;
     let patch = server.next().await;
-    assert_status_patch(&patch, VS_STATUS, json!([host_not_found_message()]));
-    patch.reply(
-        200,
-        virtual_service("reviews", json!([host_not_found_message()])),
-    );
+    // Errors first; wasmesh's own codes have no Istio documentation.
+    let messages = json!([host_not_found_message(), {
+        "type": {"code": "WSM0007", "name": "ShortServiceEntryHost"},
+        "level": "WARNING",
+        "message": "a short host",
+    }]);
+    assert_status_patch(&patch, VS_STATUS, messages.clone());
+    patch.reply(200, virtual_service("reviews", messages));
 
     // The same diagnostics again: nothing to write.
-    diags_tx.send_replace(diagnostics(vec![
-        host_not_found("reviews"),
-        file_level,
-        note,
-    ]));
+    diags_tx.send_replace(diagnostics(all.clone()));
     assert!(server.quiet_for(Duration::from_secs(30)).await);
 
     // A new one, on a WasmPlugin whose image failed: only it is written.
@@ -491,7 +492,7 @@ async fn a_diagnostic_becomes_a_status_patch_written_once() {
         "WasmPlugin",
         "auth",
     );
-    diags_tx.send_replace(diagnostics(vec![host_not_found("reviews"), image]));
+    diags_tx.send_replace(diagnostics([all, vec![image]].concat()));
     let patch = server.next().await;
     let message = json!({
         "type": {"code": "IST0101", "name": "ReferencedResourceNotFound"},
