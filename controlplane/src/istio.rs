@@ -343,6 +343,7 @@ pub struct TrafficPolicy {
     pub port_level_settings: Vec<PortTrafficPolicy>,
     pub tunnel: Unsupported,
     pub proxy_protocol: Unsupported,
+    pub retry_budget: Unsupported,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -388,6 +389,7 @@ pub struct LoadBalancerSettings {
     pub locality_lb_setting: Unsupported,
     pub warmup_duration_secs: Unsupported,
     pub warmup: Unsupported,
+    pub zone_aware_lb_setting: Unsupported,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -472,6 +474,8 @@ pub struct OutlierDetection {
     pub max_ejection_percent: Option<i32>,
     #[serde(default)]
     pub min_health_percent: Unsupported,
+    #[serde(default)]
+    pub outlier_detection_http_error_codes: Unsupported,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -527,6 +531,8 @@ pub enum Resolution {
     Static,
     Dns,
     DnsRoundRobin,
+    /// Wildcard hosts resolved per request: not supported, read as DNS.
+    DynamicDns,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]

@@ -943,6 +943,9 @@ fn traffic_policy(c: &mut Check, at: &str, tp: &istio::TrafficPolicy) {
     if tp.proxy_protocol.is_some() {
         c.unsupported(&format!("{at}.proxyProtocol"), "ignored");
     }
+    if tp.retry_budget.is_some() {
+        c.unsupported(&format!("{at}.retryBudget"), "ignored");
+    }
     for (i, pl) in tp.port_level_settings.iter().enumerate() {
         let at = format!("{at}.portLevelSettings[{i}]");
         match &pl.port {
@@ -1036,6 +1039,9 @@ fn settings(
         if lb.warmup_duration_secs.is_some() || lb.warmup.is_some() {
             c.unsupported(&format!("{at}.warmup"), "ignored");
         }
+        if lb.zone_aware_lb_setting.is_some() {
+            c.unsupported(&format!("{at}.zoneAwareLbSetting"), "ignored");
+        }
     }
     if let Some(pool) = pool {
         let at = format!("{at}.connectionPool");
@@ -1110,6 +1116,10 @@ fn settings(
                 "splitExternalLocalOriginErrors",
             ),
             (o.min_health_percent.is_some(), "minHealthPercent"),
+            (
+                o.outlier_detection_http_error_codes.is_some(),
+                "outlierDetectionHttpErrorCodes",
+            ),
         ] {
             if set {
                 c.unsupported(&format!("{at}.{name}"), "ignored");
@@ -1190,6 +1200,12 @@ fn service_entry(c: &mut Check, se: &istio::ServiceEntry) {
         );
     }
     let resolution = se.resolution.unwrap_or(Resolution::None);
+    if resolution == Resolution::DynamicDns {
+        c.unsupported(
+            "spec.resolution",
+            "DYNAMIC_DNS: read as DNS, so a wildcard host has no endpoints",
+        );
+    }
     if resolution == Resolution::None {
         c.unsupported(
             "spec.resolution",
