@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 use wasmesh_controlplane::ca::Authority;
 
@@ -47,7 +47,11 @@ pub async fn keep(
     mut authority: watch::Receiver<Arc<Authority>>,
     mut leader: watch::Receiver<bool>,
 ) {
-    let mut configs = watcher::watch_object(api.clone(), &name).boxed();
+    // Backing off: the stream retries at once after an error, which would hammer an API
+    // server in trouble.
+    let mut configs = watcher::watch_object(api.clone(), &name)
+        .default_backoff()
+        .boxed();
     let mut current: Option<MutatingWebhookConfiguration> = None;
     loop {
         if *leader.borrow_and_update()

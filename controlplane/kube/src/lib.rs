@@ -7,12 +7,16 @@
 //!   EndpointSlices, Pods and Namespaces, yielding what the directory source yields;
 //! - [`status`]: diagnostics written back to the resources' `status`, by the Lease's holder;
 //! - [`lease`]: the `coordination.k8s.io` Lease that elects one replica for what must be single;
-//! - [`webhook`]: the mutating admission webhook that injects sidecars.
+//! - [`webhook`]: the mutating admission webhook that injects sidecars, and [`ca_bundle`]: its
+//!   configuration's caBundle;
+//! - [`ca_secret`]: the CA, one for every replica, in a Secret;
+//! - [`pull_secrets`]: WasmPlugins' imagePullSecrets, copied where the image puller reads them.
 
 pub mod ca_bundle;
 pub mod ca_secret;
 pub mod crds;
 pub mod lease;
+pub mod pull_secrets;
 pub mod source;
 pub mod status;
 pub mod webhook;

@@ -220,13 +220,15 @@ fn main() -> anyhow::Result<()> {
             },
             source.rx(),
         )?;
-        if let (Some(kube), Source::Kubernetes(source)) = (&on_kubernetes, &source) {
-            kube.serve(&args, source, &mesh, &authority).await?;
-        }
         let listener = tokio::net::TcpListener::bind(args.address)
             .await
             .with_context(|| format!("cannot listen on {}", args.address))?;
         let address = listener.local_addr()?;
+        if let (Some(kube), Source::Kubernetes(source)) = (&on_kubernetes, &source) {
+            // Injected sidecars connect to the port bound (`--address` may say port 0).
+            kube.serve(&args, address.port(), source, &mesh, &authority)
+                .await?;
+        }
         tracing::info!(%address, "control plane listening");
         // Small messages (ACKs, pushes of a few frames) must not wait on Nagle's algorithm.
         let incoming =
@@ -323,6 +325,7 @@ impl KubeParts {
     async fn serve(
         &self,
         args: &Args,
+        port: u16,
         source: &KubeSource,
         mesh: &Mesh,
         authority: &WatchedAuthority,
@@ -342,12 +345,7 @@ impl KubeParts {
             InjectorConfig {
                 image: flags.proxy_image.clone(),
                 image_pull_policy: None,
-                control_plane: format!(
-                    "{}.{}.svc:{}",
-                    flags.service,
-                    flags.namespace,
-                    args.address.port()
-                ),
+                control_plane: format!("{}.{}.svc:{port}", flags.service, flags.namespace),
             },
             move |namespace| namespaces.labels(namespace),
         );

@@ -44,10 +44,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use wasmesh_controlplane::source::{LastGood, SourceState};
 
-/// The annotation Istio's injector (and wasmesh's) leaves on a pod it gave a sidecar.
-pub const SIDECAR_STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
-/// The name of the injected proxy container.
-pub const SIDECAR_CONTAINER: &str = "wasmesh-proxy";
+/// What the injector leaves on a pod it gave a sidecar (Istio's annotation) and the sidecar's
+/// container: such pods register through their sidecar.
+pub use crate::webhook::inject::{
+    PROXY_CONTAINER as SIDECAR_CONTAINER, STATUS as SIDECAR_STATUS_ANNOTATION,
+};
 
 /// How the source reads the cluster.
 #[derive(Clone, Debug)]

@@ -34,7 +34,8 @@ const HEALTH_PORT: u16 = 15021;
 const PROXY_PORTS: [u16; 6] = [15000, 15001, 15006, 15020, 15021, 15090];
 
 const INJECT: &str = "sidecar.istio.io/inject";
-const STATUS: &str = "sidecar.istio.io/status";
+/// Istio's record of an injection, on the pod.
+pub const STATUS: &str = "sidecar.istio.io/status";
 const NAMESPACE_LABEL: &str = "istio-injection";
 const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 const LOG_LEVEL: &str = "sidecar.istio.io/logLevel";

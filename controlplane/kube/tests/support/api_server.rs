@@ -19,8 +19,6 @@
 //! and moves when anything but `metadata` and `status` changes. Errors are `Status` objects.
 //! Every request is recorded, and the server can be made to fail ([`Outage`]).
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -77,29 +75,21 @@ const fn kind(
 }
 
 /// The kinds served: what the control plane reads and writes.
+#[rustfmt::skip]
 const KINDS: [Kind; 14] = [
     kind("", "v1", "namespaces", "Namespace", false, true, false),
     kind("", "v1", "services", "Service", true, true, false),
     kind("", "v1", "pods", "Pod", true, true, false),
     kind("", "v1", "secrets", "Secret", true, false, false),
-    #[rustfmt::skip]
     kind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", true, false, false),
     kind("coordination.k8s.io", "v1", "leases", "Lease", true, false, false),
-    #[rustfmt::skip]
     kind("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", "MutatingWebhookConfiguration", false, false, false),
-    #[rustfmt::skip]
     kind("networking.istio.io", "v1", "virtualservices", "VirtualService", true, true, true),
-    #[rustfmt::skip]
     kind("networking.istio.io", "v1", "destinationrules", "DestinationRule", true, true, true),
-    #[rustfmt::skip]
     kind("networking.istio.io", "v1", "serviceentries", "ServiceEntry", true, true, true),
-    #[rustfmt::skip]
     kind("networking.istio.io", "v1", "workloadentries", "WorkloadEntry", true, true, true),
-    #[rustfmt::skip]
     kind("security.istio.io", "v1", "peerauthentications", "PeerAuthentication", true, true, true),
-    #[rustfmt::skip]
     kind("security.istio.io", "v1", "authorizationpolicies", "AuthorizationPolicy", true, true, true),
-    #[rustfmt::skip]
     kind("extensions.istio.io", "v1alpha1", "wasmplugins", "WasmPlugin", true, true, true),
 ];
 
@@ -146,16 +136,16 @@ pub struct Recorded {
     pub content_type: Option<String>,
     /// The body: JSON, or a string when it is not JSON, or null when empty.
     pub body: Value,
-    /// The status answered (0: none, the connection was closed).
+    /// The status answered.
     pub status: u16,
 }
 
 /// An error the API server answers with.
 #[derive(Debug)]
-pub struct Failure {
-    pub code: u16,
-    pub reason: &'static str,
-    pub message: String,
+struct Failure {
+    code: u16,
+    reason: &'static str,
+    message: String,
     details: Value,
 }
 
@@ -243,6 +233,8 @@ struct State {
     uids: u64,
     outage: Option<Outage>,
     connections: Vec<AbortHandle>,
+    /// Connections accepted (and, while unreachable, closed at once).
+    accepted: u64,
     requests: Vec<Recorded>,
     activity: watch::Sender<u64>,
 }
@@ -282,6 +274,7 @@ impl ApiServer {
             uids: 0,
             outage: None,
             connections: Vec::new(),
+            accepted: 0,
             requests: Vec::new(),
             activity: activity_tx,
         }));
@@ -378,6 +371,11 @@ current-context: fake
         self.lock().requests.clone()
     }
 
+    /// The connections made to the server so far.
+    pub fn connections(&self) -> u64 {
+        self.lock().accepted
+    }
+
     /// Fails every request until [`ApiServer::recover`].
     pub fn fail(&self, outage: Outage) {
         let mut s = self.lock();
@@ -393,41 +391,47 @@ current-context: fake
     }
 
     /// Waits until `check` finds what it looks for (checked again at every change and
-    /// request), for at most `timeout`; panics with `what` and the last requests otherwise.
+    /// request), for at most `timeout`. The error says what did not come, and shows the last
+    /// requests.
     pub async fn wait_for<T>(
         &self,
         what: &str,
         timeout: Duration,
         mut check: impl FnMut(&ApiServer) -> Option<T>,
-    ) -> T {
+    ) -> Result<T, String> {
         let deadline = Instant::now() + timeout;
         let mut activity = self.activity.clone();
         loop {
             activity.borrow_and_update();
             if let Some(found) = check(self) {
-                return found;
+                return Ok(found);
+            }
+            if Instant::now() >= deadline {
+                break;
             }
             // Also polled: a check may look at more than the server.
             let poll = Instant::now() + Duration::from_millis(100);
-            if tokio::time::timeout_at(deadline.min(poll), activity.changed())
-                .await
-                .is_err()
-                && Instant::now() >= deadline
-            {
-                let requests: Vec<String> = self
-                    .requests()
-                    .iter()
-                    .rev()
-                    .take(30)
-                    .rev()
-                    .map(|r| format!("{} {} {:?} -> {}", r.method, r.path, r.query, r.status))
-                    .collect();
-                panic!(
-                    "the API server: not within {timeout:?}: {what}; its last requests:\n{}",
-                    requests.join("\n")
-                );
-            }
+            let _ = tokio::time::timeout_at(deadline.min(poll), activity.changed()).await;
         }
+        let requests: Vec<String> = self
+            .requests()
+            .iter()
+            .rev()
+            .take(30)
+            .rev()
+            .map(|r| {
+                let mut body = r.body.to_string();
+                body.truncate(if r.method == Method::GET { 0 } else { 400 });
+                format!(
+                    "{} {} {:?} {body} -> {}",
+                    r.method, r.path, r.query, r.status
+                )
+            })
+            .collect();
+        Err(format!(
+            "not within {timeout:?}: {what}; the API server's last requests:\n{}",
+            requests.join("\n")
+        ))
     }
 }
 
@@ -449,6 +453,7 @@ async fn accept(listener: TcpListener, state: Arc<Mutex<State>>) {
             continue;
         };
         let mut s = state.lock().unwrap();
+        s.accepted += 1;
         if s.outage == Some(Outage::Unreachable) {
             continue; // dropped: closed at once
         }
@@ -471,7 +476,11 @@ async fn accept(listener: TcpListener, state: Arc<Mutex<State>>) {
 
 async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let query: BTreeMap<String, String> = parts
         .uri
         .query()
@@ -498,21 +507,29 @@ async fn handle(state: &Mutex<State>, request: Request<Incoming>) -> Response<Bo
         body,
         status: 0,
     };
-    let mut s = state.lock().unwrap();
-    let response = match s.outage {
-        Some(Outage::ServerError) => failure(&Failure::new(
-            500,
-            "InternalError",
-            "Internal error occurred: etcdserver: request timed out",
-        )),
-        // The connection is being closed; nobody reads this.
-        Some(Outage::Unreachable) => failure(&Failure::new(503, "ServiceUnavailable", "down")),
-        None => s.answer(&recorded).unwrap_or_else(|f| failure(&f)),
+    let response = {
+        let mut s = state.lock().unwrap();
+        let response = match s.outage {
+            Some(Outage::ServerError) => Some(failure(&Failure::new(
+                500,
+                "InternalError",
+                "Internal error occurred: etcdserver: request timed out",
+            ))),
+            // Its connection is being closed: no answer, no record.
+            Some(Outage::Unreachable) => None,
+            None => Some(s.answer(&recorded).unwrap_or_else(|f| failure(&f))),
+        };
+        if let Some(response) = &response {
+            recorded.status = response.status().as_u16();
+            s.requests.push(recorded);
+            s.activity.send_modify(|n| *n += 1);
+        }
+        response
     };
-    recorded.status = response.status().as_u16();
-    s.requests.push(recorded);
-    s.activity.send_modify(|n| *n += 1);
-    response
+    match response {
+        Some(response) => response,
+        None => std::future::pending().await,
+    }
 }
 
 /// What a request asks for.
@@ -565,16 +582,24 @@ impl State {
         let t = target(&r.path).ok_or_else(Failure::no_such_resource)?;
         let namespace = t.namespace.as_deref();
         let object = match (&r.method, t.name.as_deref()) {
-            (&Method::GET, None) if r.query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+            (&Method::GET, None)
+                if r.query
+                    .get("watch")
+                    .is_some_and(|w| w == "true" || w == "1") =>
+            {
                 return self.watch(t.kind, t.namespace.clone(), &r.query);
             }
             (&Method::GET, None) => self.list(t.kind, namespace, &r.query)?,
             (&Method::GET, Some(name)) => self
                 .objects
-                .get(&(t.kind, namespace.unwrap_or_default().to_owned(), name.to_owned()))
+                .get(&(
+                    t.kind,
+                    namespace.unwrap_or_default().to_owned(),
+                    name.to_owned(),
+                ))
                 .cloned()
                 .ok_or_else(|| Failure::not_found(&KINDS[t.kind], name))?,
-            (&Method::POST, None) if !t.status => {
+            (&Method::POST, None) => {
                 let created = self.create(t.kind, namespace, r.body.clone())?;
                 return Ok(json_response(StatusCode::CREATED, &created));
             }
@@ -647,7 +672,9 @@ impl State {
             namespace,
             labels: requirements(query.get("labelSelector"))?,
             fields: requirements(query.get("fieldSelector"))?,
-            bookmarks: query.get("allowWatchBookmarks").is_some_and(|b| b == "true"),
+            bookmarks: query
+                .get("allowWatchBookmarks")
+                .is_some_and(|b| b == "true"),
             tx,
         };
         match query.get("resourceVersion").map(String::as_str) {
@@ -682,7 +709,7 @@ impl State {
             .map(|line| Ok(Frame::data(line)));
         Ok(Response::builder()
             .header(header::CONTENT_TYPE, "application/json")
-            .body(StreamBody::new(lines).boxed())
+            .body(BodyExt::boxed(StreamBody::new(lines)))
             .unwrap())
     }
 
@@ -700,7 +727,10 @@ impl State {
             return Err(Failure::new(
                 422,
                 "Invalid",
-                format!("{} \"\" is invalid: metadata.name: Required value: name or generateName is required", k.kind),
+                format!(
+                    "{} \"\" is invalid: metadata.name: Required value: name or generateName is required",
+                    k.kind
+                ),
             ));
         };
         if k.namespaced && namespace.is_none() {
@@ -716,7 +746,9 @@ impl State {
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
-        if !k.namespaced && let Some(m) = object["metadata"].as_object_mut() {
+        if !k.namespaced
+            && let Some(m) = object["metadata"].as_object_mut()
+        {
             m.remove("namespace");
         }
         let key = (kind, namespace.unwrap_or_default().to_owned(), name.clone());
@@ -757,7 +789,11 @@ impl State {
         change: impl FnOnce(Value) -> Result<Value, Failure>,
     ) -> Result<Value, Failure> {
         let k = &KINDS[kind];
-        let key = (kind, namespace.unwrap_or_default().to_owned(), name.to_owned());
+        let key = (
+            kind,
+            namespace.unwrap_or_default().to_owned(),
+            name.to_owned(),
+        );
         let old = self
             .objects
             .get(&key)
@@ -773,7 +809,9 @@ impl State {
                 new["metadata"]["name"].as_str().unwrap_or_default()
             )));
         }
-        let precondition = new["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+        let precondition = new["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default();
         if !precondition.is_empty() && precondition != old["metadata"]["resourceVersion"] {
             return Err(Failure::about(
                 k,
@@ -799,7 +837,13 @@ impl State {
         // What the server owns is kept.
         new["apiVersion"] = old["apiVersion"].clone();
         new["kind"] = old["kind"].clone();
-        for field in ["name", "namespace", "uid", "creationTimestamp", "resourceVersion"] {
+        for field in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "resourceVersion",
+        ] {
             match old["metadata"].get(field) {
                 Some(v) => new["metadata"][field] = v.clone(),
                 None => {
@@ -817,8 +861,17 @@ impl State {
         Ok(self.store(key, new, "MODIFIED"))
     }
 
-    fn delete(&mut self, kind: usize, namespace: Option<&str>, name: &str) -> Result<Value, Failure> {
-        let key = (kind, namespace.unwrap_or_default().to_owned(), name.to_owned());
+    fn delete(
+        &mut self,
+        kind: usize,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, Failure> {
+        let key = (
+            kind,
+            namespace.unwrap_or_default().to_owned(),
+            name.to_owned(),
+        );
         let mut object = self
             .objects
             .remove(&key)
@@ -830,7 +883,12 @@ impl State {
     }
 
     /// Stores `object` at the next resourceVersion, and tells the watches.
-    fn store(&mut self, key: (usize, String, String), mut object: Value, kind_of_event: &'static str) -> Value {
+    fn store(
+        &mut self,
+        key: (usize, String, String),
+        mut object: Value,
+        kind_of_event: &'static str,
+    ) -> Value {
         self.revision += 1;
         object["metadata"]["resourceVersion"] = self.revision.to_string().into();
         self.tell(key.0, kind_of_event, &object);
@@ -891,14 +949,20 @@ fn apply_patch(object: &mut Value, content_type: &str, patch: &Value) -> Result<
             let operations: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| Failure::bad_request(e.to_string()))?;
             json_patch::patch(object, &operations).map_err(|e| {
-                Failure::new(422, "Invalid", format!("the JSON patch does not apply: {e}"))
+                Failure::new(
+                    422,
+                    "Invalid",
+                    format!("the JSON patch does not apply: {e}"),
+                )
             })?;
         }
         other => {
             return Err(Failure::new(
                 415,
                 "UnsupportedMediaType",
-                format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?})"),
+                format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?})"
+                ),
             ));
         }
     }
