@@ -23,7 +23,7 @@ use wasmesh_controlplane::{Options, PluginModules};
 use wasmesh_kube::lease::{Lease, LeaseHandle};
 use wasmesh_kube::source::{KubeSource, KubeSourceOptions};
 use wasmesh_kube::webhook::{self, Injector, InjectorConfig, ServingCertificate};
-use wasmesh_kube::{ca_bundle, ca_secret, status};
+use wasmesh_kube::{ca_bundle, ca_secret, pull_secrets, status};
 
 // jemalloc, configured for memory over speed: the control plane waits on the network, not on
 // malloc, and every page it keeps counts against each connected proxy. One arena and no
@@ -165,11 +165,7 @@ fn main() -> anyhow::Result<()> {
             },
             insecure: args.insecure_registry.clone(),
         },
-        pull_secrets: Some(
-            args.pull_secrets
-                .clone()
-                .unwrap_or_else(|| args.data_dir.join("pull-secrets")),
-        ),
+        pull_secrets: Some(pull_secrets_dir(&args)),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -256,6 +252,14 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+/// Where WasmPlugins' imagePullSecrets are read from (on Kubernetes, copied there from their
+/// Secrets).
+fn pull_secrets_dir(args: &Args) -> PathBuf {
+    args.pull_secrets
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("pull-secrets"))
+}
+
 /// Where the mesh's resources come from; kept alive while the control plane runs.
 enum Source {
     Directory(DirectorySource),
@@ -333,8 +337,13 @@ impl KubeParts {
         status::start(
             self.client.clone(),
             self.lease.leader(),
-            mesh.watch_diagnostics(),
+            status::of_objects(mesh.watch_diagnostics(), source.objects.clone()),
         );
+        tokio::spawn(pull_secrets::sync(
+            self.client.clone(),
+            pull_secrets_dir(args),
+            source.rx.clone(),
+        ));
         let flags = &args.kube;
         let names =
             webhook::service_dns_names(&flags.service, &flags.namespace, &args.domain_suffix);

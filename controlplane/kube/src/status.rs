@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use wasmesh_controlplane::diag::{Diagnostic, Level};
 
 use crate::lease::{has_code, jitter};
+use crate::source::IstioObjects;
 
 /// The field manager of our writes.
 const MANAGER: &str = "wasmesh-controlplane";
@@ -112,6 +113,59 @@ pub fn start(
         list_failures: 0,
     };
     tokio::spawn(writer.run(leader, diagnostics))
+}
+
+/// Keeps only the diagnostics about objects that exist in the API: the Kubernetes source also
+/// makes resources of its own (a ServiceEntry per Service, a WorkloadEntry per pod), whose
+/// diagnostics have no object to be written to. Feeds [`start`].
+pub fn of_objects(
+    mut diagnostics: watch::Receiver<Arc<Vec<Diagnostic>>>,
+    mut objects: watch::Receiver<Arc<IstioObjects>>,
+) -> watch::Receiver<Arc<Vec<Diagnostic>>> {
+    let filter = |diagnostics: &[Diagnostic], objects: &IstioObjects| {
+        let real: BTreeSet<(&str, &str, &str)> = objects
+            .objects
+            .iter()
+            .map(|o| (o.kind.kind, o.namespace.as_str(), o.name.as_str()))
+            .collect();
+        let about_real = |d: &&Diagnostic| match (&d.kind, &d.namespace, &d.name) {
+            (Some(k), Some(ns), Some(n)) => real.contains(&(k.as_str(), ns.as_str(), n.as_str())),
+            _ => false,
+        };
+        Arc::new(
+            diagnostics
+                .iter()
+                .filter(about_real)
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+    };
+    let first = filter(
+        &diagnostics.borrow_and_update(),
+        &objects.borrow_and_update(),
+    );
+    let (tx, rx) = watch::channel(first);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = diagnostics.changed() => if changed.is_err() { return },
+                changed = objects.changed() => if changed.is_err() { return },
+                () = tx.closed() => return,
+            }
+            let kept = filter(
+                &diagnostics.borrow_and_update(),
+                &objects.borrow_and_update(),
+            );
+            tx.send_if_modified(|current| {
+                let changed = **current != *kept;
+                if changed {
+                    *current = kept;
+                }
+                changed
+            });
+        }
+    });
+    rx
 }
 
 /// An object: its kind (an index in [`KINDS`]), namespace and name.
