@@ -283,7 +283,9 @@ fn endpoints(
     }
     match se.resolution {
         // DNS with no endpoints: the host itself is the endpoint.
-        Some(Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns) if !host.contains('*') => {
+        Some(Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns)
+            if !host.contains('*') =>
+        {
             vec![Endpoint {
                 address: host_port(host, port.target_port.unwrap_or(port.number)),
                 labels: BTreeMap::new(),
