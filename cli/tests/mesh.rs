@@ -203,7 +203,7 @@ fn proxy_status_and_proxy_config_show_what_proxies_were_sent_and_said() {
                         outbound_address: "127.0.0.1:15001".into(),
                         ..Default::default()
                     }),
-                    version: String::new(),
+                    ..Default::default()
                 })),
             })
             .await

@@ -8,9 +8,11 @@
 //! - [`Diagnostic`]s report problems in the style of `istioctl analyze`;
 //! - [`source`] yields resources from a watched directory, [`mesh`] turns them into each
 //!   sidecar's snapshot ([`sidecar`], [`plugins`] for WasmPlugins) and [`server`] streams
-//!   them to proxies over gRPC (`wasmesh-api`);
+//!   them to proxies over gRPC (`wasmesh-api`), where [`authn`] may ask proof of a proxy's
+//!   identity;
 //! - [`samples`] renders Bookinfo-like manifests and holds Istio's task manifests.
 
+pub mod authn;
 pub mod authz;
 pub mod ca;
 pub mod diag;

@@ -10,6 +10,7 @@ use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status, Streaming};
 use wasmesh_api as api;
 
+use crate::authn::{AuthError, Authenticate, Authenticator};
 use crate::ca::Authority;
 use crate::mesh::{JoinError, Mesh};
 use crate::sidecar::{InboundPort, Node};
@@ -21,6 +22,9 @@ pub struct Services {
     /// The CA signing proxies' certificates, as it changes; without one, proxies get no trust
     /// bundle and their CSRs are refused.
     authority: Option<tokio::sync::watch::Receiver<Arc<Authority>>>,
+    /// What a Hello's token must satisfy, where proxies must prove their identity; without
+    /// one, a Hello's namespace and service account are taken as they are.
+    authenticator: Option<Arc<Authenticator>>,
 }
 
 impl Services {
@@ -28,6 +32,7 @@ impl Services {
         Services {
             mesh,
             authority: None,
+            authenticator: None,
         }
     }
 
@@ -39,6 +44,51 @@ impl Services {
             authority: Some(authority),
             ..self
         }
+    }
+
+    /// Proxies must prove the namespace and service account their Hello claims with its
+    /// token, checked by `authenticator` (reviews kept for a minute): without proof, no
+    /// config and no certificate.
+    pub fn with_authenticator(self, authenticator: Arc<dyn Authenticate>) -> Services {
+        Services {
+            authenticator: Some(Arc::new(Authenticator::new(authenticator))),
+            ..self
+        }
+    }
+
+    /// Refuses a Hello whose token does not prove the identity its node claims (when proof
+    /// is asked for). Logged: a proxy claiming another's identity is worth an operator's look.
+    async fn authenticate(&self, token: &str, node: &Node) -> Result<(), Status> {
+        let Some(authenticator) = &self.authenticator else {
+            return Ok(());
+        };
+        let claimed = format!("{}/{}", node.namespace, node.service_account);
+        let refused = if token.is_empty() {
+            Status::unauthenticated(format!(
+                "{claimed}: no token; this control plane needs the pod's service-account \
+                 token (the sidecar's --token-file)"
+            ))
+        } else {
+            match authenticator.authenticate(token).await {
+                Ok(w)
+                    if w.namespace == node.namespace
+                        && w.service_account == node.service_account =>
+                {
+                    return Ok(());
+                }
+                Ok(w) => Status::permission_denied(format!(
+                    "the token is service account {w}'s, the Hello claims {claimed}"
+                )),
+                Err(e @ AuthError::Invalid(_)) => {
+                    Status::unauthenticated(format!("{claimed}: token refused: {e}"))
+                }
+                Err(e @ AuthError::Unavailable(_)) => {
+                    Status::unavailable(format!("{claimed}: {e}"))
+                }
+            }
+        };
+        tracing::warn!(proxy = %node.id(), code = ?refused.code(), error = %refused.message(), "proxy refused");
+        Err(refused)
     }
 
     /// The tonic router with both services, each message capped at [`api::MAX_MESSAGE`].
@@ -144,6 +194,8 @@ impl api::mesh_config_server::MeshConfig for Services {
         );
         node.check()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Before it joins: a refused proxy is no endpoint, and gets no config and no certificate.
+        self.authenticate(&hello.token, &node).await?;
         let id = node.id();
         let workload = (node.namespace.clone(), node.service_account.clone());
         let (connection, snapshots, state) = self.mesh.join(node).map_err(|e| match e {
@@ -343,5 +395,238 @@ impl api::mesh_admin_server::MeshAdmin for Services {
             bootstrap_json: serde_json::to_string(&bootstrap)
                 .map_err(|e| Status::internal(e.to_string()))?,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use futures_util::future::BoxFuture;
+
+    use crate::authn::Workload;
+    use crate::ca::Ca;
+    use crate::images::puller::PullerOptions;
+    use crate::mesh::MeshOptions;
+    use crate::source::SourceState;
+    use crate::{Options, PluginModule, PluginModules};
+
+    /// Knows its tokens' workloads; counts its reviews.
+    struct Tokens(HashMap<&'static str, Workload>, AtomicUsize);
+
+    impl Authenticate for Tokens {
+        fn authenticate<'a>(
+            &'a self,
+            token: &'a str,
+        ) -> BoxFuture<'a, Result<Workload, AuthError>> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            let found = self.0.get(token).cloned();
+            Box::pin(async move {
+                found.ok_or_else(|| AuthError::Invalid("[invalid bearer token]".into()))
+            })
+        }
+    }
+
+    fn workload(namespace: &str, service_account: &str) -> Workload {
+        Workload {
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+        }
+    }
+
+    /// A control plane on a loopback port with an empty mesh, its CA in `dir`, proxies
+    /// proven by `tokens` if given; its address and its mesh.
+    async fn serve(dir: &std::path::Path, tokens: Option<Arc<Tokens>>) -> (String, Arc<Mesh>) {
+        let module = |name: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, b"\0asm\x01\0\0\0").unwrap();
+            PluginModule::new(path.display().to_string())
+        };
+        let options = MeshOptions {
+            translate: Options::default(),
+            plugins: PluginModules {
+                router: module("router.wasm"),
+                fault: module("fault.wasm"),
+                mirror: module("mirror.wasm"),
+                circuit_breaker: module("circuit_breaker.wasm"),
+                authz: module("authz.wasm"),
+            },
+            data_dir: None,
+            grace: Duration::from_secs(1),
+            images: PullerOptions::default(),
+        };
+        let (_, source) = tokio::sync::watch::channel(Arc::new(SourceState::default()));
+        let mesh = Mesh::start(options, source).unwrap();
+        let authority = Authority {
+            ca: Arc::new(Ca::self_signed_in(&dir.join("ca"), "cluster.local").unwrap()),
+            trust_domain: "cluster.local".into(),
+            default_lifetime: Duration::from_secs(3600),
+            max_lifetime: Duration::from_secs(3600),
+        };
+        let mut services = Services::new(mesh.clone())
+            .with_authority(tokio::sync::watch::channel(Arc::new(authority)).1);
+        if let Some(tokens) = tokens {
+            services = services.with_authenticator(tokens);
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(services.router().serve_with_incoming(incoming));
+        (format!("http://{address}"), mesh)
+    }
+
+    /// Opens a stream as proxy `name` of `default/<service_account>` with `token`, and asks
+    /// for a certificate for that identity at once.
+    async fn connect(
+        address: &str,
+        name: &str,
+        service_account: &str,
+        token: &str,
+    ) -> Result<Streaming<api::ControlMessage>, Status> {
+        let mut client = api::mesh_config_client::MeshConfigClient::connect(address.to_owned())
+            .await
+            .unwrap();
+        let hello = api::Hello {
+            node: Some(api::Node {
+                name: name.into(),
+                namespace: "default".into(),
+                service_account: service_account.into(),
+                outbound_address: "127.0.0.1:1".into(),
+                ..Default::default()
+            }),
+            version: String::new(),
+            token: token.into(),
+        };
+        let identity = api::spiffe_id("cluster.local", "default", service_account);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(identity.try_into().unwrap())];
+        let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        let messages = [
+            api::proxy_message::Kind::Hello(hello),
+            api::proxy_message::Kind::CertificateRequest(api::CertificateRequest {
+                csr_pem,
+                validity_seconds: 0,
+                id: 1,
+            }),
+        ]
+        .map(|kind| api::ProxyMessage { kind: Some(kind) });
+        // Kept open: the stream ends when the proxy's side does.
+        let outgoing = tokio_stream::iter(messages).chain(tokio_stream::pending());
+        Ok(client.sync(outgoing).await?.into_inner())
+    }
+
+    /// The stream's first snapshot and certificate.
+    async fn snapshot_and_certificate(
+        stream: &mut Streaming<api::ControlMessage>,
+    ) -> (api::Snapshot, api::Certificate) {
+        let (mut snapshot, mut certificate) = (None, None);
+        while snapshot.is_none() || certificate.is_none() {
+            let next = tokio::time::timeout(Duration::from_secs(10), stream.message());
+            match next.await.expect("in time").unwrap().expect("open").kind {
+                Some(api::control_message::Kind::Snapshot(s)) => snapshot = Some(s),
+                Some(api::control_message::Kind::Certificate(c)) => certificate = Some(c),
+                _ => {}
+            }
+        }
+        (snapshot.unwrap(), certificate.unwrap())
+    }
+
+    fn san(chain: &[String]) -> String {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(chain[0].as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        match &san.value.general_names[..] {
+            [x509_parser::extensions::GeneralName::URI(uri)] => (*uri).to_owned(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_proxy_proving_its_identity_gets_config_and_certificate_others_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = Arc::new(Tokens(
+            HashMap::from([
+                ("reviews-token", workload("default", "reviews")),
+                ("ratings-token", workload("default", "ratings")),
+                ("other-ns-token", workload("shop", "reviews")),
+            ]),
+            AtomicUsize::new(0),
+        ));
+        let (address, mesh) = serve(dir.path(), Some(tokens.clone())).await;
+
+        let mut stream = connect(&address, "reviews-0", "reviews", "reviews-token")
+            .await
+            .expect("admitted");
+        let (snapshot, certificate) = snapshot_and_certificate(&mut stream).await;
+        assert!(!snapshot.bootstrap_json.is_empty());
+        assert_eq!(certificate.error, "");
+        assert_eq!(
+            san(&certificate.cert_chain_pem),
+            "spiffe://cluster.local/ns/default/sa/reviews"
+        );
+
+        let refused = [
+            // Another service account's token, and the same one in another namespace.
+            (
+                "ratings-token",
+                tonic::Code::PermissionDenied,
+                "default/ratings",
+            ),
+            (
+                "other-ns-token",
+                tonic::Code::PermissionDenied,
+                "shop/reviews",
+            ),
+            ("", tonic::Code::Unauthenticated, "no token"),
+            (
+                "forged",
+                tonic::Code::Unauthenticated,
+                "[invalid bearer token]",
+            ),
+        ];
+        for (token, code, says) in refused {
+            let status = connect(&address, "impostor-0", "reviews", token)
+                .await
+                .expect_err(token);
+            assert_eq!(status.code(), code, "{token:?}: {status:?}");
+            assert!(status.message().contains(says), "{token:?}: {status:?}");
+            assert!(
+                status.message().contains("default/reviews"),
+                "the claim is named: {status:?}"
+            );
+        }
+        let proxies: Vec<String> = mesh.status().into_iter().map(|(id, ..)| id).collect();
+        assert_eq!(
+            proxies,
+            ["reviews-0.default"],
+            "a refused proxy never joins"
+        );
+
+        // Reconnects within the minute are not reviewed again; the empty token never was.
+        let reviews_before = tokens.1.load(Ordering::SeqCst);
+        let mut again = connect(&address, "reviews-1", "reviews", "reviews-token")
+            .await
+            .expect("admitted");
+        snapshot_and_certificate(&mut again).await;
+        assert_eq!(tokens.1.load(Ordering::SeqCst), reviews_before);
+        assert_eq!(reviews_before, 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_an_authenticator_the_hello_is_taken_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (address, _mesh) = serve(dir.path(), None).await;
+        let mut stream = connect(&address, "reviews-0", "reviews", "")
+            .await
+            .expect("admitted");
+        let (_, certificate) = snapshot_and_certificate(&mut stream).await;
+        assert_eq!(
+            san(&certificate.cert_chain_pem),
+            "spiffe://cluster.local/ns/default/sa/reviews"
+        );
     }
 }

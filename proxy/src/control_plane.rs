@@ -40,6 +40,9 @@ pub struct SidecarOptions {
     pub cert_ttl: Option<Duration>,
     /// Where the access log goes (Istio's `accessLogFile`); none: no access log.
     pub access_log: Option<String>,
+    /// The pod's service-account token (audience `istio-ca`), sent in the Hello as proof of
+    /// its identity. Read at every connect: the kubelet rotates it.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Why the sidecar could not start.
@@ -55,11 +58,39 @@ pub enum SidecarError {
     Start(#[from] StartError),
     #[error("cannot start the control-plane thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+}
+
+/// The service-account token could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("--token-file {path}: {reason}")]
+pub struct TokenError {
+    path: String,
+    reason: String,
+}
+
+/// The token in `path`, which must not be empty.
+fn read_token(path: &Path) -> Result<String, TokenError> {
+    let error = |reason: String| TokenError {
+        path: path.display().to_string(),
+        reason,
+    };
+    let token = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read: {e}")))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(error("empty".into()));
+    }
+    Ok(token.to_owned())
 }
 
 /// Starts a sidecar: binds its ports, waits for its first snapshot from the control plane
 /// (retrying until one comes and starts), and keeps following the control plane.
 pub fn start(options: SidecarOptions) -> Result<Proxy, SidecarError> {
+    // A token that cannot be read now is a mistake in the pod, not a moment's trouble.
+    if let Some(path) = &options.token_file {
+        read_token(path)?;
+    }
     let mut node = options.node.clone();
     // Hold every listen port (bound, not listening, SO_REUSEPORT) until the workers bind it.
     let mut held = Vec::new();
@@ -180,6 +211,12 @@ impl Client {
                     Err(Session::Failed(e)) => {
                         tracing::warn!(error = %e, "control plane unreachable")
                     }
+                    Err(Session::NoToken(e)) => {
+                        tracing::warn!(error = %e, "no service-account token to connect with")
+                    }
+                    Err(Session::Refused(e)) => {
+                        tracing::warn!(code = ?e.code(), error = %e.message(), "the control plane refused this sidecar's identity")
+                    }
                 }
                 let jitter = rand::random_range(0.5..=1.0);
                 tokio::time::sleep(backoff.mul_f64(jitter)).await;
@@ -190,6 +227,10 @@ impl Client {
 
     async fn session(&mut self) -> Result<(), Session> {
         let failed = |e: &dyn std::fmt::Display| Session::Failed(e.to_string());
+        let token = match &self.options.token_file {
+            Some(path) => read_token(path).map_err(Session::NoToken)?,
+            None => String::new(),
+        };
         let uri = if self.options.control_plane.contains("://") {
             self.options.control_plane.clone()
         } else {
@@ -210,13 +251,17 @@ impl Client {
             kind: Some(api::proxy_message::Kind::Hello(api::Hello {
                 node: Some(self.options.node.clone()),
                 version: self.serving.clone(),
+                token,
             })),
         };
         tx.send(hello).await.expect("the stream's receiver is here");
         let mut messages = config
             .sync(ReceiverStream::new(rx))
             .await
-            .map_err(|e| failed(&e))?
+            .map_err(|e| match e.code() {
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => Session::Refused(e),
+                _ => failed(&e),
+            })?
             .into_inner();
         tracing::info!(control_plane = %self.options.control_plane, "connected to the control plane");
         let mut synced = false;
@@ -564,6 +609,11 @@ enum Session {
     Synced(String),
     /// No stream, or it broke before any snapshot.
     Failed(String),
+    /// The token to prove the sidecar's identity with could not be read.
+    NoToken(TokenError),
+    /// The control plane did not take the identity the Hello claims (its token was missing,
+    /// invalid or another workload's).
+    Refused(tonic::Status),
 }
 
 /// The module with `sha256`, from the disk cache or the control plane (checked, then kept).

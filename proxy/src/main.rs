@@ -186,6 +186,11 @@ struct SidecarArgs {
     /// other sidecars reach the workload's ports at this IP.
     #[arg(long, value_name = "IP")]
     pod_ip: Option<std::net::IpAddr>,
+    /// The pod's service-account token (audience `istio-ca`, Istio's projected
+    /// `istio-token`), which proves its namespace and service account to a control plane on
+    /// Kubernetes. Read again at every reconnect, as the kubelet rotates it.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {
@@ -311,6 +316,7 @@ fn run_sidecar(args: SidecarArgs) -> ExitCode {
         workers: args.workers,
         cert_ttl: args.cert_ttl,
         access_log: args.access_log,
+        token_file: args.token_file,
         cache_dir,
     };
     let proxy = match wasmesh_proxy::control_plane::start(options) {

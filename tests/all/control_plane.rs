@@ -350,7 +350,7 @@ fn hello(name: &str, outbound: &str) -> api::ProxyMessage {
                 outbound_address: outbound.into(),
                 ..Default::default()
             }),
-            version: String::new(),
+            ..Default::default()
         })),
     }
 }

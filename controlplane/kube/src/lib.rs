@@ -10,7 +10,9 @@
 //! - [`webhook`]: the mutating admission webhook that injects sidecars, and [`ca_bundle`]: its
 //!   configuration's caBundle;
 //! - [`ca_secret`]: the CA, one for every replica, in a Secret;
-//! - [`pull_secrets`]: WasmPlugins' imagePullSecrets, copied where the image puller reads them.
+//! - [`pull_secrets`]: WasmPlugins' imagePullSecrets, copied where the image puller reads them;
+//! - [`token_review`]: sidecars' service-account tokens reviewed by the API server, so each
+//!   gets only its own pod's identity.
 
 pub mod ca_bundle;
 pub mod ca_secret;
@@ -19,4 +21,5 @@ pub mod lease;
 pub mod pull_secrets;
 pub mod source;
 pub mod status;
+pub mod token_review;
 pub mod webhook;

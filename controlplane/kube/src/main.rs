@@ -22,6 +22,7 @@ use wasmesh_controlplane::source::{self, DirectorySource, SourceState};
 use wasmesh_controlplane::{Options, PluginModules};
 use wasmesh_kube::lease::{Lease, LeaseHandle};
 use wasmesh_kube::source::{KubeSource, KubeSourceOptions};
+use wasmesh_kube::token_review::TokenReviewer;
 use wasmesh_kube::webhook::{self, Injector, InjectorConfig, ServingCertificate};
 use wasmesh_kube::{ca_bundle, ca_secret, pull_secrets, status};
 
@@ -238,8 +239,13 @@ fn main() -> anyhow::Result<()> {
             }
             tracing::info!("stopping");
         };
-        Services::new(mesh)
-            .with_authority(authority.rx.clone())
+        let mut services = Services::new(mesh).with_authority(authority.rx.clone());
+        if let Some(kube) = &on_kubernetes {
+            // Any pod can reach the control plane: its token must prove whom it claims to be.
+            services =
+                services.with_authenticator(Arc::new(TokenReviewer::new(kube.client.clone())));
+        }
+        services
             .router()
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;

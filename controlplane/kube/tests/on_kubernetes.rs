@@ -1,12 +1,14 @@
 //! The real `wasmesh-controlplane --kubernetes` against an in-memory API server on a loopback
 //! port (`support/api_server.rs`), with real `wasmesh-proxy` sidecars: what the control plane
 //! writes to the API (its Lease, its CA's Secret, the webhook's caBundle, Istio's status),
-//! the injector as the API server calls it, and traffic that follows the Istio objects in the
-//! API, through the API server's outage.
+//! the injector as the API server calls it, sidecars proving their identity with tokens the
+//! API server reviews, and traffic that follows the Istio objects in the API, through the API
+//! server's outage.
 
 mod support;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,7 +120,8 @@ struct Cluster {
     address: SocketAddr,
     /// The injector's HTTPS address.
     webhook: SocketAddr,
-    _dir: tempfile::TempDir,
+    /// The control plane's data and the tokens' files.
+    dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -173,7 +176,7 @@ impl Cluster {
             api,
             address,
             webhook,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -188,6 +191,17 @@ impl Cluster {
     fn root(&self) -> Vec<CertificateDer<'static>> {
         let secret = self.api.get("Secret", NAMESPACE, "wasmesh-ca").unwrap();
         certificates(&base64(&secret["data"]["root-cert.pem"]))
+    }
+
+    /// A token of service account `default/<service_account>`, known to the API server, in
+    /// a file.
+    fn token(&self, service_account: &str) -> PathBuf {
+        let token = format!("token-of-{service_account}");
+        let username = format!("system:serviceaccount:default:{service_account}");
+        self.api.add_token(&token, &username);
+        let path = self.dir.path().join(&token);
+        std::fs::write(&path, format!("{token}\n")).unwrap();
+        path
     }
 
     /// Shows the control plane's log after a failed assertion.
@@ -396,6 +410,11 @@ async fn the_leader_makes_the_ca_keeps_the_webhook_trusted_writes_status_and_inj
             .any(|w| w == ["--control-plane", control_plane.as_str()]),
         "the sidecar should connect to {control_plane}: {args:?}"
     );
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--token-file", "/var/run/secrets/tokens/istio-token"]),
+        "the sidecar proves its identity with its projected token: {args:?}"
+    );
     let init = &pod["spec"]["initContainers"];
     assert!(
         init.as_array()
@@ -562,21 +581,32 @@ fn served_with(tag: &'static str) -> impl Fn(&Reply) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecars_follow_the_virtual_service_in_the_api_and_keep_it_through_an_outage() {
-    let cluster = Cluster::start().await;
+    let mut cluster = Cluster::start().await;
     let api = &cluster.api;
     let address = cluster.address.to_string();
 
     // e. An echo workload behind its sidecar (it registers as app=echo, on the Service's
-    // targetPort), and a client's sidecar.
+    // targetPort), and a client's sidecar, each with its service account's token.
     let app = Echo::start("echo-0").await;
     let _server = Sidecar::start(
         &address,
         "echo-0",
+        "echo",
+        &cluster.token("echo"),
         &[("app", "echo")],
         Some((8080, app.address)),
     )
     .await;
-    let client = Sidecar::start(&address, "client-0", &[("app", "client")], None).await;
+    let client_token = cluster.token("client");
+    let client = Sidecar::start(
+        &address,
+        "client-0",
+        "client",
+        &client_token,
+        &[("app", "client")],
+        None,
+    )
+    .await;
     let outbound = client.outbound;
     until(
         &cluster,
@@ -586,6 +616,52 @@ async fn sidecars_follow_the_virtual_service_in_the_api_and_keep_it_through_an_o
         served_with("one"),
     )
     .await;
+    let reviews: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/apis/authentication.k8s.io/v1/tokenreviews")
+        .collect();
+    assert!(reviews.len() >= 2, "{reviews:#?}");
+    assert!(
+        reviews.iter().all(|r| r.method == Method::POST
+            && r.body["spec"]["audiences"] == json!(["istio-ca"])
+            && r.status == 201),
+        "{reviews:#?}"
+    );
+
+    // An impostor: a sidecar claiming echo's service account (and to be an echo endpoint)
+    // with the client's token. It is refused before it joins: no config, no certificate.
+    let impostor = Sidecar::command(
+        &address,
+        "impostor-0",
+        "echo",
+        &client_token,
+        &[("app", "echo")],
+        Some((8080, app.address)),
+    );
+    let mut impostor = Process::spawn("impostor-0", impostor);
+    let refused = impostor
+        .wait_for_line(
+            "the control plane refused this sidecar's identity",
+            PATIENCE,
+        )
+        .await;
+    assert!(
+        refused.contains("PermissionDenied")
+            && refused.contains("service account default/client's, the Hello claims default/echo"),
+        "{refused}"
+    );
+    let logged = cluster
+        .control_plane
+        .wait_for_line("proxy refused", PATIENCE)
+        .await;
+    assert!(logged.contains("impostor-0.default"), "{logged}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = impostor.log();
+    assert!(
+        !log.contains("sidecar started") && !log.contains("certificate installed"),
+        "{log}"
+    );
 
     // Changed in the API: a fault for requests with `x-fault: yes`, another tag for the rest.
     let fault = json!({

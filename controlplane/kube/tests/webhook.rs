@@ -325,7 +325,10 @@ async fn a_deployments_pod_gets_its_sidecar_once() {
         .flatten()
         .map(|v| v.name.as_str())
         .collect();
-    assert_eq!(volumes, ["kube-api-access-7xk2p", "wasmesh-cache"]);
+    assert_eq!(
+        volumes,
+        ["kube-api-access-7xk2p", "wasmesh-cache", "istio-token"]
+    );
     // The workload's container is as it was.
     assert_eq!(injected["spec"]["containers"][0], pod_container());
 
@@ -341,6 +344,7 @@ async fn a_deployments_pod_gets_its_sidecar_once() {
         "--label app=reviews",
         "--label version=v1",
         "--inbound 9080=127.0.0.1:9080",
+        "--token-file /var/run/secrets/tokens/istio-token",
     ] {
         assert!(args.contains(expected), "{expected} in {args}");
     }

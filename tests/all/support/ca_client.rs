@@ -29,7 +29,7 @@ impl CaStream {
                     outbound_address: "127.0.0.1:1".into(),
                     ..Default::default()
                 }),
-                version: String::new(),
+                ..Default::default()
             })),
         })
         .await

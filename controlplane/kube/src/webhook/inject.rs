@@ -22,6 +22,10 @@ pub const INIT_CONTAINER: &str = "wasmesh-init";
 /// The sidecar's cache of modules: an `emptyDir`, as its root filesystem is read-only.
 const CACHE_VOLUME: &str = "wasmesh-cache";
 const CACHE_DIR: &str = "/var/lib/wasmesh";
+/// The pod's service-account token for the control plane (Istio's `istio-token`: audience
+/// `istio-ca`, 12 h, rotated by the kubelet), which proves the sidecar's identity.
+const TOKEN_VOLUME: &str = "istio-token";
+const TOKEN_DIR: &str = "/var/run/secrets/tokens";
 /// The sidecar's uid and gid: `wasmesh-proxy init` leaves what they send alone (its
 /// `--proxy-uid` and `--proxy-gid` default, Istio's 1337).
 const PROXY_UID: u32 = 1337;
@@ -343,23 +347,29 @@ fn patch(pod: &Pod, config: &InjectorConfig) -> Result<Patch, BadAnnotation> {
         return Ok(Patch(Vec::new()));
     };
 
-    let mut ops = vec![
+    let token = json!({ "serviceAccountToken": {
+        "audience": crate::token_review::AUDIENCE,
+        "expirationSeconds": 43200,
+        "path": TOKEN_VOLUME,
+    } });
+    let volumes = [
+        json!({ "name": CACHE_VOLUME, "emptyDir": {} }),
+        json!({ "name": TOKEN_VOLUME, "projected": { "sources": [token] } }),
+    ];
+    let mut ops = [
         append(
             "initContainers",
             spec.init_containers.is_some(),
-            init_container(config, init_flags),
+            [init_container(config, init_flags)],
         ),
-        append("containers", true, sidecar(pod, annotations, config)),
-        append(
-            "volumes",
-            spec.volumes.is_some(),
-            json!({ "name": CACHE_VOLUME, "emptyDir": {} }),
-        ),
-    ];
+        append("containers", true, [sidecar(pod, annotations, config)]),
+        append("volumes", spec.volumes.is_some(), volumes),
+    ]
+    .concat();
     let status = json!({
         "initContainers": [INIT_CONTAINER],
         "containers": [PROXY_CONTAINER],
-        "volumes": [CACHE_VOLUME],
+        "volumes": [CACHE_VOLUME, TOKEN_VOLUME],
         "imagePullSecrets": null,
         "revision": "default",
     });
@@ -390,12 +400,16 @@ fn add(path: PointerBuf, value: Value) -> PatchOperation {
     PatchOperation::Add(AddOperation { path, value })
 }
 
-/// Appends `value` to the array `/spec/<field>`, which is added if the pod has none.
-fn append(field: &str, present: bool, value: Value) -> PatchOperation {
+/// Appends `values` to the array `/spec/<field>`, which is added if the pod has none.
+fn append<const N: usize>(field: &str, present: bool, values: [Value; N]) -> Vec<PatchOperation> {
     if present {
-        add(PointerBuf::from_tokens(["spec", field, "-"]), value)
+        let end = PointerBuf::from_tokens(["spec", field, "-"]);
+        values.map(|v| add(end.clone(), v)).into()
     } else {
-        add(PointerBuf::from_tokens(["spec", field]), json!([value]))
+        vec![add(
+            PointerBuf::from_tokens(["spec", field]),
+            Value::Array(values.into()),
+        )]
     }
 }
 
@@ -446,6 +460,8 @@ fn sidecar(pod: &Pod, annotations: &BTreeMap<String, String>, config: &InjectorC
         &format!("0.0.0.0:{HEALTH_PORT}"),
         "--cache-dir",
         CACHE_DIR,
+        "--token-file",
+        &format!("{TOKEN_DIR}/{TOKEN_VOLUME}"),
     ]
     .map(str::to_owned)
     .into();
@@ -490,7 +506,10 @@ fn sidecar(pod: &Pod, annotations: &BTreeMap<String, String>, config: &InjectorC
             "failureThreshold": 30,
         },
         "resources": resources,
-        "volumeMounts": [{ "name": CACHE_VOLUME, "mountPath": CACHE_DIR }],
+        "volumeMounts": [
+            { "name": CACHE_VOLUME, "mountPath": CACHE_DIR },
+            { "name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true },
+        ],
         "securityContext": {
             "runAsUser": PROXY_UID,
             "runAsGroup": PROXY_UID,
@@ -734,7 +753,8 @@ mod tests {
             names(spec.init_containers.as_ref().unwrap()),
             [INIT_CONTAINER]
         );
-        assert_eq!(spec.volumes.as_ref().unwrap()[0].name, CACHE_VOLUME);
+        let volumes: Vec<_> = spec.volumes.iter().flatten().map(|v| &v.name).collect();
+        assert_eq!(volumes, [CACHE_VOLUME, TOKEN_VOLUME]);
         let annotations = bare.metadata.annotations.as_ref().unwrap();
         let status: Value = serde_json::from_str(&annotations[STATUS]).unwrap();
         assert_eq!(status["containers"], json!([PROXY_CONTAINER]));
@@ -760,7 +780,7 @@ mod tests {
             ["migrate", INIT_CONTAINER]
         );
         let volumes: Vec<_> = spec.volumes.iter().flatten().map(|v| &v.name).collect();
-        assert_eq!(volumes, ["data", CACHE_VOLUME]);
+        assert_eq!(volumes, ["data", CACHE_VOLUME, TOKEN_VOLUME]);
         let annotations = full.metadata.annotations.as_ref().unwrap();
         assert_eq!(annotations["prometheus.io/scrape"], "true");
         assert!(annotations.contains_key(STATUS));
@@ -780,6 +800,7 @@ mod tests {
             "--label version=v1",
             // TCP ports only, not the sidecar's own.
             "--inbound 9080=127.0.0.1:9080 --inbound 9081=127.0.0.1:9081",
+            "--token-file /var/run/secrets/tokens/istio-token",
         ] {
             assert!(args.contains(expected), "{expected:?} in {args}");
         }
@@ -814,6 +835,22 @@ mod tests {
         );
         let mounts = proxy.volume_mounts.as_ref().unwrap();
         assert_eq!(mounts[0].mount_path, CACHE_DIR);
+        assert_eq!(
+            (mounts[1].name.as_str(), mounts[1].mount_path.as_str()),
+            (TOKEN_VOLUME, TOKEN_DIR)
+        );
+        assert_eq!(mounts[1].read_only, Some(true));
+        // Istio's projected token: for the control plane only, rotated by the kubelet.
+        let token = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == TOKEN_VOLUME);
+        let sources = token.and_then(|v| v.projected.as_ref()?.sources.as_ref());
+        let token = sources.unwrap()[0].service_account_token.as_ref().unwrap();
+        assert_eq!(token.audience.as_deref(), Some("istio-ca"));
+        assert_eq!(token.expiration_seconds, Some(43200));
+        assert_eq!(token.path, "istio-token");
         assert_eq!(proxy.image_pull_policy.as_deref(), Some("IfNotPresent"));
 
         let init = container(spec.init_containers.as_ref().unwrap(), INIT_CONTAINER);

@@ -12,7 +12,10 @@
 //!   merge patch, JSON patch, and strategic merge patch simplified: lists whose items all
 //!   have a `name` merge by it, other lists are replaced, and `$patch` directives are not
 //!   understood), DELETE; on an object and on its `/status` subresource where the kind has
-//!   one (writes there change only the status; writes to the object keep it).
+//!   one (writes there change only the status; writes to the object keep it);
+//! - `TokenReview`s (`POST /apis/authentication.k8s.io/v1/tokenreviews`): the tokens of
+//!   [`ApiServer::add_token`] authenticate their user for the audiences asked (echoed), any
+//!   other is not authenticated, with an error.
 //!
 //! Every change takes the next resourceVersion of one global counter and is delivered to the
 //! watches it matches; a write that changes nothing is no change. `generation` starts at 1
@@ -237,6 +240,8 @@ struct State {
     accepted: u64,
     requests: Vec<Recorded>,
     activity: watch::Sender<u64>,
+    /// Service-account tokens, and the user each authenticates.
+    tokens: BTreeMap<String, String>,
 }
 
 struct Watch {
@@ -277,6 +282,7 @@ impl ApiServer {
             accepted: 0,
             requests: Vec::new(),
             activity: activity_tx,
+            tokens: BTreeMap::new(),
         }));
         let accept = tokio::spawn(accept(listener, state.clone()));
         let bookmarks = tokio::spawn({
@@ -364,6 +370,13 @@ current-context: fake
     pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
         let key = (kind_named(kind), namespace.to_owned(), name.to_owned());
         self.lock().objects.get(&key).cloned()
+    }
+
+    /// Makes TokenReviews of `token` authenticate `username`.
+    pub fn add_token(&self, token: &str, username: &str) {
+        self.lock()
+            .tokens
+            .insert(token.to_owned(), username.to_owned());
     }
 
     /// The requests so far, in order.
@@ -579,6 +592,9 @@ fn target(path: &str) -> Option<Target> {
 
 impl State {
     fn answer(&mut self, r: &Recorded) -> Result<Response<Body>, Failure> {
+        if r.method == Method::POST && r.path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+            return Ok(json_response(StatusCode::CREATED, &self.review(&r.body)));
+        }
         let t = target(&r.path).ok_or_else(Failure::no_such_resource)?;
         let namespace = t.namespace.as_deref();
         let object = match (&r.method, t.name.as_deref()) {
@@ -625,6 +641,34 @@ impl State {
             }
         };
         Ok(json_response(StatusCode::OK, &object))
+    }
+
+    /// A TokenReview, answered as the real server answers one (nothing is stored).
+    fn review(&self, review: &Value) -> Value {
+        let spec = &review["spec"];
+        let token = spec["token"].as_str().unwrap_or_default();
+        let status = match self.tokens.get(token) {
+            Some(username) => json!({
+                "authenticated": true,
+                "user": {
+                    "username": username,
+                    "uid": format!("uid-of-{username}"),
+                    "groups": ["system:serviceaccounts", "system:authenticated"],
+                },
+                "audiences": spec["audiences"],
+            }),
+            None => json!({
+                "user": {},
+                "error": "[invalid bearer token, square/go-jose: error in cryptographic primitive]",
+            }),
+        };
+        json!({
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "spec": spec,
+            "status": status,
+        })
     }
 
     fn list(

@@ -157,9 +157,9 @@ pub fn field(line: &str, key: &str) -> String {
         .to_owned()
 }
 
-/// A sidecar of the control plane at `control_plane`: `name` in namespace `default`, with
-/// `labels`, and in front of `app` on `port` if given. Its outbound listener is on a port of
-/// its own.
+/// A sidecar of the control plane at `control_plane`: `name` in namespace `default`, running
+/// as `service_account` and proving it with the token in `token_file`, with `labels`, and in
+/// front of `app` on `port` if given. Its outbound listener is on a port of its own.
 pub struct Sidecar {
     /// Runs while this lives.
     _process: Process,
@@ -167,25 +167,23 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
+    /// Starts the sidecar and waits until it serves.
     pub async fn start(
         control_plane: &str,
         name: &str,
+        service_account: &str,
+        token_file: &Path,
         labels: &[(&str, &str)],
         app: Option<(u16, SocketAddr)>,
     ) -> Sidecar {
-        let mut cmd = Command::new(proxy_bin());
-        cmd.args(["--control-plane", control_plane, "--node", name])
-            .args(["--namespace", "default", "--outbound", "127.0.0.1:0"])
-            .args(["--workers", "1"])
-            .arg("--cache-dir")
-            .arg(shared_cache())
-            .env("WASMESH_LOG", "info");
-        for (k, v) in labels {
-            cmd.arg("--label").arg(format!("{k}={v}"));
-        }
-        if let Some((port, app)) = app {
-            cmd.arg("--inbound").arg(format!("{port}={app}"));
-        }
+        let cmd = Sidecar::command(
+            control_plane,
+            name,
+            service_account,
+            token_file,
+            labels,
+            app,
+        );
         let mut process = Process::spawn(name, cmd);
         process
             .wait_for_line("sidecar started", Duration::from_secs(120))
@@ -202,6 +200,34 @@ impl Sidecar {
             _process: process,
             outbound,
         }
+    }
+
+    /// The sidecar's command line.
+    pub fn command(
+        control_plane: &str,
+        name: &str,
+        service_account: &str,
+        token_file: &Path,
+        labels: &[(&str, &str)],
+        app: Option<(u16, SocketAddr)>,
+    ) -> Command {
+        let mut cmd = Command::new(proxy_bin());
+        cmd.args(["--control-plane", control_plane, "--node", name])
+            .args(["--namespace", "default", "--outbound", "127.0.0.1:0"])
+            .args(["--service-account", service_account])
+            .arg("--token-file")
+            .arg(token_file)
+            .args(["--workers", "1"])
+            .arg("--cache-dir")
+            .arg(shared_cache())
+            .env("WASMESH_LOG", "info");
+        for (k, v) in labels {
+            cmd.arg("--label").arg(format!("{k}={v}"));
+        }
+        if let Some((port, app)) = app {
+            cmd.arg("--inbound").arg(format!("{port}={app}"));
+        }
+        cmd
     }
 }
 
