@@ -287,14 +287,8 @@ impl State {
 
     fn answer(&mut self, (request, respond): Pending) {
         let path = request.uri().path().to_owned();
-        let query: BTreeMap<String, String> = request
-            .uri()
-            .query()
-            .unwrap_or_default()
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_owned(), percent_decode(v)))
-            .collect();
+        let query = request.uri().query().unwrap_or_default().as_bytes();
+        let query: BTreeMap<String, String> = form_urlencoded::parse(query).into_owned().collect();
         let line = query
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -436,31 +430,4 @@ fn response(
         .header("content-type", "application/json")
         .body(StreamBody::new(chunks.map(|b| Ok(Frame::data(b))).boxed()))
         .unwrap()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
