@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
+use crate::sidecar::Node;
+
 /// A workload's identity, as a credential proves it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Workload {
@@ -39,6 +41,14 @@ pub enum AuthError {
 /// Checks a sidecar's credential: the workload it proves.
 pub trait Authenticate: Send + Sync {
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Workload, AuthError>>;
+
+    /// Corrects what an authenticated node says of its workload from the workload's own
+    /// record (on Kubernetes, its Pod: labels and IP), so that a sidecar cannot register under
+    /// labels or an address of its choosing. `Err` when there is no such record for the proven
+    /// identity. By default the node is taken as it is.
+    fn attest(&self, _node: &mut Node) -> Result<(), AuthError> {
+        Ok(())
+    }
 }
 
 /// How long a credential's review is trusted: a reconnect storm (a control-plane restart,
@@ -83,6 +93,11 @@ impl Authenticator {
         }
         cache.insert(key, (workload.clone(), now));
         Ok(workload)
+    }
+
+    /// See [`Authenticate::attest`]; never cached, the record may have changed.
+    pub fn attest(&self, node: &mut Node) -> Result<(), AuthError> {
+        self.inner.attest(node)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (Workload, Instant)>> {

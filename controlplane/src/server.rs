@@ -58,7 +58,7 @@ impl Services {
 
     /// Refuses a Hello whose token does not prove the identity its node claims (when proof
     /// is asked for). Logged: a proxy claiming another's identity is worth an operator's look.
-    async fn authenticate(&self, token: &str, node: &Node) -> Result<(), Status> {
+    async fn authenticate(&self, token: &str, node: &mut Node) -> Result<(), Status> {
         let Some(authenticator) = &self.authenticator else {
             return Ok(());
         };
@@ -74,7 +74,15 @@ impl Services {
                     if w.namespace == node.namespace
                         && w.service_account == node.service_account =>
                 {
-                    return Ok(());
+                    match authenticator.attest(node) {
+                        Ok(()) => return Ok(()),
+                        Err(e @ AuthError::Invalid(_)) => {
+                            Status::permission_denied(format!("{claimed}: {e}"))
+                        }
+                        Err(e @ AuthError::Unavailable(_)) => {
+                            Status::unavailable(format!("{claimed}: {e}"))
+                        }
+                    }
                 }
                 Ok(w) => Status::permission_denied(format!(
                     "the token is service account {w}'s, the Hello claims {claimed}"
@@ -187,7 +195,7 @@ impl api::mesh_config_server::MeshConfig for Services {
                 ));
             }
         };
-        let node = node_from(
+        let mut node = node_from(
             hello
                 .node
                 .ok_or_else(|| Status::invalid_argument("hello.node is required"))?,
@@ -195,7 +203,7 @@ impl api::mesh_config_server::MeshConfig for Services {
         node.check()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         // Before it joins: a refused proxy is no endpoint, and gets no config and no certificate.
-        self.authenticate(&hello.token, &node).await?;
+        self.authenticate(&hello.token, &mut node).await?;
         let id = node.id();
         let workload = (node.namespace.clone(), node.service_account.clone());
         let (connection, snapshots, state) = self.mesh.join(node).map_err(|e| match e {

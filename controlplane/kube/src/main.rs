@@ -240,10 +240,11 @@ fn main() -> anyhow::Result<()> {
             tracing::info!("stopping");
         };
         let mut services = Services::new(mesh).with_authority(authority.rx.clone());
-        if let Some(kube) = &on_kubernetes {
-            // Any pod can reach the control plane: its token must prove whom it claims to be.
-            services =
-                services.with_authenticator(Arc::new(TokenReviewer::new(kube.client.clone())));
+        if let (Some(kube), Source::Kubernetes(source)) = (&on_kubernetes, &source) {
+            // Any pod can reach the control plane: its token must prove whom it claims to be,
+            // and its Pod says what it registers as.
+            let reviewer = TokenReviewer::new(kube.client.clone()).with_pods(source.pods());
+            services = services.with_authenticator(Arc::new(reviewer));
         }
         services
             .router()

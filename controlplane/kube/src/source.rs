@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, Service};
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, PodStatus, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::store::Writer;
@@ -176,6 +176,18 @@ pub struct IstioObjects {
     pub objects: Vec<ObjectId>,
 }
 
+/// The cluster's running Pods (labels, service account, IP), for checking what sidecars
+/// register. Cheap to clone.
+#[derive(Clone)]
+pub struct Pods(Store<Pod>);
+
+impl Pods {
+    /// The pod `name` in `namespace`; None while it is not known (or not running).
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+        self.0.get(&ObjectRef::new(name).within(namespace))
+    }
+}
+
 /// The cluster's Namespaces, for the sidecar injector. Cheap to clone.
 #[derive(Clone)]
 pub struct Namespaces(Store<Namespace>);
@@ -201,6 +213,7 @@ pub struct KubeSource {
     /// The Istio objects of the current state, for the status writer.
     pub objects: watch::Receiver<Arc<IstioObjects>>,
     namespaces: Namespaces,
+    pods: Pods,
     _tasks: JoinSet<()>,
 }
 
@@ -240,6 +253,7 @@ impl KubeSource {
             namespaces: r.run("namespaces", Api::all(c()), all(), (), trim_namespace),
         };
         let namespaces = Namespaces(stores.namespaces.clone());
+        let pods = Pods(stores.pods.clone());
         let (state_tx, rx) = watch::channel(Arc::new(SourceState::default()));
         let (objects_tx, objects) = watch::channel(Arc::new(IstioObjects::default()));
         let (mut listed, count) = (r.listed.subscribe(), r.count);
@@ -254,6 +268,7 @@ impl KubeSource {
             rx,
             objects,
             namespaces,
+            pods,
             _tasks: tasks,
         }
     }
@@ -270,6 +285,10 @@ impl KubeSource {
 
     pub fn namespaces(&self) -> Namespaces {
         self.namespaces.clone()
+    }
+
+    pub fn pods(&self) -> Pods {
+        self.pods.clone()
     }
 }
 
@@ -483,7 +502,11 @@ fn trim_pod(p: &mut Pod) {
     p.managed_fields_mut().clear();
     p.annotations_mut()
         .retain(|k, _| k == SIDECAR_STATUS_ANNOTATION);
-    p.status = None;
+    // Its IP stays: a sidecar's registration is checked against it (`token_review`).
+    p.status = p.status.take().map(|s| PodStatus {
+        pod_ip: s.pod_ip,
+        ..PodStatus::default()
+    });
     p.spec = p.spec.take().map(|s| PodSpec {
         containers: s
             .containers

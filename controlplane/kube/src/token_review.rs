@@ -7,8 +7,13 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use wasmesh_controlplane::authn::{AuthError, Authenticate, Workload};
+use wasmesh_controlplane::sidecar::Node;
+
+use crate::source::Pods;
 
 /// The audience of sidecars' tokens (Istio's), which the injector projects.
 pub const AUDIENCE: &str = "istio-ca";
@@ -19,12 +24,22 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// `tokenreviews`).
 pub struct TokenReviewer {
     api: Api<TokenReview>,
+    pods: Option<Pods>,
 }
 
 impl TokenReviewer {
     pub fn new(client: kube::Client) -> TokenReviewer {
         TokenReviewer {
             api: Api::all(client),
+            pods: None,
+        }
+    }
+
+    /// Also checks what a sidecar registers against its Pod (see [`attest`]).
+    pub fn with_pods(self, pods: Pods) -> TokenReviewer {
+        TokenReviewer {
+            pods: Some(pods),
+            ..self
         }
     }
 
@@ -49,6 +64,46 @@ impl Authenticate for TokenReviewer {
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Workload, AuthError>> {
         Box::pin(self.review(token))
     }
+
+    fn attest(&self, node: &mut Node) -> Result<(), AuthError> {
+        match &self.pods {
+            Some(pods) => attest(node, pods.get(&node.namespace, &node.name).as_deref()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A sidecar is its pod's (`--node` is the pod's name): the pod must run as the service
+/// account the token proved, and its labels and IP, not the sidecar's word, are what the
+/// workload registers with, as Istio takes endpoints from the API. A pod not known yet (the
+/// watch lags its start by a moment) is a retry, not a refusal.
+pub fn attest(node: &mut Node, pod: Option<&Pod>) -> Result<(), AuthError> {
+    let name = format!("{}/{}", node.namespace, node.name);
+    let Some(pod) = pod else {
+        return Err(AuthError::Unavailable(format!(
+            "pod {name} is not known (yet) as running"
+        )));
+    };
+    let account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref())
+        .unwrap_or("default");
+    if account != node.service_account {
+        return Err(AuthError::Invalid(format!(
+            "pod {name} runs as service account {account}"
+        )));
+    }
+    node.labels = pod.labels().clone();
+    if !node.pod_ip.is_empty() {
+        match pod.status.as_ref().and_then(|s| s.pod_ip.clone()) {
+            Some(ip) => node.pod_ip = ip,
+            None => {
+                return Err(AuthError::Unavailable(format!("pod {name} has no IP yet")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The service account a review authenticated, for [`AUDIENCE`].
@@ -214,5 +269,62 @@ mod tests {
             }
             other => panic!("expected the review to be unavailable, got {other:?}"),
         }
+    }
+
+    fn node(labels: &[(&str, &str)], pod_ip: &str) -> Node {
+        Node {
+            name: "reviews-v1-7f9".into(),
+            namespace: "shop".into(),
+            service_account: "reviews".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            pod_ip: pod_ip.into(),
+            ..Node::default()
+        }
+    }
+
+    fn pod(account: &str, ip: Option<&str>) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "reviews-v1-7f9", "namespace": "shop",
+                         "labels": {"app": "reviews", "version": "v1"}},
+            "spec": {"serviceAccountName": account, "containers": []},
+            "status": {"podIP": ip},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn what_a_sidecar_registers_comes_from_its_pod() {
+        // Labels and IP of its choosing are replaced by the pod's.
+        let mut claimed = node(&[("app", "ratings"), ("version", "v9")], "10.0.0.99");
+        attest(&mut claimed, Some(&pod("reviews", Some("10.0.0.7")))).unwrap();
+        let labels: Vec<_> = claimed.labels.iter().collect();
+        assert_eq!(
+            labels,
+            [
+                (&"app".to_owned(), &"reviews".to_owned()),
+                (&"version".to_owned(), &"v1".to_owned())
+            ]
+        );
+        assert_eq!(claimed.pod_ip, "10.0.0.7");
+
+        // A loopback sidecar (no pod IP claimed) stays without one.
+        let mut loopback = node(&[], "");
+        attest(&mut loopback, Some(&pod("reviews", Some("10.0.0.7")))).unwrap();
+        assert_eq!(loopback.pod_ip, "");
+
+        // Another account's pod: refused. No pod (yet), or no IP yet: tried again later.
+        let err = attest(&mut node(&[], ""), Some(&pod("ratings", None))).unwrap_err();
+        assert!(matches!(err, AuthError::Invalid(_)), "{err}");
+        assert!(
+            err.to_string().contains("runs as service account ratings"),
+            "{err}"
+        );
+        let err = attest(&mut node(&[], ""), None).unwrap_err();
+        assert!(matches!(err, AuthError::Unavailable(_)), "{err}");
+        let err = attest(&mut node(&[], "10.0.0.99"), Some(&pod("reviews", None))).unwrap_err();
+        assert!(matches!(err, AuthError::Unavailable(_)), "{err}");
     }
 }

@@ -571,6 +571,24 @@ async fn until(
     }
 }
 
+/// A pod with a sidecar, as the API holds it once injected.
+fn pod(name: &str, service_account: &str, app: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "labels": {"app": app},
+            "annotations": {"sidecar.istio.io/status": "{\"containers\":[\"wasmesh-proxy\"]}"},
+        },
+        "spec": {
+            "serviceAccountName": service_account,
+            "containers": [{"name": "app", "image": "app"}, {"name": "wasmesh-proxy", "image": "wasmesh"}],
+        },
+    })
+}
+
 fn served_with(tag: &'static str) -> impl Fn(&Reply) -> bool {
     move |r| {
         r.status == StatusCode::OK
@@ -584,6 +602,19 @@ async fn sidecars_follow_the_virtual_service_in_the_api_and_keep_it_through_an_o
     let mut cluster = Cluster::start().await;
     let api = &cluster.api;
     let address = cluster.address.to_string();
+
+    // The pods the sidecars belong to: their labels, not the sidecars' word, are what the
+    // workloads register as.
+    for (name, account, app) in [
+        ("echo-0", "echo", "echo"),
+        ("client-0", "client", "client"),
+        ("spoof-0", "client", "client"),
+    ] {
+        api.create(pod(name, account, app));
+        // The kubelet's report: running, at its IP.
+        let running = json!({"status": {"phase": "Running", "podIP": "127.0.0.1"}});
+        api.merge_patch_status("Pod", "default", name, running);
+    }
 
     // e. An echo workload behind its sidecar (it registers as app=echo, on the Service's
     // targetPort), and a client's sidecar, each with its service account's token.
@@ -653,15 +684,37 @@ async fn sidecars_follow_the_virtual_service_in_the_api_and_keep_it_through_an_o
     );
     let logged = cluster
         .control_plane
-        .wait_for_line("proxy refused", PATIENCE)
+        .wait_for_line("proxy refused proxy=impostor-0.default", PATIENCE)
         .await;
-    assert!(logged.contains("impostor-0.default"), "{logged}");
+    assert!(logged.contains("PermissionDenied"), "{logged}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let log = impostor.log();
     assert!(
         !log.contains("sidecar started") && !log.contains("certificate installed"),
         "{log}"
     );
+
+    // A pod with a valid token whose sidecar claims labels its pod does not have (to be an
+    // echo endpoint, in front of a server of its own): it registers as its pod's labels say,
+    // so echo's traffic never goes its way.
+    let spoof_app = Echo::start("spoof-0").await;
+    let _spoof = Sidecar::start(
+        &address,
+        "spoof-0",
+        "client",
+        &client_token,
+        &[("app", "echo")],
+        Some((8080, spoof_app.address)),
+    )
+    .await;
+    for _ in 0..40 {
+        let reply = get(outbound, ECHO_HOST, &[]).await;
+        assert!(
+            reply.as_ref().is_ok_and(served_with("one")),
+            "{reply:?}\n{}",
+            cluster.log()
+        );
+    }
 
     // Changed in the API: a fault for requests with `x-fault: yes`, another tag for the rest.
     let fault = json!({

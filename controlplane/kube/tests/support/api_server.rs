@@ -358,6 +358,16 @@ current-context: fake
             .unwrap_or_else(|f| panic!("patch: {}", f.message))
     }
 
+    /// Merge-patches an object's status subresource, as a kubelet or a controller does.
+    pub fn merge_patch_status(&self, kind: &str, namespace: &str, name: &str, patch: Value) {
+        self.lock()
+            .update(kind_named(kind), ns(namespace), name, true, |mut o| {
+                merge_patch(&mut o, &patch);
+                Ok(o)
+            })
+            .unwrap_or_else(|f| panic!("patch status: {}", f.message));
+    }
+
     /// Deletes an object.
     pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
         let kind = kind_named(kind);
