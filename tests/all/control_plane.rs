@@ -160,20 +160,7 @@ async fn a_dozen_sidecars_follow_edits_report_errors_and_keep_serving_through_a_
     );
 
     // A WasmPlugin for the server's inbound side, with the published SDK's header filter.
-    let plugin = |url: &str, config: &str| {
-        format!(
-            "apiVersion: extensions.istio.io/v1alpha1
-kind: WasmPlugin
-metadata:
-  name: stamp
-spec:
-  selector:
-    matchLabels: {{app: echo}}
-  url: {url}
-  pluginConfig: {config}
-"
-        )
-    };
+    let plugin = |url: &str, config: &str| stamp_plugin(url, config, "");
     write(&manifests, "echo-vs.yaml", "");
     write(
         &manifests,

@@ -352,7 +352,7 @@ current-context: fake
     pub fn merge_patch(&self, kind: &str, namespace: &str, name: &str, patch: Value) -> Value {
         self.lock()
             .update(kind_named(kind), ns(namespace), name, false, |mut o| {
-                merge_patch(&mut o, &patch);
+                json_patch::merge(&mut o, &patch);
                 Ok(o)
             })
             .unwrap_or_else(|f| panic!("patch: {}", f.message))
@@ -362,7 +362,7 @@ current-context: fake
     pub fn merge_patch_status(&self, kind: &str, namespace: &str, name: &str, patch: Value) {
         self.lock()
             .update(kind_named(kind), ns(namespace), name, true, |mut o| {
-                merge_patch(&mut o, &patch);
+                json_patch::merge(&mut o, &patch);
                 Ok(o)
             })
             .unwrap_or_else(|f| panic!("patch status: {}", f.message));
@@ -991,7 +991,7 @@ fn same_spec(a: &Value, b: &Value) -> bool {
 
 fn apply_patch(object: &mut Value, content_type: &str, patch: &Value) -> Result<(), Failure> {
     match content_type.split(';').next().unwrap_or_default().trim() {
-        "application/merge-patch+json" => merge_patch(object, patch),
+        "application/merge-patch+json" => json_patch::merge(object, patch),
         "application/strategic-merge-patch+json" => strategic_merge_patch(object, patch),
         "application/json-patch+json" => {
             let operations: json_patch::Patch = serde_json::from_value(patch.clone())
@@ -1015,25 +1015,6 @@ fn apply_patch(object: &mut Value, content_type: &str, patch: &Value) -> Result<
         }
     }
     Ok(())
-}
-
-/// RFC 7386.
-fn merge_patch(target: &mut Value, patch: &Value) {
-    let Some(patch) = patch.as_object() else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = json!({});
-    }
-    let target = target.as_object_mut().unwrap();
-    for (key, value) in patch {
-        if value.is_null() {
-            target.remove(key);
-        } else {
-            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
-        }
-    }
 }
 
 /// A strategic merge patch, simplified: as a merge patch, but for lists whose items (in the
