@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use wasmesh_config::{
     Bootstrap, Cluster, DownstreamTls, DownstreamTlsMode, Dur, HttpOptions, Listener, OriginalDst,
-    Route, RouteMatch, TcpProxy, UpstreamProtocol, VirtualHost,
+    Route, RouteMatch, TcpProxy, TrafficDirection, UpstreamProtocol, VirtualHost,
 };
 
 use crate::authz;
@@ -239,6 +239,7 @@ pub fn own_part(
         access_log: shared.access_log.clone(),
         drain_timeout: shared.drain_timeout,
         wasm: shared.wasm.clone(),
+        telemetry: shared.telemetry.clone(),
         base_dir: shared.base_dir.clone(),
     };
     let transparent = !node.pod_ip.is_empty();
@@ -258,6 +259,7 @@ pub fn own_part(
                 Vec::new()
             },
             tcp_proxy: None,
+            traffic_direction: Some(TrafficDirection::Outbound),
         });
     }
     let authz_policies = authz::policies_for(resources, &node.namespace, &node.labels);
@@ -288,6 +290,7 @@ pub fn own_part(
                 Vec::new()
             },
             tcp_proxy: None,
+            traffic_direction: Some(TrafficDirection::Inbound),
             virtual_hosts: vec![VirtualHost {
                 name: format!("inbound|http|{}", p.port),
                 domains: vec!["*".into()],
@@ -315,6 +318,7 @@ pub fn own_part(
             circuit_breakers: Default::default(),
             retry_budget: None,
             tls: None,
+            service: None,
         });
     }
     if transparent {
@@ -334,6 +338,7 @@ pub fn own_part(
                 }),
                 handles: Vec::new(),
                 tcp_proxy: None,
+                traffic_direction: None,
             };
         // TCP services reached at their addresses: a TCP proxy each, to its cluster.
         let tcp = tcp_services(shared, resources);
@@ -353,6 +358,7 @@ pub fn own_part(
                 tcp_proxy: Some(TcpProxy {
                     cluster: cluster.clone(),
                 }),
+                traffic_direction: Some(TrafficDirection::Outbound),
             });
         }
         let outbound = shared

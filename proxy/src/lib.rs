@@ -32,6 +32,7 @@ mod snapshot;
 mod stats;
 mod tcp_proxy;
 mod threads;
+mod telemetry;
 mod tls;
 mod upstream;
 mod worker;

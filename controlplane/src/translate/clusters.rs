@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use wasmesh_config::{
-    CircuitBreakers, Cluster, Dur, LbPolicy, UpstreamProtocol, UpstreamTls, UpstreamTlsMode,
+    CircuitBreakers, Cluster, Dur, LbPolicy, ServiceRef, UpstreamProtocol, UpstreamTls,
+    UpstreamTlsMode,
 };
 use wasmesh_policy::{CircuitBreakerConfig, ClusterPolicy, OutlierDetection};
 
@@ -148,6 +149,20 @@ pub(crate) fn effective<'a>(
     e
 }
 
+/// How Istio's metrics name a service: a Kubernetes service (`name.ns.svc.<domain>`) by its
+/// name, any other host (a ServiceEntry's) by the host itself.
+pub fn service_ref(host: &str, namespace: &str) -> ServiceRef {
+    let name = match host.split_once('.') {
+        Some((name, rest)) if rest.starts_with(&format!("{namespace}.svc.")) => name,
+        _ => host,
+    };
+    ServiceRef {
+        host: host.to_owned(),
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+    }
+}
+
 fn positive(v: Option<i32>) -> Option<u32> {
     v.filter(|n| *n > 0).map(|n| n as u32)
 }
@@ -178,6 +193,7 @@ fn cluster(name: &str, svc: &Service, endpoints: &[&Endpoint], p: &Effective) ->
     };
     let unlimited = CircuitBreakers::default();
     Cluster {
+        service: Some(service_ref(&svc.host, svc.entry.namespace())),
         name: name.to_owned(),
         endpoints: endpoints.iter().map(|e| e.address.clone()).collect(),
         lb_policy,

@@ -12,7 +12,7 @@ mod validate;
 use std::collections::{BTreeMap, BTreeSet};
 
 use wasmesh_config::filters::{FailStrategy, FilterScope, HttpFilter, Phase, VmConfig};
-use wasmesh_config::{Bootstrap, Dur, HttpOptions, Listener, WasmOptions};
+use wasmesh_config::{Bootstrap, Dur, HttpOptions, Listener, TrafficDirection, WasmOptions};
 use wasmesh_policy::{CircuitBreakerConfig, FaultConfig, MirrorConfig, RouterConfig};
 
 use crate::diag::Diagnostic;
@@ -197,6 +197,7 @@ pub fn translate(resources: &[Resource], options: &Options) -> Translation {
         original_dst: None,
         handles: Vec::new(),
         tcp_proxy: None,
+        traffic_direction: Some(TrafficDirection::Outbound),
     };
     let bootstrap = Bootstrap {
         workers: None,
@@ -209,6 +210,7 @@ pub fn translate(resources: &[Resource], options: &Options) -> Translation {
         access_log: None,
         drain_timeout: Dur::secs(5),
         wasm: WasmOptions::default(),
+        telemetry: Default::default(),
         base_dir: None,
     };
 

@@ -7,6 +7,7 @@
 mod duration;
 pub mod filters;
 mod retry_on;
+pub mod telemetry;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 pub use duration::{Dur, parse as parse_duration};
 pub use retry_on::RetryOn;
+pub use telemetry::{ServiceRef, Telemetry, TrafficDirection};
 
 /// A configuration error: where it is and what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +82,9 @@ pub struct Bootstrap {
     pub drain_timeout: Dur,
     #[serde(default)]
     pub wasm: WasmOptions,
+    /// Istio's metrics and traces: the workload served, tracing.
+    #[serde(default, skip_serializing_if = "Telemetry::is_default")]
+    pub telemetry: Telemetry,
     /// The directory of the file the bootstrap came from (relative module paths start there).
     #[serde(skip)]
     pub base_dir: Option<PathBuf>,
@@ -143,6 +148,10 @@ pub struct Listener {
     /// an endpoint load balancing picks, bytes copied both ways.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_proxy: Option<TcpProxy>,
+    /// Inbound (to the workload) or outbound (from it): Istio's metrics are recorded on
+    /// listeners that say which, reported by the destination or the source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_direction: Option<TrafficDirection>,
 }
 
 /// A listener's TCP proxying.
@@ -394,6 +403,9 @@ pub struct Cluster {
     /// TLS to the endpoints; none: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    /// The service its endpoints stand for: the `destination_service` of Istio's metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
 }
 
 /// TLS originated to a cluster's endpoints.
@@ -609,6 +621,9 @@ impl Bootstrap {
             parse_listen_address(&admin.address)
                 .map_err(|r| ConfigError::at("admin.address", r))?;
         }
+        self.telemetry
+            .check()
+            .map_err(|(field, reason)| ConfigError::at(format!("telemetry.{field}"), reason))?;
         if self.listeners.is_empty() {
             return Err(ConfigError::at(
                 "listeners",
