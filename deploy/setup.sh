@@ -3,7 +3,9 @@
 # Debian packages (curl, h2load, wrk, nginx, haproxy, openssl; iptables, iproute2 and tcpdump for
 # the interception tests' pods; npm, with Node.js, for the AssemblyScript test filter, unless the
 # machine has them already; docker-registry, the reference OCI distribution registry, and
-# apache2-utils' htpasswd for the plugin-image tests), the wasm32-wasip1 target, and a Python
+# apache2-utils' htpasswd for the plugin-image tests; prometheus, whose server the metrics tests
+# start on ports of their own and query; chromium, headless, for the browser test), the
+# wasm32-wasip1 target, and a Python
 # virtualenv at /opt/wasmesh-py with the `oras` client (PyPI) that pushes and pulls test images
 # and the `kubernetes-validate` and `jsonschema` validators of the Kubernetes manifests.
 # Safe to run again: it installs only what is missing.
@@ -11,7 +13,7 @@ set -euo pipefail
 
 need=()
 for pair in curl:curl h2load:nghttp2-client wrk:wrk nginx:nginx haproxy:haproxy openssl:openssl iptables:iptables ip:iproute2 tcpdump:tcpdump npm:npm \
-  docker-registry:docker-registry htpasswd:apache2-utils; do
+  docker-registry:docker-registry htpasswd:apache2-utils prometheus:prometheus chromium:chromium; do
   cmd=${pair%%:*}
   pkg=${pair#*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ]; then
@@ -29,6 +31,12 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # The prometheus package starts and enables a system server on :9090. The tests start
+  # Prometheus servers of their own on free ports and need none: stop it, once, when this
+  # script installed it (a server someone runs on purpose is left alone on later runs).
+  if [[ " ${need[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
 fi
 
 # RUSTUP_AUTO_INSTALL=0 on the build machines: targets are added explicitly.

@@ -50,6 +50,18 @@ enum Command {
         #[arg(long, short)]
         output: Option<OutputFormat>,
     },
+    /// Opens the control plane's dashboard, a live service graph of the mesh's traffic
+    /// (Kiali's, in spirit): prints its URL and opens it in a browser where there is one.
+    Dashboard {
+        #[command(flatten)]
+        control_plane: ControlPlaneArg,
+        /// The dashboard's address (`host:port` or a URL) instead of asking the control plane.
+        #[arg(long)]
+        address: Option<String>,
+        /// Print the URL without opening it.
+        #[arg(long)]
+        no_open: bool,
+    },
     /// Checks Istio manifests as the control plane translates them (istioctl analyze):
     /// exits non-zero when there are errors.
     Analyze {
@@ -290,6 +302,23 @@ fn run(args: Args) -> anyhow::Result<()> {
                 output.is_some(),
             ))?;
             print!("{text}");
+            Ok(())
+        }
+        Command::Dashboard {
+            control_plane,
+            address,
+            no_open,
+        } => {
+            let url = block_on(wasmesh_cli::dashboard::url(
+                &control_plane.control_plane,
+                address.as_deref(),
+            ))?;
+            println!("{url}");
+            match wasmesh_cli::dashboard::opener() {
+                _ if no_open => {}
+                Some(opener) => wasmesh_cli::dashboard::open(&opener, &url)?,
+                None => eprintln!("no display or xdg-open here: open the URL in a browser"),
+            }
             Ok(())
         }
         Command::Analyze {

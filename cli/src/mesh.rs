@@ -11,7 +11,7 @@ use wasmesh_controlplane::diag::code;
 use wasmesh_controlplane::manifests::{self, Resource, Spec};
 use wasmesh_controlplane::{Diagnostic, Level, Options, translate_loaded};
 
-async fn channel(address: &str) -> anyhow::Result<tonic::transport::Channel> {
+pub(crate) async fn channel(address: &str) -> anyhow::Result<tonic::transport::Channel> {
     let uri = if address.contains("://") {
         address.to_owned()
     } else {

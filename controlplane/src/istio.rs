@@ -1,5 +1,7 @@
-//! Istio's networking resources as their YAML spells them (`networking.istio.io/v1`, `v1beta1`,
-//! `v1alpha3`): VirtualService, DestinationRule, ServiceEntry, WorkloadEntry.
+//! Istio's resources as their YAML spells them: networking's VirtualService, DestinationRule,
+//! ServiceEntry and WorkloadEntry (`networking.istio.io/v1`, `v1beta1`, `v1alpha3`), WasmPlugin,
+//! PeerAuthentication, AuthorizationPolicy, Telemetry; and the mesh config (MeshConfig) that
+//! Istio keeps in the ConfigMap `istio-system/istio`.
 //!
 //! Specs refuse unknown fields (kubectl's strict validation). Fields Istio has but wasmesh does
 //! not translate are accepted as [`Unsupported`] so that translation can say so.
@@ -808,4 +810,375 @@ pub struct AuthzCondition {
     pub key: String,
     pub values: Vec<String>,
     pub not_values: Vec<String>,
+}
+
+// ----- Telemetry (telemetry.istio.io) -----
+
+/// The API group of Telemetry.
+pub const TELEMETRY_GROUP: &str = "telemetry.istio.io";
+/// The versions of Telemetry served, newest first.
+pub const TELEMETRY_VERSIONS: [&str; 2] = ["v1", "v1alpha1"];
+
+/// How the workloads it selects report telemetry: wasmesh reads its `tracing`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Telemetry {
+    /// The workloads of its namespace it applies to; none (and no targetRefs): all of them
+    /// (in the root namespace, the mesh's).
+    pub selector: Option<LabelSelector>,
+    /// Deprecated: `targetRefs`.
+    pub target_ref: Option<PolicyTargetReference>,
+    /// Gateways and waypoints; a sidecar is selected by `selector` only.
+    pub target_refs: Vec<PolicyTargetReference>,
+    pub tracing: Vec<Tracing>,
+    pub metrics: Unsupported,
+    pub access_logging: Unsupported,
+}
+
+/// `tracing[]`: which provider spans go to, and how many requests start a trace.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Tracing {
+    #[serde(rename = "match")]
+    pub match_: Option<TracingSelector>,
+    pub providers: Vec<ProviderRef>,
+    /// 0 to 100; unset: the parent's, else the mesh config's `defaultConfig.tracing.sampling`
+    /// (Istio's default 1).
+    #[schemars(range(min = 0, max = 100))]
+    pub random_sampling_percentage: Option<f64>,
+    pub disable_span_reporting: Option<bool>,
+    pub custom_tags: BTreeMap<String, CustomTag>,
+    pub use_request_id_for_trace_sampling: Option<bool>,
+    pub enable_istio_tags: Option<bool>,
+    pub disable_context_propagation: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct TracingSelector {
+    pub mode: Option<TelemetryWorkloadMode>,
+}
+
+/// Which side of the workload's traffic a Telemetry setting is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TelemetryWorkloadMode {
+    ClientAndServer,
+    Client,
+    Server,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderRef {
+    /// An `extensionProviders[].name` of the mesh config.
+    pub name: String,
+}
+
+/// A span tag: one of `literal`, `environment`, `header`, `formatter`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct CustomTag {
+    pub literal: Option<TagLiteral>,
+    pub environment: Option<TagFrom>,
+    pub header: Option<TagFrom>,
+    pub formatter: Option<TagLiteral>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct TagLiteral {
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct TagFrom {
+    pub name: String,
+    pub default_value: Option<String>,
+}
+
+// ----- MeshConfig (the `mesh` key of the ConfigMap `istio` in `istio-system`) -----
+
+/// Where Istio keeps its mesh config: the ConfigMap `istio` of the root namespace, whose
+/// `data.mesh` is MeshConfig YAML.
+pub const MESH_CONFIG_MAP: (&str, &str) = ("istio-system", "istio");
+
+/// Istio's MeshConfig, the fields wasmesh reads. As Istio reads it (after a strict try, it
+/// accepts unknown fields), fields other than these are accepted; the ones Istio does not
+/// know either are reported ([`MESH_CONFIG_FIELDS`]).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MeshConfig {
+    #[serde(alias = "extension_providers")]
+    pub extension_providers: Vec<ExtensionProvider>,
+    #[serde(alias = "default_providers")]
+    pub default_providers: Option<DefaultProviders>,
+    /// Istio's legacy tracing switch: read only where no Telemetry and no default provider
+    /// configure tracing, where wasmesh has nothing to trace with.
+    #[serde(alias = "enable_tracing")]
+    pub enable_tracing: Option<bool>,
+    #[serde(alias = "default_config")]
+    pub default_config: Option<ProxyConfig>,
+    #[serde(alias = "root_namespace")]
+    pub root_namespace: Option<String>,
+    /// The top-level fields written, as they are spelled (filled in by the parser).
+    #[serde(skip)]
+    pub fields: Vec<String>,
+}
+
+/// `extensionProviders[]`: a name and one provider. The kinds other than `opentelemetry`
+/// are accepted, not read.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExtensionProvider {
+    pub name: String,
+    pub opentelemetry: Option<OpenTelemetryProvider>,
+    pub zipkin: Option<serde_json::Value>,
+    pub datadog: Option<serde_json::Value>,
+    pub skywalking: Option<serde_json::Value>,
+    pub lightstep: Option<serde_json::Value>,
+    pub stackdriver: Option<serde_json::Value>,
+    pub opencensus: Option<serde_json::Value>,
+    #[serde(alias = "envoy_ext_authz_http")]
+    pub envoy_ext_authz_http: Option<serde_json::Value>,
+    #[serde(alias = "envoy_ext_authz_grpc")]
+    pub envoy_ext_authz_grpc: Option<serde_json::Value>,
+    pub prometheus: Option<serde_json::Value>,
+    #[serde(alias = "envoy_file_access_log")]
+    pub envoy_file_access_log: Option<serde_json::Value>,
+    #[serde(alias = "envoy_http_als")]
+    pub envoy_http_als: Option<serde_json::Value>,
+    #[serde(alias = "envoy_tcp_als")]
+    pub envoy_tcp_als: Option<serde_json::Value>,
+    #[serde(alias = "envoy_otel_als")]
+    pub envoy_otel_als: Option<serde_json::Value>,
+    pub sds: Option<serde_json::Value>,
+    /// The fields written, as they are spelled (filled in by the parser).
+    #[serde(skip)]
+    pub fields: Vec<String>,
+}
+
+/// `opentelemetry`: an OTLP collector.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OpenTelemetryProvider {
+    /// `[<namespace>/]<hostname>`.
+    pub service: String,
+    pub port: u32,
+    pub max_tag_length: Option<u32>,
+    /// OTLP over HTTP instead of gRPC.
+    pub http: Option<serde_json::Value>,
+    pub grpc: Option<OtlpGrpc>,
+    pub resource_detectors: Option<serde_json::Value>,
+    pub dynatrace_sampler: Option<serde_json::Value>,
+    pub service_attribute_enrichment: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OtlpGrpc {
+    /// A protobuf duration (`5s`).
+    pub timeout: Option<String>,
+    pub initial_metadata: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DefaultProviders {
+    pub tracing: Vec<String>,
+    pub metrics: Vec<String>,
+    #[serde(alias = "access_logging")]
+    pub access_logging: Vec<String>,
+}
+
+/// `defaultConfig`: the proxies' defaults; wasmesh reads `tracing`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProxyConfig {
+    pub tracing: Option<ProxyTracing>,
+}
+
+/// `defaultConfig.tracing`: the sampling percentage Telemetry falls back to, and Istio's
+/// legacy tracers.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ProxyTracing {
+    /// 0 to 100; 0 (or unset): 1, Istio's default.
+    pub sampling: Option<f64>,
+    #[serde(alias = "custom_tags")]
+    pub custom_tags: Option<serde_json::Value>,
+    #[serde(alias = "max_path_tag_length")]
+    pub max_path_tag_length: Option<serde_json::Value>,
+    pub zipkin: Option<serde_json::Value>,
+    pub lightstep: Option<serde_json::Value>,
+    pub datadog: Option<serde_json::Value>,
+    pub stackdriver: Option<serde_json::Value>,
+    #[serde(alias = "open_census_agent")]
+    pub open_census_agent: Option<serde_json::Value>,
+    #[serde(alias = "tls_settings")]
+    pub tls_settings: Option<serde_json::Value>,
+}
+
+impl ProxyTracing {
+    /// The legacy tracer settings written (`zipkin`, ...).
+    pub fn tracers(&self) -> Vec<&'static str> {
+        [
+            ("zipkin", &self.zipkin),
+            ("lightstep", &self.lightstep),
+            ("datadog", &self.datadog),
+            ("stackdriver", &self.stackdriver),
+            ("openCensusAgent", &self.open_census_agent),
+            ("tlsSettings", &self.tls_settings),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(k, _)| k)
+        .collect()
+    }
+}
+
+/// The kinds of `extensionProviders[]` Istio has; those that trace come first.
+pub const TRACING_PROVIDER_KINDS: [&str; 7] = [
+    "opentelemetry",
+    "zipkin",
+    "datadog",
+    "skywalking",
+    "lightstep",
+    "stackdriver",
+    "opencensus",
+];
+/// The kinds of `extensionProviders[]` that do not trace.
+pub const OTHER_PROVIDER_KINDS: [&str; 8] = [
+    "envoyExtAuthzHttp",
+    "envoyExtAuthzGrpc",
+    "prometheus",
+    "envoyFileAccessLog",
+    "envoyHttpAls",
+    "envoyTcpAls",
+    "envoyOtelAls",
+    "sds",
+];
+
+/// MeshConfig's top-level fields, as Istio knows them (`mesh/v1alpha1/config.proto`).
+pub const MESH_CONFIG_FIELDS: [&str; 50] = [
+    "proxyListenPort",
+    "proxyInboundListenPort",
+    "proxyHttpPort",
+    "connectTimeout",
+    "hboneIdleTimeout",
+    "protocolDetectionTimeout",
+    "tcpKeepalive",
+    "ingressClass",
+    "ingressService",
+    "ingressControllerMode",
+    "ingressSelector",
+    "enableTracing",
+    "accessLogFile",
+    "accessLogFormat",
+    "accessLogEncoding",
+    "enableEnvoyAccessLogService",
+    "disableEnvoyListenerLog",
+    "defaultConfig",
+    "outboundTrafficPolicy",
+    "inboundTrafficPolicy",
+    "configSources",
+    "enableAutoMtls",
+    "trustDomain",
+    "trustDomainAliases",
+    "caCertificates",
+    "defaultServiceExportTo",
+    "defaultVirtualServiceExportTo",
+    "defaultDestinationRuleExportTo",
+    "rootNamespace",
+    "localityLbSetting",
+    "zoneAwareLbSetting",
+    "dnsRefreshRate",
+    "h2UpgradePolicy",
+    "inboundClusterStatName",
+    "outboundClusterStatName",
+    "certificates",
+    "serviceSettings",
+    "serviceScopeConfigs",
+    "enablePrometheusMerge",
+    "verifyCertificateAtClient",
+    "ca",
+    "extensionProviders",
+    "defaultProviders",
+    "discoverySelectors",
+    "pathNormalization",
+    "defaultHttpRetryPolicy",
+    "meshMTLS",
+    "tlsDefaults",
+    "defaultTrafficPolicy",
+    "serviceEntryVisibility",
+];
+
+impl ExtensionProvider {
+    /// The provider kinds set (`opentelemetry`, `zipkin`, ...; one is expected), tracing ones
+    /// first.
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let set = [
+            self.opentelemetry.is_some(),
+            self.zipkin.is_some(),
+            self.datadog.is_some(),
+            self.skywalking.is_some(),
+            self.lightstep.is_some(),
+            self.stackdriver.is_some(),
+            self.opencensus.is_some(),
+            self.envoy_ext_authz_http.is_some(),
+            self.envoy_ext_authz_grpc.is_some(),
+            self.prometheus.is_some(),
+            self.envoy_file_access_log.is_some(),
+            self.envoy_http_als.is_some(),
+            self.envoy_tcp_als.is_some(),
+            self.envoy_otel_als.is_some(),
+            self.sds.is_some(),
+        ];
+        TRACING_PROVIDER_KINDS
+            .iter()
+            .chain(&OTHER_PROVIDER_KINDS)
+            .zip(set)
+            .filter(|(_, set)| *set)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Whether its kind traces.
+    pub fn traces(&self) -> bool {
+        self.kinds()
+            .first()
+            .is_some_and(|k| TRACING_PROVIDER_KINDS.contains(k))
+    }
+
+    /// The fields written that Istio does not know.
+    pub fn unknown_fields(&self) -> Vec<&str> {
+        self.fields
+            .iter()
+            .map(String::as_str)
+            .filter(|f| {
+                let camel = camel_case(f);
+                camel != "name"
+                    && !TRACING_PROVIDER_KINDS.contains(&camel.as_str())
+                    && !OTHER_PROVIDER_KINDS.contains(&camel.as_str())
+            })
+            .collect()
+    }
+}
+
+/// `envoy_ext_authz_http` -> `envoyExtAuthzHttp` (protobuf's JSON names); camelCase as it is.
+pub fn camel_case(field: &str) -> String {
+    let mut out = String::new();
+    let mut upper = false;
+    for c in field.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

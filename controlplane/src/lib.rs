@@ -10,13 +10,17 @@
 //!   sidecar's snapshot ([`sidecar`], [`plugins`] for WasmPlugins) and [`server`] streams
 //!   them to proxies over gRPC (`wasmesh-api`), where [`authn`] may ask proof of a proxy's
 //!   identity;
+//! - [`graph`] draws the service graph from the proxies' Istio metrics, which [`dashboard`]
+//!   scrapes and serves as a web page;
 //! - [`samples`] renders Bookinfo-like manifests and holds Istio's task manifests.
 
 pub mod authn;
 pub mod authz;
 pub mod ca;
+pub mod dashboard;
 pub mod diag;
 pub mod duration;
+pub mod graph;
 pub mod images;
 pub mod istio;
 pub mod manifests;
@@ -28,6 +32,7 @@ pub mod samples;
 pub mod server;
 pub mod sidecar;
 pub mod source;
+pub mod telemetry;
 mod translate;
 
 pub use diag::{Diagnostic, Level};

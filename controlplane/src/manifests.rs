@@ -2,8 +2,11 @@
 //!
 //! Each document is parsed on its own, so one bad document does not stop the others; each
 //! resource remembers its file and the line its document starts at. Kinds other than the four
-//! translated ones (and WasmPlugin, PeerAuthentication and AuthorizationPolicy) are skipped with an Info diagnostic.
+//! translated ones (and WasmPlugin, PeerAuthentication, AuthorizationPolicy and Telemetry) are
+//! skipped with an Info diagnostic, as is any ConfigMap but Istio's mesh config
+//! (`istio-system/istio`, whose `data.mesh` is read as [`istio::MeshConfig`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -33,6 +36,9 @@ pub enum Spec {
     WasmPlugin(istio::WasmPlugin),
     PeerAuthentication(istio::PeerAuthentication),
     AuthorizationPolicy(istio::AuthorizationPolicy),
+    Telemetry(istio::Telemetry),
+    /// The ConfigMap `istio-system/istio`'s `data.mesh`.
+    MeshConfig(istio::MeshConfig),
 }
 
 impl Spec {
@@ -45,6 +51,8 @@ impl Spec {
             Spec::WasmPlugin(_) => "WasmPlugin",
             Spec::PeerAuthentication(_) => "PeerAuthentication",
             Spec::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Spec::Telemetry(_) => "Telemetry",
+            Spec::MeshConfig(_) => "ConfigMap",
         }
     }
 }
@@ -335,6 +343,33 @@ fn parse_document(doc: &Document, file: Option<&Path>, loaded: &mut Loaded) {
         ));
         return;
     };
+    if kind == "ConfigMap"
+        && api_version == "v1"
+        && meta.name.as_deref() == Some(istio::MESH_CONFIG_MAP.1)
+        && meta.namespace.as_deref() == Some(istio::MESH_CONFIG_MAP.0)
+    {
+        let parsed = mesh_config(doc);
+        match parsed {
+            Ok((metadata, spec)) => loaded.resources.push(Resource {
+                api_version: api_version.clone(),
+                metadata,
+                spec: Spec::MeshConfig(spec),
+                source: Source {
+                    file: file.map(Path::to_owned),
+                    line: Some(doc.content_line),
+                },
+            }),
+            Err(f) => {
+                let mut d = identify(Diagnostic::error(
+                    code::SCHEMA_VALIDATION_ERROR,
+                    format!("Schema validation error: {}", schema_reason(&f)),
+                ));
+                d.field = f.path;
+                loaded.diagnostics.push(located(d, f.line));
+            }
+        }
+        return;
+    }
     let (group, versions) = match kind.as_str() {
         "VirtualService" | "DestinationRule" | "ServiceEntry" | "WorkloadEntry" => {
             (istio::GROUP, &istio::VERSIONS[..])
@@ -343,6 +378,7 @@ fn parse_document(doc: &Document, file: Option<&Path>, loaded: &mut Loaded) {
         "PeerAuthentication" | "AuthorizationPolicy" => {
             (istio::SECURITY_GROUP, &istio::SECURITY_VERSIONS[..])
         }
+        "Telemetry" => (istio::TELEMETRY_GROUP, &istio::TELEMETRY_VERSIONS[..]),
         _ => ("", &[][..]),
     };
     let (doc_group, version) = api_version.split_once('/').unwrap_or(("", api_version));
@@ -381,6 +417,7 @@ fn parse_document(doc: &Document, file: Option<&Path>, loaded: &mut Loaded) {
         "WasmPlugin" => typed(&doc.text, Spec::WasmPlugin),
         "PeerAuthentication" => typed(&doc.text, Spec::PeerAuthentication),
         "AuthorizationPolicy" => typed(&doc.text, Spec::AuthorizationPolicy),
+        "Telemetry" => typed(&doc.text, Spec::Telemetry),
         _ => typed(&doc.text, Spec::WorkloadEntry),
     };
     match parsed {
@@ -410,6 +447,70 @@ type Parsed = (String, ObjectMeta, Spec);
 fn typed<S: DeserializeOwned>(text: &str, wrap: fn(S) -> Spec) -> Result<Parsed, ParseFailure> {
     let o: Object<S> = parse_tracked(text)?;
     Ok((o.api_version, o.metadata, wrap(o.spec)))
+}
+
+/// A ConfigMap as Istio's mesh config is kept (its fields checked as kubectl would; only
+/// `metadata` and `data` are read).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+struct ConfigMap {
+    api_version: String,
+    kind: String,
+    metadata: ObjectMeta,
+    #[serde(default)]
+    data: BTreeMap<String, String>,
+    #[serde(default)]
+    binary_data: istio::Unsupported,
+    #[serde(default)]
+    immutable: Option<bool>,
+}
+
+/// The mesh config in a ConfigMap document: its `data.mesh` parsed (none: Istio's defaults).
+/// A failure's path is under `data.mesh` and its line is the document's, where the value is
+/// a block scalar (`mesh: |`).
+fn mesh_config(doc: &Document) -> Result<(ObjectMeta, istio::MeshConfig), ParseFailure> {
+    let cm: ConfigMap = parse_tracked(&doc.text)?;
+    let Some(text) = cm.data.get("mesh").filter(|t| !t.trim().is_empty()) else {
+        return Ok((cm.metadata, istio::MeshConfig::default()));
+    };
+    let under = |f: ParseFailure| {
+        // The block's first line, 1-based in the document.
+        let block = doc.text.lines().position(|l| {
+            let t = l.trim_start();
+            t.len() < l.len()
+                && t.strip_prefix("mesh:")
+                    .is_some_and(|rest| rest.trim_start().starts_with(['|', '>']))
+        });
+        ParseFailure {
+            path: Some(match f.path {
+                Some(p) => format!("data.mesh.{p}"),
+                None => "data.mesh".into(),
+            }),
+            line: block.zip(f.line).map(|(b, l)| b + 1 + l),
+            message: f.message,
+        }
+    };
+    let mut mesh: istio::MeshConfig = parse_tracked(text).map_err(under)?;
+    // The fields as written, for what Istio does not know either.
+    let raw: serde_json::Value = parse_tracked(text).map_err(under)?;
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    mesh.fields = keys(&raw);
+    let providers = ["extensionProviders", "extension_providers"]
+        .iter()
+        .find_map(|k| raw.get(k)?.as_array());
+    for (p, written) in mesh
+        .extension_providers
+        .iter_mut()
+        .zip(providers.into_iter().flatten())
+    {
+        p.fields = keys(written);
+    }
+    Ok((cm.metadata, mesh))
 }
 
 /// kubectl-style reasons: `unknown field "spec.http[0].rout"`, else `path: message`.

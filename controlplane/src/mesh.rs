@@ -391,13 +391,7 @@ impl Mesh {
                     });
                     (shared, part)
                 });
-            let own = own_part(
-                &node,
-                shared,
-                &resources,
-                &user_plugins,
-                base.plugins.as_ref(),
-            );
+            let own = own_part(&node, shared, &resources, &user_plugins, &base);
             let bootstrap_json = serde_json::to_string(&own).expect("a bootstrap serializes");
             // The modules the filters use, and the mesh's own plugins' even where no filter
             // uses them yet: sidecars compile those ahead, so a first fault, mirror, breaker

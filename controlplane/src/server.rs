@@ -25,6 +25,8 @@ pub struct Services {
     /// What a Hello's token must satisfy, where proxies must prove their identity; without
     /// one, a Hello's namespace and service account are taken as they are.
     authenticator: Option<Arc<Authenticator>>,
+    /// Where the dashboard is served, if it is (`wasmesh dashboard` asks).
+    dashboard: Option<std::net::SocketAddr>,
 }
 
 impl Services {
@@ -33,6 +35,15 @@ impl Services {
             mesh,
             authority: None,
             authenticator: None,
+            dashboard: None,
+        }
+    }
+
+    /// The dashboard's bound address, told to `wasmesh dashboard`.
+    pub fn with_dashboard(self, address: std::net::SocketAddr) -> Services {
+        Services {
+            dashboard: Some(address),
+            ..self
         }
     }
 
@@ -121,6 +132,7 @@ fn node_from(n: api::Node) -> Node {
         service_account: n.service_account,
         outbound_address: n.outbound_address,
         pod_ip: n.pod_ip,
+        metrics_address: n.metrics_address,
         inbound: n
             .inbound
             .into_iter()
@@ -130,6 +142,32 @@ fn node_from(n: api::Node) -> Node {
                 app_address: p.app_address,
             })
             .collect(),
+    }
+}
+
+/// Where the control plane can scrape a proxy's metrics, from what its Hello says: an
+/// unspecified IP is the pod's (or the stream's peer's); a loopback one is reachable only from
+/// this host; a sidecar of a pod serves them at the pod's IP, and nowhere else is scraped on
+/// its word. Empty: none to scrape.
+fn reachable_metrics(node: &Node, peer: Option<std::net::IpAddr>) -> String {
+    let Ok(mut address) = node.metrics_address.parse::<std::net::SocketAddr>() else {
+        return String::new();
+    };
+    let pod_ip = node.pod_ip.parse::<std::net::IpAddr>().ok();
+    if address.ip().is_unspecified() {
+        match pod_ip.or(peer) {
+            Some(ip) => address.set_ip(ip),
+            None => return String::new(),
+        }
+    }
+    let reachable = match pod_ip {
+        Some(pod) => address.ip() == pod,
+        None => !address.ip().is_loopback() || peer.is_none_or(|p| p.is_loopback()),
+    };
+    if reachable {
+        address.to_string()
+    } else {
+        String::new()
     }
 }
 
@@ -184,6 +222,7 @@ impl api::mesh_config_server::MeshConfig for Services {
         &self,
         request: Request<Streaming<api::ProxyMessage>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let mut incoming = request.into_inner();
         let hello = match incoming.message().await? {
             Some(api::ProxyMessage {
@@ -204,6 +243,7 @@ impl api::mesh_config_server::MeshConfig for Services {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         // Before it joins: a refused proxy is no endpoint, and gets no config and no certificate.
         self.authenticate(&hello.token, &mut node).await?;
+        node.metrics_address = reachable_metrics(&node, peer);
         let id = node.id();
         let workload = (node.namespace.clone(), node.service_account.clone());
         let (connection, snapshots, state) = self.mesh.join(node).map_err(|e| match e {
@@ -378,6 +418,15 @@ impl api::mesh_admin_server::MeshAdmin for Services {
             proxies,
             sources_version: generation.to_string(),
             diagnostics: diagnostics.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn dashboard(
+        &self,
+        _request: Request<api::DashboardRequest>,
+    ) -> Result<Response<api::DashboardReply>, Status> {
+        Ok(Response::new(api::DashboardReply {
+            address: self.dashboard.map(|a| a.to_string()).unwrap_or_default(),
         }))
     }
 
@@ -622,6 +671,38 @@ mod tests {
         snapshot_and_certificate(&mut again).await;
         assert_eq!(tokens.1.load(Ordering::SeqCst), reviews_before);
         assert_eq!(reviews_before, 4);
+    }
+
+    #[test]
+    fn metrics_are_scraped_only_where_the_control_plane_reaches_the_proxy() {
+        let node = |metrics: &str, pod_ip: &str| Node {
+            metrics_address: metrics.into(),
+            pod_ip: pod_ip.into(),
+            ..Node::default()
+        };
+        let local = Some("127.0.0.1".parse().unwrap());
+        let remote = Some("10.0.0.9".parse().unwrap());
+        let cases = [
+            // On this host: as given.
+            (node("127.0.0.1:15000", ""), local, "127.0.0.1:15000"),
+            // Every address: the peer's, or the pod's.
+            (node("0.0.0.0:15000", ""), remote, "10.0.0.9:15000"),
+            (node("0.0.0.0:15000", "10.0.0.7"), remote, "10.0.0.7:15000"),
+            // A loopback admin of another host, or of a pod: out of reach.
+            (node("127.0.0.1:15000", ""), remote, ""),
+            (node("127.0.0.1:15000", "10.0.0.7"), local, ""),
+            // A pod's metrics are at its IP, nowhere else.
+            (node("10.0.0.7:15020", "10.0.0.7"), remote, "10.0.0.7:15020"),
+            (node("10.0.0.8:15020", "10.0.0.7"), remote, ""),
+            (node("", ""), local, ""),
+        ];
+        for (node, peer, want) in cases {
+            assert_eq!(
+                reachable_metrics(&node, peer),
+                want,
+                "{node:?} from {peer:?}"
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

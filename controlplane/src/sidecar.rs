@@ -15,12 +15,15 @@
 //!   original destination: the outbound listener for the mesh's service addresses and
 //!   endpoints, the inbound listener of the port for the pod's own ports. Anything else
 //!   passes through as TCP. Its workload registers at the pod's IP and its own ports.
+//! - Its **telemetry** ([`crate::telemetry`]): the workload it serves, the service behind each
+//!   inbound cluster, its tracing (Istio's Telemetry and mesh config), and which side of the
+//!   traffic each listener is on.
 
 use std::collections::BTreeMap;
 
 use wasmesh_config::{
     Bootstrap, Cluster, DownstreamTls, DownstreamTlsMode, Dur, HttpOptions, Listener, OriginalDst,
-    Route, RouteMatch, TcpProxy, TrafficDirection, UpstreamProtocol, VirtualHost,
+    Route, RouteMatch, TcpProxy, Telemetry, TrafficDirection, UpstreamProtocol, VirtualHost,
 };
 
 use crate::authz;
@@ -28,8 +31,9 @@ use crate::istio::{self, MtlsMode, WasmPlugin};
 use crate::manifests::{Resource, Spec};
 use crate::peer_auth;
 use crate::plugins::{self, Direction, Workload};
+use crate::telemetry::{self, MeshTracing};
 use crate::translate::registry::{PortProtocol, port_protocol};
-use crate::translate::{Options, PluginModules, Translation, cluster_name, translate};
+use crate::translate::{Options, Translation, cluster_name, translate};
 
 /// A sidecar's identity and the listeners it has bound.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,6 +48,10 @@ pub struct Node {
     /// The pod's IP when the sidecar intercepts transparently; empty otherwise.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pod_ip: String,
+    /// Where the proxy serves its Prometheus metrics (`ip:port`), for the dashboard; empty
+    /// when it serves none the control plane can reach.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metrics_address: String,
 }
 
 /// Istio's ports for redirected traffic (`wasmesh-proxy init` sends it there).
@@ -98,6 +106,9 @@ impl Node {
                 })
         };
         address("outbound_address".into(), &self.outbound_address)?;
+        if !self.metrics_address.is_empty() {
+            address("metrics_address".into(), &self.metrics_address)?;
+        }
         if !self.pod_ip.is_empty() && self.pod_ip.parse::<std::net::IpAddr>().is_err() {
             return Err(NodeError::PodIp(self.pod_ip.clone()));
         }
@@ -175,13 +186,7 @@ pub fn translate_for(
     base: &Options,
 ) -> Translation {
     let mut t = outbound(&node.namespace, resources, base);
-    let own = own_part(
-        node,
-        &t.bootstrap,
-        resources,
-        user_plugins,
-        base.plugins.as_ref(),
-    );
+    let own = own_part(node, &t.bootstrap, resources, user_plugins, base);
     t.bootstrap = own.laid_over(t.bootstrap.clone());
     t
 }
@@ -201,20 +206,27 @@ pub fn outbound(namespace: &str, resources: &[Resource], base: &Options) -> Tran
 /// One sidecar's own part of its bootstrap, to lay over its namespace's [`outbound`] part
 /// (`shared`, whose settings it keeps): its outbound address and the users' plugins that
 /// select it for CLIENT traffic, its inbound listeners (with the AuthorizationPolicies that
-/// select it, enforced by the authorization plugin of `modules`) and their clusters.
+/// select it, enforced by the authorization plugin of `options.plugins`) and their clusters,
+/// and its telemetry (the workload it serves as `options` name it, its tracing).
 pub fn own_part(
     node: &Node,
     shared: &Bootstrap,
     resources: &[Resource],
     user_plugins: &[UserPlugin],
-    modules: Option<&PluginModules>,
+    options: &Options,
 ) -> Bootstrap {
     let all: Vec<&Resource> = resources.iter().collect();
     // Policies with errors are left out (reported by the translation).
+    let valid = |r: &&Resource| !crate::translate::check(r).iter().any(|d| d.is_error());
     let peer_auths: Vec<&Resource> = resources
         .iter()
         .filter(|r| matches!(r.spec, Spec::PeerAuthentication(_)))
-        .filter(|r| !crate::translate::check(r).iter().any(|d| d.is_error()))
+        .filter(valid)
+        .collect();
+    let service_entries: Vec<&Resource> = resources
+        .iter()
+        .filter(|r| matches!(r.spec, Spec::ServiceEntry(_)))
+        .filter(valid)
         .collect();
     let workload = Workload {
         namespace: &node.namespace,
@@ -239,7 +251,10 @@ pub fn own_part(
         access_log: shared.access_log.clone(),
         drain_timeout: shared.drain_timeout,
         wasm: shared.wasm.clone(),
-        telemetry: shared.telemetry.clone(),
+        telemetry: Telemetry {
+            workload: Some(telemetry::workload(node, options)),
+            tracing: MeshTracing::new(resources).tracing(&node.namespace, &node.labels),
+        },
         base_dir: shared.base_dir.clone(),
     };
     let transparent = !node.pod_ip.is_empty();
@@ -266,7 +281,12 @@ pub fn own_part(
     for p in &node.inbound {
         let cluster = format!("inbound|{}||", p.port);
         let mut http_filters = filters_for(Direction::Server { port: p.port });
-        http_filters.extend(modules.and_then(|m| authz::filter(&m.authz, p.port, &authz_policies)));
+        http_filters.extend(
+            options
+                .plugins
+                .as_ref()
+                .and_then(|m| authz::filter(&m.authz, p.port, &authz_policies)),
+        );
         own.listeners.push(Listener {
             name: format!("inbound|{}", p.port),
             address: p.listen_address.clone(),
@@ -318,12 +338,23 @@ pub fn own_part(
             circuit_breakers: Default::default(),
             retry_budget: None,
             tls: None,
-            service: None,
+            service: telemetry::inbound_service(
+                &service_entries,
+                &node.namespace,
+                &node.labels,
+                p.port,
+            ),
         });
     }
     if transparent {
+        // Istio's virtual listeners are OUTBOUND and INBOUND: their own chains carry only
+        // what they pass through; a connection they hand over is the other listener's.
         let virtual_listener =
-            |name: &str, address: &str, to: Vec<String>, source: Option<&str>| Listener {
+            |name: &str,
+             address: &str,
+             to: Vec<String>,
+             source: Option<&str>,
+             direction: TrafficDirection| Listener {
                 name: name.into(),
                 address: address.into(),
                 max_connections: 100_000,
@@ -338,7 +369,7 @@ pub fn own_part(
                 }),
                 handles: Vec::new(),
                 tcp_proxy: None,
-                traffic_direction: None,
+                traffic_direction: Some(direction),
             };
         // TCP services reached at their addresses: a TCP proxy each, to its cluster.
         let tcp = tcp_services(shared, resources);
@@ -380,6 +411,7 @@ pub fn own_part(
             VIRTUAL_OUTBOUND,
             outbound.collect(),
             None,
+            TrafficDirection::Outbound,
         ));
         // Passed-through inbound connections leave from 127.0.0.6, which the iptables rules
         // let reach the workload (from the proxy's own address they would be captured again).
@@ -388,6 +420,7 @@ pub fn own_part(
             VIRTUAL_INBOUND,
             inbound,
             Some("127.0.0.6"),
+            TrafficDirection::Inbound,
         );
         virtual_inbound.tls = downstream_tls(peer_auth::passthrough_mode(
             &peer_auths,
@@ -500,6 +533,7 @@ mod tests {
             service_account: "bookinfo".into(),
             outbound_address: "127.0.0.1:25000".into(),
             pod_ip: String::new(),
+            metrics_address: String::new(),
             inbound: inbound
                 .map(|(port, listen, app)| InboundPort {
                     port,

@@ -88,8 +88,9 @@ fn read(dir: &Path, keeper: &mut LastGood) -> Result<Loaded, String> {
 }
 
 /// Keeps the last good version of each resource whose new version is broken: a document that
-/// no longer parses, or a resource that no longer validates, is reported and its previous
-/// version stays in effect. A resource removed from the files is removed.
+/// no longer parses, a resource that no longer validates, or a Telemetry that names a provider
+/// the mesh config lacks, is reported and its previous version stays in effect. A resource
+/// removed from the files is removed.
 #[derive(Default)]
 pub struct LastGood {
     good: BTreeMap<Key, Resource>,
@@ -108,12 +109,15 @@ impl LastGood {
         // Resources that parse but no longer validate.
         for r in &mut loaded.resources {
             let k = key(r.kind(), r.namespace(), r.name());
-            let bad = crate::translate::check(r).iter().any(Diagnostic::is_error);
+            let found = crate::translate::check(r);
+            let bad = found.iter().any(Diagnostic::is_error);
             match (bad, self.good.get(&k)) {
                 (false, _) => {
                     good.insert(k, r.clone());
                 }
                 (true, Some(last)) => {
+                    // What is wrong with the new version (the translation sees the old one).
+                    kept.extend(found.into_iter().filter(Diagnostic::is_error));
                     kept.push(last.diag(Diagnostic::warning(
                         code::NOTE,
                         "this resource has errors: its last good version stays in effect",
@@ -141,6 +145,30 @@ impl LastGood {
                 )));
                 loaded.resources.push(last.clone());
                 good.insert(k, last.clone());
+            }
+        }
+        // Telemetries that name a provider the mesh config (as now in effect) lacks.
+        for (i, errors) in crate::telemetry::unresolved(&loaded.resources) {
+            let r = &loaded.resources[i];
+            let k = key(r.kind(), r.namespace(), r.name());
+            let last = self
+                .good
+                .get(&k)
+                .filter(|last| crate::telemetry::resolves(&loaded.resources, last))
+                .cloned();
+            match last {
+                Some(last) => {
+                    kept.extend(errors);
+                    kept.push(last.diag(Diagnostic::warning(
+                        code::NOTE,
+                        "this resource has errors: its last good version stays in effect",
+                    )));
+                    loaded.resources[i] = last.clone();
+                    good.insert(k, last);
+                }
+                None => {
+                    good.remove(&k);
+                }
             }
         }
         loaded.diagnostics.extend(kept);
@@ -178,8 +206,21 @@ mod tests {
                 .any(|d| d.to_string().contains("last good version"))
         );
 
+        // A field that no longer validates: its error is reported, with the field.
+        let invalid = VS.replace("hosts: [reviews]", "hosts: []");
+        let third = keeper.apply(manifests::parse_str(&invalid, None));
+        assert_eq!(third.resources, first.resources);
+        assert!(
+            third
+                .diagnostics
+                .iter()
+                .any(|d| d.is_error() && d.field.as_deref() == Some("spec.hosts")),
+            "{:#?}",
+            third.diagnostics
+        );
+
         // Removed from the files: gone.
-        let third = keeper.apply(manifests::parse_str("", None));
-        assert!(third.resources.is_empty());
+        let gone = keeper.apply(manifests::parse_str("", None));
+        assert!(gone.resources.is_empty());
     }
 }

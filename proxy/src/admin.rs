@@ -37,6 +37,7 @@ pub async fn serve(
         shared: shared.clone(),
         source: source.clone(),
     }));
+    shared.istio.register(&mut registry);
     let registry = Arc::new(registry);
     loop {
         let (stream, _) = tokio::select! {
@@ -718,6 +719,9 @@ impl Collector for MeshCollector {
             "Version of the configuration in effect",
             &[(&[], snapshot.version as i64)],
         )?;
+        for (name, help, value) in shared.tracer.metrics() {
+            counter(&mut encoder, name, help, &[(&[], value)])?;
+        }
         if let Some(sink) = &shared.access_log {
             counter(
                 &mut encoder,

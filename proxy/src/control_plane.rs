@@ -115,11 +115,26 @@ pub fn start(options: SidecarOptions) -> Result<Proxy, SidecarError> {
     for (i, p) in node.inbound.iter_mut().enumerate() {
         reserve(format!("--inbound[{i}]"), &mut p.listen_address)?;
     }
+    // The admin's port too (the admin binds it with SO_REUSEADDR beside the held socket,
+    // which never listens): the Hello says where the metrics are before the proxy starts.
+    // An admin on every address is reached at the pod's IP or the stream's peer's: the
+    // control plane knows which.
+    let mut admin = options.admin.clone();
+    if let Some(address) = &mut admin {
+        reserve("--admin".into(), address)?;
+        if node.metrics_address.is_empty() {
+            node.metrics_address.clone_from(address);
+        }
+    }
 
     let (first_tx, first_rx) = std::sync::mpsc::channel::<First>();
     let identity = Arc::new(Identity::default());
     let client = Client {
-        options: SidecarOptions { node, ..options },
+        options: SidecarOptions {
+            node,
+            admin,
+            ..options
+        },
         source: None,
         first: Some(first_tx),
         serving: String::new(),
@@ -674,4 +689,20 @@ fn hold(addr: SocketAddr) -> std::io::Result<Socket> {
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admins_port_is_held_beside_a_listener_binding_it_with_reuseaddr() {
+        let held = hold("127.0.0.1:0".parse().unwrap()).unwrap();
+        let bound = held.local_addr().unwrap().as_socket().unwrap();
+        // What the proxy's admin does (std's bind sets SO_REUSEADDR), the port still held.
+        let admin = std::net::TcpListener::bind(bound).expect("binds beside the held socket");
+        drop(held);
+        let client = std::net::TcpStream::connect(bound).expect("the admin listens");
+        assert_eq!(client.peer_addr().unwrap(), admin.local_addr().unwrap());
+    }
 }

@@ -311,6 +311,8 @@ fn run_sidecar(args: SidecarArgs) -> ExitCode {
             }),
             inbound: args.inbound,
             pod_ip: args.pod_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            // The admin's bound address, filled in when the ports are bound.
+            metrics_address: String::new(),
         },
         admin: args.admin,
         workers: args.workers,

@@ -117,7 +117,7 @@ async fn serve_connection(
         )
     };
     if let Some(cluster) = tcp {
-        return crate::tcp_proxy::serve(&worker, &cluster, stream, peer).await;
+        return crate::tcp_proxy::serve(&worker, listener, &cluster, stream, peer).await;
     }
     let header_timeout = opts.request_headers_timeout.nonzero();
     let conn = |tls| Connection {

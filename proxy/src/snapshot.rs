@@ -62,6 +62,8 @@ pub struct Snapshot {
     pub routes: Vec<RouteTable>,
     /// Plugin chain of each listener, in the order plugins run.
     pub chains: Vec<Vec<Arc<PluginSpec>>>,
+    /// Tracing, when configured (`telemetry.tracing`).
+    pub trace: Option<crate::telemetry::trace::Settings>,
     /// For each `original_dst` listener (empty for the others): which listener (by index)
     /// handles each original destination.
     handoff: Vec<HashMap<SocketAddr, usize>>,
@@ -161,6 +163,7 @@ impl Snapshot {
             .collect();
         Ok(Snapshot {
             version,
+            trace: crate::telemetry::trace::Settings::new(&bootstrap),
             bootstrap,
             clusters,
             by_name,

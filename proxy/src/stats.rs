@@ -124,7 +124,7 @@ pub fn merge_histograms<'a>(
 pub use wasmesh_host::ResponseFlag;
 
 /// A small set of response flags.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ResponseFlags(u16);
 
 impl ResponseFlags {

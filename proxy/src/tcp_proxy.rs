@@ -8,14 +8,17 @@ use std::rc::Rc;
 
 use tokio::net::TcpStream;
 
+use crate::stats::ResponseFlag;
+use crate::telemetry::metrics::{Counted, TcpTracker};
 use crate::upstream::pick_endpoint;
 use crate::worker::Worker;
 
-/// Proxies `downstream` (from `peer`) to an endpoint of `cluster`.
+/// Proxies `downstream` (from `peer`, accepted on `listener`) to an endpoint of `cluster`.
 pub async fn serve(
     worker: &Rc<Worker>,
+    listener: usize,
     cluster: &str,
-    mut downstream: TcpStream,
+    downstream: TcpStream,
     peer: SocketAddr,
 ) {
     let Some(cluster) = worker.snapshot().cluster(cluster).cloned() else {
@@ -25,6 +28,7 @@ pub async fn serve(
     let pool = worker.pools.cluster(&cluster);
     let Some(index) = pick_endpoint(&cluster, &pool.rr, &[]) else {
         tracing::debug!(%peer, cluster = %cluster.name, "tcp_proxy: no endpoint");
+        TcpTracker::failed(worker, listener, &cluster, ResponseFlag::NoHealthyUpstream);
         return;
     };
     let endpoint = pool.endpoints[index].clone();
@@ -32,9 +36,14 @@ pub async fn serve(
         Ok(connected) => connected,
         Err(e) => {
             tracing::debug!(%peer, cluster = %cluster.name, error = %e, "tcp_proxy: no connection");
+            let flag = ResponseFlag::UpstreamConnectionFailure;
+            TcpTracker::failed(worker, listener, &cluster, flag);
             return;
         }
     };
+    // Istio's TCP metrics count the bytes as they pass the downstream side.
+    let tracker = TcpTracker::open(worker, listener, &cluster, Default::default());
+    let mut downstream = Counted::new(downstream, tracker);
     match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
         Ok((sent, received)) => {
             tracing::debug!(%peer, cluster = %cluster.name, sent, received, "tcp_proxy closed")

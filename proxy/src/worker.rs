@@ -38,6 +38,10 @@ pub struct Shared {
     pub identity: Arc<Identity>,
     /// TLS configurations made from it.
     pub tls: Tls,
+    /// Istio's standard metrics (`telemetry::metrics`), kept across reloads.
+    pub istio: Arc<crate::telemetry::metrics_store::IstioMetrics>,
+    /// Where sampled requests' spans go (`telemetry::trace`).
+    pub tracer: crate::telemetry::trace::Tracer,
 }
 
 impl Shared {
@@ -73,6 +77,8 @@ impl Shared {
             node_id: Arc::from("wasmesh"),
             tls: Tls::new(identity.clone()),
             identity,
+            istio: Arc::new(crate::telemetry::metrics_store::IstioMetrics::new(workers)),
+            tracer: Default::default(),
         }
     }
 

@@ -5,7 +5,8 @@
 //! (`kubectl get vs`, `kubectl get istio-io`) carry over.
 //!
 //! Each kind is one type: Istio serves its older versions (networking's `v1beta1` and
-//! `v1alpha3`, security's `v1beta1`) with the same schema and no conversion, storing `v1`, so
+//! `v1alpha3`, security's `v1beta1`, telemetry's `v1alpha1`) with the same schema and no
+//! conversion, storing `v1`, so
 //! the derived `v1` entry is repeated under their names rather than derived once per version.
 //!
 //! `deploy/kubernetes/crds.yaml` is [`render`]'s output; a test fails when it drifts, and
@@ -169,6 +170,24 @@ pub struct PeerAuthenticationSpec(pub istio::PeerAuthentication);
 #[serde(transparent)]
 pub struct AuthorizationPolicySpec(pub istio::AuthorizationPolicy);
 
+/// How the selected workloads report telemetry: wasmesh reads `tracing`.
+#[derive(CustomResource, Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[kube(
+    group = "telemetry.istio.io",
+    version = "v1",
+    kind = "Telemetry",
+    doc = "Telemetry configuration for workloads: tracing providers and sampling (Istio's Telemetry).",
+    plural = "telemetries",
+    namespaced,
+    status = "Status",
+    shortname = "telemetry",
+    category = "istio-io",
+    category = "telemetry-istio-io",
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(transparent)]
+pub struct TelemetrySpec(pub istio::Telemetry);
+
 /// The CRDs of every kind wasmesh translates, each serving the versions the directory source
 /// accepts (storing the first).
 pub fn all() -> Vec<CustomResourceDefinition> {
@@ -180,6 +199,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         finish(WasmPlugin::crd(), &istio::EXTENSIONS_VERSIONS),
         finish(PeerAuthentication::crd(), &istio::SECURITY_VERSIONS),
         finish(AuthorizationPolicy::crd(), &istio::SECURITY_VERSIONS),
+        finish(Telemetry::crd(), &istio::TELEMETRY_VERSIONS),
     ]
 }
 
@@ -311,6 +331,41 @@ mod tests {
     }
 
     #[test]
+    fn crds_telemetry_reads_istio_s_manifest_and_bounds_the_sampling_percentage() {
+        let text = "apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata:
+  name: mesh-default
+  namespace: istio-system
+spec:
+  tracing:
+  - providers:
+    - name: otel-tracing
+    randomSamplingPercentage: 10.00
+";
+        let t: Telemetry = serde_saphyr::from_str(text).unwrap();
+        assert_eq!(t.spec.0.tracing[0].providers[0].name, "otel-tracing");
+        assert_eq!(t.spec.0.tracing[0].random_sampling_percentage, Some(10.0));
+        let crd = all().pop().unwrap();
+        assert_eq!(
+            crd.spec
+                .versions
+                .iter()
+                .map(|v| (v.name.as_str(), v.storage))
+                .collect::<Vec<_>>(),
+            [("v1", true), ("v1alpha1", false)]
+        );
+        let schema = crd.spec.versions[0].schema.clone().unwrap();
+        let spec = &schema.open_api_v3_schema.unwrap().properties.unwrap()["spec"];
+        let tracing = &spec.properties.as_ref().unwrap()["tracing"];
+        let Some(JSONSchemaPropsOrArray::Schema(entry)) = &tracing.items else {
+            panic!("{tracing:?}")
+        };
+        let rate = &entry.properties.as_ref().unwrap()["randomSamplingPercentage"];
+        assert_eq!((rate.minimum, rate.maximum), (Some(0.0), Some(100.0)));
+    }
+
+    #[test]
     fn crds_are_named_and_versioned_as_istio_s() {
         let crds = all();
         let names: Vec<_> = crds
@@ -327,11 +382,17 @@ mod tests {
                 "wasmplugins.extensions.istio.io",
                 "peerauthentications.security.istio.io",
                 "authorizationpolicies.security.istio.io",
+                "telemetries.telemetry.istio.io",
             ]
         );
         for crd in &crds {
             let spec = &crd.spec;
-            let groups = [istio::GROUP, istio::EXTENSIONS_GROUP, istio::SECURITY_GROUP];
+            let groups = [
+                istio::GROUP,
+                istio::EXTENSIONS_GROUP,
+                istio::SECURITY_GROUP,
+                istio::TELEMETRY_GROUP,
+            ];
             assert!(groups.contains(&spec.group.as_str()), "{}", spec.group);
             assert_eq!(spec.scope, "Namespaced");
             let categories = spec.names.categories.clone().unwrap_or_default();
@@ -362,7 +423,16 @@ mod tests {
             .iter()
             .map(|s| s.as_deref().unwrap_or_default())
             .collect();
-        let expected: [&[&str]; 7] = [&["vs"], &["dr"], &["se"], &["we"], &[], &["pa"], &["ap"]];
+        let expected: [&[&str]; 8] = [
+            &["vs"],
+            &["dr"],
+            &["se"],
+            &["we"],
+            &[],
+            &["pa"],
+            &["ap"],
+            &["telemetry"],
+        ];
         assert_eq!(short, expected);
     }
 

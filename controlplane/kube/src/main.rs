@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::sync::watch;
 use wasmesh_controlplane::ca::{Authority, CaFiles, WatchedAuthority};
+use wasmesh_controlplane::dashboard::{Dashboard, DashboardOptions};
 use wasmesh_controlplane::images::RegistryOptions;
 use wasmesh_controlplane::images::puller::PullerOptions;
 use wasmesh_controlplane::mesh::{Mesh, MeshOptions};
@@ -98,9 +99,54 @@ struct Args {
     /// The cluster's DNS suffix.
     #[arg(long, default_value = "svc.cluster.local")]
     domain_suffix: String,
+    #[command(flatten)]
+    dashboard: DashboardArgs,
     /// Log filter, as RUST_LOG.
     #[arg(long, env = "WASMESH_LOG", default_value = "info")]
     log: String,
+}
+
+/// The dashboard: a live service graph of the proxies' Istio metrics (`wasmesh dashboard`).
+#[derive(clap::Args)]
+struct DashboardArgs {
+    /// Serve the dashboard's page and API (`/api/graph`) at this address, for example
+    /// 127.0.0.1:15014 (port 0 picks one); the proxies' metrics are scraped only then.
+    #[arg(long, value_name = "ADDRESS")]
+    dashboard: Option<SocketAddr>,
+    /// How often the dashboard scrapes each proxy's `/stats/prometheus`.
+    #[arg(long, default_value = "5s", value_parser = wasmesh_controlplane::duration::parse)]
+    dashboard_scrape_interval: Duration,
+    /// The window the dashboard's rates and latencies are computed over (Kiali's default).
+    #[arg(long, default_value = "1m", value_parser = wasmesh_controlplane::duration::parse)]
+    dashboard_window: Duration,
+}
+
+impl DashboardArgs {
+    /// Binds the dashboard's address and starts scraping `mesh`'s proxies; the bound
+    /// address, once it serves.
+    async fn start(&self, mesh: &Arc<Mesh>) -> anyhow::Result<Option<SocketAddr>> {
+        let Some(wanted) = self.dashboard else {
+            return Ok(None);
+        };
+        if self.dashboard_scrape_interval.is_zero() || self.dashboard_window.is_zero() {
+            anyhow::bail!("--dashboard-scrape-interval and --dashboard-window must not be 0");
+        }
+        let listener = tokio::net::TcpListener::bind(wanted)
+            .await
+            .with_context(|| format!("--dashboard: cannot listen on {wanted}"))?;
+        let address = listener.local_addr()?;
+        let dashboard = Dashboard::start(
+            mesh.clone(),
+            DashboardOptions {
+                scrape_interval: self.dashboard_scrape_interval,
+                window: self.dashboard_window,
+                ..DashboardOptions::default()
+            },
+        );
+        tokio::spawn(dashboard.serve(listener));
+        tracing::info!(%address, "dashboard listening");
+        Ok(Some(address))
+    }
 }
 
 /// What only `--kubernetes` uses.
@@ -226,6 +272,8 @@ fn main() -> anyhow::Result<()> {
             kube.serve(&args, address.port(), source, &mesh, &authority)
                 .await?;
         }
+        // Before the control plane says it listens: its log then names the dashboard too.
+        let dashboard = args.dashboard.start(&mesh).await?;
         tracing::info!(%address, "control plane listening");
         // Small messages (ACKs, pushes of a few frames) must not wait on Nagle's algorithm.
         let incoming =
@@ -240,6 +288,9 @@ fn main() -> anyhow::Result<()> {
             tracing::info!("stopping");
         };
         let mut services = Services::new(mesh).with_authority(authority.rx.clone());
+        if let Some(address) = dashboard {
+            services = services.with_dashboard(address);
+        }
         if let (Some(kube), Source::Kubernetes(source)) = (&on_kubernetes, &source) {
             // Any pod can reach the control plane: its token must prove whom it claims to be,
             // and its Pod says what it registers as.

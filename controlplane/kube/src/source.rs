@@ -5,6 +5,8 @@
 //! - Istio objects are watched as [`DynamicObject`]s and parsed by the manifests parser
 //!   (strict, as for files), so one malformed object is a diagnostic on that object, not a
 //!   failed list.
+//! - Istio's mesh config, the ConfigMap `istio-system/istio`, is watched by name (and only it:
+//!   a field selector, which RBAC's `resourceNames` authorizes) and parsed as a file's.
 //! - Each Service becomes a ServiceEntry, and each ready endpoint of a pod without a sidecar a
 //!   WorkloadEntry; a pod with a sidecar registers itself through it ([`translate`] has the
 //!   details).
@@ -31,7 +33,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, PodStatus, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, Pod, PodSpec, PodStatus, Service,
+};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::reflector::store::Writer;
@@ -107,7 +111,7 @@ const fn kind(
 }
 
 /// The Istio kinds watched: the ones the control plane translates.
-pub static ISTIO_KINDS: [IstioKind; 7] = [
+pub static ISTIO_KINDS: [IstioKind; 8] = [
     kind(
         "networking.istio.io",
         "v1",
@@ -150,6 +154,7 @@ pub static ISTIO_KINDS: [IstioKind; 7] = [
         "WasmPlugin",
         "wasmplugins",
     ),
+    kind("telemetry.istio.io", "v1", "Telemetry", "telemetries"),
 ];
 
 /// The watched Istio kind named `kind` (`VirtualService`, ...).
@@ -238,8 +243,16 @@ impl KubeSource {
             })
             .collect();
         let c = || client.clone();
+        let (mesh_namespace, mesh_name) = wasmesh_controlplane::istio::MESH_CONFIG_MAP;
         let stores = Stores {
             istio,
+            mesh_config: r.run(
+                "configmaps",
+                Api::namespaced(c(), mesh_namespace),
+                all().fields(&format!("metadata.name={mesh_name}")),
+                (),
+                trim_config_map,
+            ),
             services: r.run("services", Api::all(c()), all(), (), trim_service),
             slices: r.run("endpointslices", Api::all(c()), all(), (), trim_slice),
             // Only running pods can be ready endpoints; the rest need not be held.
@@ -470,6 +483,8 @@ async fn publish(
 /// Every reflector's store.
 struct Stores {
     istio: Vec<(&'static IstioKind, Store<DynamicObject>)>,
+    /// Istio's mesh config (the one ConfigMap `istio-system/istio`).
+    mesh_config: Store<ConfigMap>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     pods: Store<Pod>,
@@ -485,6 +500,16 @@ fn trim_istio(o: &mut DynamicObject) {
     if let Some(data) = o.data.as_object_mut() {
         data.remove("status");
     }
+}
+
+fn trim_config_map(c: &mut ConfigMap) {
+    c.managed_fields_mut().clear();
+    c.annotations_mut().clear();
+    // `mesh` is Istio's MeshConfig; `meshNetworks` and the rest are not read.
+    if let Some(data) = &mut c.data {
+        data.retain(|k, _| k == "mesh");
+    }
+    c.binary_data = None;
 }
 
 fn trim_service(s: &mut Service) {

@@ -9,6 +9,8 @@ pub(crate) mod registry;
 mod routes;
 mod validate;
 
+pub(crate) use clusters::service_ref;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use wasmesh_config::filters::{FailStrategy, FilterScope, HttpFilter, Phase, VmConfig};
@@ -40,6 +42,8 @@ pub struct Options {
     pub fall_through_to_default_route: bool,
     /// The mesh's trust domain: the SPIFFE ids that mTLS to sidecars expects.
     pub trust_domain: String,
+    /// The cluster the workloads run in, as sidecars report it (Istio's `CLUSTER_ID`).
+    pub cluster_id: String,
 }
 
 impl Default for Options {
@@ -53,6 +57,7 @@ impl Default for Options {
             plugins: None,
             fall_through_to_default_route: false,
             trust_domain: wasmesh_api::DEFAULT_TRUST_DOMAIN.into(),
+            cluster_id: crate::telemetry::DEFAULT_CLUSTER_ID.into(),
         }
     }
 }
@@ -178,6 +183,8 @@ pub fn translate(resources: &[Resource], options: &Options) -> Translation {
         }
     }
     valid.sort_by(|a, b| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
+    // Telemetries' providers, from the mesh config (they apply per sidecar: `sidecar`).
+    diags.extend(crate::telemetry::check(&valid));
 
     let registry = registry::Registry::build(&valid, options, &mut diags);
     let clusters = clusters::build(&registry, &mut diags);

@@ -255,8 +255,268 @@ pub(crate) fn resource(r: &Resource) -> Vec<Diagnostic> {
         Spec::WasmPlugin(wp) => wasm_plugin(&mut c, wp),
         Spec::PeerAuthentication(pa) => peer_authentication(&mut c, pa),
         Spec::AuthorizationPolicy(ap) => authorization_policy(&mut c, ap),
+        Spec::Telemetry(t) => telemetry(&mut c, t),
+        Spec::MeshConfig(m) => mesh_config(&mut c, m),
     }
     c.out
+}
+
+/// A percentage Istio takes (0 to 100, a number).
+fn percentage(c: &mut Check, field: &str, value: Option<f64>) {
+    if let Some(v) = value
+        && !(v.is_finite() && (0.0..=100.0).contains(&v))
+    {
+        c.error(field, format!("percentage {v} is not in range 0..100"));
+    }
+}
+
+fn telemetry(c: &mut Check, t: &istio::Telemetry) {
+    let refs = t.target_refs.len() + usize::from(t.target_ref.is_some());
+    if refs > 0 {
+        if t.selector.is_some() {
+            c.error(
+                "spec.targetRefs",
+                "selector and targetRefs are mutually exclusive",
+            );
+        } else {
+            c.note(
+                "spec.targetRefs",
+                "selects gateways and waypoints, not sidecars: no sidecar uses this Telemetry",
+            );
+        }
+    }
+    if t.target_ref.is_some() {
+        c.deprecated("spec.targetRef", "spec.targetRefs");
+    }
+    let root = c.res.namespace() == crate::plugins::ROOT_NAMESPACE;
+    if root
+        && t.selector
+            .as_ref()
+            .is_some_and(|s| !s.match_labels.is_empty())
+    {
+        c.note(
+            "spec.selector",
+            "in the root namespace a selector picks workloads of that namespace only, not \
+             the mesh's (as Istio)",
+        );
+    }
+    for (i, e) in t.tracing.iter().enumerate() {
+        let at = format!("spec.tracing[{i}]");
+        for (j, p) in e.providers.iter().enumerate() {
+            if p.name.trim().is_empty() {
+                c.error(&format!("{at}.providers[{j}].name"), "must be set");
+            }
+        }
+        if e.providers.len() > 1 {
+            c.unsupported(
+                &format!("{at}.providers"),
+                "one provider per tracing entry: the first is used (as Istio)",
+            );
+        }
+        percentage(
+            c,
+            &format!("{at}.randomSamplingPercentage"),
+            e.random_sampling_percentage,
+        );
+        if !e.custom_tags.is_empty() {
+            c.unsupported(&format!("{at}.customTags"), "spans carry no custom tags");
+        }
+        if let Some(mode) = e.match_.as_ref().and_then(|m| m.mode)
+            && mode != istio::TelemetryWorkloadMode::ClientAndServer
+        {
+            c.unsupported(
+                &format!("{at}.match.mode"),
+                "a sidecar has one tracing configuration for its client and server sides: \
+                 this entry applies to both",
+            );
+        }
+        if e.use_request_id_for_trace_sampling.is_some() {
+            c.unsupported(
+                &format!("{at}.useRequestIdForTraceSampling"),
+                "ignored (no sampling decision is read from the request id)",
+            );
+        }
+        if e.enable_istio_tags.is_some() {
+            c.unsupported(&format!("{at}.enableIstioTags"), "ignored");
+        }
+        if e.disable_context_propagation == Some(true) {
+            c.unsupported(
+                &format!("{at}.disableContextPropagation"),
+                "ignored: trace context is always propagated",
+            );
+        }
+    }
+    if t.metrics.is_some() {
+        c.unsupported(
+            "spec.metrics",
+            "ignored: Istio's standard metrics are always reported",
+        );
+    }
+    if t.access_logging.is_some() {
+        c.unsupported("spec.accessLogging", "ignored");
+    }
+}
+
+/// The mesh config (`data.mesh`): what Istio's validation refuses, and what wasmesh does not
+/// read.
+fn mesh_config(c: &mut Check, m: &istio::MeshConfig) {
+    let at = |field: &str| format!("data.mesh.{field}");
+    for f in &m.fields {
+        if !istio::MESH_CONFIG_FIELDS.contains(&istio::camel_case(f).as_str()) {
+            c.unsupported(&at(f), "unknown field: ignored (as Istio does)");
+        }
+    }
+    let mut names = BTreeSet::new();
+    for (i, p) in m.extension_providers.iter().enumerate() {
+        let field = at(&format!("extensionProviders[{i}]"));
+        if p.name.trim().is_empty() {
+            c.error(&format!("{field}.name"), "must be set");
+        } else if !names.insert(p.name.to_ascii_lowercase()) {
+            c.error(
+                &format!("{field}.name"),
+                format!("{:?}: a provider of that name comes before", p.name),
+            );
+        }
+        for f in p.unknown_fields() {
+            c.unsupported(
+                &format!("{field}.{f}"),
+                "unknown provider field: ignored (as Istio does)",
+            );
+        }
+        let kinds = p.kinds();
+        match kinds.as_slice() {
+            [] => c.error(
+                &field,
+                format!(
+                    "one provider is required ({}, ...)",
+                    istio::TRACING_PROVIDER_KINDS[..3].join(", ")
+                ),
+            ),
+            [_] => {}
+            [..] => c.error(
+                &field,
+                format!("only one provider may be set, not {}", kinds.join(" and ")),
+            ),
+        }
+        if let Some(o) = &p.opentelemetry {
+            let f = format!("{field}.opentelemetry");
+            if o.service.trim().is_empty() {
+                c.error(&format!("{f}.service"), "must be set");
+            }
+            if !(1..=65535).contains(&o.port) {
+                c.error(&format!("{f}.port"), "must be a port, 1 to 65535");
+            }
+            if o.http.is_some() {
+                c.unsupported(
+                    &format!("{f}.http"),
+                    "OTLP over HTTP: wasmesh exports OTLP over gRPC only, so the spans of \
+                     workloads traced with this provider are not exported",
+                );
+            }
+            if let Some(g) = &o.grpc {
+                c.duration(&format!("{f}.grpc.timeout"), g.timeout.as_ref(), Some(1));
+                if g.initial_metadata.is_some() {
+                    c.unsupported(&format!("{f}.grpc.initialMetadata"), "ignored");
+                }
+            }
+            for (name, set) in [
+                ("maxTagLength", o.max_tag_length.is_some()),
+                ("resourceDetectors", o.resource_detectors.is_some()),
+                ("dynatraceSampler", o.dynatrace_sampler.is_some()),
+                (
+                    "serviceAttributeEnrichment",
+                    o.service_attribute_enrichment.is_some(),
+                ),
+            ] {
+                if set {
+                    c.unsupported(&format!("{f}.{name}"), "ignored");
+                }
+            }
+        }
+        for kind in kinds
+            .iter()
+            .filter(|k| **k != "opentelemetry" && istio::TRACING_PROVIDER_KINDS.contains(k))
+        {
+            c.unsupported(
+                &format!("{field}.{kind}"),
+                "wasmesh exports spans with OTLP (an opentelemetry provider) only: workloads \
+                 traced with this provider make and propagate spans but export none",
+            );
+        }
+    }
+    if let Some(d) = &m.default_providers {
+        for (i, name) in d.tracing.iter().enumerate() {
+            let field = at(&format!("defaultProviders.tracing[{i}]"));
+            match m
+                .extension_providers
+                .iter()
+                .find(|p| p.name.eq_ignore_ascii_case(name))
+            {
+                None => c.out.push(
+                    c.res.diag(
+                        Diagnostic::error(
+                            code::REFERENCED_RESOURCE_NOT_FOUND,
+                            format!(
+                                "Referenced provider not found: {name:?} in extensionProviders"
+                            ),
+                        )
+                        .at(&field),
+                    ),
+                ),
+                Some(p) => match p.kinds().first() {
+                    Some(kind) if !p.traces() => c.error(
+                        &field,
+                        format!("{name:?} is a {kind} provider, which does not trace"),
+                    ),
+                    _ => {}
+                },
+            }
+        }
+        if d.tracing.len() > 1 {
+            c.unsupported(
+                &at("defaultProviders.tracing"),
+                "one default tracing provider: the first is used (as Istio)",
+            );
+        }
+        if !d.metrics.is_empty() || !d.access_logging.is_empty() {
+            c.note(
+                &at("defaultProviders"),
+                "only `tracing` is read: Istio's standard metrics are always reported",
+            );
+        }
+    }
+    if let Some(t) = m.default_config.as_ref().and_then(|d| d.tracing.as_ref()) {
+        let field = at("defaultConfig.tracing");
+        percentage(c, &format!("{field}.sampling"), t.sampling);
+        if t.custom_tags.is_some() {
+            c.unsupported(&format!("{field}.customTags"), "spans carry no custom tags");
+        }
+        if t.max_path_tag_length.is_some() {
+            c.unsupported(&format!("{field}.maxPathTagLength"), "ignored");
+        }
+        for tracer in t.tracers() {
+            c.unsupported(
+                &format!("{field}.{tracer}"),
+                "Istio's legacy tracer settings: wasmesh traces through extensionProviders and \
+                 Telemetry only",
+            );
+        }
+    }
+    if m.enable_tracing.is_some() {
+        c.note(
+            &at("enableTracing"),
+            "switches Istio's legacy tracing only (where neither Telemetry nor \
+             defaultProviders.tracing configure any), which wasmesh does not have: no effect",
+        );
+    }
+    if let Some(root) = &m.root_namespace
+        && root != crate::plugins::ROOT_NAMESPACE
+    {
+        c.unsupported(
+            &at("rootNamespace"),
+            "wasmesh's root namespace is istio-system",
+        );
+    }
 }
 
 fn authorization_policy(c: &mut Check, ap: &istio::AuthorizationPolicy) {

@@ -34,6 +34,10 @@ pub struct Exchange {
     pub(super) active: Option<ActiveRequest>,
     /// Only filled when an access log is configured.
     pub(super) log: Option<Box<LogFields>>,
+    /// Istio's metrics and peer metadata (empty unless the listener has a traffic direction).
+    pub(crate) istio: crate::telemetry::metrics::RequestTelemetry,
+    /// The hop's span, for a sampled request when tracing exports spans.
+    pub(crate) trace: Option<Box<crate::telemetry::trace::Span>>,
 }
 
 pub(super) struct LogFields {
@@ -88,6 +92,8 @@ impl Exchange {
             bytes_received: Rc::default(),
             active: None,
             log,
+            istio: crate::telemetry::metrics::RequestTelemetry::new(conn, grpc),
+            trace: None,
         }
     }
 
@@ -111,6 +117,9 @@ impl Exchange {
 
     /// The route and cluster a request went to, for the access log (read only when it is on).
     pub(crate) fn capture_names(&mut self, route: &[u8], cluster: &str) {
+        if let Some(span) = &mut self.trace {
+            span.capture_names(route, cluster);
+        }
         if let Some(log) = &mut self.log {
             log.route_name = Some(String::from_utf8_lossy(route).into_owned());
             log.cluster = Some(cluster.to_owned());

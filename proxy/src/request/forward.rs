@@ -46,6 +46,7 @@ pub(super) async fn forward(
     filters: Option<&Filters>,
     ex: &mut Exchange,
 ) -> Response<ProxyBody> {
+    crate::telemetry::peer::on_forward(&mut request.parts.headers, target.cluster, &mut ex.istio);
     let upstream = Upstream {
         pool: conn.worker.pools.cluster(target.cluster),
         route: target,
@@ -325,6 +326,8 @@ impl Upstream<'_> {
         ex.active = Some(active);
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
+        let cluster = &self.route.cluster;
+        crate::telemetry::peer::on_upstream_response(&mut parts.headers, cluster, &mut ex.istio);
         if let Some(time) = ex.upstream_time {
             // Envoy's router header: milliseconds from the request to the upstream's answer.
             let millis = HeaderValue::from(time.as_millis() as u64);

@@ -70,8 +70,28 @@ impl ResponseBody {
         let now = std::time::Instant::now();
         let elapsed = now - ex.start;
         let conn = &self.conn;
+        if let Some(span) = ex.trace.take() {
+            let end = crate::telemetry::trace::End {
+                status: self.status,
+                request_size: ex.bytes_received.get(),
+                response_size: self.bytes_sent,
+                flags: ex.flags,
+                upstream_address: ex.upstream_host,
+                duration: elapsed,
+            };
+            span.end(end, conn);
+        }
         let shared = &conn.worker.shared;
         shared.listener_stats[conn.listener].record_request(self.status, ex.flags, elapsed);
+        let done = crate::telemetry::metrics::Finished {
+            status: self.status,
+            flags: ex.flags,
+            grpc: ex.grpc,
+            bytes_received: ex.bytes_received.get(),
+            bytes_sent: self.bytes_sent,
+            elapsed,
+        };
+        crate::telemetry::metrics::record_request(&ex.istio, &done, conn);
         if let (Some(sink), Some(log)) = (&shared.access_log, &ex.log) {
             let flags = ex.flags.to_string();
             let listener = &shared.listener_stats[conn.listener].name;
@@ -120,6 +140,8 @@ impl Body for ResponseBody {
             Some(Ok(f)) => {
                 if let Some(data) = f.data_ref() {
                     this.bytes_sent += data.len() as u64;
+                } else if let (Some(t), Some(ex)) = (f.trailers_ref(), &mut this.ex) {
+                    ex.istio.note_grpc_status(t);
                 }
                 if this.inner.is_end_stream() {
                     this.ended = true;

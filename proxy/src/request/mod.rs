@@ -131,6 +131,11 @@ async fn phases(
         Ok(request) => request,
         Err(reply) => return (Ok(reply.into_response(ex)), None),
     };
+    // Trace context read, decided and set for the next hop (before filters see the head).
+    if let Some(tracing) = &snapshot.trace {
+        let (parts, authority) = (&mut request.parts, request.authority.as_ref());
+        ex.trace = tracing.on_request(parts, authority, &request.added, conn.listener);
+    }
     let filters = chain
         .filter(|_| filtered)
         .map(|chain| Filters::start(chain, conn, request.parts.version, core.flatten()));

@@ -64,6 +64,7 @@ pub(super) fn prepare(
     }
     // Logged as received, even if a filter answers before the request goes anywhere (Envoy).
     ex.capture_request(&parts, authority.as_ref(), &added);
+    crate::telemetry::peer::on_request(&mut parts.headers, authority.as_ref(), conn, &mut ex.istio);
     if filters(&parts, authority.as_ref()) || upgrade.is_some() {
         std::mem::take(&mut added).apply_to(&mut parts.headers);
     }

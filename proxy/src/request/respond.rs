@@ -24,6 +24,7 @@ pub(super) async fn respond(
         *response = Box::pin(filters.on_response(given, ex)).await?;
     }
     set_server_header(response.headers_mut(), conn);
+    crate::telemetry::peer::on_respond(response.headers_mut(), &mut ex.istio);
     Ok(())
 }
 

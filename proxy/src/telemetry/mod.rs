@@ -5,5 +5,10 @@
 //! - `trace`: W3C and B3 trace context, spans per hop, exported with OTLP off the workers.
 
 pub mod metrics;
+mod metrics_family;
+mod metrics_labels;
+pub mod metrics_store;
+mod metrics_worker;
 pub mod peer;
+mod peer_metadata;
 pub mod trace;

@@ -6,6 +6,8 @@
 pub mod ca_client;
 pub mod mesh;
 pub mod netns;
+pub mod otlp;
+pub mod prometheus;
 pub mod registry;
 pub mod sidecars;
 pub mod tls;

@@ -22,7 +22,7 @@ pub type Body = StreamBody<BoxStream<'static, Result<Frame<Bytes>, Infallible>>>
 type Pending = (Request<kube::client::Body>, SendResponse<Response<Body>>);
 
 /// Every collection the source watches: (kind, apiVersion, path).
-const COLLECTIONS: [(&str, &str, &str); 11] = [
+const COLLECTIONS: [(&str, &str, &str); 13] = [
     (
         "VirtualService",
         "networking.istio.io/v1",
@@ -57,6 +57,17 @@ const COLLECTIONS: [(&str, &str, &str); 11] = [
         "WasmPlugin",
         "extensions.istio.io/v1alpha1",
         "/apis/extensions.istio.io/v1alpha1/wasmplugins",
+    ),
+    (
+        "Telemetry",
+        "telemetry.istio.io/v1",
+        "/apis/telemetry.istio.io/v1/telemetries",
+    ),
+    // Istio's mesh config only: the source watches its namespace, by name.
+    (
+        "ConfigMap",
+        "v1",
+        "/api/v1/namespaces/istio-system/configmaps",
     ),
     ("Service", "v1", "/api/v1/services"),
     (

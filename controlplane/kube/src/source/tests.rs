@@ -551,3 +551,83 @@ async fn a_kind_not_served_does_not_hold_the_rest_back() {
     })
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn telemetry_and_istio_s_mesh_config_are_read_and_only_that_config_map() {
+    let (api, client) = reviews();
+    let mesh = |port: u32| {
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "istio", "namespace": "istio-system"},
+            "data": {
+                "mesh": format!("extensionProviders:\n- name: otel-tracing\n  opentelemetry:\n    port: {port}\n    service: opentelemetry-collector.observability.svc.cluster.local\n"),
+                "meshNetworks": "networks: {}",
+            },
+        })
+    };
+    api.apply(mesh(4317));
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "istio-sidecar-injector", "namespace": "istio-system"},
+        "data": {"config": "policy: enabled"},
+    }));
+    api.apply(json!({
+        "apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
+        "metadata": {"name": "mesh-default", "namespace": "istio-system"},
+        "spec": {"tracing": [{"providers": [{"name": "otel-tracing"}], "randomSamplingPercentage": 10.0}]},
+    }));
+    let mut source = start(client);
+    source.synced().await.unwrap();
+    let state = source.rx.borrow().clone();
+    assert!(has(&state, "Telemetry", "mesh-default"));
+    assert!(has(&state, "ConfigMap", "istio"));
+    assert!(!has(&state, "ConfigMap", "istio-sidecar-injector"));
+    let tracing = wasmesh_controlplane::telemetry::MeshTracing::new(&state.loaded.resources)
+        .tracing("default", &BTreeMap::new())
+        .unwrap();
+    assert_eq!(tracing.sampling, 10.0);
+    assert_eq!(
+        tracing.otlp.unwrap().endpoint,
+        "http://opentelemetry-collector.observability.svc.cluster.local:4317"
+    );
+    let translated = wasmesh_controlplane::translate(&state.loaded.resources, &Options::default());
+    assert!(
+        translated.errors().next().is_none(),
+        "{:#?}",
+        translated.diagnostics
+    );
+    let requests = api.requests();
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.starts_with("/api/v1/namespaces/istio-system/configmaps?"))
+            .all(|r| r.contains("fieldSelector=metadata.name=istio")),
+        "{requests:#?}"
+    );
+
+    // A mesh config that turns bad keeps its last good version, reported.
+    api.apply(mesh(0));
+    let state = wait_for(&mut source.rx, "the bad mesh config reported", |s| {
+        s.loaded.diagnostics.iter().any(|d| d.is_error())
+    })
+    .await;
+    let Spec::MeshConfig(m) = spec(&state, "ConfigMap", "istio") else {
+        unreachable!()
+    };
+    let port = m.extension_providers[0]
+        .opentelemetry
+        .as_ref()
+        .unwrap()
+        .port;
+    assert_eq!(port, 4317);
+    assert!(
+        state
+            .loaded
+            .diagnostics
+            .iter()
+            .any(|d| d.field.as_deref()
+                == Some("data.mesh.extensionProviders[0].opentelemetry.port")),
+        "{:#?}",
+        state.loaded.diagnostics
+    );
+}

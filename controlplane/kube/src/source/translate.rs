@@ -1,7 +1,8 @@
 //! The stores' contents as the resources the directory source yields.
 //!
 //! - An Istio object is its manifest (`apiVersion`, `kind`, `metadata`, `spec`; not its
-//!   `status`), parsed as a file's document is. Diagnostics name it; they carry no file.
+//!   `status`), parsed as a file's document is. Diagnostics name it; they carry no file. So
+//!   is Istio's mesh config, the ConfigMap `istio-system/istio` (its `data.mesh`).
 //! - A Service is a ServiceEntry of the same name: host `<name>.<namespace>.<suffix>`, its
 //!   cluster IPs (none when headless), location MESH_INTERNAL, resolution STATIC, its selector
 //!   as the workloadSelector. Ports keep their names; the protocol is the `appProtocol`'s
@@ -25,7 +26,7 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -73,6 +74,9 @@ pub(super) fn translate(
         }
     }
     cache.0 = parsed;
+    for cm in sorted(&stores.mesh_config) {
+        loaded.extend(parse_config_map(&cm));
+    }
     loaded.resources.extend(services(
         &sorted(&stores.services),
         &sorted(&stores.slices),
@@ -117,6 +121,28 @@ pub(super) fn parse_object(kind: &IstioKind, o: &DynamicObject) -> Loaded {
     // JSON is YAML; on one line, with no `---` to split at.
     let mut loaded = manifests::parse_str(&manifest.to_string(), None);
     // Its one line says nothing.
+    for r in &mut loaded.resources {
+        r.source.line = None;
+    }
+    for d in &mut loaded.diagnostics {
+        d.line = None;
+    }
+    loaded
+}
+
+/// A ConfigMap parsed by the manifests parser, as a document of a file would be (only Istio's
+/// mesh config is read; the source watches no other).
+pub(super) fn parse_config_map(cm: &ConfigMap) -> Loaded {
+    let manifest = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": cm.name_any(),
+            "namespace": cm.namespace().unwrap_or_default(),
+        },
+        "data": cm.data.clone().unwrap_or_default(),
+    });
+    let mut loaded = manifests::parse_str(&manifest.to_string(), None);
     for r in &mut loaded.resources {
         r.source.line = None;
     }

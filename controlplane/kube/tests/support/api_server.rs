@@ -79,8 +79,9 @@ const fn kind(
 
 /// The kinds served: what the control plane reads and writes.
 #[rustfmt::skip]
-const KINDS: [Kind; 14] = [
+const KINDS: [Kind; 16] = [
     kind("", "v1", "namespaces", "Namespace", false, true, false),
+    kind("", "v1", "configmaps", "ConfigMap", true, false, false),
     kind("", "v1", "services", "Service", true, true, false),
     kind("", "v1", "pods", "Pod", true, true, false),
     kind("", "v1", "secrets", "Secret", true, false, false),
@@ -94,6 +95,7 @@ const KINDS: [Kind; 14] = [
     kind("security.istio.io", "v1", "peerauthentications", "PeerAuthentication", true, true, true),
     kind("security.istio.io", "v1", "authorizationpolicies", "AuthorizationPolicy", true, true, true),
     kind("extensions.istio.io", "v1alpha1", "wasmplugins", "WasmPlugin", true, true, true),
+    kind("telemetry.istio.io", "v1", "telemetries", "Telemetry", true, true, true),
 ];
 
 impl Kind {
