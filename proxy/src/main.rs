@@ -164,8 +164,10 @@ struct SidecarArgs {
     #[arg(long)]
     admin: Option<String>,
     /// Where to answer `GET /healthz/ready` with the admin's `/ready`, for a kubelet's
-    /// readiness probe (Istio's status port, 15021), so the admin API, which also takes
-    /// `POST /quitquitquit`, can stay on loopback. Needs --admin.
+    /// readiness probe (Istio's status port, 15021), and `GET /stats/prometheus` with the
+    /// admin's, for scrapers (Istio's 15020), so the admin API, which also takes
+    /// `POST /quitquitquit`, can stay on loopback. With --pod-ip, the control plane scrapes
+    /// the metrics here. Needs --admin.
     #[arg(long, value_name = "ADDRESS", requires = "admin")]
     health: Option<std::net::SocketAddr>,
     #[arg(long)]
@@ -292,6 +294,23 @@ fn run_sidecar(args: SidecarArgs) -> ExitCode {
         eprintln!("error: --control-plane and --node are required without --config");
         return ExitCode::FAILURE;
     };
+    // Bound before the Hello: on a pod, the control plane scrapes metrics at this port (as
+    // Istio's 15020), since the admin API stays on loopback.
+    let health = match args.health.map(std::net::TcpListener::bind).transpose() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: --health: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let metrics_address = match (&health, args.pod_ip) {
+        (Some(h), Some(ip)) => h
+            .local_addr()
+            .map(|a| std::net::SocketAddr::new(ip, a.port()).to_string())
+            .unwrap_or_default(),
+        // The admin's bound address, filled in when the ports are bound.
+        _ => String::new(),
+    };
     let cache_dir = args
         .cache_dir
         .unwrap_or_else(|| std::env::temp_dir().join(format!("wasmesh-sidecar-{name}")));
@@ -311,8 +330,7 @@ fn run_sidecar(args: SidecarArgs) -> ExitCode {
             }),
             inbound: args.inbound,
             pod_ip: args.pod_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            // The admin's bound address, filled in when the ports are bound.
-            metrics_address: String::new(),
+            metrics_address,
         },
         admin: args.admin,
         workers: args.workers,
@@ -328,10 +346,10 @@ fn run_sidecar(args: SidecarArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let (Some(address), Some(admin)) = (args.health, proxy.admin_addr())
-        && let Err(e) = health::spawn(address, admin)
+    if let (Some(listener), Some(admin)) = (health, proxy.admin_addr())
+        && let Err(e) = health::spawn(listener, admin)
     {
-        eprintln!("error: --health {address}: {e}");
+        eprintln!("error: --health: {e}");
         return ExitCode::FAILURE;
     }
     serve(proxy, None, || {
@@ -437,7 +455,7 @@ async fn reload(proxy: &Proxy, why: &str, force: bool) {
     }
 }
 
-/// The readiness endpoint of `--health`.
+/// The readiness and metrics endpoint of `--health`.
 mod health {
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -445,9 +463,9 @@ mod health {
 
     const TIMEOUT: Duration = Duration::from_secs(1);
 
-    /// Serves `GET /healthz/ready` at `address` on a thread of its own.
-    pub fn spawn(address: SocketAddr, admin: SocketAddr) -> std::io::Result<()> {
-        let listener = TcpListener::bind(address)?;
+    /// Serves `GET /healthz/ready` and `GET /stats/prometheus` (relayed from the admin) on
+    /// `listener`, on a thread of its own.
+    pub fn spawn(listener: TcpListener, admin: SocketAddr) -> std::io::Result<()> {
         tracing::info!(address = %listener.local_addr()?, "health listening");
         std::thread::Builder::new()
             .name("wasmesh-health".into())
@@ -466,16 +484,52 @@ mod health {
         stream.set_write_timeout(Some(TIMEOUT))?;
         let head = read_head(&mut stream)?;
         let (status, body) = match head.split(' ').take(2).collect::<Vec<_>>()[..] {
-            ["GET", "/healthz/ready"] if admin_ready(admin) => ("200 OK", "LIVE\n"),
-            ["GET", "/healthz/ready"] => ("503 Service Unavailable", "not ready\n"),
-            _ => ("404 Not Found", "GET /healthz/ready\n"),
+            ["GET", "/healthz/ready"] if admin_ready(admin) => ("200 OK", "LIVE\n".into()),
+            ["GET", "/healthz/ready"] => ("503 Service Unavailable", "not ready\n".into()),
+            ["GET", "/stats/prometheus"] => match admin_get(admin, "/stats/prometheus") {
+                Ok((200, body)) => ("200 OK", body),
+                _ => ("503 Service Unavailable", "admin unavailable\n".into()),
+            },
+            _ => (
+                "404 Not Found",
+                "GET /healthz/ready or /stats/prometheus\n".into(),
+            ),
         };
         write!(
             stream,
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{body}",
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
-        )
+        )?;
+        stream.write_all(&body)
+    }
+
+    /// A GET to the admin API: its status and body (the admin closes after answering).
+    fn admin_get(admin: SocketAddr, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+        let mut stream = TcpStream::connect_timeout(&admin, TIMEOUT)?;
+        stream.set_read_timeout(Some(TIMEOUT * 5))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Err(std::io::ErrorKind::InvalidData.into());
+        };
+        let head = String::from_utf8_lossy(&response[..end]);
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            return Err(std::io::ErrorKind::InvalidData.into());
+        }
+        Ok((status, response[end + 4..].to_vec()))
     }
 
     /// The request's head, up to its blank line (8 KiB at most, within about TIMEOUT).

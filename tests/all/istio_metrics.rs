@@ -273,13 +273,17 @@ struct Seen {
     body_len: usize,
 }
 
-/// GETs `path` from reviews through `outbound`; checks neither the workload nor the caller
-/// saw the exchange's headers.
-async fn call_reviews(outbound: SocketAddr, path: &str) -> Seen {
-    let req = Request::get(format!("http://{outbound}{path}"))
+/// GETs `path` from reviews through `outbound` (with `forged` peer metadata from the
+/// caller, if given); checks neither the workload nor the caller saw the exchange's headers.
+async fn call_reviews(outbound: SocketAddr, path: &str, forged: Option<&str>) -> Seen {
+    let mut req = Request::get(format!("http://{outbound}{path}"))
         .header("host", format!("reviews:{REVIEWS}"))
         .body(empty())
         .unwrap();
+    if let Some(forged) = forged {
+        req.headers_mut()
+            .insert("x-envoy-peer-metadata", forged.parse().unwrap());
+    }
     let reply = send(&h1_client(), req).await;
     assert_eq!(
         peer_headers(reply.headers.keys().map(|k| k.as_str())),
@@ -303,9 +307,11 @@ async fn call_reviews(outbound: SocketAddr, path: &str) -> Seen {
 
 /// Sends `n` GETs of `path`, each expected to answer `status`; the bytes of their bodies.
 async fn calls(outbound: SocketAddr, path: &str, n: usize, status: u16) -> usize {
+    let forged = wasmesh_proxy_peer_metadata("evil-6c9f", "attack", "evil");
     let mut bytes = 0;
-    for _ in 0..n {
-        let seen = call_reviews(outbound, path).await;
+    for i in 0..n {
+        // Some of them with metadata the calling workload made up: its sidecar's replaces it.
+        let seen = call_reviews(outbound, path, (i % 2 == 0).then_some(forged.as_str())).await;
         assert_eq!(seen.status, status, "GET {path}");
         bytes += seen.body_len;
     }

@@ -79,7 +79,12 @@ impl ResponseBody {
                 upstream_address: ex.upstream_host,
                 duration: elapsed,
             };
-            span.end(end, conn);
+            span.end(
+                end,
+                conn.peer,
+                conn.worker.shared.node_id.clone(),
+                &conn.worker.shared.tracer,
+            );
         }
         let shared = &conn.worker.shared;
         shared.listener_stats[conn.listener].record_request(self.status, ex.flags, elapsed);

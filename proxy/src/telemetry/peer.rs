@@ -47,11 +47,16 @@ pub(crate) fn on_forward(headers: &mut HeaderMap, cluster: &Cluster, t: &mut Req
         return;
     }
     t.set_cluster(cluster);
-    if t.reporter() == Some(Reporter::Source)
-        && is_mesh(&cluster.config)
-        && let Some(local) = t.local_headers()
-    {
-        local.insert_into(headers);
+    if t.reporter() != Some(Reporter::Source) || !is_mesh(&cluster.config) {
+        return;
+    }
+    // Ours replace the workload's; without ours, the workload's must not pass as ours either.
+    match t.local_headers() {
+        Some(local) => local.insert_into(headers),
+        None => {
+            headers.remove(&PEER_METADATA_ID);
+            headers.remove(&PEER_METADATA);
+        }
     }
 }
 

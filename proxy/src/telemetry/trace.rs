@@ -26,7 +26,6 @@ use http::{HeaderValue, Version};
 
 use crate::config::telemetry::Workload;
 use crate::config::{Bootstrap, TrafficDirection};
-use crate::conn::ConnCtx;
 use crate::headers::{self, Added};
 use crate::stats::ResponseFlags;
 use context::{Extracted, Outgoing};
@@ -221,10 +220,9 @@ pub struct End {
 
 impl Span {
     /// The response is done: the span ends and goes to the exporter (never waiting for it).
-    pub fn end(mut self: Box<Self>, end: End, conn: &ConnCtx) {
-        let shared = &conn.worker.shared;
-        self.finish(end, SystemTime::now(), conn.peer, shared.node_id.clone());
-        shared.tracer.submit(self);
+    pub fn end(mut self: Box<Self>, end: End, peer: SocketAddr, node_id: Arc<str>, to: &Tracer) {
+        self.finish(end, SystemTime::now(), peer, node_id);
+        to.submit(self);
     }
 }
 

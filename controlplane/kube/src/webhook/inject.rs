@@ -43,6 +43,11 @@ pub const STATUS: &str = "sidecar.istio.io/status";
 const NAMESPACE_LABEL: &str = "istio-injection";
 const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 const LOG_LEVEL: &str = "sidecar.istio.io/logLevel";
+const PROMETHEUS_ANNOTATIONS: [(&str, &str); 3] = [
+    ("prometheus.io/scrape", "true"),
+    ("prometheus.io/port", "15021"),
+    ("prometheus.io/path", "/stats/prometheus"),
+];
 /// Namespaces never injected, as Istio's: the cluster's own.
 const IGNORED_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
@@ -379,6 +384,16 @@ fn patch(pod: &Pod, config: &InjectorConfig) -> Result<Patch, BadAnnotation> {
         && !annotations.contains_key(DEFAULT_CONTAINER)
     {
         added.insert(DEFAULT_CONTAINER, first.name.clone());
+    }
+    // Istio's scrape annotations, unless the pod has its own: Prometheus reads Istio's
+    // metrics at the sidecar's status port, which relays the admin's `/stats/prometheus`.
+    if !PROMETHEUS_ANNOTATIONS
+        .iter()
+        .any(|(key, _)| annotations.contains_key(*key))
+    {
+        for (key, value) in PROMETHEUS_ANNOTATIONS {
+            added.insert(key, value.to_owned());
+        }
     }
     if pod.metadata.annotations.is_some() {
         ops.extend(added.into_iter().map(|(key, value)| {
@@ -759,6 +774,8 @@ mod tests {
         let status: Value = serde_json::from_str(&annotations[STATUS]).unwrap();
         assert_eq!(status["containers"], json!([PROXY_CONTAINER]));
         assert_eq!(annotations[DEFAULT_CONTAINER], "reviews");
+        assert_eq!(annotations["prometheus.io/port"], HEALTH_PORT.to_string());
+        assert_eq!(annotations["prometheus.io/path"], "/stats/prometheus");
 
         let mut full = pod_json();
         full["metadata"]["annotations"] = json!({ "prometheus.io/scrape": "true" });
@@ -783,6 +800,8 @@ mod tests {
         assert_eq!(volumes, ["data", CACHE_VOLUME, TOKEN_VOLUME]);
         let annotations = full.metadata.annotations.as_ref().unwrap();
         assert_eq!(annotations["prometheus.io/scrape"], "true");
+        // The pod's own scrape settings are kept.
+        assert!(!annotations.contains_key("prometheus.io/port"));
         assert!(annotations.contains_key(STATUS));
     }
 
