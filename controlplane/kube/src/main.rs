@@ -99,6 +99,10 @@ struct Args {
     /// The cluster's DNS suffix.
     #[arg(long, default_value = "svc.cluster.local")]
     domain_suffix: String,
+    /// The cluster the workloads run in, as sidecars report it in Istio's metrics (Istio's
+    /// CLUSTER_ID).
+    #[arg(long, env = "CLUSTER_ID", default_value = wasmesh_controlplane::telemetry::DEFAULT_CLUSTER_ID)]
+    cluster_id: String,
     #[command(flatten)]
     dashboard: DashboardArgs,
     /// Log filter, as RUST_LOG.
@@ -254,6 +258,7 @@ fn main() -> anyhow::Result<()> {
                 translate: Options {
                     domain_suffix: args.domain_suffix.clone(),
                     trust_domain: args.trust_domain.clone(),
+                    cluster_id: args.cluster_id.clone(),
                     ..Options::default()
                 },
                 plugins,

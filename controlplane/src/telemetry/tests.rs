@@ -210,7 +210,9 @@ fn the_bootstrap_names_the_workload_its_identity_and_cluster() {
 
 #[test]
 fn workload_names_are_istio_s() {
-    let cases: [(&str, &[(&str, &str)], &str); 11] = [
+    /// A pod's name, its labels, and its workload's name.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 11] = [
         // A Deployment's pod: the ReplicaSet's hash and the pod's suffix stripped.
         (
             "reviews-v1-7d9f8c5b4-x2x9z",
