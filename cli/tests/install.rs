@@ -52,7 +52,7 @@ fn dry_run_prints_every_manifest_in_kustomization_order() {
     }
     assert_eq!(from, printed.len(), "nothing after the last file");
 
-    let mut crds = vec!["CustomResourceDefinition"; 7];
+    let mut crds = vec!["CustomResourceDefinition"; 8];
     let mut expected = vec!["Namespace"];
     expected.append(&mut crds);
     expected.extend([
