@@ -179,6 +179,10 @@ async fn main() -> anyhow::Result<()> {
         manifests.display()
     );
     println!(
+        "  the service graph (`wasmesh dashboard`): http://{}/",
+        mesh.dashboard
+    );
+    println!(
         "  {} sidecars (wasmesh-proxy): one per workload (productpage, details, ratings, reviews \
          v1/v2/v3, httpbin v1/v2) and one for the demo's client (as Istio's sleep pod)",
         mesh.proxies()

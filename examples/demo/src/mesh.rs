@@ -109,6 +109,8 @@ fn address(lines: &[String], needle: &str) -> Option<SocketAddr> {
 pub struct Mesh {
     pub dir: PathBuf,
     pub control_plane: String,
+    /// The control plane's service graph page.
+    pub dashboard: SocketAddr,
     controlplane: Process,
     sidecars: Vec<Process>,
     /// The demo client's sidecar's outbound listener.
@@ -145,12 +147,15 @@ impl Mesh {
             .arg(plugins)
             .arg("--data-dir")
             .arg(&data)
-            .args(["--address", "127.0.0.1:0"]);
+            .args(["--address", "127.0.0.1:0"])
+            .args(["--dashboard", "127.0.0.1:0"]);
         let (controlplane, lines) =
             Process::start("controlplane", cmd, "control plane listening").await?;
         let control_plane = address(&lines, "control plane listening")
             .context("the control plane's address")?
             .to_string();
+        let dashboard =
+            address(&lines, "dashboard listening").context("the dashboard's address")?;
 
         let proxy = bin("wasmesh-proxy")?;
         let cache = dir.join(".cache");
@@ -199,6 +204,7 @@ impl Mesh {
         let mesh = Mesh {
             dir: dir.to_owned(),
             control_plane,
+            dashboard,
             controlplane,
             sidecars,
             client_outbound,
