@@ -16,8 +16,8 @@ pub struct Telemetry {
     /// `unknown`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<Workload>,
-    /// Spans, sampled and exported with OTLP; none: headers are still propagated, no span is
-    /// made.
+    /// Spans, sampled and exported with OTLP; none: no span is made and trace headers pass
+    /// untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
 }
