@@ -108,17 +108,22 @@ pub fn merge_histograms<'a>(
             *acc += b.get();
         }
     }
+    let buckets = with_overflow_bucket(&LATENCY_BUCKETS_MS, &per_bucket, count);
+    (sum_micros as f64 / 1000.0, count, buckets)
+}
+
+/// Pairs each bucket's upper bound with its count, adding `+Inf` for what none holds.
+pub fn with_overflow_bucket(bounds: &[f64], per_bucket: &[u64], count: u64) -> Vec<(f64, u64)> {
     let finite: u64 = per_bucket.iter().sum();
-    let buckets = LATENCY_BUCKETS_MS
+    bounds
         .iter()
         .copied()
-        .zip(per_bucket)
+        .zip(per_bucket.iter().copied())
         .chain(std::iter::once((
             f64::INFINITY,
             count.saturating_sub(finite),
         )))
-        .collect();
-    (sum_micros as f64 / 1000.0, count, buckets)
+        .collect()
 }
 
 pub use wasmesh_host::ResponseFlag;

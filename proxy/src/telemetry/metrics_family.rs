@@ -51,16 +51,7 @@ fn merge_bytes<'a>(shards: impl Iterator<Item = &'a ByteHistogram>) -> (f64, u64
             *acc += b.get();
         }
     }
-    let finite: u64 = per_bucket.iter().sum();
-    let buckets = BYTE_BUCKETS
-        .iter()
-        .copied()
-        .zip(per_bucket)
-        .chain(std::iter::once((
-            f64::INFINITY,
-            count.saturating_sub(finite),
-        )))
-        .collect();
+    let buckets = crate::stats::with_overflow_bucket(&BYTE_BUCKETS, &per_bucket, count);
     (sum as f64, count, buckets)
 }
 
