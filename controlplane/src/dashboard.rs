@@ -17,7 +17,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -32,6 +32,8 @@ const STYLE_CSS: &str = include_str!("dashboard/assets/style.css");
 /// A scrape's body larger than this is refused: the control plane's memory is not a proxy's
 /// to take.
 const MAX_SCRAPE: usize = 16 << 20;
+/// Browsers open a few connections; more than this at once wait to be accepted.
+const MAX_CONNECTIONS: usize = 128;
 
 /// How the dashboard scrapes.
 #[derive(Clone, Debug)]
@@ -44,6 +46,9 @@ pub struct DashboardOptions {
     pub timeout: Duration,
     /// Scrapes at once.
     pub concurrency: usize,
+    /// A page client that has not sent a whole request head within this long is cut off, and
+    /// so is a connection idle for this long (the page polls every few seconds).
+    pub header_timeout: Duration,
 }
 
 impl Default for DashboardOptions {
@@ -53,6 +58,7 @@ impl Default for DashboardOptions {
             window: Duration::from_secs(60),
             timeout: Duration::from_secs(3),
             concurrency: 16,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -229,7 +235,12 @@ impl Dashboard {
 
     /// Serves the page and its API on `listener` until the runtime stops.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let header_timeout = self.options.header_timeout;
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -246,8 +257,11 @@ impl Dashboard {
                     async move { Ok::<_, Infallible>(response) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
+                drop(slot);
             });
         }
     }

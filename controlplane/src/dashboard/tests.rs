@@ -138,6 +138,7 @@ async fn scrapes_connected_proxies_and_serves_their_graph_though_one_never_answe
             timeout: Duration::from_millis(500),
             // One at a time: the silent proxy's scrape holds the only permit until its timeout.
             concurrency: 1,
+            ..DashboardOptions::default()
         },
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -261,4 +262,45 @@ fn the_page_asks_nothing_of_other_origins() {
     for attribute in ["data-node", "data-kind", "data-edge", "data-mtls"] {
         assert!(APP_JS.contains(attribute), "{attribute}");
     }
+}
+
+/// A client that sends half a request head and stalls is cut off at the header timeout, and
+/// the page is served to others meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_mid_head_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let dashboard = Dashboard::start(
+        mesh(dir.path()),
+        DashboardOptions {
+            header_timeout: Duration::from_millis(300),
+            ..DashboardOptions::default()
+        },
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(dashboard.serve(listener));
+
+    let mut slow = TcpStream::connect(address).await.unwrap();
+    slow.write_all(b"GET /api/graph HTTP/1.1\r\nHost: dash")
+        .await
+        .unwrap();
+    let (status, ..) = get(address, "/api/graph").await;
+    assert_eq!(status, StatusCode::OK);
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "the stalled connection is still open after 10 s"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("200 OK"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
 }
