@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use crate::conn::ConnCtx;
 use crate::headers;
 use crate::route::Route;
+use crate::snapshot::Snapshot;
 use crate::stats::ResponseFlags;
 use crate::upstream::ActiveRequest;
 
@@ -54,7 +55,7 @@ pub(super) struct LogFields {
 }
 
 impl Exchange {
-    pub(super) fn new(req: &Request<Incoming>, conn: &ConnCtx) -> Exchange {
+    pub(super) fn new(req: &Request<Incoming>, conn: &ConnCtx, snapshot: &Snapshot) -> Exchange {
         let grpc = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -92,7 +93,7 @@ impl Exchange {
             bytes_received: Rc::default(),
             active: None,
             log,
-            istio: crate::telemetry::metrics::RequestTelemetry::new(conn, grpc),
+            istio: crate::telemetry::metrics::RequestTelemetry::new(conn, snapshot, grpc),
             trace: None,
         }
     }

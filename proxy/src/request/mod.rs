@@ -58,7 +58,7 @@ pub async fn serve(
     let asks_switch =
         conn.switch.is_pending() && SwitchWatch::asks(req.method(), req.version(), req.headers());
     let snapshot = conn.worker.snapshot();
-    let mut ex = Exchange::new(&req, &conn);
+    let mut ex = Exchange::new(&req, &conn, &snapshot);
     let unanswered = Unanswered {
         conn: &conn,
         start: ex.start,

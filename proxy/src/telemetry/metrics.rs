@@ -20,12 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderMap;
+use http::uri::Authority;
 
 use super::metrics_family::{HttpShard, Series, TcpShard};
 use super::metrics_labels::{Hop, HttpLabels, Label, Reporter, WorkloadLabels};
 use super::metrics_store::IstioMetrics;
 use super::metrics_worker::{self as worker, HttpKey, IdentityHints, Peer, Plan, Target, TcpKey};
-use super::peer_metadata::LocalHeaders;
+use super::peer_metadata::{LocalHeaders, MAX_VALUE_LEN};
 use crate::conn::ConnCtx;
 use crate::snapshot::Snapshot;
 use crate::stats::{ResponseFlag, ResponseFlags};
@@ -43,7 +44,11 @@ pub(crate) struct RequestTelemetry {
     /// The other end (source side: the destination, from the response; destination side: the
     /// caller, from the request of a verified mTLS peer).
     peer: Option<Rc<Peer>>,
+    /// The service, once a cluster is chosen.
     target: Option<Rc<Target>>,
+    /// The host the request named: it names the service only where no cluster does, so it
+    /// is looked up only then.
+    host: Option<Authority>,
     /// Destination side: the request carried peer metadata, so the response carries ours.
     pub(super) asked: bool,
     /// A gRPC request, whose response's `grpc-status` is noted.
@@ -54,9 +59,8 @@ pub(crate) struct RequestTelemetry {
 static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 impl RequestTelemetry {
-    /// For a request on `conn` (`grpc`: its content type says gRPC).
-    pub(crate) fn new(conn: &ConnCtx, grpc: bool) -> RequestTelemetry {
-        let snapshot = conn.worker.snapshot();
+    /// For a request on `conn` under `snapshot` (`grpc`: its content type says gRPC).
+    pub(crate) fn new(conn: &ConnCtx, snapshot: &Snapshot, grpc: bool) -> RequestTelemetry {
         let reporter = snapshot
             .bootstrap
             .listeners
@@ -66,7 +70,7 @@ impl RequestTelemetry {
             return RequestTelemetry::default();
         }
         let shared = &conn.worker.shared;
-        let plan = worker::with(shared.istio.id(), |w| plan(w, shared, &snapshot));
+        let plan = worker::with(shared.istio.id(), |w| plan(w, shared, snapshot));
         let reporter = plan.reporters.get(conn.listener).copied().flatten();
         RequestTelemetry {
             on: reporter.map(|r| (plan, r)),
@@ -89,13 +93,22 @@ impl RequestTelemetry {
         worker::with_current(|w| f(w, plan))
     }
 
-    /// The host the request named: its service, until a cluster names one.
-    pub(super) fn set_host(&mut self, host: &str) {
-        self.target = self.with_worker(|w, plan| w.host_target(plan, host));
+    pub(super) fn set_host(&mut self, host: Option<&Authority>) {
+        self.host = host.cloned();
+    }
+
+    /// The target the request's host names (an absurdly long one names none).
+    fn host_target(&self) -> Option<Rc<Target>> {
+        let host = self.host.as_ref().map_or("", Authority::host);
+        let host = if host.len() > MAX_VALUE_LEN { "" } else { host };
+        self.with_worker(|w, plan| w.host_target(plan, host))
     }
 
     pub(super) fn set_cluster(&mut self, cluster: &Cluster) {
-        let by_host = self.target.take();
+        let by_host = match cluster.config.service {
+            Some(_) => None,
+            None => self.host_target(),
+        };
         self.target = self
             .with_worker(|w, _| w.cluster_target(cluster.id, &cluster.config, by_host.as_deref()))
             .or(by_host);
@@ -150,6 +163,8 @@ pub(crate) fn record_request(t: &RequestTelemetry, done: &Finished, conn: &ConnC
     };
     let metrics = &conn.worker.shared.istio;
     let mtls = conn.peer_uri_san.is_some();
+    // A request that reached no cluster (a local reply) names its service by its host.
+    let target = t.target.clone().or_else(|| t.host_target());
     worker::with(metrics.id(), |w| {
         let principal = match (reporter, &conn.peer_uri_san) {
             (Reporter::Destination, Some(san)) => w.principal(san),
@@ -159,7 +174,7 @@ pub(crate) fn record_request(t: &RequestTelemetry, done: &Finished, conn: &ConnC
             reporter: *reporter,
             peer: t.peer.as_ref().map_or(0, |p| p.id),
             principal,
-            target: t.target.as_ref().map_or(0, |t| t.id),
+            target: target.as_ref().map_or(0, |t| t.id),
             mtls,
             grpc: done.grpc,
             code: done.status,
@@ -170,13 +185,7 @@ pub(crate) fn record_request(t: &RequestTelemetry, done: &Finished, conn: &ConnC
             traffic: Hop {
                 protocol: if done.grpc { "grpc" } else { "http" },
                 flags: done.flags,
-                ..hop(
-                    plan,
-                    *reporter,
-                    t.peer.as_deref(),
-                    t.target.as_deref(),
-                    conn,
-                )
+                ..hop(plan, *reporter, t.peer.as_deref(), target.as_deref(), conn)
             }
             .labels(),
             response_code: done.status,
@@ -209,6 +218,10 @@ fn record_http(
     w.http.insert(key, series);
 }
 
+/// The other end of a hop that says nothing of itself.
+static UNKNOWN_PEER: std::sync::LazyLock<WorkloadLabels> =
+    std::sync::LazyLock::new(WorkloadLabels::unknown);
+
 /// The labels of a hop, but for the protocol and flags.
 fn hop<'a>(
     plan: &'a Plan,
@@ -217,8 +230,6 @@ fn hop<'a>(
     target: Option<&'a Target>,
     conn: &ConnCtx,
 ) -> Hop<'a> {
-    static UNKNOWN_PEER: std::sync::LazyLock<WorkloadLabels> =
-        std::sync::LazyLock::new(WorkloadLabels::unknown);
     static UNKNOWN_SERVICE: std::sync::LazyLock<super::metrics_labels::ServiceLabels> =
         std::sync::LazyLock::new(super::metrics_labels::ServiceLabels::unknown);
     let unknown = super::metrics_labels::unknown;
@@ -347,8 +358,6 @@ impl Drop for TcpTracker {
 
 /// TCP carries no peer metadata here: the other end is `unknown`.
 fn tcp_hop<'a>(plan: &'a Plan, reporter: Reporter, target: &'a Target) -> Hop<'a> {
-    static UNKNOWN_PEER: std::sync::LazyLock<WorkloadLabels> =
-        std::sync::LazyLock::new(WorkloadLabels::unknown);
     let unknown = super::metrics_labels::unknown;
     let local_principal = plan
         .principal

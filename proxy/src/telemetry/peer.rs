@@ -11,7 +11,7 @@ use http::uri::Authority;
 
 use super::metrics::RequestTelemetry;
 use super::metrics_labels::Reporter;
-use super::peer_metadata::{MAX_VALUE_LEN, PEER_METADATA, PEER_METADATA_ID, is_mesh};
+use super::peer_metadata::{PEER_METADATA, PEER_METADATA_ID, is_mesh};
 use crate::conn::ConnCtx;
 use crate::upstream::Cluster;
 
@@ -25,9 +25,8 @@ pub(crate) fn on_request(
     t: &mut RequestTelemetry,
 ) {
     let Some(reporter) = t.reporter() else { return };
-    // A client's host names the service only where no cluster does; an absurd one names none.
-    let host = authority.map_or("", Authority::host);
-    t.set_host(if host.len() > MAX_VALUE_LEN { "" } else { host });
+    // A client's host names the service only where no cluster does.
+    t.set_host(authority);
     if reporter != Reporter::Destination {
         return;
     }
