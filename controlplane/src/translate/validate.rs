@@ -270,21 +270,33 @@ fn percentage(c: &mut Check, field: &str, value: Option<f64>) {
     }
 }
 
+/// `targetRefs` pick gateways and waypoints, which wasmesh does not configure; with a
+/// selector they are an error (`unused`: what that means for sidecars).
+fn target_refs(c: &mut Check, selector: bool, refs: usize, unused: &str) {
+    if refs == 0 {
+        return;
+    }
+    if selector {
+        c.error(
+            "spec.targetRefs",
+            "selector and targetRefs are mutually exclusive",
+        );
+    } else {
+        c.note(
+            "spec.targetRefs",
+            &format!("selects gateways and waypoints, not sidecars: {unused}"),
+        );
+    }
+}
+
 fn telemetry(c: &mut Check, t: &istio::Telemetry) {
     let refs = t.target_refs.len() + usize::from(t.target_ref.is_some());
-    if refs > 0 {
-        if t.selector.is_some() {
-            c.error(
-                "spec.targetRefs",
-                "selector and targetRefs are mutually exclusive",
-            );
-        } else {
-            c.note(
-                "spec.targetRefs",
-                "selects gateways and waypoints, not sidecars: no sidecar uses this Telemetry",
-            );
-        }
-    }
+    target_refs(
+        c,
+        t.selector.is_some(),
+        refs,
+        "no sidecar uses this Telemetry",
+    );
     if t.target_ref.is_some() {
         c.deprecated("spec.targetRef", "spec.targetRefs");
     }
@@ -532,19 +544,12 @@ fn authorization_policy(c: &mut Check, ap: &istio::AuthorizationPolicy) {
         (_, None) => {}
     }
     let refs = ap.target_refs.len() + usize::from(ap.target_ref.is_some());
-    if refs > 0 {
-        if ap.selector.is_some() {
-            c.error(
-                "spec.targetRefs",
-                "selector and targetRefs are mutually exclusive",
-            );
-        } else {
-            c.note(
-                "spec.targetRefs",
-                "selects gateways and waypoints, not sidecars: no sidecar enforces this policy",
-            );
-        }
-    }
+    target_refs(
+        c,
+        ap.selector.is_some(),
+        refs,
+        "no sidecar enforces this policy",
+    );
     if ap.rules.is_empty() && matches!(ap.action, AuthzAction::Deny | AuthzAction::Audit) {
         c.note("spec.rules", "a policy without rules matches no request");
     }
