@@ -519,6 +519,82 @@ pub struct ServicePort {
     pub target_port: Option<u32>,
 }
 
+/// `networking.istio.io` Gateway: the ports, hosts and TLS a gateway's proxies serve.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Gateway {
+    pub servers: Vec<Server>,
+    /// The gateway proxies it configures, by their labels (`istio: ingressgateway`).
+    pub selector: BTreeMap<String, String>,
+}
+
+/// One port of a Gateway, for some hosts.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Server {
+    pub port: ServerPort,
+    /// `host`, `*.suffix`, `*`, each optionally `namespace/` (`./` the Gateway's own, `*/`
+    /// any): the VirtualServices of those namespaces that name the host bind to it.
+    pub hosts: Vec<String>,
+    pub tls: Option<ServerTlsSettings>,
+    pub name: Option<String>,
+    pub bind: Option<String>,
+    pub default_endpoint: Unsupported,
+}
+
+/// A Gateway server's port.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ServerPort {
+    pub number: u32,
+    /// HTTP, HTTPS, GRPC, HTTP2, MONGO, TCP, TLS (case-insensitive).
+    pub protocol: String,
+    pub name: String,
+    pub target_port: Option<u32>,
+}
+
+/// A Gateway server's TLS.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct ServerTlsSettings {
+    /// Plain HTTP requests get a 301 to `https`.
+    pub https_redirect: bool,
+    /// PASSTHROUGH, SIMPLE, MUTUAL, AUTO_PASSTHROUGH, ISTIO_MUTUAL, OPTIONAL_MUTUAL.
+    pub mode: Option<String>,
+    /// Files on the gateway's filesystem (PEM).
+    pub server_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    pub ca_crl: Option<String>,
+    /// A Secret in the gateway's namespace: `tls.crt`/`tls.key` (and `ca.crt`), or
+    /// `cert`/`key` (and `cacert`); a `<name>-cacert` Secret may hold the CA.
+    pub credential_name: Option<String>,
+    pub credential_names: Vec<String>,
+    pub subject_alt_names: Vec<String>,
+    pub verify_certificate_spki: Vec<String>,
+    pub verify_certificate_hash: Vec<String>,
+    /// TLSV1_0 ... TLSV1_3, TLS_AUTO.
+    pub min_protocol_version: Option<String>,
+    pub max_protocol_version: Option<String>,
+    pub cipher_suites: Vec<String>,
+}
+
+/// A Kubernetes Secret holding TLS credentials (`type: kubernetes.io/tls` or Opaque), its
+/// `data` decoded and `stringData` merged.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TlsSecret {
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+impl TlsSecret {
+    /// The certificate chain, key and CA, under Kubernetes' or Istio's key names.
+    pub fn get(&self, keys: &[&str]) -> Option<&[u8]> {
+        keys.iter()
+            .find_map(|k| self.data.get(*k))
+            .map(Vec::as_slice)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Location {

@@ -39,6 +39,9 @@ pub enum Spec {
     Telemetry(istio::Telemetry),
     /// The ConfigMap `istio-system/istio`'s `data.mesh`.
     MeshConfig(istio::MeshConfig),
+    Gateway(istio::Gateway),
+    /// A `v1` Secret: TLS credentials a Gateway names (`credentialName`).
+    Secret(istio::TlsSecret),
 }
 
 impl Spec {
@@ -53,6 +56,8 @@ impl Spec {
             Spec::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Spec::Telemetry(_) => "Telemetry",
             Spec::MeshConfig(_) => "ConfigMap",
+            Spec::Gateway(_) => "Gateway",
+            Spec::Secret(_) => "Secret",
         }
     }
 }
@@ -370,8 +375,30 @@ fn parse_document(doc: &Document, file: Option<&Path>, loaded: &mut Loaded) {
         }
         return;
     }
+    if kind == "Secret" && api_version == "v1" {
+        match secret(doc) {
+            Ok((metadata, spec)) => loaded.resources.push(Resource {
+                api_version: api_version.clone(),
+                metadata,
+                spec: Spec::Secret(spec),
+                source: Source {
+                    file: file.map(Path::to_owned),
+                    line: Some(doc.content_line),
+                },
+            }),
+            Err(f) => {
+                let mut d = identify(Diagnostic::error(
+                    code::SCHEMA_VALIDATION_ERROR,
+                    format!("Schema validation error: {}", schema_reason(&f)),
+                ));
+                d.field = f.path;
+                loaded.diagnostics.push(located(d, f.line));
+            }
+        }
+        return;
+    }
     let (group, versions) = match kind.as_str() {
-        "VirtualService" | "DestinationRule" | "ServiceEntry" | "WorkloadEntry" => {
+        "VirtualService" | "DestinationRule" | "ServiceEntry" | "WorkloadEntry" | "Gateway" => {
             (istio::GROUP, &istio::VERSIONS[..])
         }
         "WasmPlugin" => (istio::EXTENSIONS_GROUP, &istio::EXTENSIONS_VERSIONS[..]),
@@ -418,6 +445,7 @@ fn parse_document(doc: &Document, file: Option<&Path>, loaded: &mut Loaded) {
         "PeerAuthentication" => typed(&doc.text, Spec::PeerAuthentication),
         "AuthorizationPolicy" => typed(&doc.text, Spec::AuthorizationPolicy),
         "Telemetry" => typed(&doc.text, Spec::Telemetry),
+        "Gateway" => typed(&doc.text, Spec::Gateway),
         _ => typed(&doc.text, Spec::WorkloadEntry),
     };
     match parsed {
@@ -464,6 +492,46 @@ struct ConfigMap {
     binary_data: istio::Unsupported,
     #[serde(default)]
     immutable: Option<bool>,
+}
+
+/// A Secret as kubectl writes one (`data` base64, `stringData` plain).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
+struct SecretDoc {
+    api_version: String,
+    kind: String,
+    metadata: ObjectMeta,
+    #[serde(default, rename = "type")]
+    type_: Option<String>,
+    #[serde(default)]
+    data: BTreeMap<String, String>,
+    #[serde(default)]
+    string_data: BTreeMap<String, String>,
+    #[serde(default)]
+    immutable: Option<bool>,
+}
+
+/// A Secret document: its `data` decoded, `stringData` over it (as the API server merges).
+fn secret(doc: &Document) -> Result<(ObjectMeta, istio::TlsSecret), ParseFailure> {
+    use base64::Engine as _;
+    let s: SecretDoc = parse_tracked(&doc.text)?;
+    let mut data = BTreeMap::new();
+    for (k, v) in &s.data {
+        let clean: String = v.split_whitespace().collect();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(clean.as_bytes())
+            .map_err(|e| ParseFailure {
+                path: Some(format!("data.{k}")),
+                line: None,
+                message: format!("not base64: {e}"),
+            })?;
+        data.insert(k.clone(), bytes);
+    }
+    for (k, v) in s.string_data {
+        data.insert(k, v.into_bytes());
+    }
+    Ok((s.metadata, istio::TlsSecret { data }))
 }
 
 /// The mesh config in a ConfigMap document: its `data.mesh` parsed (none: Istio's defaults).

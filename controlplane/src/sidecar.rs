@@ -260,6 +260,7 @@ pub fn own_part(
     let transparent = !node.pod_ip.is_empty();
     if let Some(outbound) = shared.listeners.first() {
         own.listeners.push(Listener {
+            sni_routes: Vec::new(),
             name: outbound.name.clone(),
             address: node.outbound_address.clone(),
             max_connections: outbound.max_connections,
@@ -288,6 +289,7 @@ pub fn own_part(
                 .and_then(|m| authz::filter(&m.authz, p.port, &authz_policies)),
         );
         own.listeners.push(Listener {
+            sni_routes: Vec::new(),
             name: format!("inbound|{}", p.port),
             address: p.listen_address.clone(),
             max_connections: 100_000,
@@ -312,9 +314,11 @@ pub fn own_part(
             tcp_proxy: None,
             traffic_direction: Some(TrafficDirection::Inbound),
             virtual_hosts: vec![VirtualHost {
+                require_tls: false,
                 name: format!("inbound|http|{}", p.port),
                 domains: vec!["*".into()],
                 routes: vec![Route {
+                    direct_response: None,
                     name: Some("default".into()),
                     matcher: RouteMatch {
                         prefix: Some("/".into()),
@@ -328,6 +332,7 @@ pub fn own_part(
             }],
         });
         own.clusters.push(Cluster {
+            resolution: Default::default(),
             name: cluster,
             endpoints: vec![p.app_address.clone()],
             lb_policy: Default::default(),
@@ -355,6 +360,7 @@ pub fn own_part(
              to: Vec<String>,
              source: Option<&str>,
              direction: TrafficDirection| Listener {
+                sni_routes: Vec::new(),
                 name: name.into(),
                 address: address.into(),
                 max_connections: 100_000,
@@ -375,6 +381,7 @@ pub fn own_part(
         let tcp = tcp_services(shared, resources);
         for (address, cluster) in &tcp {
             own.listeners.push(Listener {
+                sni_routes: Vec::new(),
                 name: format!("outbound|tcp|{address}"),
                 // Only the hand-off reaches it (Envoy's `bind_to_port: false`); the port it
                 // binds on loopback is unused.
@@ -436,10 +443,16 @@ pub fn own_part(
 fn downstream_tls(mode: MtlsMode) -> Option<DownstreamTls> {
     match mode {
         MtlsMode::Strict => Some(DownstreamTls {
+            ca_certificates: None,
+            certificates: Vec::new(),
+            subject_alt_names: Vec::new(),
             mode: DownstreamTlsMode::Strict,
         }),
         MtlsMode::Disable => None,
         MtlsMode::Permissive | MtlsMode::Unset => Some(DownstreamTls {
+            ca_certificates: None,
+            certificates: Vec::new(),
+            subject_alt_names: Vec::new(),
             mode: DownstreamTlsMode::Permissive,
         }),
     }

@@ -193,6 +193,7 @@ fn cluster(name: &str, svc: &Service, endpoints: &[&Endpoint], p: &Effective) ->
     };
     let unlimited = CircuitBreakers::default();
     Cluster {
+        resolution: Default::default(),
         service: Some(service_ref(&svc.host, svc.entry.namespace())),
         name: name.to_owned(),
         endpoints: endpoints.iter().map(|e| e.address.clone()).collect(),

@@ -191,6 +191,7 @@ pub fn translate(resources: &[Resource], options: &Options) -> Translation {
     let routed = routes::build(&registry, &clusters, &valid, options, &mut diags);
 
     let listener = Listener {
+        sni_routes: Vec::new(),
         name: options.listener_name.clone(),
         address: options.listener_address.clone(),
         max_connections: 100_000,

@@ -169,6 +169,7 @@ pub(crate) fn build(
         }
         if has_core_default {
             core_routes.push(wasmesh_config::Route {
+                direct_response: None,
                 name: Some(default_id),
                 matcher: Default::default(),
                 cluster: default_cluster,
@@ -183,6 +184,7 @@ pub(crate) fn build(
             routes,
         });
         core.push(wasmesh_config::VirtualHost {
+            require_tls: false,
             name,
             domains,
             routes: core_routes,
@@ -191,6 +193,7 @@ pub(crate) fn build(
     if core.is_empty() {
         // No service: every request gets 404 (NR), and the bootstrap stays valid.
         core.push(wasmesh_config::VirtualHost {
+            require_tls: false,
             name: "no-services".into(),
             domains: vec!["*".into()],
             routes: Vec::new(),
@@ -590,6 +593,7 @@ impl Ctx<'_, '_> {
         let retry = Retry::of(route.retries.as_ref());
         for (prefix, path) in paths {
             out.push(wasmesh_config::Route {
+                direct_response: None,
                 name: Some(r.id.clone()),
                 matcher: wasmesh_config::RouteMatch { prefix, path },
                 cluster: cluster.clone(),

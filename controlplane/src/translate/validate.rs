@@ -257,6 +257,8 @@ pub(crate) fn resource(r: &Resource) -> Vec<Diagnostic> {
         Spec::AuthorizationPolicy(ap) => authorization_policy(&mut c, ap),
         Spec::Telemetry(t) => telemetry(&mut c, t),
         Spec::MeshConfig(m) => mesh_config(&mut c, m),
+        Spec::Gateway(g) => gateway(&mut c, g),
+        Spec::Secret(_) => {}
     }
     c.out
 }
@@ -371,6 +373,182 @@ fn telemetry(c: &mut Check, t: &istio::Telemetry) {
 
 /// The mesh config (`data.mesh`): what Istio's validation refuses, and what wasmesh does not
 /// read.
+/// Istio's Gateway: what each server needs to be served as written.
+fn gateway(c: &mut Check, g: &istio::Gateway) {
+    if g.servers.is_empty() {
+        c.error("spec.servers", "at least one server is required");
+    }
+    if g.selector.is_empty() {
+        c.note(
+            "spec.selector",
+            "no selector: the Gateway applies to every gateway proxy in the mesh",
+        );
+    }
+    let mut names = BTreeSet::new();
+    for (i, s) in g.servers.iter().enumerate() {
+        let at = format!("spec.servers[{i}]");
+        let p = &s.port;
+        if !(1..=65535).contains(&p.number) {
+            c.error(
+                &format!("{at}.port.number"),
+                format!("{} is not a port", p.number),
+            );
+        }
+        let protocol = p.protocol.to_ascii_uppercase();
+        if !GATEWAY_PROTOCOLS.contains(&protocol.as_str()) {
+            c.error(
+                &format!("{at}.port.protocol"),
+                format!(
+                    "{:?} is not one of {}",
+                    p.protocol,
+                    GATEWAY_PROTOCOLS.join(", ")
+                ),
+            );
+        }
+        if p.name.is_empty() {
+            c.note(&format!("{at}.port.name"), "a port name is expected");
+        }
+        if let Some(name) = &s.name
+            && !names.insert(name.clone())
+        {
+            c.error(
+                &format!("{at}.name"),
+                format!("{name:?}: another server has this name"),
+            );
+        }
+        if s.hosts.is_empty() {
+            c.error(&format!("{at}.hosts"), "at least one host is required");
+        }
+        for (j, h) in s.hosts.iter().enumerate() {
+            let host = h.split_once('/').map_or(h.as_str(), |(_, host)| host);
+            let stars = host.matches('*').count();
+            if host.is_empty()
+                || stars > 1
+                || (stars == 1 && host != "*" && !host.starts_with("*."))
+            {
+                c.error(
+                    &format!("{at}.hosts[{j}]"),
+                    format!("{h:?}: a host is a name, \"*\" or \"*.suffix\", with an optional \"namespace/\""),
+                );
+            }
+        }
+        if s.bind.is_some() {
+            c.unsupported(
+                &format!("{at}.bind"),
+                "the gateway's listen address is its own",
+            );
+        }
+        if s.default_endpoint.is_some() {
+            c.unsupported(&format!("{at}.defaultEndpoint"), "ignored");
+        }
+        let tls_protocol = matches!(protocol.as_str(), "HTTPS" | "TLS");
+        let Some(tls) = &s.tls else {
+            if tls_protocol {
+                c.error(
+                    &format!("{at}.tls"),
+                    format!("required on a {protocol} server"),
+                );
+            }
+            continue;
+        };
+        let at = format!("{at}.tls");
+        if tls.https_redirect && protocol != "HTTP" {
+            c.note(
+                &format!("{at}.httpsRedirect"),
+                "only redirects on an HTTP server",
+            );
+        }
+        let mode = tls.mode.as_deref().map(str::to_ascii_uppercase);
+        match mode.as_deref() {
+            None if tls_protocol => c.error(
+                &format!("{at}.mode"),
+                format!("required on a {protocol} server"),
+            ),
+            None | Some("SIMPLE" | "MUTUAL" | "ISTIO_MUTUAL" | "PASSTHROUGH") => {}
+            Some(m @ ("AUTO_PASSTHROUGH" | "OPTIONAL_MUTUAL")) => c.error(
+                &format!("{at}.mode"),
+                format!("{m} is not supported by wasmesh"),
+            ),
+            Some(m) => c.error(
+                &format!("{at}.mode"),
+                format!("{m:?} is not one of PASSTHROUGH, SIMPLE, MUTUAL, ISTIO_MUTUAL"),
+            ),
+        }
+        if mode.is_some() && !tls_protocol {
+            c.error(
+                &format!("{at}.mode"),
+                format!("TLS needs a port of protocol HTTPS or TLS, not {protocol}"),
+            );
+        }
+        if mode.as_deref() == Some("PASSTHROUGH") && protocol != "TLS" {
+            c.error(
+                &format!("{at}.mode"),
+                "PASSTHROUGH needs a port of protocol TLS",
+            );
+        }
+        if matches!(mode.as_deref(), Some("SIMPLE" | "MUTUAL")) {
+            let files = tls.server_certificate.is_some() || tls.private_key.is_some();
+            match (&tls.credential_name, files) {
+                (Some(_), true) => c.error(
+                    &format!("{at}.credentialName"),
+                    "set either credentialName or serverCertificate and privateKey, not both",
+                ),
+                (None, false) if tls.credential_names.is_empty() => c.error(
+                    &at,
+                    "credentialName, or serverCertificate and privateKey, is required",
+                ),
+                (None, true) if tls.server_certificate.is_none() || tls.private_key.is_none() => {
+                    c.error(&at, "serverCertificate and privateKey go together")
+                }
+                _ => {}
+            }
+            if mode.as_deref() == Some("MUTUAL")
+                && tls.credential_name.is_none()
+                && tls.credential_names.is_empty()
+                && tls.ca_certificates.is_none()
+            {
+                c.error(
+                    &format!("{at}.caCertificates"),
+                    "MUTUAL needs the CA that verifies clients",
+                );
+            }
+        }
+        for (field, set) in [
+            ("credentialNames", !tls.credential_names.is_empty()),
+            ("caCrl", tls.ca_crl.is_some()),
+            (
+                "verifyCertificateSpki",
+                !tls.verify_certificate_spki.is_empty(),
+            ),
+            (
+                "verifyCertificateHash",
+                !tls.verify_certificate_hash.is_empty(),
+            ),
+            ("cipherSuites", !tls.cipher_suites.is_empty()),
+        ] {
+            if set {
+                c.unsupported(&format!("{at}.{field}"), "not enforced by wasmesh: ignored");
+            }
+        }
+        for (field, v) in [
+            ("minProtocolVersion", &tls.min_protocol_version),
+            ("maxProtocolVersion", &tls.max_protocol_version),
+        ] {
+            if let Some(v) = v
+                && !matches!(v.as_str(), "TLS_AUTO" | "TLSV1_2" | "TLSV1_3")
+            {
+                c.note(
+                    &format!("{at}.{field}"),
+                    &format!("{v}: wasmesh serves TLS 1.2 and 1.3 only"),
+                );
+            }
+        }
+    }
+}
+
+/// The protocols a Gateway server may declare.
+const GATEWAY_PROTOCOLS: [&str; 7] = ["HTTP", "HTTPS", "HTTP2", "GRPC", "TLS", "TCP", "MONGO"];
+
 fn mesh_config(c: &mut Check, m: &istio::MeshConfig) {
     let at = |field: &str| format!("data.mesh.{field}");
     for f in &m.fields {

@@ -152,6 +152,22 @@ pub struct Listener {
     /// listeners that say which, reported by the destination or the source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_direction: Option<TrafficDirection>,
+    /// TLS passed through untouched, routed by the ClientHello's server name (Istio's Gateway
+    /// `tls.mode: PASSTHROUGH`, Envoy's `tls_inspector` with SNI filter chains): a connection
+    /// whose SNI one of these matches is copied as TCP to its cluster; any other is
+    /// terminated with `tls` when the listener has it, else refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni_routes: Vec<SniRoute>,
+}
+
+/// Where a passed-through TLS connection goes, by its SNI.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniRoute {
+    /// Exact names or `*.suffix`; matched case-insensitively.
+    pub server_names: Vec<String>,
+    /// A cluster of protocol `tcp`.
+    pub cluster: String,
 }
 
 /// A listener's TCP proxying.
@@ -175,15 +191,29 @@ pub struct OriginalDst {
     pub passthrough_source: Option<std::net::IpAddr>,
 }
 
-/// Downstream mTLS: the proxy presents its workload certificate and requires a client
-/// certificate that chains to the mesh's trust bundle, offering ALPN `h2` and `http/1.1`.
+/// Downstream TLS. `strict` and `permissive`: mTLS with the proxy's workload certificate, a
+/// client certificate required that chains to the mesh's trust bundle (Istio's
+/// PeerAuthentication, and a Gateway's ISTIO_MUTUAL). `simple` and `mutual`: a gateway's
+/// own certificates, picked by SNI (Istio's Gateway `tls`). ALPN offers `h2` and `http/1.1`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DownstreamTls {
     pub mode: DownstreamTlsMode,
+    /// `simple` and `mutual`: the server certificates. The first whose `server_names` match
+    /// the ClientHello's SNI is presented; one with no `server_names` serves any other name
+    /// (and a ClientHello without SNI). No match: the handshake is refused
+    /// (`unrecognized_name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<ServerCertificate>,
+    /// `mutual`: the CAs a client certificate must chain to (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<DataSource>,
+    /// `mutual`: a client certificate must carry one of these SANs (DNS or URI); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
 }
 
-/// Istio's PeerAuthentication modes that terminate TLS (DISABLE is no `tls` at all).
+/// How a listener terminates TLS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DownstreamTlsMode {
@@ -191,6 +221,34 @@ pub enum DownstreamTlsMode {
     Strict,
     /// mTLS or plaintext on one port, told apart by the first bytes (a TLS ClientHello).
     Permissive,
+    /// TLS with `certificates`, no client certificate (Istio's Gateway SIMPLE).
+    Simple,
+    /// TLS with `certificates` and a client certificate verified against `ca_certificates`
+    /// (Istio's Gateway MUTUAL).
+    Mutual,
+}
+
+/// A server certificate and its key, for the names it serves.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerCertificate {
+    /// Exact names or `*.suffix`; empty: the default certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_names: Vec<String>,
+    /// PEM: the leaf first, then intermediates.
+    pub certificate_chain: DataSource,
+    /// PEM: PKCS#8, PKCS#1 or SEC1.
+    pub private_key: DataSource,
+}
+
+/// PEM from a file or inline (Envoy's `DataSource`). A file is read at load and again when it
+/// changes on disk, so a renewed certificate is served to new handshakes without a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum DataSource {
+    /// A path, relative to the bootstrap file's directory.
+    Filename(String),
+    InlineString(String),
 }
 
 /// Downstream HTTP limits and timeouts (Envoy's defaults unless noted).
@@ -257,6 +315,10 @@ pub struct VirtualHost {
     /// Host names served: exact, `*`, `*.suffix` or `prefix.*`; ports are ignored unless written.
     pub domains: Vec<String>,
     pub routes: Vec<Route>,
+    /// A request that did not come over TLS is answered `301` to the same authority and path
+    /// with `https` (Envoy's `require_tls: ALL`, Istio's Gateway `httpsRedirect`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_tls: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -266,12 +328,27 @@ pub struct Route {
     pub name: Option<String>,
     #[serde(rename = "match", default)]
     pub matcher: RouteMatch,
+    /// Where matching requests go; empty when `direct_response` answers them.
+    #[serde(default)]
     pub cluster: String,
+    /// The proxy answers matching requests itself (Envoy's `direct_response`; Istio's
+    /// `block_all` route under REGISTRY_ONLY answers 502).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
     /// Time allowed for the upstream's response headers, retries included; 0 disables.
     #[serde(default = "defaults::route_timeout")]
     pub timeout: Dur,
     #[serde(default)]
     pub retry_policy: Option<RetryPolicy>,
+}
+
+/// A reply the proxy makes itself.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub body: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -364,6 +441,29 @@ pub enum LbPolicy {
     Random,
 }
 
+/// How a cluster finds its endpoints' addresses (Envoy's cluster `type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// `endpoints` are addresses, or names resolved once at load.
+    #[default]
+    Static,
+    /// `endpoints` are names resolved again every 5 s (Envoy's STRICT_DNS, Istio's
+    /// ServiceEntry `resolution: DNS`); every address a name has is an endpoint, and the
+    /// last good answer stays while a lookup fails.
+    Dns,
+    /// No endpoints: each request goes where it was going (Envoy's ORIGINAL_DST, Istio's
+    /// PassthroughCluster): a redirected connection's original destination, else the
+    /// request's authority (host and port, 80 by default; 443 for a TLS cluster), resolved.
+    OriginalDst,
+}
+
+impl Resolution {
+    pub fn is_static(&self) -> bool {
+        *self == Resolution::Static
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamProtocol {
@@ -382,8 +482,12 @@ pub enum UpstreamProtocol {
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub name: String,
-    /// `host:port` addresses; names are resolved once at load.
+    /// `host:port` addresses; names are resolved as `resolution` says.
+    #[serde(default)]
     pub endpoints: Vec<String>,
+    /// How endpoints are found.
+    #[serde(default, skip_serializing_if = "Resolution::is_static")]
+    pub resolution: Resolution,
     #[serde(default)]
     pub lb_policy: LbPolicy,
     #[serde(default)]
