@@ -92,9 +92,38 @@ pub struct VirtualService {
     pub hosts: Vec<String>,
     pub gateways: Vec<String>,
     pub http: Vec<HttpRoute>,
-    pub tls: Unsupported,
+    /// TLS routes by SNI: served by gateways' PASSTHROUGH servers.
+    pub tls: Vec<TlsRoute>,
     pub tcp: Unsupported,
     pub export_to: Vec<String>,
+}
+
+/// A route for TLS traffic that is not terminated, by its SNI.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct TlsRoute {
+    #[serde(rename = "match")]
+    pub matches: Vec<TlsMatchAttributes>,
+    pub route: Vec<RouteDestination>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct TlsMatchAttributes {
+    pub sni_hosts: Vec<String>,
+    pub port: Option<u32>,
+    pub gateways: Vec<String>,
+    pub destination_subnets: Vec<String>,
+    pub source_labels: BTreeMap<String, String>,
+    pub source_namespace: Option<String>,
+}
+
+/// A TLS or TCP route's destination.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct RouteDestination {
+    pub destination: Destination,
+    pub weight: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
@@ -636,6 +665,10 @@ pub struct WorkloadEntry {
     /// listener port, so that other sidecars reach it through its own. Not Istio's field.
     #[serde(skip)]
     pub sidecar_ports: BTreeMap<u32, u32>,
+    /// For a gateway registered by itself: the Gateway server port -> the port it listens on
+    /// (plaintext, as Istio's gateways take HTTP from sidecars). Not Istio's field.
+    #[serde(skip)]
+    pub gateway_ports: BTreeMap<u32, u32>,
 }
 
 // ----- WasmPlugin (extensions.istio.io) -----
@@ -998,9 +1031,58 @@ pub struct MeshConfig {
     pub default_config: Option<ProxyConfig>,
     #[serde(alias = "root_namespace")]
     pub root_namespace: Option<String>,
+    /// Where sidecars send requests for hosts the mesh does not know (Istio's default:
+    /// `ALLOW_ANY`).
+    #[serde(alias = "outbound_traffic_policy")]
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
     /// The top-level fields written, as they are spelled (filled in by the parser).
     #[serde(skip)]
     pub fields: Vec<String>,
+}
+
+/// `outboundTrafficPolicy`: what a sidecar does with traffic for destinations outside the
+/// mesh's registry.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OutboundTrafficPolicy {
+    /// `ALLOW_ANY` (Istio's default): passed through to where it was going (Istio's
+    /// `PassthroughCluster`); `REGISTRY_ONLY`: refused (`BlackHoleCluster`: HTTP gets 502, TCP
+    /// is closed). Kept as written: validation names a mode Istio does not have.
+    pub mode: Option<String>,
+    /// Istio's `egressProxy`: accepted, not read (reported).
+    #[serde(alias = "egress_proxy")]
+    pub egress_proxy: Option<serde_json::Value>,
+}
+
+/// Istio's outbound traffic policy modes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutboundMode {
+    #[default]
+    AllowAny,
+    RegistryOnly,
+}
+
+impl OutboundMode {
+    /// The mode a written value names, spelled as Istio's enum (case matters, as it does for
+    /// Istio): None for one Istio does not have.
+    pub fn parse(text: &str) -> Option<OutboundMode> {
+        match text.trim() {
+            "ALLOW_ANY" => Some(OutboundMode::AllowAny),
+            "REGISTRY_ONLY" => Some(OutboundMode::RegistryOnly),
+            _ => None,
+        }
+    }
+}
+
+impl MeshConfig {
+    /// The outbound traffic policy's mode; unset (or not one of Istio's): `ALLOW_ANY`.
+    pub fn outbound_mode(&self) -> OutboundMode {
+        self.outbound_traffic_policy
+            .as_ref()
+            .and_then(|p| p.mode.as_deref())
+            .and_then(OutboundMode::parse)
+            .unwrap_or_default()
+    }
 }
 
 /// `extensionProviders[]`: a name and one provider. The kinds other than `opentelemetry`

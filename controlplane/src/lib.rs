@@ -20,6 +20,8 @@ pub mod ca;
 pub mod dashboard;
 pub mod diag;
 pub mod duration;
+pub mod gateway;
+pub mod gateway_api;
 pub mod graph;
 pub mod images;
 pub mod istio;

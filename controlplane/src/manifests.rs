@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::diag::{Diagnostic, code};
+use crate::gateway_api;
 use crate::istio::{self, Object, ObjectMeta};
 
 /// Where a resource came from.
@@ -42,6 +43,10 @@ pub enum Spec {
     Gateway(istio::Gateway),
     /// A `v1` Secret: TLS credentials a Gateway names (`credentialName`).
     Secret(istio::TlsSecret),
+    /// A Gateway API Gateway (`gateway.networking.k8s.io`), converted by [`gateway_api`].
+    KubeGateway(gateway_api::Gateway),
+    /// A Gateway API HTTPRoute, converted by [`gateway_api`].
+    HttpRoute(gateway_api::HttpRoute),
 }
 
 impl Spec {
@@ -58,6 +63,24 @@ impl Spec {
             Spec::MeshConfig(_) => "ConfigMap",
             Spec::Gateway(_) => "Gateway",
             Spec::Secret(_) => "Secret",
+            Spec::KubeGateway(_) => "Gateway",
+            Spec::HttpRoute(_) => "HTTPRoute",
+        }
+    }
+
+    /// The API group: a kind's name is unique only within its group (`Gateway`).
+    pub fn group(&self) -> &'static str {
+        match self {
+            Spec::VirtualService(_)
+            | Spec::DestinationRule(_)
+            | Spec::ServiceEntry(_)
+            | Spec::WorkloadEntry(_)
+            | Spec::Gateway(_) => istio::GROUP,
+            Spec::WasmPlugin(_) => istio::EXTENSIONS_GROUP,
+            Spec::PeerAuthentication(_) | Spec::AuthorizationPolicy(_) => istio::SECURITY_GROUP,
+            Spec::Telemetry(_) => istio::TELEMETRY_GROUP,
+            Spec::MeshConfig(_) | Spec::Secret(_) => "",
+            Spec::KubeGateway(_) | Spec::HttpRoute(_) => gateway_api::GROUP,
         }
     }
 }
@@ -88,6 +111,11 @@ impl Resource {
 
     pub fn kind(&self) -> &'static str {
         self.spec.kind()
+    }
+
+    /// The API group of its kind.
+    pub fn group(&self) -> &'static str {
+        self.spec.group()
     }
 
     pub fn name(&self) -> &str {
@@ -397,7 +425,10 @@ fn parse_document(doc: &Document, file: Option<&Path>, loaded: &mut Loaded) {
         }
         return;
     }
+    let (doc_group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gateway_api = doc_group == gateway_api::GROUP && matches!(kind.as_str(), "Gateway" | "HTTPRoute");
     let (group, versions) = match kind.as_str() {
+        _ if gateway_api => (gateway_api::GROUP, &gateway_api::VERSIONS[..]),
         "VirtualService" | "DestinationRule" | "ServiceEntry" | "WorkloadEntry" | "Gateway" => {
             (istio::GROUP, &istio::VERSIONS[..])
         }
@@ -408,7 +439,6 @@ fn parse_document(doc: &Document, file: Option<&Path>, loaded: &mut Loaded) {
         "Telemetry" => (istio::TELEMETRY_GROUP, &istio::TELEMETRY_VERSIONS[..]),
         _ => ("", &[][..]),
     };
-    let (doc_group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     if group.is_empty() || doc_group != group {
         loaded.diagnostics.push(located(
             identify(Diagnostic::info(
@@ -438,6 +468,8 @@ fn parse_document(doc: &Document, file: Option<&Path>, loaded: &mut Loaded) {
         return;
     }
     let parsed = match kind.as_str() {
+        "Gateway" if gateway_api => typed(&doc.text, Spec::KubeGateway),
+        "HTTPRoute" => typed(&doc.text, Spec::HttpRoute),
         "VirtualService" => typed(&doc.text, Spec::VirtualService),
         "DestinationRule" => typed(&doc.text, Spec::DestinationRule),
         "ServiceEntry" => typed(&doc.text, Spec::ServiceEntry),

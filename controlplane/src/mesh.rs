@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::diag::{Diagnostic, code};
+use crate::gateway;
 use crate::images::puller::{PullRequest, PullStatus, Puller, PullerOptions};
 use crate::istio::WasmPlugin;
 use crate::manifests::{Resource, Spec};
@@ -340,6 +341,13 @@ impl Mesh {
                 .values()
                 .filter_map(|r| r.node.workload_entry()),
         );
+        // Gateway API Gateways and HTTPRoutes, as the Istio Gateways and VirtualServices
+        // every translation below reads.
+        crate::gateway_api::append(
+            &mut resources,
+            &mut diagnostics,
+            &self.options.translate.domain_suffix,
+        );
 
         // The traffic plugins and the users' WasmPlugins, their modules read and hashed.
         let mut used = HashSet::new();
@@ -377,21 +385,36 @@ impl Mesh {
         // held once, and sent to each once.
         let mut by_namespace: HashMap<String, (wasmesh_config::Bootstrap, Arc<SharedPart>)> =
             HashMap::new();
+        let mut gateway_diagnostics = Vec::new();
         for (id, node) in nodes {
-            let (shared, part) = by_namespace
-                .entry(node.namespace.clone())
-                .or_insert_with(|| {
-                    let mut shared = outbound(&node.namespace, &resources, &base).bootstrap;
-                    shared.workers = None;
-                    let bootstrap_json =
-                        serde_json::to_string(&shared).expect("a bootstrap serializes");
-                    let part = Arc::new(SharedPart {
-                        sha256: hex(&Sha256::digest(bootstrap_json.as_bytes())),
-                        bootstrap_json,
-                    });
-                    (shared, part)
+            // A gateway shares its namespace's clusters, not the sidecars' outbound listener.
+            let key = if node.is_gateway() {
+                format!("gateway {}", node.namespace)
+            } else {
+                node.namespace.clone()
+            };
+            let (shared, part) = by_namespace.entry(key).or_insert_with(|| {
+                let mut shared = outbound(&node.namespace, &resources, &base).bootstrap;
+                if node.is_gateway() {
+                    shared.listeners.clear();
+                }
+                shared.workers = None;
+                let bootstrap_json =
+                    serde_json::to_string(&shared).expect("a bootstrap serializes");
+                let part = Arc::new(SharedPart {
+                    sha256: hex(&Sha256::digest(bootstrap_json.as_bytes())),
+                    bootstrap_json,
                 });
-            let own = own_part(&node, shared, &resources, &user_plugins, &base);
+                (shared, part)
+            });
+            let own = if node.is_gateway() {
+                let (own, diags) =
+                    gateway::own_part(&node, shared, &resources, &user_plugins, &base);
+                gateway_diagnostics.extend(diags);
+                own
+            } else {
+                own_part(&node, shared, &resources, &user_plugins, &base)
+            };
             let bootstrap_json = serde_json::to_string(&own).expect("a bootstrap serializes");
             // The modules the filters use, and the mesh's own plugins' even where no filter
             // uses them yet: sidecars compile those ahead, so a first fault, mirror, breaker
@@ -436,6 +459,23 @@ impl Mesh {
                 });
             }
             inner.snapshots.insert(id, snapshot);
+        }
+        // What only a gateway's translation finds (a Secret missing in its namespace).
+        if !gateway_diagnostics.is_empty() {
+            let mut all = inner.diagnostics.clone();
+            all.extend(gateway_diagnostics);
+            dedup(&mut all);
+            if all != inner.diagnostics {
+                for d in all
+                    .iter()
+                    .skip(inner.diagnostics.len())
+                    .filter(|d| d.is_error())
+                {
+                    tracing::warn!("{d}");
+                }
+                self.diagnostics_tx.send_replace(Arc::new(all.clone()));
+                inner.diagnostics = all;
+            }
         }
         let live: HashSet<&String> = inner.registrations.keys().collect();
         let stale: Vec<String> = inner

@@ -133,6 +133,14 @@ fn node_from(n: api::Node) -> Node {
         outbound_address: n.outbound_address,
         pod_ip: n.pod_ip,
         metrics_address: n.metrics_address,
+        gateway_ports: n
+            .gateway_ports
+            .into_iter()
+            .map(|p| crate::sidecar::GatewayPort {
+                port: p.port,
+                listen_address: p.listen_address,
+            })
+            .collect(),
         inbound: n
             .inbound
             .into_iter()

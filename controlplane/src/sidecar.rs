@@ -27,7 +27,7 @@ use wasmesh_config::{
 };
 
 use crate::authz;
-use crate::istio::{self, MtlsMode, WasmPlugin};
+use crate::istio::{self, MtlsMode, OutboundMode, WasmPlugin};
 use crate::manifests::{Resource, Spec};
 use crate::peer_auth;
 use crate::plugins::{self, Direction, Workload};
@@ -52,6 +52,18 @@ pub struct Node {
     /// when it serves none the control plane can reach.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub metrics_address: String,
+    /// A gateway's ports (Istio's ingress and egress gateways): it serves the Gateway servers
+    /// that select it on these, and has no outbound or inbound listeners.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway_ports: Vec<GatewayPort>,
+}
+
+/// A port a gateway serves, bound.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GatewayPort {
+    /// The Gateway servers' `port.number` served here.
+    pub port: u32,
+    pub listen_address: String,
 }
 
 /// Istio's ports for redirected traffic (`wasmesh-proxy init` sends it there).
@@ -78,6 +90,10 @@ pub enum NodeError {
     Address { field: String, value: String },
     #[error("node.inbound: port {0} is listed twice")]
     DuplicatePort(u32),
+    #[error("node.gateway_ports: a gateway has no inbound ports and no pod_ip")]
+    GatewayWithSidecarPorts,
+    #[error("node.gateway_ports: port {0} is not a port or is listed twice")]
+    GatewayPort(u32),
     #[error("node.pod_ip: {0:?} is not an IP address")]
     PodIp(String),
 }
@@ -86,6 +102,40 @@ impl Node {
     /// `name.namespace`, as istioctl names proxies.
     pub fn id(&self) -> String {
         format!("{}.{}", self.name, self.namespace)
+    }
+
+    /// A gateway's WorkloadEntry: its labels at the address it listens on (a gateway
+    /// listening on every address is not registered), each Gateway port at its listen port.
+    fn gateway_entry(&self) -> Option<Resource> {
+        let listen: Vec<std::net::SocketAddr> = self
+            .gateway_ports
+            .iter()
+            .filter_map(|p| p.listen_address.parse().ok())
+            .collect();
+        let ip = listen.first()?.ip();
+        if ip.is_unspecified() {
+            return None;
+        }
+        let entry = istio::WorkloadEntry {
+            address: Some(ip.to_string()),
+            labels: self.labels.clone(),
+            service_account: Some(self.service_account.clone()).filter(|s| !s.is_empty()),
+            gateway_ports: self
+                .gateway_ports
+                .iter()
+                .zip(&listen)
+                .map(|(p, a)| (p.port, u32::from(a.port())))
+                .collect(),
+            ..Default::default()
+        };
+        let mut r = Resource::new(&self.name, &self.namespace, Spec::WorkloadEntry(entry));
+        r.metadata.labels = self.labels.clone();
+        Some(r)
+    }
+
+    /// A gateway (it has gateway ports), not a sidecar.
+    pub fn is_gateway(&self) -> bool {
+        !self.gateway_ports.is_empty()
     }
 
     /// Checks what the control plane relies on.
@@ -105,7 +155,23 @@ impl Node {
                     value: value.to_owned(),
                 })
         };
-        address("outbound_address".into(), &self.outbound_address)?;
+        if self.is_gateway() {
+            if !self.inbound.is_empty() || !self.pod_ip.is_empty() {
+                return Err(NodeError::GatewayWithSidecarPorts);
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, p) in self.gateway_ports.iter().enumerate() {
+                if !seen.insert(p.port) || !(1..=65535).contains(&p.port) {
+                    return Err(NodeError::GatewayPort(p.port));
+                }
+                address(
+                    format!("gateway_ports[{i}].listen_address"),
+                    &p.listen_address,
+                )?;
+            }
+        } else {
+            address("outbound_address".into(), &self.outbound_address)?;
+        }
         if !self.metrics_address.is_empty() {
             address("metrics_address".into(), &self.metrics_address)?;
         }
@@ -128,6 +194,9 @@ impl Node {
     /// transparent sidecar: at the pod's IP and the workload's own ports, which iptables send
     /// to the sidecar).
     pub fn workload_entry(&self) -> Option<Resource> {
+        if self.is_gateway() {
+            return self.gateway_entry();
+        }
         let first: std::net::SocketAddr = self.inbound.first()?.listen_address.parse().ok()?;
         let transparent = !self.pod_ip.is_empty();
         let sidecar_ports = self
@@ -169,7 +238,7 @@ pub struct UserPlugin {
 }
 
 impl UserPlugin {
-    fn spec(&self) -> &WasmPlugin {
+    pub(crate) fn spec(&self) -> &WasmPlugin {
         match &self.resource.spec {
             Spec::WasmPlugin(wp) => wp,
             _ => unreachable!("a UserPlugin holds a WasmPlugin"),
@@ -372,6 +441,7 @@ pub fn own_part(
                 original_dst: Some(OriginalDst {
                     listeners: to,
                     passthrough_source: source.and_then(|s| s.parse().ok()),
+                    passthrough: true,
                 }),
                 handles: Vec::new(),
                 tcp_proxy: None,
@@ -413,13 +483,19 @@ pub fn own_part(
             .iter()
             .map(|p| format!("inbound|{}", p.port))
             .collect();
-        own.listeners.push(virtual_listener(
+        let mut virtual_outbound = virtual_listener(
             "virtualOutbound",
             VIRTUAL_OUTBOUND,
             outbound.collect(),
             None,
             TrafficDirection::Outbound,
-        ));
+        );
+        // REGISTRY_ONLY: a connection to a destination the mesh does not know is closed
+        // (Istio's BlackHoleCluster), not passed through.
+        if let Some(od) = virtual_outbound.original_dst.as_mut() {
+            od.passthrough = outbound_mode(resources) == OutboundMode::AllowAny;
+        }
+        own.listeners.push(virtual_outbound);
         // Passed-through inbound connections leave from 127.0.0.6, which the iptables rules
         // let reach the workload (from the proxy's own address they would be captured again).
         let mut virtual_inbound = virtual_listener(
@@ -437,6 +513,17 @@ pub fn own_part(
         own.listeners.push(virtual_inbound);
     }
     own
+}
+
+/// The mesh config's outbound traffic policy (its first valid mesh config's; none:
+/// `ALLOW_ANY`).
+fn outbound_mode(resources: &[Resource]) -> OutboundMode {
+    let valid: Vec<&Resource> = resources
+        .iter()
+        .filter(|r| matches!(r.spec, Spec::MeshConfig(_)))
+        .filter(|r| !crate::translate::check(r).iter().any(|d| d.is_error()))
+        .collect();
+    crate::translate::outbound_mode(&valid)
 }
 
 /// What a PeerAuthentication mode asks of an inbound listener (UNSET is PERMISSIVE).
@@ -496,7 +583,8 @@ fn tcp_services(shared: &Bootstrap, resources: &[Resource]) -> Vec<(String, Stri
 
 /// The addresses the mesh's services are reached at, which a transparent sidecar's outbound
 /// listener handles: every endpoint of an outbound cluster and each ServiceEntry address with
-/// each of its ports (not the pod's own IP: connections to it arrive inbound).
+/// each of its ports (not the pod's own IP: connections to it arrive inbound); the HTTP ports,
+/// on any address, of DNS and NONE entries without addresses.
 fn mesh_destinations(shared: &Bootstrap, resources: &[Resource], pod_ip: &str) -> Vec<String> {
     let mut out = std::collections::BTreeSet::new();
     for c in shared
@@ -516,6 +604,18 @@ fn mesh_destinations(shared: &Bootstrap, resources: &[Resource], pod_ip: &str) -
         let Spec::ServiceEntry(se) = &r.spec else {
             continue;
         };
+        // Without addresses, a DNS or NONE entry's HTTP ports are known by port only (its
+        // endpoints are names, or none): Istio's `0.0.0.0_<port>` listener, routed by host.
+        let by_port = se.addresses.is_empty() && se.resolution != Some(istio::Resolution::Static);
+        if by_port {
+            for p in se
+                .ports
+                .iter()
+                .filter(|p| port_protocol(p).is_some_and(PortProtocol::is_http))
+            {
+                out.insert(format!("0.0.0.0:{}", p.number));
+            }
+        }
         for a in se
             .addresses
             .iter()

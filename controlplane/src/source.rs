@@ -96,10 +96,16 @@ pub struct LastGood {
     good: BTreeMap<Key, Resource>,
 }
 
-type Key = (String, String, String);
+/// Group (Istio's and the Gateway API's `Gateway` differ), kind, namespace, name.
+type Key = (String, String, String, String);
 
-fn key(kind: &str, namespace: &str, name: &str) -> Key {
-    (kind.to_owned(), namespace.to_owned(), name.to_owned())
+fn key(r: &Resource) -> Key {
+    (
+        r.group().to_owned(),
+        r.kind().to_owned(),
+        r.namespace().to_owned(),
+        r.name().to_owned(),
+    )
 }
 
 impl LastGood {
@@ -108,7 +114,7 @@ impl LastGood {
         let mut kept = Vec::new();
         // Resources that parse but no longer validate.
         for r in &mut loaded.resources {
-            let k = key(r.kind(), r.namespace(), r.name());
+            let k = key(r);
             let found = crate::translate::check(r);
             let bad = found.iter().any(Diagnostic::is_error);
             match (bad, self.good.get(&k)) {
@@ -134,23 +140,25 @@ impl LastGood {
                 continue;
             };
             let namespace = d.namespace.as_deref().unwrap_or("default");
-            let k = key(kind, namespace, name);
-            if good.contains_key(&k) {
+            // A diagnostic names no group: the last good resource of that kind and name, of
+            // any group, not good now.
+            let last = self.good.iter().find(|(k, _)| {
+                k.1 == *kind && k.2 == namespace && k.3 == *name && !good.contains_key(*k)
+            });
+            let Some((k, last)) = last.map(|(k, r)| (k.clone(), r.clone())) else {
                 continue;
-            }
-            if let Some(last) = self.good.get(&k) {
-                kept.push(last.diag(Diagnostic::warning(
-                    code::NOTE,
-                    "this resource has errors: its last good version stays in effect",
-                )));
-                loaded.resources.push(last.clone());
-                good.insert(k, last.clone());
-            }
+            };
+            kept.push(last.diag(Diagnostic::warning(
+                code::NOTE,
+                "this resource has errors: its last good version stays in effect",
+            )));
+            loaded.resources.push(last.clone());
+            good.insert(k, last);
         }
         // Telemetries that name a provider the mesh config (as now in effect) lacks.
         for (i, errors) in crate::telemetry::unresolved(&loaded.resources) {
             let r = &loaded.resources[i];
-            let k = key(r.kind(), r.namespace(), r.name());
+            let k = key(r);
             let last = self
                 .good
                 .get(&k)

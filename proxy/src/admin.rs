@@ -219,7 +219,7 @@ fn clusters_text(shared: &Shared) -> String {
             c.name, cb.max_retries
         );
         let now = crate::upstream::now_ms();
-        for e in c.endpoints.iter() {
+        for e in c.endpoints_now().iter() {
             let host = format!("{}::{}", c.name, e.addr);
             let _ = writeln!(out, "{host}::cx_active::{}", e.cx_active.load(Relaxed));
             let _ = writeln!(
@@ -249,7 +249,7 @@ fn clusters_json(shared: &Shared) -> String {
         .iter()
         .map(|c| {
             let hosts: Vec<_> = c
-                .endpoints
+                .endpoints_now()
                 .iter()
                 .map(|e| {
                     json!({
@@ -473,7 +473,7 @@ impl Collector for MeshCollector {
         counter(
             &mut encoder,
             "wasmesh_downstream_tls_plaintext_refused",
-            "Plaintext connections closed by a STRICT mTLS listener",
+            "Plaintext connections refused by a STRICT mTLS or a gateway TLS listener",
             &per_listener(&|s| s.tls_plaintext_refused.get()),
         )?;
         counter(

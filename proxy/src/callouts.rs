@@ -43,7 +43,7 @@ impl Embedder for ProxyEmbedder {
         };
         let snapshot = worker.snapshot();
         if let Some(c) = snapshot.cluster(cluster)
-            && let Some(e) = c.endpoints.iter().find(|e| e.addr == address)
+            && let Some(e) = c.endpoints_now().iter().find(|e| e.addr == address)
         {
             e.eject_until(crate::upstream::now_ms() + millis);
         }
@@ -104,7 +104,7 @@ async fn exchange(
         CalloutFailure::ConnectionFailure(format!("unknown cluster {cluster_name}"))
     })?;
     let pool = worker.pools.cluster(cluster);
-    let index = pick_endpoint(cluster, &pool.rr, &[])
+    let index = pick_endpoint(&pool, &[])
         .ok_or_else(|| CalloutFailure::ConnectionFailure("no endpoint".into()))?;
     let endpoint = pool.endpoints[index].clone();
     let fail = |e: String| CalloutFailure::ConnectionFailure(e);

@@ -30,6 +30,18 @@ pub struct Xfcc {
     pub value: Option<HeaderValue>,
 }
 
+/// Whether a connection's requests came over TLS this proxy terminated, and which.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    #[default]
+    Plaintext,
+    /// mTLS with the workload identity (STRICT or PERMISSIVE).
+    Mtls,
+    /// TLS with a gateway's own certificates (`simple` or `mutual`): the edge, where
+    /// `x-forwarded-proto` is `https` whatever the client said.
+    GatewayTls,
+}
+
 /// What every request on a connection shares.
 pub struct ConnCtx {
     pub worker: Rc<Worker>,
@@ -38,6 +50,9 @@ pub struct ConnCtx {
     pub listener: usize,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// Where the client was going, on a connection an `original_dst` listener handed off
+    /// (`local` is then that address too): an `original_dst` cluster's destination.
+    pub original_dst: Option<SocketAddr>,
     /// The peer's IP, ready for `x-forwarded-for`.
     pub client_ip: HeaderValue,
     /// The listener's `server_name`, ready for the `server` header.
@@ -48,6 +63,8 @@ pub struct ConnCtx {
     /// On a listener with mTLS, `x-forwarded-client-cert` from clients is dropped, and set to
     /// this on an mTLS connection (Envoy's SANITIZE_SET, as Istio's inbound).
     pub xfcc: Option<Xfcc>,
+    /// Plaintext or TLS (a virtual host's `require_tls`, `x-forwarded-proto`).
+    pub transport: Transport,
     pub in_flight: Cell<u32>,
     pub last_active: Cell<Instant>,
     streams_closed: Cell<u32>,
@@ -81,9 +98,11 @@ impl ConnCtx {
             listener,
             peer,
             local,
+            original_dst: None,
             opts,
             peer_uri_san: None,
             xfcc: None,
+            transport: Transport::Plaintext,
             in_flight: Cell::new(0),
             last_active: Cell::new(Instant::now()),
             streams_closed: Cell::new(0),
@@ -97,6 +116,12 @@ impl ConnCtx {
     pub fn with_tls(mut self, san: Option<Arc<str>>, xfcc: Option<HeaderValue>) -> ConnCtx {
         self.peer_uri_san = san;
         self.xfcc = Some(Xfcc { value: xfcc });
+        self
+    }
+
+    /// A connection redirected to `destination` and handed off by an `original_dst` listener.
+    pub fn with_original_dst(mut self, destination: Option<SocketAddr>) -> ConnCtx {
+        self.original_dst = destination;
         self
     }
 

@@ -111,9 +111,15 @@ pub fn start(options: SidecarOptions) -> Result<Proxy, SidecarError> {
         held.push(socket);
         Ok(())
     };
-    reserve("--outbound".into(), &mut node.outbound_address)?;
+    // A gateway has no outbound listener.
+    if !node.outbound_address.is_empty() || node.gateway_ports.is_empty() {
+        reserve("--outbound".into(), &mut node.outbound_address)?;
+    }
     for (i, p) in node.inbound.iter_mut().enumerate() {
         reserve(format!("--inbound[{i}]"), &mut p.listen_address)?;
+    }
+    for (i, p) in node.gateway_ports.iter_mut().enumerate() {
+        reserve(format!("--gateway-port[{i}]"), &mut p.listen_address)?;
     }
     // The admin's port too (the admin binds it with SO_REUSEADDR beside the held socket,
     // which never listens): the Hello says where the metrics are before the proxy starts.

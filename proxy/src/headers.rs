@@ -9,6 +9,7 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 // The names `scan` looks for, a bit each.
 const CONN: u16 = 1;
@@ -132,6 +133,13 @@ impl Added {
             forwarded_for,
             forwarded_proto: found & FORWARDED_PROTO == 0,
         }
+    }
+
+    /// A request over TLS a gateway listener terminated: `x-forwarded-proto: https`, whatever
+    /// the client sent (Envoy at the edge sets the scheme of the connection).
+    pub fn set_https(&mut self, headers: &mut HeaderMap) {
+        headers.insert(&X_FORWARDED_PROTO, HTTPS.clone());
+        self.forwarded_proto = false;
     }
 
     /// Moves the added headers into the map (for filters, HTTP/2 and upgrades).

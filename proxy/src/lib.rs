@@ -15,6 +15,7 @@ mod config_source;
 mod conn;
 pub mod control_plane;
 mod external_tls;
+mod gateway_tls;
 mod h1_guard;
 mod h2_guard;
 mod handshake_signatures;
@@ -160,7 +161,9 @@ impl Proxy {
         let host = Host::new(Some(cache_dir));
         let snapshot = Snapshot::build(bootstrap, 1, workers, &host, &identity, None)
             .map_err(|e| in_file(e.into()))?;
-        let shared = Arc::new(Shared::new(snapshot, workers, access_log, host, identity));
+        let mut shared = Shared::new(snapshot, workers, access_log, host, identity);
+        shared.listener_addrs = listeners.iter().map(|(_, addr)| *addr).collect();
+        let shared = Arc::new(shared);
         let source = Arc::new(ConfigSource::new(shared.clone(), from_file));
         let (admin_stop, stop_rx) = watch::channel(false);
         let admin = match admin_socket {

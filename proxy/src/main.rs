@@ -160,6 +160,11 @@ struct SidecarArgs {
     /// `9080=127.0.0.1:9080@127.0.0.1:15006` (the listen address defaults to 127.0.0.1:0).
     #[arg(long, value_parser = inbound_port)]
     inbound: Vec<wasmesh_api::InboundPort>,
+    /// Run as a gateway (Istio's ingress or egress gateway): serve the Gateway servers of
+    /// port PORT at LISTEN_ADDRESS (`PORT[=LISTEN_ADDRESS]`, default `0.0.0.0:PORT`; repeat
+    /// the flag). A gateway has no outbound or inbound listeners.
+    #[arg(long = "gateway-port", value_parser = gateway_port, conflicts_with_all = ["inbound", "outbound", "pod_ip"])]
+    gateway_ports: Vec<wasmesh_api::GatewayPort>,
     /// The admin API's address.
     #[arg(long)]
     admin: Option<String>,
@@ -216,6 +221,22 @@ fn inbound_port(text: &str) -> Result<wasmesh_api::InboundPort, String> {
         port,
         listen_address: listen.to_owned(),
         app_address: app.to_owned(),
+    })
+}
+
+fn gateway_port(text: &str) -> Result<wasmesh_api::GatewayPort, String> {
+    let (port, listen) = match text.split_once('=') {
+        Some((port, listen)) => (port, Some(listen)),
+        None => (text, None),
+    };
+    let port: u32 = port
+        .parse()
+        .ok()
+        .filter(|p| (1..=65535).contains(p))
+        .ok_or_else(|| format!("{port:?}: not a port (PORT[=LISTEN_ADDRESS])"))?;
+    Ok(wasmesh_api::GatewayPort {
+        port,
+        listen_address: listen.map_or_else(|| format!("0.0.0.0:{port}"), str::to_owned),
     })
 }
 
@@ -322,7 +343,9 @@ fn run_sidecar(args: SidecarArgs) -> ExitCode {
             labels: args.labels.into_iter().collect(),
             service_account: args.service_account,
             outbound_address: args.outbound.unwrap_or_else(|| {
-                if args.pod_ip.is_some() {
+                if !args.gateway_ports.is_empty() {
+                    String::new()
+                } else if args.pod_ip.is_some() {
                     "127.0.0.1:0".into()
                 } else {
                     "127.0.0.1:15001".into()
@@ -331,6 +354,7 @@ fn run_sidecar(args: SidecarArgs) -> ExitCode {
             inbound: args.inbound,
             pod_ip: args.pod_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             metrics_address,
+            gateway_ports: args.gateway_ports,
         },
         admin: args.admin,
         workers: args.workers,

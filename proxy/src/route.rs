@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::config::{self, RetryPolicy};
 use crate::upstream::Cluster;
 
-/// One listener's compiled routes, each with its cluster as `C` (the proxy's upstream; a name
+/// One listener's compiled routes, each with its cluster (if it has one) as `C` (the proxy's upstream; a name
 /// where only the routing is wanted, as `wasmesh bench` does).
 pub struct RouteTable<C = Arc<Cluster>> {
     exact: rustc_hash::FxHashMap<String, usize>,
@@ -17,18 +17,40 @@ pub struct RouteTable<C = Arc<Cluster>> {
     prefixes: Vec<(String, usize)>,
     any: Option<usize>,
     vhosts: Vec<VirtualHost<C>>,
+    /// Whether any virtual host has `require_tls` (else plaintext requests look none up).
+    any_require_tls: bool,
 }
 
 pub struct VirtualHost<C> {
     pub routes: Vec<Route<C>>,
+    /// Plaintext requests are redirected to `https` (Envoy's `require_tls: ALL`).
+    pub require_tls: bool,
 }
 
 pub struct Route<C = Arc<Cluster>> {
     pub name: String,
     matcher: PathMatch,
-    pub cluster: C,
+    pub action: Action<C>,
     pub timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
+}
+
+/// What a route does with the requests it matches.
+pub enum Action<C> {
+    /// Sends them to a cluster.
+    Cluster(C),
+    /// Answers them itself (Envoy's `direct_response`).
+    Direct(config::DirectResponse),
+}
+
+impl<C> Route<C> {
+    /// The route's cluster; none for a direct response.
+    pub fn cluster(&self) -> Option<&C> {
+        match &self.action {
+            Action::Cluster(c) => Some(c),
+            Action::Direct(_) => None,
+        }
+    }
 }
 
 enum PathMatch {
@@ -59,6 +81,7 @@ impl<C> RouteTable<C> {
             prefixes: Vec::new(),
             any: None,
             vhosts: Vec::with_capacity(vhosts.len()),
+            any_require_tls: vhosts.iter().any(|vh| vh.require_tls),
         };
         for (index, vh) in vhosts.iter().enumerate() {
             for domain in &vh.domains {
@@ -84,12 +107,18 @@ impl<C> RouteTable<C> {
                         (None, Some(p)) => PathMatch::Prefix(p.clone()),
                         (None, None) => PathMatch::Prefix("/".to_owned()),
                     },
-                    cluster: cluster(&r.cluster),
+                    action: match &r.direct_response {
+                        Some(d) => Action::Direct(d.clone()),
+                        None => Action::Cluster(cluster(&r.cluster)),
+                    },
                     timeout: r.timeout.nonzero(),
                     retry: r.retry_policy.clone(),
                 })
                 .collect();
-            table.vhosts.push(VirtualHost { routes });
+            table.vhosts.push(VirtualHost {
+                routes,
+                require_tls: vh.require_tls,
+            });
         }
         // Envoy: the longest wildcard wins.
         table
@@ -105,6 +134,11 @@ impl<C> RouteTable<C> {
     pub fn find(&self, host: &str, path: &str) -> Option<&Route<C>> {
         let vh = self.virtual_host(host)?;
         vh.routes.iter().find(|r| r.matches(path))
+    }
+
+    /// Whether the virtual host for `host` takes only requests over TLS.
+    pub fn requires_tls(&self, host: &str) -> bool {
+        self.any_require_tls && self.virtual_host(host).is_some_and(|vh| vh.require_tls)
     }
 
     fn virtual_host(&self, host: &str) -> Option<&VirtualHost<C>> {

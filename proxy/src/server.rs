@@ -13,11 +13,12 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::DownstreamTlsMode;
-use crate::conn::ConnCtx;
+use crate::conn::{ConnCtx, Transport};
+use crate::gateway_tls::Gateway;
 use crate::h1_guard::H1Guard;
 use crate::h2_guard::H2Guard;
 use crate::request;
@@ -82,6 +83,7 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let mut local = stream.local_addr().unwrap_or(peer);
+    let mut original_dst = None;
     // A redirected connection: served by the listener that handles where it was going.
     let passthrough = worker.snapshot().bootstrap.listeners[listener]
         .original_dst
@@ -101,50 +103,271 @@ async fn serve_connection(
             Some(target) => {
                 listener = target;
                 local = destination;
+                original_dst = Some(destination);
             }
             None => {
                 return pass_through(&worker, listener, stream, peer, destination, source).await;
             }
         }
     }
-    let (opts, tls, tcp) = {
+    let (opts, tls, tcp, gateway) = {
         let snapshot = worker.snapshot();
         let l = &snapshot.bootstrap.listeners[listener];
         (
             l.http.clone(),
             l.tls.as_ref().map(|t| t.mode),
             l.tcp_proxy.as_ref().map(|t| t.cluster.clone()),
+            snapshot.gateways[listener].clone(),
         )
     };
     if let Some(cluster) = tcp {
         return crate::tcp_proxy::serve(&worker, listener, &cluster, stream, peer).await;
     }
     let header_timeout = opts.request_headers_timeout.nonzero();
-    let conn = |tls| Connection {
+    let conn = |tls, transport| Connection {
         worker: worker.clone(),
         listener,
         peer,
         local,
+        original_dst,
         opts: opts.clone(),
         header_timeout,
         tls,
-    };
-    let Some(mode) = tls else {
-        return conn(None).serve(stream, BytesMut::new()).await;
+        transport,
     };
     let handshake_timeout =
         header_timeout.map_or(TLS_HANDSHAKE_TIMEOUT, |t| t.min(TLS_HANDSHAKE_TIMEOUT));
+    if let Some(gateway) = gateway {
+        let deadline = tokio::time::Instant::now() + handshake_timeout;
+        match accept_gateway(&worker, listener, stream, peer, &gateway, deadline).await {
+            GatewayAccepted::Closed => {}
+            GatewayAccepted::Passthrough(cluster, io) => {
+                crate::tcp_proxy::serve(&worker, listener, &cluster, io, peer).await
+            }
+            // Only this proxy says who the client is: a client's x-forwarded-client-cert goes.
+            GatewayAccepted::Tls(tls) => {
+                conn(Some((None, None)), Transport::GatewayTls)
+                    .serve(tls, BytesMut::new())
+                    .await
+            }
+        }
+        return;
+    }
+    let Some(mode) = tls else {
+        return conn(None, Transport::Plaintext)
+            .serve(stream, BytesMut::new())
+            .await;
+    };
     match accept(&worker, listener, stream, peer, mode, handshake_timeout).await {
         Accepted::Closed => {}
-        Accepted::Plaintext(stream, first) => conn(Some((None, None))).serve(stream, first).await,
+        Accepted::Plaintext(stream, first) => {
+            conn(Some((None, None)), Transport::Plaintext)
+                .serve(stream, first)
+                .await
+        }
         Accepted::Tls(tls) => {
             let certs = tls.get_ref().1.peer_certificates();
             let san = crate::tls::peer_uri_san(certs);
             let xfcc = crate::tls::xfcc(&worker.shared.identity, certs, san.as_deref());
-            conn(Some((san, xfcc))).serve(tls, BytesMut::new()).await
+            conn(Some((san, xfcc)), Transport::Mtls)
+                .serve(tls, BytesMut::new())
+                .await
         }
     }
 }
+
+/// The most a ClientHello may take before a gateway listener decides what to do with it.
+const MAX_CLIENT_HELLO: usize = 16 * 1024;
+
+/// nginx's answer to plaintext HTTP on its HTTPS port.
+const PLAIN_HTTP_TO_TLS_PORT: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+content-type: text/plain\r\n\
+content-length: 46\r\n\
+connection: close\r\n\
+\r\n\
+The plain HTTP request was sent to HTTPS port\n";
+
+/// What came of a connection to a gateway listener (`simple`/`mutual` TLS, `sni_routes`).
+enum GatewayAccepted {
+    /// Refused or failed (counted and logged).
+    Closed,
+    /// An SNI route's cluster, and the connection with its ClientHello put back.
+    Passthrough(String, Rewind<TcpStream>),
+    /// Terminated here. Boxed: the TLS state is large.
+    Tls(Box<tokio_rustls::server::TlsStream<Rewind<TcpStream>>>),
+}
+
+/// Reads the ClientHello (by `deadline`, at most [`MAX_CLIENT_HELLO`]) and, by its SNI,
+/// passes the connection through to an SNI route's cluster or completes the handshake with
+/// the listener's certificates. Plaintext HTTP gets nginx's `400`.
+async fn accept_gateway(
+    worker: &Rc<Worker>,
+    listener: usize,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    gateway: &Gateway,
+    deadline: tokio::time::Instant,
+) -> GatewayAccepted {
+    let stats = &worker.shared.listener_stats[listener];
+    let hello = tokio::time::timeout_at(deadline, read_client_hello(&mut stream)).await;
+    let (read, sni) = match hello {
+        Ok(Ok(Hello::Tls { read, sni })) => (read, sni),
+        Ok(Ok(Hello::Plaintext)) => {
+            stats.shards.local().tls_plaintext_refused.inc();
+            tracing::debug!(%peer, "plaintext on a TLS listener: 400, closed");
+            refuse_plaintext(stream).await;
+            return GatewayAccepted::Closed;
+        }
+        Ok(Ok(Hello::Refused { reason, alert })) => {
+            stats.shards.local().tls_error.inc();
+            tracing::debug!(%peer, %reason, "bad ClientHello: closed");
+            let _ = tokio::time::timeout_at(deadline, stream.write_all(&alert)).await;
+            return GatewayAccepted::Closed;
+        }
+        Ok(Ok(Hello::Closed)) => return GatewayAccepted::Closed,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection failed before its ClientHello");
+            return GatewayAccepted::Closed;
+        }
+        Err(_) => {
+            stats.shards.local().tls_error.inc();
+            tracing::debug!(%peer, "no ClientHello within the handshake timeout: closed");
+            return GatewayAccepted::Closed;
+        }
+    };
+    let io = Rewind {
+        prefix: read,
+        inner: stream,
+    };
+    if let Some(cluster) = sni.as_deref().and_then(|name| gateway.route(name)) {
+        tracing::debug!(%peer, sni = sni.as_deref(), cluster, "TLS passed through by SNI");
+        return GatewayAccepted::Passthrough(cluster.to_owned(), io);
+    }
+    let Some(tls) = &gateway.tls else {
+        stats.shards.local().tls_error.inc();
+        tracing::debug!(
+            %peer,
+            sni = sni.as_deref(),
+            "no sni_route for this server name and no TLS to terminate: closed"
+        );
+        return GatewayAccepted::Closed;
+    };
+    let known = tls.has_certificate_for(sni.as_deref());
+    let accepted = tokio::time::timeout_at(
+        deadline,
+        tokio_rustls::TlsAcceptor::from(tls.server_config()).accept(io),
+    )
+    .await;
+    match accepted {
+        Ok(Ok(stream)) => {
+            stats.shards.local().tls_handshake.inc();
+            GatewayAccepted::Tls(Box::new(stream))
+        }
+        Ok(Err(e)) => {
+            stats.shards.local().tls_error.inc();
+            if known {
+                let mode = tls.mode();
+                tracing::debug!(%peer, sni = sni.as_deref(), ?mode, error = %e, "TLS handshake failed");
+            } else {
+                tracing::debug!(%peer, sni = sni.as_deref(), "no certificate for this server name: handshake refused");
+            }
+            GatewayAccepted::Closed
+        }
+        Err(_) => {
+            stats.shards.local().tls_error.inc();
+            tracing::debug!(%peer, sni = sni.as_deref(), "TLS handshake timed out");
+            GatewayAccepted::Closed
+        }
+    }
+}
+
+/// The start of a connection to a gateway listener.
+enum Hello {
+    /// A whole ClientHello: the bytes read (to replay) and its SNI.
+    Tls { read: Bytes, sni: Option<String> },
+    /// The first bytes are no TLS record.
+    Plaintext,
+    /// Not a ClientHello rustls takes, or too large; the alert to send.
+    Refused { reason: String, alert: Vec<u8> },
+    /// Closed before a whole ClientHello.
+    Closed,
+}
+
+/// Reads until a whole ClientHello is in, handing a copy to rustls' `Acceptor` to parse (the
+/// bytes are kept to replay: to an SNI route's endpoint, or to the real handshake).
+async fn read_client_hello(stream: &mut TcpStream) -> io::Result<Hello> {
+    let mut read = BytesMut::with_capacity(4096);
+    let mut acceptor = rustls::server::Acceptor::default();
+    loop {
+        let before = read.len();
+        if stream.read_buf(&mut read).await? == 0 {
+            return Ok(Hello::Closed);
+        }
+        if before == 0 && !crate::tls::is_client_hello(&read) {
+            return Ok(Hello::Plaintext);
+        }
+        let mut fresh = &read[before..];
+        while !fresh.is_empty() {
+            if let Err(e) = acceptor.read_tls(&mut fresh) {
+                return Ok(Hello::Refused {
+                    reason: e.to_string(),
+                    alert: Vec::new(),
+                });
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                let sni = accepted.client_hello().server_name().map(str::to_owned);
+                return Ok(Hello::Tls {
+                    read: read.freeze(),
+                    sni,
+                });
+            }
+            Ok(None) => {}
+            Err((e, mut alert)) => {
+                let mut bytes = Vec::new();
+                let _ = alert.write_all(&mut bytes);
+                return Ok(Hello::Refused {
+                    reason: e.to_string(),
+                    alert: bytes,
+                });
+            }
+        }
+        if read.len() >= MAX_CLIENT_HELLO {
+            return Ok(Hello::Refused {
+                reason: format!("no whole ClientHello in {MAX_CLIENT_HELLO} bytes"),
+                alert: Vec::new(),
+            });
+        }
+        read.reserve(4096);
+    }
+}
+
+/// Answers plaintext on a TLS port with nginx's `400`, then closes after reading what the
+/// client still sends for a moment (closing with unread bytes would reset the connection
+/// before the client read the answer).
+async fn refuse_plaintext(mut stream: TcpStream) {
+    let wrote = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(PLAIN_HTTP_TO_TLS_PORT).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if !matches!(wrote, Ok(Ok(()))) {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let mut left: usize = 64 * 1024;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
 
 /// A redirected connection no listener handles, passed through to its original destination
 /// (from `source`, when given). Under the listener's PeerAuthentication mode, as Istio's
@@ -158,10 +381,15 @@ async fn pass_through(
     destination: SocketAddr,
     source: Option<std::net::IpAddr>,
 ) {
-    let mode = worker.snapshot().bootstrap.listeners[listener]
-        .tls
-        .as_ref()
-        .map(|t| t.mode);
+    let snapshot = worker.snapshot();
+    let l = &snapshot.bootstrap.listeners[listener];
+    // Istio's BlackHoleCluster (REGISTRY_ONLY): what the mesh does not know goes nowhere.
+    if l.original_dst.as_ref().is_some_and(|od| !od.passthrough) {
+        tracing::debug!(%peer, %destination, "no listener handles it and passthrough is off: closed");
+        return;
+    }
+    let mode = l.tls.as_ref().map(|t| t.mode);
+    drop(snapshot);
     let Some(mode) = mode else {
         return crate::passthrough::serve(stream, peer, destination, source).await;
     };
@@ -254,11 +482,15 @@ struct Connection {
     listener: usize,
     peer: SocketAddr,
     local: SocketAddr,
+    /// Where a handed-off connection was going (for `original_dst` clusters).
+    original_dst: Option<SocketAddr>,
     opts: crate::config::HttpOptions,
     header_timeout: Option<Duration>,
     /// On an mTLS listener: the client certificate's SPIFFE id and the
     /// `x-forwarded-client-cert` its requests carry (none for plaintext).
     tls: Option<(Option<std::sync::Arc<str>>, Option<http::HeaderValue>)>,
+    /// Whether TLS terminated here carries the requests, and which.
+    transport: Transport,
 }
 
 impl Connection {
@@ -273,9 +505,11 @@ impl Connection {
             listener,
             peer,
             local,
+            original_dst,
             opts,
             header_timeout,
             tls,
+            transport,
         } = self;
         let sniffed = match header_timeout {
             Some(t) => tokio::time::timeout(t, sniff(&mut stream, read))
@@ -288,10 +522,12 @@ impl Connection {
             prefix,
             inner: stream,
         };
-        let mut ctx = ConnCtx::new(worker.clone(), listener, peer, local, opts.clone());
+        let mut ctx = ConnCtx::new(worker.clone(), listener, peer, local, opts.clone())
+            .with_original_dst(original_dst);
         if let Some((san, xfcc)) = tls {
             ctx = ctx.with_tls(san, xfcc);
         }
+        ctx.transport = transport;
         let ctx = Rc::new(ctx);
         worker.register_connection(&ctx);
         let service = {

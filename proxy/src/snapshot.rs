@@ -8,6 +8,7 @@ use std::sync::Arc;
 use wasmesh_host::{Host, PluginSpec};
 
 use crate::config::{Bootstrap, ConfigError};
+use crate::gateway_tls::{Gateway, GatewayTlsError};
 use crate::identity::Identity;
 use crate::plugins::{self, FilterError};
 use crate::route::RouteTable;
@@ -31,6 +32,13 @@ pub enum SnapshotError {
     /// A filter of listener `listener` could not be loaded or refused to start.
     #[error("listeners[{listener}]: {error}")]
     Filter { listener: usize, error: FilterError },
+    /// The gateway TLS of listener `listener` is unusable (a file unreadable, a key that is
+    /// not its certificate's).
+    #[error("listeners[{listener}].{error}")]
+    ListenerTls {
+        listener: usize,
+        error: GatewayTlsError,
+    },
 }
 
 impl From<SnapshotError> for ConfigError {
@@ -48,6 +56,10 @@ impl From<SnapshotError> for ConfigError {
                 ConfigError::at(format!("clusters[{cluster}].tls"), error)
             }
             SnapshotError::Filter { listener, error } => error.at_listener(listener),
+            SnapshotError::ListenerTls { listener, error } => ConfigError::at(
+                format!("listeners[{listener}].tls.{}", error.field),
+                error.reason,
+            ),
         }
     }
 }
@@ -67,6 +79,9 @@ pub struct Snapshot {
     /// For each `original_dst` listener (empty for the others): which listener (by index)
     /// handles each original destination.
     handoff: Vec<HashMap<SocketAddr, usize>>,
+    /// For each listener with `simple`/`mutual` TLS or `sni_routes` (`None` for the others):
+    /// its certificates and SNI routes, compiled once per snapshot.
+    pub gateways: Vec<Option<Arc<Gateway>>>,
 }
 
 impl Snapshot {
@@ -139,6 +154,16 @@ impl Snapshot {
             plugins::validate(host, &l.http_filters, &fresh).map_err(in_listener)?;
             chains.push(specs);
         }
+        let gateways = bootstrap
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                Gateway::new(l, bootstrap.base_dir.as_deref())
+                    .map(|g| g.map(Arc::new))
+                    .map_err(|error| SnapshotError::ListenerTls { listener: i, error })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let handoff = bootstrap
             .listeners
             .iter()
@@ -170,6 +195,7 @@ impl Snapshot {
             routes,
             chains,
             handoff,
+            gateways,
         })
     }
 

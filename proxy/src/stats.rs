@@ -191,7 +191,8 @@ pub struct ListenerShard {
     pub tls_handshake: Counter,
     /// TLS handshakes that failed or timed out (Envoy's `ssl.connection_error`).
     pub tls_error: Counter,
-    /// Plaintext connections closed by a STRICT listener.
+    /// Plaintext connections refused by a STRICT listener, or answered `400` by a gateway's
+    /// `simple`/`mutual`/`sni_routes` one.
     pub tls_plaintext_refused: Counter,
 }
 

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::stats::ResponseFlag;
 use crate::telemetry::metrics::{Counted, TcpTracker};
@@ -14,19 +14,22 @@ use crate::upstream::pick_endpoint;
 use crate::worker::Worker;
 
 /// Proxies `downstream` (from `peer`, accepted on `listener`) to an endpoint of `cluster`.
-pub async fn serve(
+/// What was read of it already (a ClientHello routed by its SNI) is in front of it.
+pub async fn serve<S>(
     worker: &Rc<Worker>,
     listener: usize,
     cluster: &str,
-    downstream: TcpStream,
+    downstream: S,
     peer: SocketAddr,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let Some(cluster) = worker.snapshot().cluster(cluster).cloned() else {
         tracing::debug!(%peer, cluster, "tcp_proxy: no such cluster");
         return;
     };
     let pool = worker.pools.cluster(&cluster);
-    let Some(index) = pick_endpoint(&cluster, &pool.rr, &[]) else {
+    let Some(index) = pick_endpoint(&pool, &[]) else {
         tracing::debug!(%peer, cluster = %cluster.name, "tcp_proxy: no endpoint");
         TcpTracker::failed(worker, listener, &cluster, ResponseFlag::NoHealthyUpstream);
         return;

@@ -42,6 +42,8 @@ pub struct Shared {
     pub istio: Arc<crate::telemetry::metrics_store::IstioMetrics>,
     /// Where sampled requests' spans go (`telemetry::trace`).
     pub tracer: crate::telemetry::trace::Tracer,
+    /// The listeners' bound addresses: an `original_dst` cluster never sends to them.
+    pub listener_addrs: Vec<std::net::SocketAddr>,
 }
 
 impl Shared {
@@ -79,6 +81,7 @@ impl Shared {
             identity,
             istio: Arc::new(crate::telemetry::metrics_store::IstioMetrics::new(workers)),
             tracer: Default::default(),
+            listener_addrs: Vec::new(),
         }
     }
 

@@ -133,7 +133,7 @@ impl Listener {
         let route = self.routes.as_ref()?.find(host?, request.uri.path())?;
         Some((
             Bytes::copy_from_slice(route.name.as_bytes()),
-            route.cluster.clone(),
+            route.cluster().cloned().unwrap_or_else(|| Arc::from("")),
         ))
     }
 }

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Namespace, Pod, PodSpec, PodStatus, Service,
+    ConfigMap, Container, Namespace, Pod, PodSpec, PodStatus, Secret, Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -110,8 +110,10 @@ const fn kind(
     }
 }
 
-/// The Istio kinds watched: the ones the control plane translates.
-pub static ISTIO_KINDS: [IstioKind; 8] = [
+/// The kinds watched as dynamic objects: the Istio kinds the control plane translates, and the
+/// Gateway API's Gateway and HTTPRoute (their CRDs are upstream's; none installed, none
+/// watched).
+pub static ISTIO_KINDS: [IstioKind; 10] = [
     kind(
         "networking.istio.io",
         "v1",
@@ -155,11 +157,18 @@ pub static ISTIO_KINDS: [IstioKind; 8] = [
         "wasmplugins",
     ),
     kind("telemetry.istio.io", "v1", "Telemetry", "telemetries"),
+    kind("gateway.networking.k8s.io", "v1", "Gateway", "gateways"),
+    kind("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
 ];
 
 /// The watched Istio kind named `kind` (`VirtualService`, ...).
 pub fn istio_kind(kind: &str) -> Option<&'static IstioKind> {
-    ISTIO_KINDS.iter().find(|k| k.kind == kind)
+    ISTIO_KINDS.iter().find(|k| k.kind == kind && k.group.ends_with(".istio.io"))
+}
+
+/// The watched kind of a group named `kind` (`Gateway` is both Istio's and the Gateway API's).
+pub fn watched_kind(group: &str, kind: &str) -> Option<&'static IstioKind> {
+    ISTIO_KINDS.iter().find(|k| k.kind == kind && k.group == group)
 }
 
 /// An Istio object as the API server holds it: what a status writer needs to patch it.
@@ -264,6 +273,14 @@ impl KubeSource {
                 trim_pod,
             ),
             namespaces: r.run("namespaces", Api::all(c()), all(), (), trim_namespace),
+            // Only what a Gateway API listener can serve (its certificateRefs).
+            tls_secrets: r.run(
+                "secrets",
+                Api::all(c()),
+                all().fields(&format!("type={TLS_SECRET_TYPE}")),
+                (),
+                trim_secret,
+            ),
         };
         let namespaces = Namespaces(stores.namespaces.clone());
         let pods = Pods(stores.pods.clone());
@@ -489,7 +506,15 @@ struct Stores {
     slices: Store<EndpointSlice>,
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
+    /// `kubernetes.io/tls` Secrets.
+    tls_secrets: Store<Secret>,
 }
+
+/// The type of the Secrets watched.
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+
+/// The keys of a TLS Secret read (the certificate chain, its key, a CA).
+pub const TLS_SECRET_KEYS: [&str; 3] = ["tls.crt", "tls.key", "ca.crt"];
 
 // What the stores keep of each object: only what translation reads (pods are many).
 
@@ -544,6 +569,15 @@ fn trim_pod(p: &mut Pod) {
         service_account_name: s.service_account_name,
         ..PodSpec::default()
     });
+}
+
+fn trim_secret(s: &mut Secret) {
+    s.managed_fields_mut().clear();
+    s.annotations_mut().clear();
+    s.string_data = None;
+    if let Some(data) = &mut s.data {
+        data.retain(|k, _| TLS_SECRET_KEYS.contains(&k.as_str()));
+    }
 }
 
 fn trim_namespace(n: &mut Namespace) {

@@ -37,6 +37,8 @@ use wasmesh_controlplane::diag::{Diagnostic, Level};
 use crate::lease::{has_code, jitter};
 use crate::source::IstioObjects;
 
+pub mod gateway_api;
+
 /// The field manager of our writes.
 const MANAGER: &str = "wasmesh-controlplane";
 

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use wasmesh_config::{
-    CircuitBreakers, Cluster, Dur, LbPolicy, ServiceRef, UpstreamProtocol, UpstreamTls,
+    CircuitBreakers, Cluster, Dur, LbPolicy, Resolution, ServiceRef, UpstreamProtocol, UpstreamTls,
     UpstreamTlsMode,
 };
 use wasmesh_policy::{CircuitBreakerConfig, ClusterPolicy, OutlierDetection};
@@ -40,7 +40,20 @@ pub(crate) fn build(registry: &Registry, diags: &mut Vec<Diagnostic>) -> Cluster
         let dr_policy = rule.and_then(|(_, dr)| dr.traffic_policy.as_ref());
         let name = cluster_name(svc.port, None, &svc.host);
         let all: Vec<&Endpoint> = svc.endpoints.iter().collect();
-        if all.is_empty() {
+        let original_dst = svc.resolution == Resolution::OriginalDst;
+        if original_dst && svc.protocol == PortProtocol::Tcp {
+            // A transparent sidecar passes such connections through to where they were
+            // going, which is what Istio's ORIGINAL_DST TCP cluster does.
+            diags.push(svc.entry.diag(Diagnostic::info(
+                code::NOTE,
+                format!(
+                    "Host {} port {} (TCP, resolution NONE): connections pass through to their original destination; no cluster",
+                    svc.host, svc.port
+                ),
+            )));
+            continue;
+        }
+        if all.is_empty() && !original_dst {
             diags.push(svc.entry.diag(Diagnostic::warning(
                 code::NO_ENDPOINTS,
                 format!(
@@ -61,7 +74,9 @@ pub(crate) fn build(registry: &Registry, diags: &mut Vec<Diagnostic>) -> Cluster
                 .iter()
                 .filter(|e| labels_match(&subset.labels, &e.labels))
                 .collect();
-            if selected.is_empty() {
+            // An original-destination cluster has no endpoints to select: its subsets go
+            // where the request goes too (Istio's subset clusters keep the cluster's type).
+            if selected.is_empty() && !original_dst {
                 if empty_subsets.insert((dr_res.namespace(), dr_res.name(), i)) {
                     diags.push(dr_res.diag(
                         Diagnostic::warning(
@@ -193,7 +208,7 @@ fn cluster(name: &str, svc: &Service, endpoints: &[&Endpoint], p: &Effective) ->
     };
     let unlimited = CircuitBreakers::default();
     Cluster {
-        resolution: Default::default(),
+        resolution: svc.resolution,
         service: Some(service_ref(&svc.host, svc.entry.namespace())),
         name: name.to_owned(),
         endpoints: endpoints.iter().map(|e| e.address.clone()).collect(),
@@ -227,6 +242,10 @@ fn cluster(name: &str, svc: &Service, endpoints: &[&Endpoint], p: &Effective) ->
 /// name with `_.` for `|`). A cluster with any endpoint that has no sidecar stays plaintext,
 /// which those endpoints and PERMISSIVE sidecars accept.
 fn auto_mtls(name: &str, endpoints: &[&Endpoint]) -> Option<UpstreamTls> {
+    // No endpoints (an original-destination cluster): nothing known to have a sidecar.
+    if endpoints.is_empty() {
+        return None;
+    }
     let identities: BTreeSet<&str> = endpoints
         .iter()
         .map(|e| e.sidecar_identity.as_deref())

@@ -14,11 +14,15 @@ pub(crate) use clusters::service_ref;
 use std::collections::{BTreeMap, BTreeSet};
 
 use wasmesh_config::filters::{FailStrategy, FilterScope, HttpFilter, Phase, VmConfig};
-use wasmesh_config::{Bootstrap, Dur, HttpOptions, Listener, TrafficDirection, WasmOptions};
+use wasmesh_config::{
+    Bootstrap, Cluster, Dur, HttpOptions, Listener, Resolution, ServiceRef, TrafficDirection,
+    UpstreamProtocol, WasmOptions,
+};
 use wasmesh_policy::{CircuitBreakerConfig, FaultConfig, MirrorConfig, RouterConfig};
 
 use crate::diag::Diagnostic;
-use crate::manifests::Resource;
+use crate::istio::OutboundMode;
+use crate::manifests::{Resource, Spec};
 
 /// What the translation needs besides the manifests.
 #[derive(Clone, Debug, PartialEq)]
@@ -140,10 +144,13 @@ pub struct Translation {
 pub const PLUGIN_NAMES: [&str; 4] = ["router", "fault", "mirror", "circuit-breaker"];
 
 /// Translates what a load found; its diagnostics come first in the translation's.
+/// Gateway API resources are converted first (`gateway_api`), as the control plane does.
 pub fn translate_loaded(loaded: &crate::Loaded, options: &Options) -> Translation {
-    let mut t = translate(&loaded.resources, options);
-    t.diagnostics
-        .splice(0..0, loaded.diagnostics.iter().cloned());
+    let mut resources = loaded.resources.clone();
+    let mut diagnostics = loaded.diagnostics.clone();
+    crate::gateway_api::append(&mut resources, &mut diagnostics, &options.domain_suffix);
+    let mut t = translate(&resources, options);
+    t.diagnostics.splice(0..0, diagnostics);
     t
 }
 
@@ -158,37 +165,14 @@ impl Translation {
 /// error diagnostic is left out and the rest still translate.
 pub fn translate(resources: &[Resource], options: &Options) -> Translation {
     let mut diags = Vec::new();
-
-    // Valid resources only, each kind by namespace and name; the first of duplicates wins.
-    let mut seen = BTreeSet::new();
-    let mut valid: Vec<&Resource> = Vec::new();
-    for r in resources {
-        if !seen.insert((r.kind(), r.namespace().to_owned(), r.name().to_owned())) {
-            diags.push(r.diag(Diagnostic::warning(
-                crate::diag::code::SHADOWED,
-                format!(
-                    "Another {} named {}.{} came first: this one is ignored",
-                    r.kind(),
-                    r.name(),
-                    r.namespace()
-                ),
-            )));
-            continue;
-        }
-        let found = validate::resource(r);
-        let bad = found.iter().any(Diagnostic::is_error);
-        diags.extend(found);
-        if !bad {
-            valid.push(r);
-        }
-    }
-    valid.sort_by(|a, b| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
-    // Telemetries' providers, from the mesh config (they apply per sidecar: `sidecar`).
-    diags.extend(crate::telemetry::check(&valid));
-
+    let valid = valid_resources(resources, &mut diags);
     let registry = registry::Registry::build(&valid, options, &mut diags);
-    let clusters = clusters::build(&registry, &mut diags);
-    let routed = routes::build(&registry, &clusters, &valid, options, &mut diags);
+    let mut clusters = clusters::build(&registry, &mut diags);
+    let mode = outbound_mode(&valid);
+    let routed = routes::build(&registry, &clusters, &valid, options, mode, &mut diags);
+    if mode == OutboundMode::AllowAny {
+        clusters.bootstrap.push(passthrough_cluster());
+    }
 
     let listener = Listener {
         sni_routes: Vec::new(),
@@ -198,7 +182,18 @@ pub fn translate(resources: &[Resource], options: &Options) -> Translation {
         http: HttpOptions::default(),
         tls: None,
         http_filters: match &options.plugins {
-            Some(modules) => filters(modules, &routed, &clusters.circuit_breaker),
+            Some(modules) => filters(
+                modules,
+                &routed.router,
+                FilterScope {
+                    routes: routed.router_routes.clone(),
+                    clusters: Vec::new(),
+                    unrouted: true,
+                },
+                &routed.fault,
+                &routed.mirror,
+                &clusters.circuit_breaker,
+            ),
             None => Vec::new(),
         },
         virtual_hosts: routed.core_virtual_hosts,
@@ -230,6 +225,95 @@ pub fn translate(resources: &[Resource], options: &Options) -> Translation {
         circuit_breaker: clusters.circuit_breaker,
         diagnostics: dedup(diags),
     }
+}
+
+/// Istio's cluster for requests to destinations the mesh does not know, under `ALLOW_ANY`:
+/// each goes where it was going.
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+/// Istio's catch-all virtual host and route under `ALLOW_ANY` (to [`PASSTHROUGH_CLUSTER`]).
+pub const ALLOW_ANY_ROUTE: &str = "allow_any";
+/// Istio's catch-all virtual host and route under `REGISTRY_ONLY` (a direct 502).
+pub const BLOCK_ALL_ROUTE: &str = "block_all";
+
+/// The mesh config's outbound traffic policy (of the first valid mesh config; none:
+/// `ALLOW_ANY`, Istio's default).
+pub(crate) fn outbound_mode(valid: &[&Resource]) -> OutboundMode {
+    valid
+        .iter()
+        .find_map(|r| match &r.spec {
+            Spec::MeshConfig(m) => Some(m.outbound_mode()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Istio's `PassthroughCluster`: no endpoints, each request to its original destination (the
+/// redirected connection's, else its authority), in the protocol the caller spoke, with the
+/// mesh's connect timeout; its metrics name the service `PassthroughCluster`, as Istio's do.
+fn passthrough_cluster() -> Cluster {
+    Cluster {
+        name: PASSTHROUGH_CLUSTER.into(),
+        endpoints: Vec::new(),
+        resolution: Resolution::OriginalDst,
+        lb_policy: Default::default(),
+        protocol: UpstreamProtocol::Downstream,
+        connect_timeout: Dur(clusters::DEFAULT_CONNECT_TIMEOUT),
+        idle_timeout: Dur(clusters::DEFAULT_IDLE_TIMEOUT),
+        max_requests_per_connection: 0,
+        circuit_breakers: Default::default(),
+        retry_budget: None,
+        tls: None,
+        service: Some(ServiceRef {
+            // Istio's `destination_service` is the request's host here, which a cluster
+            // cannot name: left empty (the proxy reports `unknown`).
+            host: String::new(),
+            name: PASSTHROUGH_CLUSTER.into(),
+            namespace: String::new(),
+        }),
+    }
+}
+
+/// The resources that translate, each kind by namespace and name (the first of duplicates
+/// wins); what is wrong with the others goes to `diags`.
+fn valid_resources<'r>(
+    resources: &'r [Resource],
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<&'r Resource> {
+    // Valid resources only, each kind (of its group: Istio's and the Gateway API's Gateways
+    // differ) by namespace and name; the first of duplicates wins.
+    let mut seen = BTreeSet::new();
+    let mut valid: Vec<&Resource> = Vec::new();
+    for r in resources {
+        let id = (
+            r.group(),
+            r.kind(),
+            r.namespace().to_owned(),
+            r.name().to_owned(),
+        );
+        if !seen.insert(id) {
+            diags.push(r.diag(Diagnostic::warning(
+                crate::diag::code::SHADOWED,
+                format!(
+                    "Another {} named {}.{} came first: this one is ignored",
+                    r.kind(),
+                    r.name(),
+                    r.namespace()
+                ),
+            )));
+            continue;
+        }
+        let found = validate::resource(r);
+        let bad = found.iter().any(Diagnostic::is_error);
+        diags.extend(found);
+        if !bad {
+            valid.push(r);
+        }
+    }
+    valid.sort_by(|a, b| (a.namespace(), a.name()).cmp(&(b.namespace(), b.name())));
+    // Telemetries' providers, from the mesh config (they apply per sidecar: `sidecar`).
+    diags.extend(crate::telemetry::check(&valid));
+
+    valid
 }
 
 /// Where a traffic plugin has something to do.
@@ -264,29 +348,28 @@ impl Work {
 /// unfiltered path.
 fn filters(
     modules: &PluginModules,
-    routed: &routes::Routed,
+    router: &RouterConfig,
+    router_scope: FilterScope,
+    fault: &FaultConfig,
+    mirror: &MirrorConfig,
     circuit_breaker: &CircuitBreakerConfig,
 ) -> Vec<HttpFilter> {
     let json = |v: serde_json::Result<serde_json::Value>| v.expect("plugin configs serialize");
     let configs = [
         (
             &modules.router,
-            json(serde_json::to_value(&routed.router)),
-            Work::on(FilterScope {
-                routes: routed.router_routes.clone(),
-                clusters: Vec::new(),
-                unrouted: true,
-            }),
+            json(serde_json::to_value(router)),
+            Work::on(router_scope),
         ),
         (
             &modules.fault,
-            json(serde_json::to_value(&routed.fault)),
-            Work::on_routes(routed.fault.routes.keys().cloned().collect()),
+            json(serde_json::to_value(fault)),
+            Work::on_routes(fault.routes.keys().cloned().collect()),
         ),
         (
             &modules.mirror,
-            json(serde_json::to_value(&routed.mirror)),
-            Work::on_routes(routed.mirror.routes.keys().cloned().collect()),
+            json(serde_json::to_value(mirror)),
+            Work::on_routes(mirror.routes.keys().cloned().collect()),
         ),
         (
             &modules.circuit_breaker,
@@ -327,6 +410,53 @@ fn filters(
         .collect()
 }
 
+pub use routes::GatewayServer;
+
+/// A gateway port's share of the translation: its traffic plugins (the router holding the
+/// VirtualServices bound to its HTTP servers, run on every request, which the gateway's own
+/// routes never take) and its SNI routes (its PASSTHROUGH servers).
+pub struct GatewayRouting {
+    pub http_filters: Vec<HttpFilter>,
+    pub sni_routes: Vec<wasmesh_config::SniRoute>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Translates what a gateway serves on `port` for `servers` (every Gateway server selecting
+/// the gateway with that port number). Clusters are the mesh's, as [`translate`] names them.
+pub fn gateway_routing(
+    resources: &[Resource],
+    options: &Options,
+    port: u32,
+    servers: &[GatewayServer],
+) -> GatewayRouting {
+    let mut diags = Vec::new();
+    let valid = valid_resources(resources, &mut diags);
+    let registry = registry::Registry::build(&valid, options, &mut diags);
+    let clusters = clusters::build(&registry, &mut diags);
+    let routed = routes::for_gateway(
+        &registry, &clusters, &valid, options, port, servers, &mut diags,
+    );
+    let http_filters = match &options.plugins {
+        Some(modules) if !routed.router.virtual_hosts.is_empty() => filters(
+            modules,
+            &routed.router,
+            FilterScope {
+                unrouted: true,
+                ..FilterScope::default()
+            },
+            &routed.fault,
+            &routed.mirror,
+            &clusters.circuit_breaker,
+        ),
+        _ => Vec::new(),
+    };
+    GatewayRouting {
+        http_filters,
+        sni_routes: routed.sni_routes,
+        diagnostics: dedup(diags),
+    }
+}
+
 /// Drops repeated diagnostics (the same finding reached from several services), keeping order.
 fn dedup(diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
     let mut seen = BTreeMap::new();
@@ -357,6 +487,8 @@ pub fn cluster_name(port: u32, subset: Option<&str>, host: &str) -> String {
     format!("outbound|{port}|{}|{host}", subset.unwrap_or(""))
 }
 
+#[cfg(test)]
+mod egress_tests;
 #[cfg(test)]
 mod tests;
 

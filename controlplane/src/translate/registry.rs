@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use super::{Options, qualify};
 use crate::diag::{Diagnostic, code};
+use wasmesh_config::Resolution as ClusterResolution;
+
 use crate::istio::{self, Resolution};
 use crate::manifests::{Resource, Spec};
 
@@ -43,6 +45,9 @@ pub(crate) struct Service<'a> {
     /// The first HTTP port of its host: it also answers to names without a port.
     pub first_port: bool,
     pub endpoints: Vec<Endpoint>,
+    /// How its clusters find their endpoints: the ServiceEntry's `resolution` (unset is
+    /// Istio's NONE).
+    pub resolution: ClusterResolution,
     pub entry: &'a Resource,
 }
 
@@ -93,14 +98,20 @@ impl<'a> Registry<'a> {
                         )));
                         continue;
                     }
-                    let endpoints =
-                        endpoints(r, se, &host, port, &workloads, &options.trust_domain);
+                    let resolution = cluster_resolution(se.resolution);
+                    // NONE: requests go where they were going; endpoints are not used.
+                    let endpoints = if resolution == ClusterResolution::OriginalDst {
+                        Vec::new()
+                    } else {
+                        endpoints(r, se, &host, port, &workloads, &options.trust_domain)
+                    };
                     services.push(Service {
                         host: host.clone(),
                         port: port.number,
                         protocol,
                         first_port: first && protocol.is_http(),
                         endpoints,
+                        resolution,
                         entry: r,
                     });
                     first &= !protocol.is_http();
@@ -199,6 +210,20 @@ pub(crate) fn host_match(pattern: &str, host: &str) -> Option<usize> {
     (host.len() > suffix.len() && host.ends_with(suffix)).then_some(suffix.len())
 }
 
+/// Istio's cluster types for a ServiceEntry's resolution on a sidecar: STATIC's addresses
+/// as they are; DNS, DNS_ROUND_ROBIN (Envoy's LOGICAL_DNS, read as DNS: every address of a
+/// name is an endpoint) and DYNAMIC_DNS (read as DNS) by names the proxy resolves; NONE
+/// (Istio's default) to the original destination.
+fn cluster_resolution(resolution: Option<Resolution>) -> ClusterResolution {
+    match resolution {
+        Some(Resolution::Static) => ClusterResolution::Static,
+        Some(Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns) => {
+            ClusterResolution::Dns
+        }
+        Some(Resolution::None) | None => ClusterResolution::OriginalDst,
+    }
+}
+
 /// The protocol of a port; None (the port is skipped) for UDP and, with no name that says,
 /// a protocol Istio would sniff.
 fn protocol(port: &istio::ServicePort) -> Option<PortProtocol> {
@@ -250,7 +275,11 @@ fn endpoints(
             .copied()
             .or(port.target_port)
             .unwrap_or(port.number);
-        w.sidecar_ports.get(&app).copied().unwrap_or(app)
+        w.sidecar_ports
+            .get(&app)
+            .or(w.gateway_ports.get(&app))
+            .copied()
+            .unwrap_or(app)
     };
     let entry = |w: &istio::WorkloadEntry| {
         w.address

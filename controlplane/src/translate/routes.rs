@@ -14,10 +14,12 @@ use wasmesh_policy::{
 use super::clusters::Clusters;
 use super::registry::{Registry, Service, host_match};
 use super::validate::GRPC_STATUS;
-use super::{Options, cluster_name, qualify};
+use super::{
+    ALLOW_ANY_ROUTE, BLOCK_ALL_ROUTE, Options, PASSTHROUGH_CLUSTER, cluster_name, qualify,
+};
 use crate::diag::{Diagnostic, code};
 use crate::duration;
-use crate::istio::{self, HttpRoute};
+use crate::istio::{self, HttpRoute, OutboundMode};
 use crate::manifests::{Resource, Spec};
 
 /// Istio's default retry conditions (no `retries`, or `retries` without `retryOn`).
@@ -44,6 +46,36 @@ struct Ctx<'a, 'r> {
     mirror: MirrorConfig,
 }
 
+/// Where a route is served: a service port of the mesh, or a gateway's port.
+pub(crate) struct From<'g> {
+    /// The port requests came in on (a route's `match.port`; a destination's default port).
+    pub port: u32,
+    /// The gateway serving it (`namespace/name`); None: the mesh.
+    pub gateway: Option<&'g str>,
+}
+
+impl From<'_> {
+    fn mesh(port: u32) -> From<'static> {
+        From {
+            port,
+            gateway: None,
+        }
+    }
+
+    /// Whether a VirtualService of `namespace` naming `gateway` (`mesh`, `name` in its own
+    /// namespace, or `namespace/name`) means this.
+    pub fn is(&self, gateway: &str, namespace: &str) -> bool {
+        match self.gateway {
+            None => gateway == "mesh",
+            Some(own) => {
+                gateway != "mesh"
+                    && (gateway == own
+                        || (!gateway.contains('/') && own == format!("{namespace}/{gateway}")))
+            }
+        }
+    }
+}
+
 /// A VirtualService that applies to the mesh, with its hosts qualified.
 struct Bound<'r> {
     res: &'r Resource,
@@ -56,6 +88,7 @@ pub(crate) fn build(
     clusters: &Clusters,
     valid: &[&Resource],
     options: &Options,
+    mode: OutboundMode,
     diags: &mut Vec<Diagnostic>,
 ) -> Routed {
     let services: Vec<Bound> = valid
@@ -131,7 +164,8 @@ pub(crate) fn build(
                     b.res.namespace(),
                     route.name.clone().unwrap_or_else(|| i.to_string())
                 );
-                let Some(r) = ctx.route(b.res, &at, id, route, svc) else {
+                let from = From::mesh(svc.port);
+                let Some(r) = ctx.route(b.res, &at, id, route, &from) else {
                     continue;
                 };
                 if options.plugins.is_none() {
@@ -190,14 +224,11 @@ pub(crate) fn build(
             routes: core_routes,
         });
     }
-    if core.is_empty() {
-        // No service: every request gets 404 (NR), and the bootstrap stays valid.
-        core.push(wasmesh_config::VirtualHost {
-            require_tls: false,
-            name: "no-services".into(),
-            domains: vec!["*".into()],
-            routes: Vec::new(),
-        });
+    // Istio's catch-all virtual host, after every service's: what the mesh does not know goes
+    // where it was going (ALLOW_ANY) or gets 502 (REGISTRY_ONLY). A service whose host is `*`
+    // already takes every request.
+    if !used_domains.contains("*") {
+        core.push(catch_all(mode));
     }
     Routed {
         router,
@@ -205,6 +236,39 @@ pub(crate) fn build(
         mirror: ctx.mirror,
         core_virtual_hosts: core,
         router_routes,
+    }
+}
+
+/// Istio's `allow_any` virtual host (a route to `PassthroughCluster`, no timeout, no
+/// retries) or its `block_all` one (a direct 502, no body: Istio's `BlackHoleCluster` for
+/// HTTP), for every domain.
+fn catch_all(mode: OutboundMode) -> wasmesh_config::VirtualHost {
+    let (name, cluster, direct_response) = match mode {
+        OutboundMode::AllowAny => (ALLOW_ANY_ROUTE, PASSTHROUGH_CLUSTER.to_owned(), None),
+        OutboundMode::RegistryOnly => (
+            BLOCK_ALL_ROUTE,
+            String::new(),
+            Some(wasmesh_config::DirectResponse {
+                status: 502,
+                body: String::new(),
+            }),
+        ),
+    };
+    wasmesh_config::VirtualHost {
+        require_tls: false,
+        name: name.into(),
+        domains: vec!["*".into()],
+        routes: vec![wasmesh_config::Route {
+            name: Some(name.into()),
+            matcher: wasmesh_config::RouteMatch {
+                prefix: Some("/".into()),
+                path: None,
+            },
+            cluster,
+            direct_response,
+            timeout: Dur::default(),
+            retry_policy: None,
+        }],
     }
 }
 
@@ -295,17 +359,18 @@ impl Ctx<'_, '_> {
         at: &str,
         id: String,
         route: &HttpRoute,
-        svc: &Service,
+        from: &From,
     ) -> Option<Route> {
         if route.delegate.is_some() {
             return None;
         }
         let mut matches = Vec::new();
         for m in &route.matches {
-            let never = m.port.is_some_and(|p| p != svc.port)
+            let never = m.port.is_some_and(|p| p != from.port)
                 || !m.source_labels.is_empty()
                 || m.source_namespace.is_some()
-                || (!m.gateways.is_empty() && !m.gateways.iter().any(|g| g == "mesh"));
+                || (!m.gateways.is_empty()
+                    && !m.gateways.iter().any(|g| from.is(g, res.namespace())));
             if !never {
                 matches.push(route_match(m));
             }
@@ -351,7 +416,7 @@ impl Ctx<'_, '_> {
                             res,
                             &format!("{at}.route[{j}].destination"),
                             &d.destination,
-                            svc,
+                            from,
                         ),
                         weight: if single {
                             100
@@ -381,7 +446,7 @@ impl Ctx<'_, '_> {
         {
             self.fault.routes.insert(id.clone(), f);
         }
-        let mirrors = self.mirrors(res, at, route, svc);
+        let mirrors = self.mirrors(res, at, route, from);
         if !mirrors.is_empty() && !self.mirror.routes.contains_key(&id) {
             self.mirror.routes.insert(id.clone(), mirrors);
         }
@@ -405,13 +470,7 @@ impl Ctx<'_, '_> {
 
     /// A destination's cluster name. A host or subset that does not exist still gets its
     /// Istio name: no such cluster exists, so the proxy answers 503 (`NC`), as Envoy does.
-    fn resolve(
-        &mut self,
-        res: &Resource,
-        at: &str,
-        d: &istio::Destination,
-        from: &Service,
-    ) -> String {
+    fn resolve(&mut self, res: &Resource, at: &str, d: &istio::Destination, from: &From) -> String {
         let host = qualify(&d.host, res.namespace(), self.options);
         // HTTP routes go to HTTP ports only (a TCP port's cluster takes no HTTP).
         let ports: Vec<u32> = self
@@ -490,13 +549,7 @@ impl Ctx<'_, '_> {
         cluster_name(port, subset, &host)
     }
 
-    fn mirrors(
-        &mut self,
-        res: &Resource,
-        at: &str,
-        route: &HttpRoute,
-        svc: &Service,
-    ) -> Vec<Mirror> {
+    fn mirrors(&mut self, res: &Resource, at: &str, route: &HttpRoute, from: &From) -> Vec<Mirror> {
         let mut out = Vec::new();
         if let Some(m) = &route.mirror {
             let percentage = route
@@ -506,7 +559,7 @@ impl Ctx<'_, '_> {
                 .or(route.mirror_percent.map(f64::from))
                 .unwrap_or(100.0);
             out.push(Mirror {
-                cluster: self.resolve(res, &format!("{at}.mirror"), m, svc),
+                cluster: self.resolve(res, &format!("{at}.mirror"), m, from),
                 percentage,
             });
         }
@@ -516,7 +569,7 @@ impl Ctx<'_, '_> {
                     res,
                     &format!("{at}.mirrors[{j}].destination"),
                     &m.destination,
-                    svc,
+                    from,
                 ),
                 percentage: m.percentage.as_ref().map_or(100.0, |p| p.value),
             });
@@ -795,5 +848,201 @@ impl Retry {
             base_interval: Dur::millis(25),
             max_interval: None,
         }
+    }
+}
+
+/// One Gateway server on a gateway port, as the gateway translation hands it over.
+pub struct GatewayServer {
+    /// The Gateway, `namespace/name`.
+    pub gateway: String,
+    /// The server's hosts as written (`host`, `ns/host`, `./host`, `*/host`).
+    pub hosts: Vec<String>,
+    /// A PASSTHROUGH server: its hosts take the VirtualServices' `tls` routes.
+    pub passthrough: bool,
+}
+
+/// What a gateway port serves: the router's virtual hosts (HTTP servers) and the SNI routes
+/// (PASSTHROUGH servers), from the VirtualServices bound to the servers' Gateways.
+pub(crate) struct GatewayRouted {
+    pub router: RouterConfig,
+    pub fault: FaultConfig,
+    pub mirror: MirrorConfig,
+    pub sni_routes: Vec<wasmesh_config::SniRoute>,
+}
+
+/// The VirtualServices bound to `servers` (all on `port`), as Istio binds them to a gateway:
+/// the VirtualService names the server's Gateway, lives in a namespace the server's host
+/// allows, and their hosts intersect (the narrower of each pair is served). A host is served
+/// by the first VirtualService that binds it, by namespace and name.
+pub(crate) fn for_gateway(
+    registry: &Registry,
+    clusters: &Clusters,
+    valid: &[&Resource],
+    options: &Options,
+    port: u32,
+    servers: &[GatewayServer],
+    diags: &mut Vec<Diagnostic>,
+) -> GatewayRouted {
+    let mut ctx = Ctx {
+        registry,
+        clusters,
+        options,
+        diags,
+        fault: FaultConfig::default(),
+        mirror: MirrorConfig::default(),
+    };
+    let mut router = RouterConfig::default();
+    let mut sni_routes = Vec::new();
+    let mut used = BTreeSet::new();
+    let mut used_sni = BTreeSet::new();
+    for server in servers {
+        let gw_ns = server.gateway.split_once('/').map_or("", |(ns, _)| ns);
+        let from = From {
+            port,
+            gateway: Some(&server.gateway),
+        };
+        for r in valid {
+            let Spec::VirtualService(vs) = &r.spec else {
+                continue;
+            };
+            if !vs.gateways.iter().any(|g| from.is(g, r.namespace())) {
+                continue;
+            }
+            let hosts = bound_hosts(&server.hosts, gw_ns, r.namespace(), &vs.hosts);
+            if hosts.is_empty() {
+                continue;
+            }
+            if server.passthrough {
+                for (i, t) in vs.tls.iter().enumerate() {
+                    let names: Vec<String> = t
+                        .matches
+                        .iter()
+                        .filter(|m| m.port.is_none_or(|p| p == port))
+                        .filter(|m| {
+                            m.gateways.is_empty()
+                                || m.gateways.iter().any(|g| from.is(g, r.namespace()))
+                        })
+                        .flat_map(|m| &m.sni_hosts)
+                        .map(|h| h.to_ascii_lowercase())
+                        .filter(|h| hosts.iter().any(|b| covers(b, h) || covers(h, b)))
+                        .filter(|h| used_sni.insert(h.clone()))
+                        .collect();
+                    let Some(dest) = t.route.iter().max_by_key(|d| d.weight.unwrap_or(0)) else {
+                        continue;
+                    };
+                    if names.is_empty() {
+                        continue;
+                    }
+                    let at = format!("spec.tls[{i}].route");
+                    let cluster = ctx.resolve_tcp(r, &at, &dest.destination);
+                    sni_routes.push(wasmesh_config::SniRoute {
+                        server_names: names,
+                        cluster,
+                    });
+                }
+                continue;
+            }
+            let domains: Vec<String> = hosts
+                .into_iter()
+                .filter(|h| used.insert(h.clone()))
+                .collect();
+            if domains.is_empty() {
+                continue;
+            }
+            let mut routes = Vec::new();
+            for (i, route) in vs.http.iter().enumerate() {
+                let at = format!("spec.http[{i}]");
+                let id = format!(
+                    "{}.{}/{}",
+                    r.name(),
+                    r.namespace(),
+                    route.name.clone().unwrap_or_else(|| i.to_string())
+                );
+                if let Some(route) = ctx.route(r, &at, id, route, &from) {
+                    routes.push(route);
+                }
+            }
+            router.virtual_hosts.push(VirtualHost {
+                name: format!("{}.{}:{port}", r.name(), r.namespace()),
+                domains,
+                routes,
+            });
+        }
+    }
+    GatewayRouted {
+        router,
+        fault: ctx.fault,
+        mirror: ctx.mirror,
+        sni_routes,
+    }
+}
+
+/// The hosts a VirtualService of `vs_ns` serves through a server with `server_hosts` of a
+/// Gateway in `gw_ns`: for each pair that intersects, the narrower name.
+fn bound_hosts(
+    server_hosts: &[String],
+    gw_ns: &str,
+    vs_ns: &str,
+    vs_hosts: &[String],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for sh in server_hosts {
+        let (ns, host) = sh.split_once('/').unwrap_or(("*", sh));
+        let allowed = ns == "*" || ns == vs_ns || (ns == "." && vs_ns == gw_ns);
+        if !allowed {
+            continue;
+        }
+        let host = host.to_ascii_lowercase();
+        for vh in vs_hosts {
+            let vh = vh.trim().to_ascii_lowercase();
+            let narrower = if covers(&host, &vh) {
+                vh
+            } else if covers(&vh, &host) {
+                host.clone()
+            } else {
+                continue;
+            };
+            if !out.contains(&narrower) {
+                out.push(narrower);
+            }
+        }
+    }
+    out
+}
+
+/// Whether the name pattern `pattern` (`*`, `*.suffix` or exact) covers `name` (which may
+/// itself be a wildcard: `*.example.com` covers `*.api.example.com`).
+fn covers(pattern: &str, name: &str) -> bool {
+    pattern == name
+        || pattern == "*"
+        || pattern
+            .strip_prefix('*')
+            .is_some_and(|suffix| name.len() > suffix.len() && name.ends_with(suffix))
+}
+
+impl Ctx<'_, '_> {
+    /// A TLS route destination's cluster: its host's port (the one given, or its only one).
+    fn resolve_tcp(&mut self, res: &Resource, at: &str, d: &istio::Destination) -> String {
+        let host = qualify(&d.host, res.namespace(), self.options);
+        let ports: Vec<u32> = self.registry.by_host(&host).map(|s| s.port).collect();
+        let port = match (&d.port, ports.as_slice()) {
+            (Some(p), _) => p.number,
+            (None, [one]) => *one,
+            (None, _) => {
+                self.report(
+                    res,
+                    Diagnostic::error(
+                        code::REFERENCED_RESOURCE_NOT_FOUND,
+                        format!(
+                            "Referenced host not found or without a single port: {:?}",
+                            d.host
+                        ),
+                    )
+                    .at(format!("{at}.destination")),
+                );
+                ports.first().copied().unwrap_or(443)
+            }
+        };
+        cluster_name(port, d.subset.as_deref(), &host)
     }
 }

@@ -259,6 +259,8 @@ pub(crate) fn resource(r: &Resource) -> Vec<Diagnostic> {
         Spec::MeshConfig(m) => mesh_config(&mut c, m),
         Spec::Gateway(g) => gateway(&mut c, g),
         Spec::Secret(_) => {}
+        // Checked by their conversion (`gateway_api`), which reports as Istio's status does.
+        Spec::KubeGateway(_) | Spec::HttpRoute(_) => {}
     }
     c.out
 }
@@ -707,6 +709,27 @@ fn mesh_config(c: &mut Check, m: &istio::MeshConfig) {
             "wasmesh's root namespace is istio-system",
         );
     }
+    if let Some(p) = &m.outbound_traffic_policy {
+        let field = at("outboundTrafficPolicy");
+        if let Some(mode) = &p.mode
+            && istio::OutboundMode::parse(mode).is_none()
+        {
+            c.error(
+                &format!("{field}.mode"),
+                format!(
+                    "{mode:?} is not an outbound traffic policy mode: ALLOW_ANY (Istio's default) \
+                     or REGISTRY_ONLY"
+                ),
+            );
+        }
+        if p.egress_proxy.is_some() {
+            c.unsupported(
+                &format!("{field}.egressProxy"),
+                "unknown destinations go where they were going (ALLOW_ANY) or nowhere \
+                 (REGISTRY_ONLY), not to an egress proxy",
+            );
+        }
+    }
 }
 
 fn authorization_policy(c: &mut Check, ap: &istio::AuthorizationPolicy) {
@@ -963,8 +986,49 @@ fn virtual_service(c: &mut Check, vs: &istio::VirtualService) {
             "applies to gateways only (not \"mesh\"): nothing to translate for the mesh",
         );
     }
-    if vs.tls.is_some() {
-        c.unsupported("spec.tls", "TLS routes are ignored");
+    for (i, route) in vs.tls.iter().enumerate() {
+        let at = format!("spec.tls[{i}]");
+        if route.matches.is_empty() {
+            c.error(
+                &format!("{at}.match"),
+                "a TLS route needs a match with sniHosts",
+            );
+        }
+        for (j, m) in route.matches.iter().enumerate() {
+            if m.sni_hosts.is_empty() {
+                c.error(
+                    &format!("{at}.match[{j}].sniHosts"),
+                    "at least one is required",
+                );
+            }
+            if !m.destination_subnets.is_empty()
+                || !m.source_labels.is_empty()
+                || m.source_namespace.is_some()
+            {
+                c.unsupported(
+                    &format!("{at}.match[{j}]"),
+                    "destinationSubnets, sourceLabels and sourceNamespace are ignored",
+                );
+            }
+        }
+        if route.route.is_empty() {
+            c.error(
+                &format!("{at}.route"),
+                "at least one destination is required",
+            );
+        }
+        if route.route.len() > 1 {
+            c.unsupported(
+                &format!("{at}.route"),
+                "weights across TLS destinations are not split: the heaviest takes all",
+            );
+        }
+    }
+    if !vs.tls.is_empty() && (vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh")) {
+        c.note(
+            "spec.tls",
+            "TLS routes are served by gateways only, not sidecars",
+        );
     }
     if vs.tcp.is_some() {
         c.unsupported("spec.tcp", "TCP routes are ignored");
@@ -1649,10 +1713,13 @@ fn service_entry(c: &mut Check, se: &istio::ServiceEntry) {
             "DYNAMIC_DNS: read as DNS, so a wildcard host has no endpoints",
         );
     }
-    if resolution == Resolution::None {
-        c.unsupported(
+    if resolution == Resolution::None
+        && (!se.endpoints.is_empty() || se.workload_selector.is_some())
+    {
+        c.note(
             "spec.resolution",
-            "NONE (passthrough to the original destination): only the listed endpoints are used",
+            "NONE: requests go where the caller sent them (Istio's ORIGINAL_DST cluster); \
+             sidecars do not use the endpoints",
         );
     }
     for (i, e) in se.endpoints.iter().enumerate() {

@@ -179,7 +179,7 @@ pub struct TcpProxy {
 }
 
 /// What an `original_dst` listener does with what no listener handles.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OriginalDst {
     /// The listeners (by name) this one hands connections to.
@@ -189,6 +189,20 @@ pub struct OriginalDst {
     /// instead of capturing again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passthrough_source: Option<std::net::IpAddr>,
+    /// Whether what no listener handles passes through (Istio's `PassthroughCluster`, the
+    /// default); false closes it (Istio's `BlackHoleCluster` under `REGISTRY_ONLY`).
+    #[serde(default = "defaults::yes", skip_serializing_if = "defaults::is_true")]
+    pub passthrough: bool,
+}
+
+impl Default for OriginalDst {
+    fn default() -> OriginalDst {
+        OriginalDst {
+            listeners: Vec::new(),
+            passthrough_source: None,
+            passthrough: true,
+        }
+    }
 }
 
 /// Downstream TLS. `strict` and `permissive`: mTLS with the proxy's workload certificate, a
@@ -589,6 +603,14 @@ pub struct RetryBudget {
 mod defaults {
     use super::{Dur, RetryOn};
 
+    pub fn yes() -> bool {
+        true
+    }
+
+    pub fn is_true(v: &bool) -> bool {
+        *v
+    }
+
     pub fn drain_timeout() -> Dur {
         Dur::secs(5)
     }
@@ -746,14 +768,42 @@ impl Bootstrap {
                     format!("duplicate cluster name {:?}", c.name),
                 ));
             }
-            if c.endpoints.is_empty() {
-                return Err(ConfigError::at(
-                    at("endpoints"),
-                    "at least one endpoint is required",
-                ));
+            match c.resolution {
+                Resolution::OriginalDst => {
+                    if !c.endpoints.is_empty() {
+                        return Err(ConfigError::at(
+                            at("endpoints"),
+                            "an original_dst cluster takes no endpoints: each request goes \
+                             where it was going",
+                        ));
+                    }
+                    if c.protocol == UpstreamProtocol::Tcp {
+                        // A redirected TCP connection no listener handles is already passed
+                        // through by its `original_dst` listener; a `tcp_proxy` connection
+                        // has no destination of its own to go to.
+                        return Err(ConfigError::at(
+                            at("protocol"),
+                            "an original_dst cluster carries HTTP; TCP is passed through by \
+                             the original_dst listener",
+                        ));
+                    }
+                }
+                Resolution::Static | Resolution::Dns => {
+                    if c.endpoints.is_empty() {
+                        return Err(ConfigError::at(
+                            at("endpoints"),
+                            "at least one endpoint is required",
+                        ));
+                    }
+                }
             }
             for (j, e) in c.endpoints.iter().enumerate() {
-                resolve_endpoint(e)
+                let checked = match c.resolution {
+                    // A name that does not resolve yet is no error: the cluster waits for it.
+                    Resolution::Dns => split_host_port(e).map(drop),
+                    _ => resolve_endpoint(e).map(drop),
+                };
+                checked
                     .map_err(|e| ConfigError::at(at(&format!("endpoints[{j}]")), e.to_string()))?;
             }
             if let Some(tls) = &c.tls {
@@ -885,6 +935,38 @@ impl Bootstrap {
                     ));
                 }
             }
+            if let Some(tls) = &l.tls {
+                validate_downstream_tls(tls, l.original_dst.is_some(), !l.sni_routes.is_empty())
+                    .map_err(|(field, reason)| ConfigError::at(at(&format!("tls.{field}")), reason))?;
+            }
+            for (j, route) in l.sni_routes.iter().enumerate() {
+                let at = |field: &str| format!("listeners[{i}].sni_routes[{j}].{field}");
+                if route.server_names.is_empty() {
+                    return Err(ConfigError::at(
+                        at("server_names"),
+                        "at least one server name is required",
+                    ));
+                }
+                for (k, name) in route.server_names.iter().enumerate() {
+                    validate_server_name(name)
+                        .map_err(|r| ConfigError::at(at(&format!("server_names[{k}]")), r))?;
+                }
+                match self.clusters.iter().find(|c| c.name == route.cluster) {
+                    None => {
+                        return Err(ConfigError::at(
+                            at("cluster"),
+                            format!("unknown cluster {:?}", route.cluster),
+                        ));
+                    }
+                    Some(c) if c.protocol != UpstreamProtocol::Tcp => {
+                        return Err(ConfigError::at(
+                            at("cluster"),
+                            format!("cluster {:?} is not of protocol tcp", route.cluster),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
             if let Some(od) = &l.original_dst {
                 let mut handled = HashSet::new();
                 for (j, name) in od.listeners.iter().enumerate() {
@@ -930,6 +1012,7 @@ impl Bootstrap {
                     ("http_filters", !l.http_filters.is_empty()),
                     ("original_dst", l.original_dst.is_some()),
                     ("tls", l.tls.is_some()),
+                    ("sni_routes", !l.sni_routes.is_empty()),
                 ];
                 if let Some((field, _)) = http.iter().find(|(_, set)| *set) {
                     return Err(ConfigError::at(
@@ -939,7 +1022,9 @@ impl Bootstrap {
                 }
                 continue;
             }
-            if l.virtual_hosts.is_empty() && l.original_dst.is_none() {
+            // A listener that only passes TLS through by SNI serves no HTTP.
+            let passthrough_only = !l.sni_routes.is_empty() && l.tls.is_none();
+            if l.virtual_hosts.is_empty() && l.original_dst.is_none() && !passthrough_only {
                 return Err(ConfigError::at(
                     at("virtual_hosts"),
                     "at least one virtual host is required",
@@ -961,11 +1046,33 @@ impl Bootstrap {
                     let at = |field: &str| {
                         format!("listeners[{i}].virtual_hosts[{j}].routes[{k}].{field}")
                     };
-                    if !cluster_names.contains(r.cluster.as_str()) {
-                        return Err(ConfigError::at(
-                            at("cluster"),
-                            format!("unknown cluster {:?}", r.cluster),
-                        ));
+                    match (&r.direct_response, r.cluster.is_empty()) {
+                        (None, true) => {
+                            return Err(ConfigError::at(
+                                at("cluster"),
+                                "a route needs a cluster or a direct_response",
+                            ));
+                        }
+                        (Some(_), false) => {
+                            return Err(ConfigError::at(
+                                at("direct_response"),
+                                "set one of `cluster` and `direct_response`, not both",
+                            ));
+                        }
+                        (Some(d), true) if !(200..=599).contains(&d.status) => {
+                            return Err(ConfigError::at(
+                                at("direct_response.status"),
+                                format!("must be between 200 and 599, got {}", d.status),
+                            ));
+                        }
+                        (Some(_), true) => {}
+                        (None, false) if !cluster_names.contains(r.cluster.as_str()) => {
+                            return Err(ConfigError::at(
+                                at("cluster"),
+                                format!("unknown cluster {:?}", r.cluster),
+                            ));
+                        }
+                        (None, false) => {}
                     }
                     if self
                         .clusters
@@ -1044,6 +1151,17 @@ pub enum EndpointError {
     NoAddress(String),
 }
 
+/// A `name:port` endpoint split, the port checked (a `dns` cluster's names are resolved later).
+pub fn split_host_port(text: &str) -> Result<(&str, u16), EndpointError> {
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() => match port.parse::<u16>() {
+            Ok(port) if port != 0 => Ok((host, port)),
+            _ => Err(EndpointError::NoPort(text.to_owned())),
+        },
+        _ => Err(EndpointError::NoPort(text.to_owned())),
+    }
+}
+
 /// An endpoint is `ip:port` or `name:port`, resolved once.
 pub fn resolve_endpoint(text: &str) -> Result<SocketAddr, EndpointError> {
     if let Ok(addr) = text.parse() {
@@ -1059,6 +1177,120 @@ pub fn resolve_endpoint(text: &str) -> Result<SocketAddr, EndpointError> {
         })?
         .next()
         .ok_or_else(|| EndpointError::NoAddress(text.to_owned()))
+}
+
+/// A listener's downstream TLS: `simple`/`mutual` take certificates (and `mutual` its CAs);
+/// `strict`/`permissive` use the workload identity and take none. `Err` is (field under
+/// `tls`, reason).
+fn validate_downstream_tls(
+    tls: &DownstreamTls,
+    original_dst: bool,
+    sni_routes: bool,
+) -> Result<(), (String, String)> {
+    let err = |field: &str, reason: &str| Err((field.to_owned(), reason.to_owned()));
+    match tls.mode {
+        DownstreamTlsMode::Strict | DownstreamTlsMode::Permissive => {
+            let set = [
+                ("certificates", !tls.certificates.is_empty()),
+                ("ca_certificates", tls.ca_certificates.is_some()),
+                ("subject_alt_names", !tls.subject_alt_names.is_empty()),
+            ];
+            if let Some((field, _)) = set.iter().find(|(_, set)| *set) {
+                return err(
+                    field,
+                    "strict and permissive use the workload identity: no certificates, CAs \
+                     or subject_alt_names (use simple or mutual)",
+                );
+            }
+            if sni_routes {
+                return err(
+                    "mode",
+                    "sni_routes fall back to simple or mutual termination, not mesh mTLS",
+                );
+            }
+            return Ok(());
+        }
+        DownstreamTlsMode::Simple | DownstreamTlsMode::Mutual => {}
+    }
+    if original_dst {
+        return err(
+            "mode",
+            "an original_dst listener terminates mesh mTLS only (strict or permissive)",
+        );
+    }
+    if tls.certificates.is_empty() {
+        return err("certificates", "at least one certificate is required");
+    }
+    for (i, c) in tls.certificates.iter().enumerate() {
+        for (j, name) in c.server_names.iter().enumerate() {
+            validate_server_name(name)
+                .map_err(|r| (format!("certificates[{i}].server_names[{j}]"), r))?;
+        }
+        for (field, source) in [
+            ("certificate_chain", &c.certificate_chain),
+            ("private_key", &c.private_key),
+        ] {
+            if source.is_empty() {
+                return Err((
+                    format!("certificates[{i}].{field}"),
+                    "must not be empty".to_owned(),
+                ));
+            }
+        }
+    }
+    match (tls.mode, &tls.ca_certificates) {
+        (DownstreamTlsMode::Mutual, None) => {
+            return err(
+                "ca_certificates",
+                "mutual needs the CAs client certificates must chain to",
+            );
+        }
+        (DownstreamTlsMode::Mutual, Some(ca)) if ca.is_empty() => {
+            return err("ca_certificates", "must not be empty");
+        }
+        (DownstreamTlsMode::Simple, Some(_)) => {
+            return err(
+                "ca_certificates",
+                "simple asks for no client certificate (use mutual)",
+            );
+        }
+        (DownstreamTlsMode::Simple, None) if !tls.subject_alt_names.is_empty() => {
+            return err(
+                "subject_alt_names",
+                "simple asks for no client certificate (use mutual)",
+            );
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+impl DataSource {
+    fn is_empty(&self) -> bool {
+        match self {
+            DataSource::Filename(s) | DataSource::InlineString(s) => s.trim().is_empty(),
+        }
+    }
+}
+
+/// A TLS server name: an exact DNS name or `*.suffix`, ASCII letters, digits, `-` and `.`.
+fn validate_server_name(name: &str) -> Result<(), String> {
+    let exact = name.strip_prefix("*.").unwrap_or(name);
+    let well_formed = !exact.is_empty()
+        && exact.len() <= 253
+        && exact.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !well_formed {
+        return Err(format!(
+            "{name:?} is not a server name: use an exact DNS name or \"*.suffix\""
+        ));
+    }
+    Ok(())
 }
 
 fn validate_domain(d: &str) -> Result<(), String> {

@@ -211,3 +211,76 @@ fn tcp_proxy_listeners_name_a_tcp_cluster_and_serve_no_http() {
     ));
     assert!(e.reason.contains("speaks TCP"), "{e}");
 }
+
+#[test]
+fn direct_responses_and_resolutions_are_checked() {
+    let direct = MINIMAL.replace(
+        "cluster: backend",
+        "direct_response: {status: 502, body: blocked}",
+    );
+    let b = Bootstrap::parse(&direct).unwrap();
+    let r = &b.listeners[0].virtual_hosts[0].routes[0];
+    assert_eq!(r.cluster, "");
+    assert_eq!(
+        r.direct_response,
+        Some(DirectResponse {
+            status: 502,
+            body: "blocked".into()
+        })
+    );
+
+    let e = err(&MINIMAL.replace(
+        "cluster: backend",
+        "cluster: backend\n      direct_response: {status: 502}",
+    ));
+    assert_eq!(
+        e.field,
+        "listeners[0].virtual_hosts[0].routes[0].direct_response"
+    );
+    assert!(e.reason.contains("not both"), "{e}");
+    let e = err(&MINIMAL.replace("cluster: backend", "timeout: 1s"));
+    assert_eq!(e.field, "listeners[0].virtual_hosts[0].routes[0].cluster");
+    assert!(e.reason.contains("cluster or a direct_response"), "{e}");
+    let e = err(&MINIMAL.replace("cluster: backend", "direct_response: {status: 99}"));
+    assert_eq!(
+        e.field,
+        "listeners[0].virtual_hosts[0].routes[0].direct_response.status"
+    );
+
+    // dns: names are not resolved at load, but need a port.
+    let dns = MINIMAL.replace(
+        "endpoints: [\"127.0.0.1:8080\"]",
+        "resolution: dns\n  endpoints: [\"no-such-host.invalid:80\"]",
+    );
+    assert_eq!(
+        Bootstrap::parse(&dns).unwrap().clusters[0].resolution,
+        Resolution::Dns
+    );
+    let e = err(&dns.replace("invalid:80", "invalid"));
+    assert_eq!(e.field, "clusters[0].endpoints[0]");
+    assert!(e.reason.contains("no port"), "{e}");
+    let e = err(&dns.replace("[\"no-such-host.invalid:80\"]", "[]"));
+    assert_eq!(e.field, "clusters[0].endpoints");
+    // Static names are still resolved at load.
+    let e = err(&MINIMAL.replace("127.0.0.1:8080", "no-such-host.invalid:80"));
+    assert_eq!(e.field, "clusters[0].endpoints[0]");
+
+    let od = MINIMAL.replace(
+        "endpoints: [\"127.0.0.1:8080\"]",
+        "resolution: original_dst",
+    );
+    assert_eq!(
+        Bootstrap::parse(&od).unwrap().clusters[0].resolution,
+        Resolution::OriginalDst
+    );
+    let e = err(&od.replace(
+        "resolution: original_dst",
+        "resolution: original_dst\n  endpoints: [\"127.0.0.1:1\"]",
+    ));
+    assert_eq!(e.field, "clusters[0].endpoints");
+    let e = err(&od.replace(
+        "resolution: original_dst",
+        "resolution: original_dst\n  protocol: tcp",
+    ));
+    assert_eq!(e.field, "clusters[0].protocol");
+}

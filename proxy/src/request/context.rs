@@ -113,17 +113,18 @@ impl Exchange {
     }
 
     pub(crate) fn capture_route(&mut self, route: &Route) {
-        self.capture_names(route.name.as_bytes(), &route.cluster.name);
+        self.capture_names(route.name.as_bytes(), route.cluster().map(|c| &*c.name));
     }
 
-    /// The route and cluster a request went to, for the access log (read only when it is on).
-    pub(crate) fn capture_names(&mut self, route: &[u8], cluster: &str) {
+    /// The route and cluster a request went to (none for a direct response, as Envoy logs
+    /// it), for the access log (read only when it is on) and the span.
+    pub(crate) fn capture_names(&mut self, route: &[u8], cluster: Option<&str>) {
         if let Some(span) = &mut self.trace {
-            span.capture_names(route, cluster);
+            span.capture_names(route, cluster.unwrap_or("-"));
         }
         if let Some(log) = &mut self.log {
             log.route_name = Some(String::from_utf8_lossy(route).into_owned());
-            log.cluster = Some(cluster.to_owned());
+            log.cluster = cluster.map(str::to_owned);
         }
     }
 }

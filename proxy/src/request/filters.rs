@@ -64,7 +64,7 @@ impl Filters {
         let (route_name, cluster_name) = match core {
             Some(r) => (
                 Bytes::copy_from_slice(r.name.as_bytes()),
-                r.cluster.name.clone(),
+                r.cluster().map(|c| c.name.clone()).unwrap_or_default(),
             ),
             None => Default::default(),
         };
@@ -156,6 +156,12 @@ impl Filters {
     /// A local reply a body filter made, which stopped the request body.
     pub(super) fn take_local_reply(&self) -> Option<LocalResponse> {
         self.driver.take_local_reply()
+    }
+
+    /// The request is answered here without going upstream (a direct response): the
+    /// filters keep reading its head while the reply passes them, as after it was sent.
+    pub(super) fn keep_request_head(&self, parts: &Parts) {
+        self.driver.request_sent(parts);
     }
 
     /// The request body as it goes upstream: through the filters, and copied to mirrors.

@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::Response;
 use http::header::{self, HeaderValue};
+use http::uri::Authority;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
@@ -25,9 +26,10 @@ use crate::conn::ConnCtx;
 use crate::headers;
 use crate::snapshot::Snapshot;
 use crate::stats::{ResponseFlag, ResponseFlags};
-use crate::upstream::pool::{AcquireError, ClusterPool};
+use crate::upstream::destination::{self, DestinationError};
+use crate::upstream::pool::{AcquireError, ClusterPool, EndpointPool};
 use crate::upstream::{
-    self, ActiveRequest, Outbound, Protocol, RequestBody, SendError, pick_endpoint,
+    self, ActiveRequest, Endpoints, Outbound, Protocol, RequestBody, SendError, pick_endpoint,
 };
 
 const UPSTREAM_SERVICE_TIME: header::HeaderName =
@@ -47,16 +49,24 @@ pub(super) async fn forward(
     ex: &mut Exchange,
 ) -> Response<ProxyBody> {
     crate::telemetry::peer::on_forward(&mut request.parts.headers, target.cluster, &mut ex.istio);
-    let upstream = Upstream {
+    let mut upstream = Upstream {
         pool: conn.worker.pools.cluster(target.cluster),
         route: target,
         conn,
+        destination: None,
     };
     if let Some(filters) = filters
         && let Some(delay) = filters.injected_delay(ex)
     {
         // Boxed, as every filter-only state: it would otherwise enlarge every request's.
         Box::pin(tokio::time::sleep(delay)).await;
+    }
+    if let Endpoints::OriginalDst = upstream.route.cluster.endpoints {
+        // Boxed: only these requests pay for a name lookup's state.
+        match Box::pin(upstream.find_destination(request.authority.as_ref(), ex)).await {
+            Ok(pool) => upstream.destination = Some(pool),
+            Err(reply) => return reply.into_response(ex),
+        }
     }
     // The request stays where it is (its fields are used in place): moving it into the next
     // future would copy its head.
@@ -125,12 +135,10 @@ pub(super) async fn forward(
     let mut _retry_slot = None;
     let mut attempt = 1;
     loop {
-        let Some(index) = pick_endpoint(cluster, &upstream.pool.rr, tried.as_slice()) else {
+        let Some(endpoint_pool) = upstream.pick(&mut tried) else {
             return failed(LocalReply::no_healthy_upstream(), ex);
         };
-        tried.push(index);
-        let endpoint_pool = upstream.pool.endpoints[index].clone();
-        active.set_endpoint(index);
+        active.set_endpoint(&endpoint_pool);
         ex.upstream_host = Some(endpoint_pool.endpoint().addr);
         endpoint_pool.endpoint().rq_total.fetch_add(1, Relaxed);
 
@@ -244,9 +252,53 @@ pub(super) struct Upstream<'a> {
     pub route: Target<'a>,
     pub pool: Rc<ClusterPool>,
     pub conn: &'a ConnCtx,
+    /// An `original_dst` cluster's endpoint for this request.
+    pub destination: Option<Rc<EndpointPool>>,
 }
 
 impl Upstream<'_> {
+    /// The endpoint of the next attempt: the request's destination, or one load balancing
+    /// picks among those not `tried` yet (and then tried).
+    pub(super) fn pick(&self, tried: &mut Tried) -> Option<Rc<EndpointPool>> {
+        if let Some(destination) = &self.destination {
+            return Some(destination.clone());
+        }
+        let index = pick_endpoint(&self.pool, tried.as_slice())?;
+        tried.push(index);
+        Some(self.pool.endpoints[index].clone())
+    }
+
+    /// Where a request to an `original_dst` cluster goes, and the worker's pool for it. A
+    /// name that does not resolve leaves no host to send to: `503 UH`, as Envoy's
+    /// ORIGINAL_DST load balancer gives none; the proxy's own listener is refused (`502`).
+    async fn find_destination(
+        &self,
+        authority: Option<&Authority>,
+        ex: &mut Exchange,
+    ) -> Result<Rc<EndpointPool>, LocalReply> {
+        let (conn, cluster) = (self.conn, self.route.cluster);
+        let found = destination::destination(
+            conn.original_dst,
+            authority,
+            cluster.tls.is_some(),
+            &conn.worker.shared.listener_addrs,
+            conn.local,
+            cluster.connect_timeout,
+        )
+        .await;
+        match found {
+            Ok(addr) => Ok(self.pool.destination(addr)),
+            Err(e) => {
+                ex.failure_reason = Some(e.to_string());
+                tracing::debug!(cluster = %cluster.name, error = %e, "no original destination");
+                Err(match e {
+                    DestinationError::Loop(_) => LocalReply::original_dst_loop(),
+                    _ => LocalReply::no_healthy_upstream(),
+                })
+            }
+        }
+    }
+
     /// Decides whether the body can be replayed: empty and small bodies are kept, large or
     /// unsized ones stream (and are then retried only if no byte of them was sent). A small
     /// body that may be retried is read whole first (`Err`: read it with [`read_whole`]).

@@ -17,6 +17,8 @@ pub(crate) struct LocalReply {
     body: Cow<'static, str>,
     details: Cow<'static, str>,
     flag: Option<ResponseFlag>,
+    /// A redirect's `location`.
+    location: Option<http::HeaderValue>,
 }
 
 impl LocalReply {
@@ -30,7 +32,20 @@ impl LocalReply {
             body: body.into(),
             details: details.into(),
             flag: None,
+            location: None,
         }
+    }
+
+    /// A virtual host's `require_tls` answering a plaintext request: `301` to the same host
+    /// and path over `https`, empty, details `direct_response` (Envoy's TLS redirect route).
+    /// A `:80` port goes (it is plaintext's); another stays, as Envoy keeps the host.
+    pub(crate) fn https_redirect(authority: &http::uri::Authority, uri: &http::Uri) -> Self {
+        let host = authority.as_str();
+        let host = host.strip_suffix(":80").unwrap_or(host);
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut reply = LocalReply::new(StatusCode::MOVED_PERMANENTLY, "", "direct_response");
+        reply.location = http::HeaderValue::from_str(&format!("https://{host}{path}")).ok();
+        reply
     }
 
     pub(super) fn flagged(mut self, flag: ResponseFlag) -> Self {
@@ -47,12 +62,29 @@ impl LocalReply {
             .flagged(ResponseFlag::NoRouteFound)
     }
 
+    /// A route's `direct_response`: no flag, details `direct_response`, as Envoy's router
+    /// answers it (Istio's `block_all` route logs `502 - direct_response`).
+    pub(crate) fn direct_response(d: &crate::config::DirectResponse) -> Self {
+        let status = StatusCode::from_u16(d.status).expect("validated: 200..=599");
+        LocalReply::new(status, d.body.clone(), "direct_response")
+    }
+
+    /// An `original_dst` request whose destination is one of the proxy's own listeners:
+    /// refused rather than sent around the loop.
+    pub(crate) fn original_dst_loop() -> Self {
+        LocalReply::new(
+            StatusCode::BAD_GATEWAY,
+            "original destination is this proxy",
+            "original_dst_loop_detected",
+        )
+    }
+
     pub(crate) fn cluster_not_found() -> Self {
         LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "", "cluster_not_found")
             .flagged(ResponseFlag::NoClusterFound)
     }
 
-    pub(super) fn no_healthy_upstream() -> Self {
+    pub(crate) fn no_healthy_upstream() -> Self {
         LocalReply::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "no healthy upstream",
@@ -190,6 +222,9 @@ impl LocalReply {
         }
         ex.details = self.details;
         let mut builder = Response::builder();
+        if let Some(location) = self.location {
+            builder = builder.header(header::LOCATION, location);
+        }
         if self.flag == Some(ResponseFlag::UpstreamOverflow) {
             builder = builder.header("x-envoy-overloaded", "true");
         }

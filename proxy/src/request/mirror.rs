@@ -50,7 +50,7 @@ pub(super) fn mirror(
     let shadow: Option<Authority> = shadow.and_then(|s| s.parse().ok());
     tokio::task::spawn_local(async move {
         let pool = worker.pools.cluster(&cluster);
-        let Some(index) = crate::upstream::pick_endpoint(&cluster, &pool.rr, &[]) else {
+        let Some(index) = crate::upstream::pick_endpoint(&pool, &[]) else {
             return;
         };
         let endpoint = pool.endpoints[index].clone();

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use wasmesh_host::Chain;
 
 use crate::body::ProxyBody;
-use crate::conn::ConnCtx;
+use crate::conn::{ConnCtx, Transport};
 use crate::h1_guard::SwitchWatch;
 use crate::snapshot::Snapshot;
 use context::Exchange;
@@ -119,8 +119,9 @@ async fn phases(
                     let host = authority.map_or("", Authority::as_str);
                     let route = snapshot.routes[conn.listener].find(host, parts.uri.path());
                     core = Some(route);
-                    let (name, cluster) =
-                        route.map_or((&b""[..], ""), |r| (r.name.as_bytes(), &*r.cluster.name));
+                    let (name, cluster) = route.map_or((&b""[..], ""), |r| {
+                        (r.name.as_bytes(), r.cluster().map_or("", |c| &*c.name))
+                    });
                     !chain.skips(name, cluster)
                 }
             };
@@ -131,6 +132,14 @@ async fn phases(
         Ok(request) => request,
         Err(reply) => return (Ok(reply.into_response(ex)), None),
     };
+    // A virtual host that takes only TLS sends plaintext to `https` before anything runs.
+    if conn.transport == Transport::Plaintext
+        && let Some(authority) = &request.authority
+        && snapshot.routes[conn.listener].requires_tls(authority.as_str())
+    {
+        let reply = LocalReply::https_redirect(authority, &request.parts.uri);
+        return (Ok(reply.into_response(ex)), None);
+    }
     // Trace context read, decided and set for the next hop (before filters see the head).
     if let Some(tracing) = &snapshot.trace {
         let (parts, authority) = (&mut request.parts, request.authority.as_ref());

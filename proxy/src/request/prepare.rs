@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 
 use super::context::Exchange;
 use super::local_reply::LocalReply;
-use crate::conn::ConnCtx;
+use crate::conn::{ConnCtx, Transport};
 use crate::headers;
 
 /// A request with its headers prepared.
@@ -53,6 +53,9 @@ pub(super) fn prepare(
         ));
     }
     let mut added = headers::Added::prepare(&mut parts.headers, is_upgrade, &conn.client_ip);
+    if conn.transport == Transport::GatewayTls {
+        added.set_https(&mut parts.headers);
+    }
     if let Some(xfcc) = &conn.xfcc {
         // Only this proxy says who the client is.
         parts.headers.remove(&headers::X_FORWARDED_CLIENT_CERT);

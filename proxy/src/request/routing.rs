@@ -1,5 +1,6 @@
 //! Route: where the request goes. The listener's route table decides by host and path; with
 //! filters, their decisions (a cluster, a timeout, a retry policy, the route's name) come first.
+//! A route with a direct response is answered here, as a local reply.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use super::local_reply::LocalReply;
 use super::prepare::Prepared;
 use crate::config::RetryPolicy;
 use crate::conn::ConnCtx;
-use crate::route::Route;
+use crate::route::{Action, Route};
 use crate::snapshot::Snapshot;
 use crate::upstream::Cluster;
 
@@ -29,11 +30,15 @@ pub(super) struct Target<'a> {
 }
 
 impl<'a> Target<'a> {
-    fn of(route: &'a Route) -> Target<'a> {
-        Target {
-            cluster: &route.cluster,
-            timeout: route.timeout,
-            retry: route.retry.as_ref().map(Cow::Borrowed),
+    /// A route's target; a route with a direct response answers instead.
+    fn of(route: &'a Route) -> Result<Target<'a>, LocalReply> {
+        match &route.action {
+            Action::Cluster(cluster) => Ok(Target {
+                cluster,
+                timeout: route.timeout,
+                retry: route.retry.as_ref().map(Cow::Borrowed),
+            }),
+            Action::Direct(d) => Err(LocalReply::direct_response(d)),
         }
     }
 }
@@ -56,7 +61,7 @@ pub(super) fn route<'s>(
     let Some(filters) = filters else {
         let route = route.ok_or_else(LocalReply::no_route)?;
         ex.capture_route(route);
-        return Ok(Target::of(route));
+        return Target::of(route);
     };
 
     let decisions = filters.decisions();
@@ -71,7 +76,19 @@ pub(super) fn route<'s>(
                 retry: route.and_then(|r| r.retry.as_ref()).map(Cow::Borrowed),
             }
         }
-        (None, Some(route)) => Target::of(route),
+        (None, Some(route)) => match Target::of(route) {
+            Ok(target) => target,
+            Err(direct) => {
+                drop(decisions);
+                let route_name = filters
+                    .chosen_route_name()
+                    .unwrap_or_else(|| Bytes::copy_from_slice(route.name.as_bytes()));
+                ex.capture_names(&route_name, None);
+                filters.record_route(route_name, &Arc::from(""));
+                filters.keep_request_head(&request.parts);
+                return Err(direct);
+            }
+        },
         (None, None) => return Err(LocalReply::no_route()),
     };
     if let Some(ms) = decisions.timeout_ms {
@@ -85,7 +102,7 @@ pub(super) fn route<'s>(
     let route_name = filters.chosen_route_name().unwrap_or_else(|| {
         route.map_or_else(Bytes::new, |r| Bytes::copy_from_slice(r.name.as_bytes()))
     });
-    ex.capture_names(&route_name, &target.cluster.name);
+    ex.capture_names(&route_name, Some(&*target.cluster.name));
     filters.record_route(route_name, &target.cluster.name);
     Ok(target)
 }

@@ -9,9 +9,9 @@ use tokio::time::Instant;
 use super::context::Exchange;
 use super::forward::Upstream;
 use super::local_reply::LocalReply;
-use super::retry::AttemptError;
+use super::retry::{AttemptError, Tried};
 use crate::body::ProxyBody;
-use crate::upstream::{self, ActiveRequest, pick_endpoint};
+use crate::upstream::{self, ActiveRequest};
 
 impl Upstream<'_> {
     /// Forwards an HTTP/1.1 upgrade (WebSocket): a dedicated upstream connection, then the two
@@ -30,10 +30,10 @@ impl Upstream<'_> {
             return Err(LocalReply::overflow());
         };
         cluster.stats().rq_total.inc();
-        let index = pick_endpoint(cluster, &self.pool.rr, &[])
+        let pool = &self
+            .pick(&mut Tried::default())
             .ok_or_else(LocalReply::no_healthy_upstream)?;
-        active.set_endpoint(index);
-        let pool = &self.pool.endpoints[index];
+        active.set_endpoint(pool);
         ex.upstream_host = Some(pool.endpoint().addr);
         let started = Instant::now();
         let mut parts = parts;

@@ -3,16 +3,17 @@
 //! Unhealthy endpoints and those already tried by this request are skipped; if fewer than half
 //! the endpoints are healthy, Envoy's panic mode applies and every endpoint is a candidate.
 
-use std::cell::Cell;
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::{Cluster, now_ms};
+use super::now_ms;
+use super::pool::ClusterPool;
 use crate::config::LbPolicy;
 
-/// Picks an endpoint index. `rr` is the worker's round-robin cursor for the cluster; `tried`
-/// holds endpoints this request already used, avoided when another candidate exists.
-pub fn pick_endpoint(cluster: &Cluster, rr: &Cell<usize>, tried: &[usize]) -> Option<usize> {
-    let n = cluster.endpoints.len();
+/// Picks an index into the worker's endpoints of the cluster (`pool.endpoints`), moving its
+/// round-robin cursor; `tried` holds endpoints this request already used, avoided when
+/// another candidate exists.
+pub fn pick_endpoint(pool: &ClusterPool, tried: &[usize]) -> Option<usize> {
+    let n = pool.endpoints.len();
     if n == 0 {
         return None;
     }
@@ -20,23 +21,20 @@ pub fn pick_endpoint(cluster: &Cluster, rr: &Cell<usize>, tried: &[usize]) -> Op
         return Some(0);
     }
     let now = now_ms();
-    let healthy = |i: usize| cluster.endpoints[i].is_healthy(now);
+    let healthy = |i: usize| pool.endpoints[i].endpoint().is_healthy(now);
     let healthy_count = (0..n).filter(|&i| healthy(i)).count();
     let panic_mode = healthy_count * 2 < n;
     let eligible = |i: usize| (panic_mode || healthy(i)) && !tried.contains(&i);
     let fallback = |i: usize| panic_mode || healthy(i);
 
-    pick_with(cluster, rr, &eligible).or_else(|| pick_with(cluster, rr, &fallback))
+    pick_with(pool, &eligible).or_else(|| pick_with(pool, &fallback))
 }
 
-fn pick_with(
-    cluster: &Cluster,
-    rr: &Cell<usize>,
-    eligible: &dyn Fn(usize) -> bool,
-) -> Option<usize> {
-    let n = cluster.endpoints.len();
-    match cluster.lb_policy {
+fn pick_with(pool: &ClusterPool, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+    let n = pool.endpoints.len();
+    match pool.cluster.lb_policy {
         LbPolicy::RoundRobin => {
+            let rr = &pool.rr;
             let start = rr.get();
             let found = (0..n).map(|k| (start + k) % n).find(|&i| eligible(i))?;
             rr.set(found + 1);
@@ -46,7 +44,7 @@ fn pick_with(
         LbPolicy::LeastRequest => {
             let a = random_eligible(n, eligible)?;
             let b = random_eligible(n, eligible)?;
-            let load = |i: usize| cluster.endpoints[i].rq_active.load(Relaxed);
+            let load = |i: usize| pool.endpoints[i].endpoint().rq_active.load(Relaxed);
             Some(if load(b) < load(a) { b } else { a })
         }
     }
@@ -66,10 +64,15 @@ fn random_eligible(n: usize, eligible: &dyn Fn(usize) -> bool) -> Option<usize> 
 
 #[cfg(test)]
 mod tests {
+    use std::rc::Rc;
+    use std::sync::Arc;
+
     use super::*;
     use crate::config::Bootstrap;
+    use crate::upstream::Cluster;
+    use crate::upstream::pool::Pools;
 
-    fn cluster(policy: &str, endpoints: usize) -> Cluster {
+    fn cluster(policy: &str, endpoints: usize) -> Rc<ClusterPool> {
         let eps: Vec<String> = (0..endpoints)
             .map(|i| format!("\"127.0.0.1:{}\"", 1000 + i))
             .collect();
@@ -79,46 +82,47 @@ mod tests {
             eps.join(",")
         );
         let b = Bootstrap::parse(&yaml).unwrap();
-        Cluster::new(&b.clusters[0], 1, None).unwrap()
+        let c = Arc::new(Cluster::new(&b.clusters[0], 1, None).unwrap());
+        let pool = Pools::default().cluster(&c);
+        pool.rr.set(0);
+        pool
+    }
+
+    fn endpoint(c: &ClusterPool, i: usize) -> &crate::upstream::Endpoint {
+        c.endpoints[i].endpoint()
     }
 
     #[test]
     fn round_robin_cycles_and_skips_tried() {
         let c = cluster("round_robin", 3);
-        let rr = Cell::new(0);
-        let picks: Vec<_> = (0..6)
-            .map(|_| pick_endpoint(&c, &rr, &[]).unwrap())
-            .collect();
+        let picks: Vec<_> = (0..6).map(|_| pick_endpoint(&c, &[]).unwrap()).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
-        assert_eq!(pick_endpoint(&c, &rr, &[0]), Some(1));
+        assert_eq!(pick_endpoint(&c, &[0]), Some(1));
         // Every endpoint tried: reuse one rather than fail.
-        assert!(pick_endpoint(&c, &rr, &[0, 1, 2]).is_some());
+        assert!(pick_endpoint(&c, &[0, 1, 2]).is_some());
     }
 
     #[test]
     fn unhealthy_endpoints_are_skipped_until_panic_mode() {
         let c = cluster("random", 4);
-        c.endpoints[1].report_connect_failure();
-        let rr = Cell::new(0);
+        endpoint(&c, 1).report_connect_failure();
         for _ in 0..200 {
-            assert_ne!(pick_endpoint(&c, &rr, &[]), Some(1));
+            assert_ne!(pick_endpoint(&c, &[]), Some(1));
         }
         // Three of four down: panic mode spreads load over all of them again.
-        c.endpoints[0].report_connect_failure();
-        c.endpoints[2].report_connect_failure();
-        let seen: std::collections::HashSet<_> = (0..400)
-            .map(|_| pick_endpoint(&c, &rr, &[]).unwrap())
-            .collect();
+        endpoint(&c, 0).report_connect_failure();
+        endpoint(&c, 2).report_connect_failure();
+        let seen: std::collections::HashSet<_> =
+            (0..400).map(|_| pick_endpoint(&c, &[]).unwrap()).collect();
         assert_eq!(seen.len(), 4);
     }
 
     #[test]
     fn least_request_prefers_the_idle_endpoint() {
         let c = cluster("least_request", 2);
-        c.endpoints[0].rq_active.store(10, Relaxed);
-        let rr = Cell::new(0);
+        endpoint(&c, 0).rq_active.store(10, Relaxed);
         let ones = (0..1000)
-            .filter(|_| pick_endpoint(&c, &rr, &[]) == Some(1))
+            .filter(|_| pick_endpoint(&c, &[]) == Some(1))
             .count();
         // P2C picks the loaded endpoint only when both draws land on it: about a quarter.
         assert!(ones > 650, "idle endpoint chosen {ones} of 1000 times");

@@ -1,22 +1,36 @@
 //! Upstream clusters: endpoints, load balancing, circuit breakers and per-worker connection pools.
 
 pub mod connect;
+pub mod destination;
+mod dns;
 pub mod h1;
 mod lb;
 pub mod pool;
 mod send;
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::config::{self, LbPolicy, UpstreamProtocol};
+use crate::config::{self, LbPolicy, Resolution, UpstreamProtocol};
 use crate::stats::{ClusterShard, Sharded};
 use crate::tls::ClientTls;
 
+pub use dns::DnsEndpoints;
 pub use lb::pick_endpoint;
 pub use send::{Outbound, Protocol, RequestBody, SendError, send, upgrade};
+
+/// Where a cluster's endpoints come from (its `resolution`).
+pub enum Endpoints {
+    /// Fixed for the cluster's life.
+    Static(Arc<[Arc<Endpoint>]>),
+    /// Kept current by the resolver thread; workers notice a new set by its generation.
+    Dns(Arc<DnsEndpoints>),
+    /// None: each worker makes one per original destination (`pool::ClusterPool`).
+    OriginalDst,
+}
 
 /// A cluster as the workers use it. Shared by all workers; its counters are atomics.
 pub struct Cluster {
@@ -25,7 +39,7 @@ pub struct Cluster {
     /// Shared, not copied: filters read it for every request they see.
     pub name: std::sync::Arc<str>,
     pub config: config::Cluster,
-    pub endpoints: Box<[Endpoint]>,
+    pub endpoints: Endpoints,
     pub lb_policy: LbPolicy,
     pub protocol: UpstreamProtocol,
     pub connect_timeout: Duration,
@@ -64,22 +78,30 @@ pub fn now_ms() -> u64 {
 
 impl Cluster {
     /// Builds a cluster, resolving its endpoints' names (validation resolved them once: a
-    /// name can stop resolving since). An error gives the endpoint's index.
+    /// name can stop resolving since). An error gives the endpoint's index. A `dns` cluster's
+    /// names are looked up now and then every few seconds; one that does not resolve yet
+    /// leaves the cluster without its addresses, not in error.
     pub fn new(
         config: &config::Cluster,
         workers: usize,
         tls: Option<ClientTls>,
     ) -> Result<Cluster, (usize, config::EndpointError)> {
-        let endpoints = config
-            .endpoints
-            .iter()
-            .enumerate()
-            .map(|(j, e)| {
-                config::resolve_endpoint(e)
-                    .map(Endpoint::new)
-                    .map_err(|error| (j, error))
-            })
-            .collect::<Result<Box<[_]>, _>>()?;
+        let endpoints = match config.resolution {
+            Resolution::Static => Endpoints::Static(
+                config
+                    .endpoints
+                    .iter()
+                    .enumerate()
+                    .map(|(j, e)| {
+                        config::resolve_endpoint(e)
+                            .map(|a| Arc::new(Endpoint::new(a)))
+                            .map_err(|error| (j, error))
+                    })
+                    .collect::<Result<Arc<[_]>, _>>()?,
+            ),
+            Resolution::Dns => Endpoints::Dns(DnsEndpoints::start(&config.name, &config.endpoints)),
+            Resolution::OriginalDst => Endpoints::OriginalDst,
+        };
         Ok(Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Relaxed),
             name: config.name.as_str().into(),
@@ -97,6 +119,16 @@ impl Cluster {
             retries_active: AtomicU32::new(0),
             stats: Sharded::new(workers),
         })
+    }
+
+    /// The endpoints now (for the admin API and outlier ejection, not the request path:
+    /// workers see them through their pools). None for `original_dst`.
+    pub fn endpoints_now(&self) -> Arc<[Arc<Endpoint>]> {
+        match &self.endpoints {
+            Endpoints::Static(set) => set.clone(),
+            Endpoints::Dns(dns) => dns.current().1,
+            Endpoints::OriginalDst => Arc::new([]),
+        }
     }
 
     pub fn stats(&self) -> &ClusterShard {
@@ -169,7 +201,7 @@ impl Drop for Slot<'_> {
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr) -> Endpoint {
+    pub(crate) fn new(addr: SocketAddr) -> Endpoint {
         Endpoint {
             addr,
             rq_active: AtomicU32::new(0),
@@ -215,7 +247,8 @@ impl Endpoint {
 /// response is finished.
 pub struct ActiveRequest {
     cluster: Arc<Cluster>,
-    endpoint: Option<usize>,
+    /// The worker's pool of the endpoint (an `Rc`: no shared count touched per request).
+    endpoint: Option<Rc<pool::EndpointPool>>,
 }
 
 impl ActiveRequest {
@@ -227,21 +260,19 @@ impl ActiveRequest {
         })
     }
 
-    pub fn set_endpoint(&mut self, index: usize) {
-        if let Some(old) = self.endpoint.replace(index) {
-            self.cluster.endpoints[old].rq_active.fetch_sub(1, Relaxed);
+    pub fn set_endpoint(&mut self, endpoint: &Rc<pool::EndpointPool>) {
+        if let Some(old) = self.endpoint.replace(endpoint.clone()) {
+            old.endpoint().rq_active.fetch_sub(1, Relaxed);
         }
-        self.cluster.endpoints[index]
-            .rq_active
-            .fetch_add(1, Relaxed);
+        endpoint.endpoint().rq_active.fetch_add(1, Relaxed);
     }
 }
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.cluster.rq_active.fetch_sub(1, Relaxed);
-        if let Some(i) = self.endpoint {
-            self.cluster.endpoints[i].rq_active.fetch_sub(1, Relaxed);
+        if let Some(e) = &self.endpoint {
+            e.endpoint().rq_active.fetch_sub(1, Relaxed);
         }
     }
 }

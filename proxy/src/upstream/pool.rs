@@ -9,6 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -22,7 +23,7 @@ use tokio::time::Instant;
 
 use super::connect::{self, Stream};
 use super::h1::{H1Conn, Home};
-use super::{Cluster, Endpoint};
+use super::{Cluster, Endpoint, Endpoints};
 use crate::body::ProxyBody;
 use crate::rt::LocalExec;
 
@@ -60,41 +61,84 @@ pub struct Pools {
 }
 
 impl Pools {
+    /// The worker's pool of `cluster`. For a `dns` cluster whose set changed since, a new
+    /// pool that keeps the endpoint pools (and connections) of addresses that remain.
     pub fn cluster(&self, cluster: &Arc<Cluster>) -> Rc<ClusterPool> {
-        if let Some(p) = self.clusters.borrow().get(&cluster.id) {
+        if let Some(p) = self.clusters.borrow().get(&cluster.id)
+            && p.is_current()
+        {
             return p.clone();
         }
+        self.renew(cluster)
+    }
+
+    #[cold]
+    fn renew(&self, cluster: &Arc<Cluster>) -> Rc<ClusterPool> {
+        let old = self.clusters.borrow_mut().remove(&cluster.id);
+        let (generation, set) = match &cluster.endpoints {
+            Endpoints::Dns(dns) => dns.current(),
+            _ => (0, cluster.endpoints_now()),
+        };
+        let mut reusable: rustc_hash::FxHashMap<SocketAddr, Rc<EndpointPool>> = old
+            .as_ref()
+            .map(|o| {
+                o.endpoints
+                    .iter()
+                    .map(|p| (p.endpoint.addr, p.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let endpoints: Box<[Rc<EndpointPool>]> = set
+            .iter()
+            .map(|e| match reusable.remove(&e.addr) {
+                Some(p) if Arc::ptr_eq(&p.endpoint, e) => p,
+                other => {
+                    if let Some(p) = other {
+                        p.retire();
+                    }
+                    EndpointPool::new(cluster, e.clone())
+                }
+            })
+            .collect();
+        // Addresses DNS no longer gives: their idle connections close, busy ones finish.
+        for gone in reusable.values() {
+            gone.retire();
+        }
         let pool = Rc::new(ClusterPool {
-            rr: Cell::new(rand::random_range(0..cluster.endpoints.len().max(1))),
-            endpoints: (0..cluster.endpoints.len())
-                .map(|index| {
-                    Rc::new(EndpointPool {
-                        cluster: cluster.clone(),
-                        index,
-                        idle: RefCell::default(),
-                        connections: Cell::new(0),
-                        waiters: RefCell::default(),
-                        h2: RefCell::new(H2State::Idle),
-                    })
-                })
-                .collect(),
+            rr: Cell::new(match &old {
+                Some(o) => o.rr.get(),
+                None => rand::random_range(0..endpoints.len().max(1)),
+            }),
+            endpoints,
+            generation,
+            destinations: RefCell::default(),
             cluster: cluster.clone(),
         });
         self.clusters.borrow_mut().insert(cluster.id, pool.clone());
         pool
     }
 
-    /// Closes idle connections past their idle timeout, and forgets pools of removed clusters.
+    /// Closes idle connections past their idle timeout, forgets original destinations no
+    /// longer in use, and pools of removed clusters.
     pub fn sweep(&self) {
         let now = Instant::now();
         self.clusters.borrow_mut().retain(|_, pool| {
-            for ep in pool.endpoints.iter() {
+            let mut destinations = pool.destinations.borrow_mut();
+            for ep in pool.endpoints.iter().chain(destinations.values()) {
                 ep.idle
                     .borrow_mut()
                     .retain(|c| c.usable(now, ep.cluster.idle_timeout));
             }
+            destinations.retain(|_, ep| ep.connections.get() > 0 || Rc::strong_count(ep) > 1);
             // Only this map and the cluster's own pools hold the Arc once the config dropped it.
-            Arc::strong_count(&pool.cluster) > 1 + pool.endpoints.len()
+            let ours = 1 + pool.endpoints.len() + destinations.len();
+            let kept = Arc::strong_count(&pool.cluster) > ours;
+            if !kept {
+                // Idle connections hold their pool: closing them lets it go.
+                pool.endpoints.iter().for_each(|p| p.retire());
+                destinations.values().for_each(|p| p.retire());
+            }
+            kept
         });
     }
 }
@@ -103,17 +147,46 @@ pub struct ClusterPool {
     pub cluster: Arc<Cluster>,
     /// This worker's round-robin cursor.
     pub rr: Cell<usize>,
+    /// The cluster's endpoints as this worker sees them (load balancing indexes these).
     pub endpoints: Box<[Rc<EndpointPool>]>,
+    /// For a `dns` cluster: the generation of the set `endpoints` was made from.
+    generation: u64,
+    /// For an `original_dst` cluster: a pool per destination, made on first use.
+    destinations: RefCell<rustc_hash::FxHashMap<SocketAddr, Rc<EndpointPool>>>,
+}
+
+impl ClusterPool {
+    /// Whether the pool still has the cluster's endpoints: a static cluster's never change,
+    /// so it pays one comparison of a plain field and no atomic.
+    fn is_current(&self) -> bool {
+        match &self.cluster.endpoints {
+            Endpoints::Dns(dns) => dns.generation() == self.generation,
+            Endpoints::Static(_) | Endpoints::OriginalDst => true,
+        }
+    }
+
+    /// The pool of connections to `destination` (an `original_dst` cluster's endpoint).
+    pub fn destination(&self, destination: SocketAddr) -> Rc<EndpointPool> {
+        self.destinations
+            .borrow_mut()
+            .entry(destination)
+            .or_insert_with(|| {
+                EndpointPool::new(&self.cluster, Arc::new(Endpoint::new(destination)))
+            })
+            .clone()
+    }
 }
 
 pub struct EndpointPool {
     cluster: Arc<Cluster>,
-    index: usize,
+    endpoint: Arc<Endpoint>,
     idle: RefCell<Vec<IdleConn>>,
     /// Connections this worker holds to the endpoint, connecting ones included.
     connections: Cell<u32>,
     waiters: RefCell<VecDeque<oneshot::Sender<Handoff>>>,
     h2: RefCell<H2State>,
+    /// No longer among the cluster's endpoints: connections close instead of going idle.
+    retired: Cell<bool>,
 }
 
 struct IdleConn {
@@ -141,8 +214,31 @@ enum H2State {
 }
 
 impl EndpointPool {
+    fn new(cluster: &Arc<Cluster>, endpoint: Arc<Endpoint>) -> Rc<EndpointPool> {
+        Rc::new(EndpointPool {
+            cluster: cluster.clone(),
+            endpoint,
+            idle: RefCell::default(),
+            connections: Cell::new(0),
+            waiters: RefCell::default(),
+            h2: RefCell::new(H2State::Idle),
+            retired: Cell::new(false),
+        })
+    }
+
     pub fn endpoint(&self) -> &Endpoint {
-        &self.cluster.endpoints[self.index]
+        &self.endpoint
+    }
+
+    /// Closes the idle connections and the shared HTTP/2 one (streams on it finish); those
+    /// in use close when done.
+    fn retire(&self) {
+        self.retired.set(true);
+        self.idle.borrow_mut().clear();
+        let mut h2 = self.h2.borrow_mut();
+        if matches!(*h2, H2State::Ready(_)) {
+            *h2 = H2State::Idle;
+        }
     }
 
     /// Gets an HTTP/1.1 connection: an idle one, a new one, or the next one released.
@@ -242,8 +338,8 @@ impl EndpointPool {
         let waiters = match std::mem::replace(
             &mut *self.h2.borrow_mut(),
             match &result {
-                Ok(sender) => H2State::Ready(sender.clone()),
-                Err(_) => H2State::Idle,
+                Ok(sender) if !self.retired.get() => H2State::Ready(sender.clone()),
+                _ => H2State::Idle,
             },
         ) {
             H2State::Connecting(w) => w,
@@ -326,7 +422,7 @@ impl EndpointPool {
     /// Takes back a connection that finished a response: hands it to a waiter or keeps it idle.
     fn release(&self, mut conn: Box<Conn>) {
         let max = self.cluster.max_requests_per_connection;
-        if max != 0 && conn.uses >= max {
+        if (max != 0 && conn.uses >= max) || self.retired.get() {
             // Dropping the connection closes it; its guard wakes a waiter.
             return;
         }

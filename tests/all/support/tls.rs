@@ -56,6 +56,30 @@ impl TestCa {
         (cert_path, key_path)
     }
 
+    /// A server certificate for `dns_names` (its common name `name`) signed by this CA, and
+    /// its key, written as `<name>.pem` and `<name>.key` in `dir`.
+    pub fn server_files(
+        &self,
+        dir: &std::path::Path,
+        name: &str,
+        dns_names: &[&str],
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = dns_names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_path, key_path) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+
     /// A server config with a certificate for 127.0.0.1 signed by this CA.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         self.server_config_for("127.0.0.1", None)

@@ -22,7 +22,7 @@ pub type Body = StreamBody<BoxStream<'static, Result<Frame<Bytes>, Infallible>>>
 type Pending = (Request<kube::client::Body>, SendResponse<Response<Body>>);
 
 /// Every collection the source watches: (kind, apiVersion, path).
-const COLLECTIONS: [(&str, &str, &str); 13] = [
+const COLLECTIONS: [(&str, &str, &str); 16] = [
     (
         "VirtualService",
         "networking.istio.io/v1",
@@ -77,6 +77,18 @@ const COLLECTIONS: [(&str, &str, &str); 13] = [
     ),
     ("Pod", "v1", "/api/v1/pods"),
     ("Namespace", "v1", "/api/v1/namespaces"),
+    (
+        "Gateway",
+        "gateway.networking.k8s.io/v1",
+        "/apis/gateway.networking.k8s.io/v1/gateways",
+    ),
+    (
+        "HTTPRoute",
+        "gateway.networking.k8s.io/v1",
+        "/apis/gateway.networking.k8s.io/v1/httproutes",
+    ),
+    // TLS Secrets only: the source watches them with a type field selector.
+    ("Secret", "v1", "/api/v1/secrets"),
 ];
 
 /// How requests fail while the API server is "down".
@@ -338,7 +350,8 @@ impl State {
         });
         if !watch {
             // Built-in kinds' list items have no apiVersion and kind; custom resources' have.
-            let builtin = !c.api_version.contains(".istio.io");
+            let builtin = !c.api_version.contains(".istio.io")
+                && !c.api_version.starts_with("gateway.networking.k8s.io");
             let items: Vec<Value> = c
                 .objects
                 .values()

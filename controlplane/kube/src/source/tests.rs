@@ -631,3 +631,76 @@ async fn telemetry_and_istio_s_mesh_config_are_read_and_only_that_config_map() {
         state.loaded.diagnostics
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn gateway_api_objects_and_tls_secrets_are_read_and_no_other_secret() {
+    let (api, client) = reviews();
+    api.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "gatewayClassName": "istio",
+            "listeners": [{
+                "name": "https", "protocol": "HTTPS", "port": 443,
+                "tls": {"certificateRefs": [{"name": "web-cert"}]},
+            }],
+        },
+    }));
+    api.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "reviews", "namespace": "default"},
+        "spec": {
+            "parentRefs": [{"name": "web"}],
+            "rules": [{"backendRefs": [{"name": "reviews", "port": 9080}]}],
+        },
+    }));
+    // `dGxz` is base64 for `tls`.
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "web-cert", "namespace": "default"},
+        "data": {"tls.crt": "dGxz", "tls.key": "dGxz", "other": "dGxz"},
+    }));
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "password", "namespace": "default"},
+        "data": {"password": "dGxz"},
+    }));
+    let source = start(client);
+    source.synced().await.unwrap();
+    let state = source.rx.borrow().clone();
+    assert!(matches!(spec(&state, "Gateway", "web"), Spec::KubeGateway(_)));
+    assert!(matches!(spec(&state, "HTTPRoute", "reviews"), Spec::HttpRoute(_)));
+    let Spec::Secret(secret) = spec(&state, "Secret", "web-cert") else {
+        unreachable!()
+    };
+    assert_eq!(
+        secret.data.keys().collect::<Vec<_>>(),
+        ["tls.crt", "tls.key"]
+    );
+    assert_eq!(secret.data["tls.crt"], b"tls");
+    assert!(!has(&state, "Secret", "password"));
+    assert!(
+        state.loaded.diagnostics.is_empty(),
+        "{:#?}",
+        state.loaded.diagnostics
+    );
+
+    // What the control plane makes of them.
+    let converted = wasmesh_controlplane::gateway_api::to_istio(
+        &state.loaded.resources,
+        &Options::default().domain_suffix,
+    );
+    assert!(
+        converted.diagnostics.is_empty(),
+        "{:#?}",
+        converted.diagnostics
+    );
+    assert_eq!(converted.resources.len(), 2);
+    let objects = source.objects.borrow().clone();
+    assert!(
+        objects
+            .objects
+            .iter()
+            .any(|o| o.kind.kind == "HTTPRoute" && o.name == "reviews" && o.generation == Some(1))
+    );
+}

@@ -26,7 +26,7 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServicePort};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -43,7 +43,7 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Istio objects already parsed, by kind, namespace and name, with the resourceVersion they
 /// were parsed at: most recomputes are for endpoints, and need not parse every object again.
 #[derive(Default)]
-pub(super) struct ParseCache(HashMap<(&'static str, String, String), (String, Loaded)>);
+pub(super) struct ParseCache(HashMap<(&'static IstioKind, String, String), (String, Loaded)>);
 
 /// Everything the stores hold, translated; and the Istio objects it came from.
 pub(super) fn translate(
@@ -57,7 +57,7 @@ pub(super) fn translate(
     for (kind, store) in &stores.istio {
         for o in sorted(store) {
             let (namespace, name) = (o.namespace().unwrap_or_default(), o.name_any());
-            let key = (kind.kind, namespace.clone(), name.clone());
+            let key = (*kind, namespace.clone(), name.clone());
             let version = o.resource_version().unwrap_or_default();
             let object = match cache.0.remove(&key) {
                 Some((v, object)) if v == version && !v.is_empty() => object,
@@ -77,6 +77,9 @@ pub(super) fn translate(
     for cm in sorted(&stores.mesh_config) {
         loaded.extend(parse_config_map(&cm));
     }
+    loaded
+        .resources
+        .extend(sorted(&stores.tls_secrets).iter().map(|s| tls_secret(s)));
     loaded.resources.extend(services(
         &sorted(&stores.services),
         &sorted(&stores.slices),
@@ -150,6 +153,24 @@ pub(super) fn parse_config_map(cm: &ConfigMap) -> Loaded {
         d.line = None;
     }
     loaded
+}
+
+/// A `kubernetes.io/tls` Secret, as a manifest's Secret is read (what a Gateway API
+/// listener's certificateRefs name).
+pub(super) fn tls_secret(s: &Secret) -> Resource {
+    let data = s
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    let mut r = Resource::new(
+        &s.name_any(),
+        &s.namespace().unwrap_or_default(),
+        Spec::Secret(istio::TlsSecret { data }),
+    );
+    r.api_version = "v1".into();
+    r
 }
 
 /// The ServiceEntries of the Services and the WorkloadEntries of their pods.
