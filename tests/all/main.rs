@@ -19,6 +19,7 @@ mod egress_clusters;
 mod egress_tls;
 mod envoy_parity;
 mod gateway_tls;
+mod gateways;
 mod grpc;
 mod hardening;
 mod identity;

@@ -402,6 +402,13 @@ impl KubeParts {
             self.lease.leader(),
             status::of_objects(mesh.watch_diagnostics(), source.objects.clone()),
         );
+        status::gateway_api::start(
+            self.client.clone(),
+            self.lease.leader(),
+            source.rx.clone(),
+            source.objects.clone(),
+            args.domain_suffix.clone(),
+        );
         tokio::spawn(pull_secrets::sync(
             self.client.clone(),
             pull_secrets_dir(args),
