@@ -426,7 +426,8 @@ fn parse_document(doc: &Document, file: Option<&Path>, loaded: &mut Loaded) {
         return;
     }
     let (doc_group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let gateway_api = doc_group == gateway_api::GROUP && matches!(kind.as_str(), "Gateway" | "HTTPRoute");
+    let gateway_api =
+        doc_group == gateway_api::GROUP && matches!(kind.as_str(), "Gateway" | "HTTPRoute");
     let (group, versions) = match kind.as_str() {
         _ if gateway_api => (gateway_api::GROUP, &gateway_api::VERSIONS[..]),
         "VirtualService" | "DestinationRule" | "ServiceEntry" | "WorkloadEntry" | "Gateway" => {

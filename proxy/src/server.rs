@@ -368,7 +368,6 @@ async fn refuse_plaintext(mut stream: TcpStream) {
     .await;
 }
 
-
 /// A redirected connection no listener handles, passed through to its original destination
 /// (from `source`, when given). Under the listener's PeerAuthentication mode, as Istio's
 /// inbound passthrough chains: STRICT takes mTLS only, PERMISSIVE mTLS or plaintext; mTLS is

@@ -526,3 +526,133 @@ spec:
     let url = format!("https://unknown.example.com:{port}/");
     assert_eq!(curl(&["-k", "--resolve", &resolve, &url]).await.0, "000");
 }
+
+/// `tls.httpsRedirect` on the HTTP server: plain requests get Envoy's 301 to https.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_redirect_sends_plain_requests_to_https() {
+    let httpbin = httpbin().await;
+    let tls = "    tls:\n      httpsRedirect: true\n";
+    let m = mesh(&[
+        ("httpbin.yaml", &httpbin_service(httpbin.addr)),
+        ("gateway.yaml", &httpbin_gateway(80, "HTTP", tls)),
+    ]);
+    let (gw, addrs) = start_gateway(&m.cp, "istio-ingressgateway", &[80]);
+    let url = format!("http://{}/status/200?x=1", addrs[0]);
+    wait_code(&["-H", "Host:httpbin.example.com", &url], "301", &gw).await;
+    let out = run(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{redirect_url}",
+            "-H",
+            "Host:httpbin.example.com",
+            &url,
+        ],
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "https://httpbin.example.com/status/200?x=1"
+    );
+    assert_eq!(
+        httpbin.hits(),
+        0,
+        "a redirected request reaches no upstream"
+    );
+}
+
+/// A rotated Secret (`kubectl create secret ... --dry-run -o yaml | kubectl apply`) is served
+/// to new handshakes; a connection opened before keeps its requests going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_credential_is_served_without_dropping_connections() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+
+    let httpbin = httpbin().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (old_ca, new_ca) = (TestCa::new("old root"), TestCa::new("new root"));
+    let (cert, key) = old_ca.server_files(tmp.path(), "old", &["httpbin.example.com"]);
+    let tls = "    tls:\n      mode: SIMPLE\n      credentialName: httpbin-credential\n";
+    let m = mesh(&[
+        ("httpbin.yaml", &httpbin_service(httpbin.addr)),
+        ("gateway.yaml", &httpbin_gateway(443, "HTTPS", tls)),
+        (
+            "secret.yaml",
+            &tls_secret("httpbin-credential", &cert, &key, None),
+        ),
+    ]);
+    let (gw, addrs) = start_gateway(&m.cp, "istio-ingressgateway", &[443]);
+    let port = addrs[0].port();
+    let ca_file = |ca: &TestCa, name: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, ca.pem()).unwrap();
+        path.display().to_string()
+    };
+    let (old_file, new_file) = (ca_file(&old_ca, "old.crt"), ca_file(&new_ca, "new.crt"));
+    let resolve = format!("httpbin.example.com:{port}:127.0.0.1");
+    let url = format!("https://httpbin.example.com:{port}/status/200");
+    wait_code(
+        &["--resolve", &resolve, "--cacert", &old_file, &url],
+        "200",
+        &gw,
+    )
+    .await;
+
+    // A keep-alive connection trusting the old CA.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(old_ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addrs[0]).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("httpbin.example.com").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut ask = async || {
+        let req = http::Request::get("/status/200")
+            .header("host", "httpbin.example.com")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender
+            .send_request(req)
+            .await
+            .expect("the old connection serves");
+        let status = resp.status();
+        resp.into_body().collect().await.unwrap();
+        status
+    };
+    assert_eq!(ask().await, StatusCode::OK);
+
+    let (cert, key) = new_ca.server_files(tmp.path(), "new", &["httpbin.example.com"]);
+    write(
+        &m.manifests,
+        "secret.yaml",
+        &tls_secret("httpbin-credential", &cert, &key, None),
+    );
+    wait_code(
+        &["--resolve", &resolve, "--cacert", &new_file, &url],
+        "200",
+        &gw,
+    )
+    .await;
+    assert_eq!(
+        curl(&["--resolve", &resolve, "--cacert", &old_file, &url])
+            .await
+            .0,
+        "000"
+    );
+    assert_eq!(ask().await, StatusCode::OK);
+}

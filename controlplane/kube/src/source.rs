@@ -163,12 +163,16 @@ pub static ISTIO_KINDS: [IstioKind; 10] = [
 
 /// The watched Istio kind named `kind` (`VirtualService`, ...).
 pub fn istio_kind(kind: &str) -> Option<&'static IstioKind> {
-    ISTIO_KINDS.iter().find(|k| k.kind == kind && k.group.ends_with(".istio.io"))
+    ISTIO_KINDS
+        .iter()
+        .find(|k| k.kind == kind && k.group.ends_with(".istio.io"))
 }
 
 /// The watched kind of a group named `kind` (`Gateway` is both Istio's and the Gateway API's).
 pub fn watched_kind(group: &str, kind: &str) -> Option<&'static IstioKind> {
-    ISTIO_KINDS.iter().find(|k| k.kind == kind && k.group == group)
+    ISTIO_KINDS
+        .iter()
+        .find(|k| k.kind == kind && k.group == group)
 }
 
 /// An Istio object as the API server holds it: what a status writer needs to patch it.

@@ -136,6 +136,8 @@ fn bookinfo_services_get_clusters_domains_and_default_routes() {
                     "127.0.0.1:10013".to_owned()
                 ]
             ),
+            // ALLOW_ANY, Istio's default: unknown hosts pass through.
+            ("PassthroughCluster", vec![]),
         ]
     );
     let c = &t.bootstrap.clusters[0];
@@ -334,6 +336,7 @@ fn destination_rule_all_makes_subset_clusters() {
             REVIEWS_V1,
             REVIEWS_V2,
             REVIEWS_V3,
+            "PassthroughCluster",
         ]
     );
     let v2 = t
@@ -1126,6 +1129,8 @@ spec:
                 "localhost:8080".to_owned(),
                 UpstreamProtocol::Http1
             ),
+            // ALLOW_ANY, Istio's default: unknown hosts pass through.
+            ("PassthroughCluster", String::new(), UpstreamProtocol::Downstream),
         ]
     );
     assert_eq!(

@@ -937,7 +937,9 @@ impl Bootstrap {
             }
             if let Some(tls) = &l.tls {
                 validate_downstream_tls(tls, l.original_dst.is_some(), !l.sni_routes.is_empty())
-                    .map_err(|(field, reason)| ConfigError::at(at(&format!("tls.{field}")), reason))?;
+                    .map_err(|(field, reason)| {
+                        ConfigError::at(at(&format!("tls.{field}")), reason)
+                    })?;
             }
             for (j, route) in l.sni_routes.iter().enumerate() {
                 let at = |field: &str| format!("listeners[{i}].sni_routes[{j}].{field}");
@@ -1283,7 +1285,9 @@ fn validate_server_name(name: &str) -> Result<(), String> {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if !well_formed {
         return Err(format!(

@@ -668,8 +668,14 @@ async fn gateway_api_objects_and_tls_secrets_are_read_and_no_other_secret() {
     let source = start(client);
     source.synced().await.unwrap();
     let state = source.rx.borrow().clone();
-    assert!(matches!(spec(&state, "Gateway", "web"), Spec::KubeGateway(_)));
-    assert!(matches!(spec(&state, "HTTPRoute", "reviews"), Spec::HttpRoute(_)));
+    assert!(matches!(
+        spec(&state, "Gateway", "web"),
+        Spec::KubeGateway(_)
+    ));
+    assert!(matches!(
+        spec(&state, "HTTPRoute", "reviews"),
+        Spec::HttpRoute(_)
+    ));
     let Spec::Secret(secret) = spec(&state, "Secret", "web-cert") else {
         unreachable!()
     };
