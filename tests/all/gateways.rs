@@ -125,14 +125,19 @@ data:
 
 /// An ingress gateway serving `ports`: the process and each port's bound address.
 fn start_gateway(cp: &ControlPlane, name: &str, ports: &[u32]) -> (Process, Vec<SocketAddr>) {
+    start_labelled_gateway(cp, name, "istio=ingressgateway", ports)
+}
+
+/// A gateway in `istio-system` labelled `label` serving `ports`.
+fn start_labelled_gateway(
+    cp: &ControlPlane,
+    name: &str,
+    label: &str,
+    ports: &[u32],
+) -> (Process, Vec<SocketAddr>) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wasmesh-proxy"));
     cmd.args(["--control-plane", &cp.address, "--node", name])
-        .args([
-            "--namespace",
-            "istio-system",
-            "--label",
-            "istio=ingressgateway",
-        ])
+        .args(["--namespace", "istio-system", "--label", label])
         .args(["--workers", "1"])
         .arg("--cache-dir")
         .arg(shared_cache());
@@ -655,4 +660,122 @@ async fn a_rotated_credential_is_served_without_dropping_connections() {
         "000"
     );
     assert_eq!(ask().await, StatusCode::OK);
+}
+
+/// Istio's "Egress Gateways" task: the sidecar sends requests for an external host to the
+/// egress gateway (a VirtualService bound to `mesh` and to the gateway), which sends them on
+/// to the host; with the gateway gone, they fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_gateway_carries_the_mesh_traffic_to_an_external_host() {
+    use crate::support::sidecars::{Sidecar, SidecarSpec};
+    let external = httpbin().await;
+    let manifests = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: cnn}}
+spec:
+  hosts: [edition.cnn.com]
+  ports:
+  - {{number: 80, name: http-port, protocol: HTTP, targetPort: {port}}}
+  resolution: DNS
+  location: MESH_EXTERNAL
+  endpoints: [{{address: localhost}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  hosts: [istio-egressgateway.istio-system.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http2, protocol: HTTP}}]
+  workloadSelector:
+    labels: {{istio: egressgateway}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: istio-egressgateway
+spec:
+  selector:
+    istio: egressgateway
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - edition.cnn.com
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: egressgateway-for-cnn
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets:
+  - name: cnn
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: direct-cnn-through-egress-gateway
+spec:
+  hosts:
+  - edition.cnn.com
+  gateways:
+  - istio-egressgateway
+  - mesh
+  http:
+  - match:
+    - gateways:
+      - mesh
+      port: 80
+    route:
+    - destination:
+        host: istio-egressgateway.istio-system.svc.cluster.local
+        subset: cnn
+        port:
+          number: 80
+      weight: 100
+  - match:
+    - gateways:
+      - istio-egressgateway
+      port: 80
+    route:
+    - destination:
+        host: edition.cnn.com
+        port:
+          number: 80
+      weight: 100
+",
+        port = external.addr.port()
+    );
+    let m = mesh(&[("egress.yaml", &manifests)]);
+    let (mut gw, _) =
+        start_labelled_gateway(&m.cp, "istio-egressgateway", "istio=egressgateway", &[80]);
+    let sleep = Sidecar::start(
+        &m.cp.address,
+        &SidecarSpec {
+            name: "sleep",
+            labels: &[("app", "sleep")],
+            app: None,
+            cache: &shared_cache(),
+            outbound: "127.0.0.1:0",
+        },
+    );
+    let url = format!("http://{}/politics", sleep.outbound);
+    wait_code(&["-H", "Host:edition.cnn.com", &url], "200", &gw).await;
+    let out = run("curl", &["-s", "-H", "Host:edition.cnn.com", &url]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "httpbin /politics host=edition.cnn.com"
+    );
+    let hits = external.hits();
+    assert!(hits >= 1);
+    // Through the gateway: without it the mesh cannot reach the host.
+    gw.kill();
+    let (code, _) = curl(&["-H", "Host:edition.cnn.com", &url]).await;
+    assert_eq!(code, "503");
+    assert_eq!(external.hits(), hits);
 }

@@ -1130,7 +1130,11 @@ spec:
                 UpstreamProtocol::Http1
             ),
             // ALLOW_ANY, Istio's default: unknown hosts pass through.
-            ("PassthroughCluster", String::new(), UpstreamProtocol::Downstream),
+            (
+                "PassthroughCluster",
+                String::new(),
+                UpstreamProtocol::Downstream
+            ),
         ]
     );
     assert_eq!(
