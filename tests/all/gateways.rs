@@ -779,3 +779,45 @@ spec:
     assert_eq!(code, "503");
     assert_eq!(external.hits(), hits);
 }
+
+/// A WasmPlugin whose selector picks the gateway's labels runs on its requests (here the
+/// published proxy-wasm SDK's header filter stamps them), and not one for other workloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasm_plugins_selecting_the_gateway_run_there() {
+    let echo = Upstream::echo("httpbin").await;
+    let plugin = |name: &str, labels: &str, config: &str| {
+        format!(
+            "apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {{name: {name}, namespace: istio-system}}
+spec:
+  selector:
+    matchLabels: {labels}
+  url: {}
+  pluginConfig: {config}
+",
+            wasmesh_artifacts::HEADERS
+        )
+    };
+    let m = mesh(&[
+        ("httpbin.yaml", &httpbin_service(echo.addr)),
+        ("gateway.yaml", &httpbin_gateway(80, "HTTP", "")),
+        (
+            "plugins.yaml",
+            &format!(
+                "{}---\n{}",
+                plugin("stamp", "{istio: ingressgateway}", "at-the-gateway"),
+                plugin("elsewhere", "{app: other}", "elsewhere")
+            ),
+        ),
+    ]);
+    let (gw, addrs) = start_gateway(&m.cp, "istio-ingressgateway", &[80]);
+    let url = format!("http://{}/status/200", addrs[0]);
+    wait_code(&["-H", "Host:httpbin.example.com", &url], "200", &gw).await;
+    let out = run("curl", &["-s", "-H", "Host:httpbin.example.com", &url]).await;
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        body["headers"]["x-plugin-config"], "at-the-gateway",
+        "{body}"
+    );
+}
