@@ -63,6 +63,9 @@ pub struct Workload<'a> {
     pub labels: &'a BTreeMap<String, String>,
 }
 
+/// The label Istio puts on the gateway it deploys for a Gateway API Gateway.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
 /// Whether `wp` (in `namespace`) applies to `workload`. `services` are the ServiceEntries
 /// that `targetRefs` may name, with their workload selectors.
 pub fn selects(
@@ -80,6 +83,11 @@ pub fn selects(
     if !refs.is_empty() {
         return refs.iter().any(|t| {
             let t_ns = t.namespace.as_deref().unwrap_or(ns);
+            // A Gateway API Gateway: the gateway deployed for it carries its name.
+            if t.kind == "Gateway" {
+                return t_ns == workload.namespace
+                    && workload.labels.get(GATEWAY_NAME_LABEL) == Some(&t.name);
+            }
             matches!(t.kind.as_str(), "Service" | "ServiceEntry")
                 && t_ns == workload.namespace
                 && all.iter().any(|r| {

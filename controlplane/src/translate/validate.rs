@@ -934,7 +934,7 @@ fn wasm_plugin(c: &mut Check, wp: &istio::WasmPlugin) {
         let field = format!("spec.targetRefs[{i}]");
         match t.kind.as_str() {
             "Service" | "ServiceEntry" => {}
-            "Gateway" => c.note(&field, "gateways are not configured by wasmesh yet"),
+            "Gateway" => {}
             other => c.error(
                 &format!("{field}.kind"),
                 format!("{other:?}: a Service, ServiceEntry or Gateway is expected"),
