@@ -821,3 +821,58 @@ spec:
         "{body}"
     );
 }
+
+/// A Secret whose key does not match its certificate: the gateway refuses that config (a NACK
+/// that `proxy-status` shows, naming the field) and keeps serving the last good one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_whose_key_does_not_match_is_refused_and_the_last_good_serves() {
+    let httpbin = httpbin().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("example.com root");
+    let ca_file = tmp.path().join("ca.crt");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let (cert, key) = ca.server_files(tmp.path(), "httpbin", &["httpbin.example.com"]);
+    let (_, other_key) = ca.server_files(tmp.path(), "other", &["httpbin.example.com"]);
+    let tls = "    tls:\n      mode: SIMPLE\n      credentialName: httpbin-credential\n";
+    let m = mesh(&[
+        ("httpbin.yaml", &httpbin_service(httpbin.addr)),
+        ("gateway.yaml", &httpbin_gateway(443, "HTTPS", tls)),
+        (
+            "secret.yaml",
+            &tls_secret("httpbin-credential", &cert, &key, None),
+        ),
+    ]);
+    let (gw, addrs) = start_gateway(&m.cp, "istio-ingressgateway", &[443]);
+    let port = addrs[0].port();
+    let resolve = format!("httpbin.example.com:{port}:127.0.0.1");
+    let url = format!("https://httpbin.example.com:{port}/status/200");
+    let ca_path = ca_file.to_str().unwrap();
+    wait_code(
+        &["--resolve", &resolve, "--cacert", ca_path, &url],
+        "200",
+        &gw,
+    )
+    .await;
+
+    write(
+        &m.manifests,
+        "secret.yaml",
+        &tls_secret("httpbin-credential", &cert, &other_key, None),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let nacked = loop {
+        let status = m.cp.status().await;
+        if let Some(p) = status.proxies.iter().find(|p| p.state == "NACKED") {
+            break p.error.clone();
+        }
+        assert!(Instant::now() < deadline, "no NACK: {status:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(nacked.contains("private_key"), "{nacked}");
+    assert_eq!(
+        curl(&["--resolve", &resolve, "--cacert", ca_path, &url])
+            .await
+            .0,
+        "200"
+    );
+}
