@@ -148,7 +148,7 @@ pub fn own_part(
                         }
                     },
                     Err(d) => {
-                        diags.push(d);
+                        diags.push(*d);
                         continue;
                     }
                 }
@@ -230,7 +230,7 @@ fn server_tls(
     mode: &str,
     tls: &ServerTlsSettings,
     s: &istio::Server,
-) -> Result<DownstreamTls, Diagnostic> {
+) -> Result<DownstreamTls, Box<Diagnostic>> {
     let mode = match mode {
         "SIMPLE" => DownstreamTlsMode::Simple,
         "MUTUAL" => DownstreamTlsMode::Mutual,
@@ -243,10 +243,10 @@ fn server_tls(
             });
         }
         other => {
-            return Err(r.diag(
+            return Err(Box::new(r.diag(
                 Diagnostic::error(code::UNSUPPORTED_FIELD, format!("{other}: not served"))
                     .at(format!("{at}.tls.mode")),
-            ));
+            )));
         }
     };
     let server_names: Vec<String> = s
@@ -267,7 +267,7 @@ fn server_tls(
                 })
             };
             let Some(found) = secret(name) else {
-                return Err(r.diag(
+                return Err(Box::new(r.diag(
                     Diagnostic::error(
                         code::REFERENCED_RESOURCE_NOT_FOUND,
                         format!(
@@ -276,7 +276,7 @@ fn server_tls(
                         ),
                     )
                     .at(format!("{at}.tls.credentialName")),
-                ));
+                )));
             };
             let pem = |keys: &[&str]| {
                 found
@@ -285,7 +285,7 @@ fn server_tls(
             };
             let (Some(chain), Some(key)) = (pem(&["tls.crt", "cert"]), pem(&["tls.key", "key"]))
             else {
-                return Err(r.diag(
+                return Err(Box::new(r.diag(
                     Diagnostic::error(
                         code::REFERENCED_RESOURCE_NOT_FOUND,
                         format!(
@@ -293,7 +293,7 @@ fn server_tls(
                         ),
                     )
                     .at(format!("{at}.tls.credentialName")),
-                ));
+                )));
             };
             let ca = pem(&["ca.crt", "cacert"]).or_else(|| {
                 secret(&format!("{name}-cacert")).and_then(|s| {
@@ -305,13 +305,13 @@ fn server_tls(
         }
         None => {
             let (Some(chain), Some(key)) = (&tls.server_certificate, &tls.private_key) else {
-                return Err(r.diag(
+                return Err(Box::new(r.diag(
                     Diagnostic::error(
                         code::SCHEMA_VALIDATION_ERROR,
                         "credentialName, or serverCertificate and privateKey, is required",
                     )
                     .at(format!("{at}.tls")),
-                ));
+                )));
             };
             (
                 DataSource::Filename(chain.clone()),
@@ -321,13 +321,13 @@ fn server_tls(
         }
     };
     if mode == DownstreamTlsMode::Mutual && ca.is_none() {
-        return Err(r.diag(
+        return Err(Box::new(r.diag(
             Diagnostic::error(
                 code::REFERENCED_RESOURCE_NOT_FOUND,
                 "MUTUAL: no CA to verify clients with (ca.crt in the Secret, a <name>-cacert Secret, or caCertificates)",
             )
             .at(format!("{at}.tls")),
-        ));
+        )));
     }
     Ok(DownstreamTls {
         mode,

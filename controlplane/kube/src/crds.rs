@@ -98,6 +98,23 @@ pub struct DestinationRuleSpec(pub istio::DestinationRule);
 #[serde(transparent)]
 pub struct ServiceEntrySpec(pub istio::ServiceEntry);
 
+/// The ports, hosts and TLS that gateway proxies serve.
+#[derive(CustomResource, Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[kube(
+    group = "networking.istio.io",
+    version = "v1",
+    kind = "Gateway",
+    doc = "The ports, hosts and TLS that gateway proxies serve (Istio's Gateway).",
+    namespaced,
+    status = "Status",
+    shortname = "gw",
+    category = "istio-io",
+    category = "networking-istio-io",
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(transparent)]
+pub struct GatewaySpec(pub istio::Gateway);
+
 /// A workload outside Kubernetes (a VM, a bare-metal server), as a Pod is one inside.
 #[derive(CustomResource, Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[kube(
@@ -196,6 +213,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         finish(DestinationRule::crd(), &istio::VERSIONS),
         finish(ServiceEntry::crd(), &istio::VERSIONS),
         finish(WorkloadEntry::crd(), &istio::VERSIONS),
+        finish(Gateway::crd(), &istio::VERSIONS),
         finish(WasmPlugin::crd(), &istio::EXTENSIONS_VERSIONS),
         finish(PeerAuthentication::crd(), &istio::SECURITY_VERSIONS),
         finish(AuthorizationPolicy::crd(), &istio::SECURITY_VERSIONS),

@@ -215,8 +215,7 @@ pub struct DownstreamTls {
     pub mode: DownstreamTlsMode,
     /// `simple` and `mutual`: the server certificates. The first whose `server_names` match
     /// the ClientHello's SNI is presented; one with no `server_names` serves any other name
-    /// (and a ClientHello without SNI). No match: the handshake is refused
-    /// (`unrecognized_name`).
+    /// (and a ClientHello without SNI). No match: the handshake is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<ServerCertificate>,
     /// `mutual`: the CAs a client certificate must chain to (PEM).
