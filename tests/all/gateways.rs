@@ -135,9 +135,20 @@ fn start_labelled_gateway(
     label: &str,
     ports: &[u32],
 ) -> (Process, Vec<SocketAddr>) {
+    start_gateway_in(cp, name, "istio-system", label, ports)
+}
+
+/// A gateway in `namespace` labelled `label` serving `ports`.
+fn start_gateway_in(
+    cp: &ControlPlane,
+    name: &str,
+    namespace: &str,
+    label: &str,
+    ports: &[u32],
+) -> (Process, Vec<SocketAddr>) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wasmesh-proxy"));
     cmd.args(["--control-plane", &cp.address, "--node", name])
-        .args(["--namespace", "istio-system", "--label", label])
+        .args(["--namespace", namespace, "--label", label])
         .args(["--workers", "1"])
         .arg("--cache-dir")
         .arg(shared_cache());
@@ -875,4 +886,95 @@ async fn a_certificate_whose_key_does_not_match_is_refused_and_the_last_good_ser
             .0,
         "200"
     );
+}
+
+/// Istio's "Kubernetes Gateway API" ingress task: a Gateway of class `istio` and an HTTPRoute
+/// attached to it, served by the gateway deployed for it (labelled with the Gateway's name);
+/// then a RequestHeaderModifier on a second rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_http_route_through_its_gateway() {
+    let echo = Upstream::echo("httpbin").await;
+    let gateway = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: gateway
+  namespace: istio-ingress
+spec:
+  gatewayClassName: istio
+  listeners:
+  - name: default
+    hostname: \"*.example.com\"
+    port: 80
+    protocol: HTTP
+    allowedRoutes:
+      namespaces:
+        from: All
+";
+    let route = |extra: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: http
+  namespace: default
+spec:
+  parentRefs:
+  - name: gateway
+    namespace: istio-ingress
+  hostnames: [\"httpbin.example.com\"]
+  rules:
+  - matches:
+    - path:
+        type: PathPrefix
+        value: /get
+    backendRefs:
+    - name: httpbin
+      port: 8000
+{extra}"
+        )
+    };
+    let m = mesh(&[
+        ("httpbin.yaml", &httpbin_service(echo.addr)),
+        ("gateway.yaml", gateway),
+        ("route.yaml", &route("")),
+    ]);
+    let (gw, addrs) = start_gateway_in(
+        &m.cp,
+        "gateway-istio",
+        "istio-ingress",
+        "gateway.networking.k8s.io/gateway-name=gateway",
+        &[80],
+    );
+    let url = |path: &str| format!("http://{}{path}", addrs[0]);
+    let host = "Host:httpbin.example.com";
+    wait_code(&["-H", host, &url("/get")], "200", &gw).await;
+    // PathPrefix matches whole segments.
+    assert_eq!(curl(&["-H", host, &url("/get/more")]).await.0, "200");
+    assert_eq!(curl(&["-H", host, &url("/getter")]).await.0, "404");
+    assert_eq!(curl(&["-H", host, &url("/headers")]).await.0, "404");
+
+    write(
+        &m.manifests,
+        "route.yaml",
+        &route(
+            "  - matches:
+    - path:
+        type: PathPrefix
+        value: /headers
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        add:
+        - name: my-added-header
+          value: added-value
+    backendRefs:
+    - name: httpbin
+      port: 8000
+",
+        ),
+    );
+    wait_code(&["-H", host, &url("/headers")], "200", &gw).await;
+    let out = run("curl", &["-s", "-H", host, &url("/headers")]).await;
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["headers"]["my-added-header"], "added-value", "{body}");
 }
