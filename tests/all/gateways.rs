@@ -978,3 +978,119 @@ spec:
     let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(body["headers"]["my-added-header"], "added-value", "{body}");
 }
+
+/// Istio's "Egress Gateways with TLS Origination": the workload speaks plain HTTP, its sidecar
+/// sends it to the egress gateway, and the gateway originates TLS to the external host
+/// (DestinationRule `tls.mode: SIMPLE` with `sni` and the host's CA), which verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_gateway_originates_tls_to_the_external_host() {
+    use crate::support::sidecars::{Sidecar, SidecarSpec};
+    let ca = TestCa::new("cnn root");
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_file = tmp.path().join("cnn-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let external = https_server_with(
+        ca.server_config_for("edition.cnn.com", None),
+        Bytes::from_static(b"cnn over tls"),
+    )
+    .await;
+    let manifests = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: cnn}}
+spec:
+  hosts: [edition.cnn.com]
+  ports:
+  - {{number: 80, name: http-port, protocol: HTTP}}
+  - {{number: 443, name: https-port-for-tls-origination, protocol: HTTPS, targetPort: {port}}}
+  resolution: DNS
+  endpoints: [{{address: localhost}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  hosts: [istio-egressgateway.istio-system.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 80, name: http2, protocol: HTTP}}]
+  workloadSelector:
+    labels: {{istio: egressgateway}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [edition.cnn.com]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: egressgateway-for-cnn}}
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets:
+  - name: cnn
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: direct-cnn-through-egress-gateway}}
+spec:
+  hosts: [edition.cnn.com]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match:
+    - gateways: [mesh]
+      port: 80
+    route:
+    - destination:
+        host: istio-egressgateway.istio-system.svc.cluster.local
+        subset: cnn
+        port: {{number: 80}}
+      weight: 100
+  - match:
+    - gateways: [istio-egressgateway]
+      port: 80
+    route:
+    - destination:
+        host: edition.cnn.com
+        port: {{number: 443}}
+      weight: 100
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: originate-tls-for-edition-cnn-com}}
+spec:
+  host: edition.cnn.com
+  trafficPolicy:
+    loadBalancer: {{simple: ROUND_ROBIN}}
+    portLevelSettings:
+    - port: {{number: 443}}
+      tls:
+        mode: SIMPLE
+        sni: edition.cnn.com
+        caCertificates: {ca}
+",
+        port = external.port(),
+        ca = ca_file.display()
+    );
+    let m = mesh(&[("egress.yaml", &manifests)]);
+    let (gw, _) =
+        start_labelled_gateway(&m.cp, "istio-egressgateway", "istio=egressgateway", &[80]);
+    let sleep = Sidecar::start(
+        &m.cp.address,
+        &SidecarSpec {
+            name: "sleep",
+            labels: &[("app", "sleep")],
+            app: None,
+            cache: &shared_cache(),
+            outbound: "127.0.0.1:0",
+        },
+    );
+    let url = format!("http://{}/politics", sleep.outbound);
+    wait_code(&["-H", "Host:edition.cnn.com", &url], "200", &gw).await;
+    let out = run("curl", &["-s", "-H", "Host:edition.cnn.com", &url]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "cnn over tls");
+}
