@@ -31,7 +31,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use wasmesh_benches::load::{self, LoadRequest, Measurement, cpu_ticks};
+use wasmesh_benches::load::{self, LoadRequest, Measurement, with_cpu};
 use wasmesh_benches::peers;
 use wasmesh_benches::{build_release, free_addr, start_controlplane, wait_for_port};
 
@@ -279,21 +279,6 @@ const PLAIN_NEW: LoadRequest = LoadRequest {
 
 fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
-}
-
-/// Runs `f` (a load run) and sets the CPU time `pids` spent per request meanwhile.
-fn with_cpu(
-    pids: &[u32],
-    f: impl FnOnce() -> anyhow::Result<Measurement>,
-) -> anyhow::Result<Measurement> {
-    let ticks = || pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>();
-    let before = ticks();
-    let mut m = f()?;
-    let spent = ticks().saturating_sub(before) as f64 / 100.0; // USER_HZ
-    if m.requests > 0 {
-        m.cpu_per_request = Some(Duration::from_secs_f64(spent / m.requests as f64));
-    }
-    Ok(m)
 }
 
 /// A CA and ECDSA P-256 certificates for the nginx pair, as PEM files.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The load benchmarks against nginx: `deploy/bench.sh` (load: direct vs nginx vs wasmesh-proxy)
-# or `deploy/bench.sh mtls` (a proxy-to-proxy hop, plaintext and mTLS). Installs wrk, nginx and
-# oha if missing.
+# or `deploy/bench.sh mtls` (a proxy-to-proxy hop, plaintext and mTLS) or `deploy/bench.sh
+# gateway_tls` (HTTPS termination at the gateway). Installs wrk, nginx and oha if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

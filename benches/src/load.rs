@@ -33,12 +33,16 @@ impl LoadRequest {
     };
 
     fn args(&self, addr: SocketAddr) -> Vec<String> {
+        self.args_with_scheme("http", addr)
+    }
+
+    fn args_with_scheme(&self, scheme: &str, addr: SocketAddr) -> Vec<String> {
         let mut args = Vec::new();
         for h in self.headers {
             args.push("-H".to_owned());
             args.push((*h).to_owned());
         }
-        args.push(format!("http://{addr}{}", self.path));
+        args.push(format!("{scheme}://{addr}{}", self.path));
         args
     }
 }
@@ -46,6 +50,29 @@ impl LoadRequest {
 /// `wrk -t1 -c<connections> -d<secs> --latency`: saturating throughput. With `pid`, also the
 /// CPU time that process (and its children, such as nginx's worker) spent per request.
 pub fn wrk(
+    addr: SocketAddr,
+    request: &LoadRequest,
+    connections: u32,
+    duration: Duration,
+    pid: Option<u32>,
+) -> anyhow::Result<Measurement> {
+    wrk_with_scheme("http", addr, request, connections, duration, pid)
+}
+
+/// [`wrk`] over HTTPS (wrk's OpenSSL; it offers no ALPN, so HTTP/1.1). The server's
+/// certificate is not verified, and connections are kept alive: handshakes only at the start.
+pub fn wrk_https(
+    addr: SocketAddr,
+    request: &LoadRequest,
+    connections: u32,
+    duration: Duration,
+    pid: Option<u32>,
+) -> anyhow::Result<Measurement> {
+    wrk_with_scheme("https", addr, request, connections, duration, pid)
+}
+
+fn wrk_with_scheme(
+    scheme: &str,
     addr: SocketAddr,
     request: &LoadRequest,
     connections: u32,
@@ -60,7 +87,7 @@ pub fn wrk(
             &format!("-d{}s", duration.as_secs().max(1)),
             "--latency",
         ])
-        .args(request.args(addr))
+        .args(request.args_with_scheme(scheme, addr))
         .output()
         .context("run wrk (deploy/setup.sh installs it)")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -71,6 +98,22 @@ pub fn wrk(
         m.cpu_per_request = Some(Duration::from_secs_f64(
             ticks as f64 / ticks_per_sec / m.requests.max(1) as f64,
         ));
+    }
+    Ok(m)
+}
+
+/// Runs `f` (a load run) and sets the CPU time (user + system) `pids` and their direct
+/// children spent per request meanwhile.
+pub fn with_cpu(
+    pids: &[u32],
+    f: impl FnOnce() -> anyhow::Result<Measurement>,
+) -> anyhow::Result<Measurement> {
+    let ticks = || pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>();
+    let before = ticks();
+    let mut m = f()?;
+    let spent = ticks().saturating_sub(before) as f64 / 100.0; // USER_HZ
+    if m.requests > 0 {
+        m.cpu_per_request = Some(Duration::from_secs_f64(spent / m.requests as f64));
     }
     Ok(m)
 }
@@ -191,6 +234,108 @@ pub fn oha_fixed_rate(
         p99: secs(&json["latencyPercentiles"]["p99"]),
         errors,
         ..Measurement::default()
+    })
+}
+
+/// A new TCP connection and a full TLS 1.3 handshake per request, `connections` at once for
+/// `duration`: `GET /` with `Connection: close` to `addr`, the response read to the end (a
+/// `200`, or it counts as an error). The client is rustls (ring) on one thread, with session
+/// resumption off (every handshake is a full one: key exchange and the server's certificate
+/// signature), SNI `server_name`, ALPN `http/1.1`, the server's chain verified against
+/// `root_pem`. `requests_per_sec` is new connections (handshakes) per second; p50/p99 are of
+/// connect, handshake and request together.
+pub fn tls_new_connections(
+    addr: SocketAddr,
+    server_name: &str,
+    root_pem: &[u8],
+    connections: u32,
+    duration: Duration,
+) -> anyhow::Result<Measurement> {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{self, client::Resumption};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(root_pem) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = Resumption::disabled();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from(server_name.to_owned())?;
+    let request = format!("GET / HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n");
+
+    let one = {
+        let (connector, name, request) = (connector.clone(), name.clone(), request.clone());
+        move || {
+            let (connector, name, request) = (connector.clone(), name.clone(), request.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                let mut tls = connector.connect(name, tcp).await?;
+                tls.write_all(request.as_bytes()).await?;
+                let mut response = Vec::with_capacity(512);
+                // A server that closes without close_notify after the whole response is fine.
+                match tls.read_to_end(&mut response).await {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+                    Err(e) => return Err(e),
+                }
+                Ok::<bool, std::io::Error>(response.starts_with(b"HTTP/1.1 200"))
+            }
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // The last connections end after the deadline: the rate is over the real time.
+    let (mut latencies, errors, elapsed) = runtime.block_on(async move {
+        let start = std::time::Instant::now();
+        let deadline = start + duration;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..connections {
+            let one = one.clone();
+            tasks.spawn(async move {
+                let (mut latencies, mut errors) = (Vec::new(), 0u64);
+                while std::time::Instant::now() < deadline {
+                    let t = std::time::Instant::now();
+                    match one().await {
+                        Ok(true) => latencies.push(t.elapsed()),
+                        _ => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            });
+        }
+        let (mut latencies, mut errors) = (Vec::new(), 0);
+        while let Some(done) = tasks.join_next().await {
+            let (l, e) = done.expect("a connection task");
+            latencies.extend(l);
+            errors += e;
+        }
+        (latencies, errors, start.elapsed())
+    });
+    latencies.sort();
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Ok(Measurement {
+        requests_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
+        requests: latencies.len() as u64,
+        cpu_per_request: None,
+        p50: at(0.50),
+        p99: at(0.99),
+        errors,
     })
 }
 

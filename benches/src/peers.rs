@@ -131,6 +131,31 @@ pub fn wasmesh_with_filters(
     spawn_wasmesh(binary, &conf, addr)
 }
 
+/// wasmesh-proxy as [`wasmesh`], its listener terminating TLS as a gateway does (`simple`)
+/// with the PEM files `(chain, key)`: presented for `server_names`, and as the
+/// default certificate (for clients that send no server name, or an IP address as wrk does).
+pub fn wasmesh_tls(
+    binary: &Path,
+    dir: &Path,
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    workers: usize,
+    server_names: &[&str],
+    (cert, key): (&Path, &Path),
+) -> anyhow::Result<Process> {
+    let files = format!(
+        "certificate_chain: {{filename: \"{}\"}}\n      private_key: {{filename: \"{}\"}}\n",
+        cert.display(),
+        key.display()
+    );
+    let tls = format!(
+        "  tls:\n    mode: simple\n    certificates:\n    - server_names: [{}]\n      {files}    \
+         - {files}",
+        server_names.join(", ")
+    );
+    wasmesh_with_filters(binary, dir, addr, upstream, workers, &tls)
+}
+
 /// The manifests of the plugins benchmark: a `catalog` service with a VirtualService of ten
 /// routes and a DestinationRule with a connection pool and outlier detection.
 pub const CATALOG_MANIFESTS: &str = include_str!("../manifests/catalog.yaml");

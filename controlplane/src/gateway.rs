@@ -243,10 +243,12 @@ fn server_tls(
             });
         }
         other => {
-            return Err(Box::new(r.diag(
-                Diagnostic::error(code::UNSUPPORTED_FIELD, format!("{other}: not served"))
-                    .at(format!("{at}.tls.mode")),
-            )));
+            return Err(Box::new(
+                r.diag(
+                    Diagnostic::error(code::UNSUPPORTED_FIELD, format!("{other}: not served"))
+                        .at(format!("{at}.tls.mode")),
+                ),
+            ));
         }
     };
     let server_names: Vec<String> = s
@@ -305,13 +307,15 @@ fn server_tls(
         }
         None => {
             let (Some(chain), Some(key)) = (&tls.server_certificate, &tls.private_key) else {
-                return Err(Box::new(r.diag(
-                    Diagnostic::error(
-                        code::SCHEMA_VALIDATION_ERROR,
-                        "credentialName, or serverCertificate and privateKey, is required",
-                    )
-                    .at(format!("{at}.tls")),
-                )));
+                return Err(Box::new(
+                    r.diag(
+                        Diagnostic::error(
+                            code::SCHEMA_VALIDATION_ERROR,
+                            "credentialName, or serverCertificate and privateKey, is required",
+                        )
+                        .at(format!("{at}.tls")),
+                    ),
+                ));
             };
             (
                 DataSource::Filename(chain.clone()),

@@ -639,7 +639,8 @@ mod tests {
     use crate::manifests::parse_str;
 
     fn node(name: &str, app: &str, inbound: Option<(u32, &str, &str)>) -> Node {
-        Node { gateway_ports: Vec::new(),
+        Node {
+            gateway_ports: Vec::new(),
             name: name.into(),
             namespace: "default".into(),
             labels: [("app".to_owned(), app.to_owned())].into(),

@@ -34,7 +34,8 @@ fn mesh(dir: &std::path::Path) -> Arc<Mesh> {
 }
 
 fn node(name: &str, metrics_address: String) -> Node {
-    Node { gateway_ports: Vec::new(),
+    Node {
+        gateway_ports: Vec::new(),
         name: name.into(),
         namespace: "default".into(),
         labels: [("app".to_owned(), "reviews".to_owned())].into(),
