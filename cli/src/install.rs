@@ -7,12 +7,13 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, bail};
 
 /// The manifests, in `deploy/kubernetes/kustomization.yaml`'s order.
-const MANIFESTS: [&str; 5] = [
+const MANIFESTS: [&str; 6] = [
     include_str!("../../deploy/kubernetes/namespace.yaml"),
     include_str!("../../deploy/kubernetes/crds.yaml"),
     include_str!("../../deploy/kubernetes/rbac.yaml"),
     include_str!("../../deploy/kubernetes/controlplane.yaml"),
     include_str!("../../deploy/kubernetes/webhook.yaml"),
+    include_str!("../../deploy/kubernetes/ingressgateway.yaml"),
 ];
 
 /// The image the manifests name, for the control plane and for the sidecars it injects.

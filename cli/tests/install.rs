@@ -41,7 +41,7 @@ fn dry_run_prints_every_manifest_in_kustomization_order() {
         .lines()
         .filter_map(|l| l.strip_prefix("- "))
         .collect();
-    assert_eq!(files.len(), 5, "{kustomization}");
+    assert_eq!(files.len(), 6, "{kustomization}");
     let mut from = 0;
     for file in &files {
         let text = std::fs::read_to_string(deploy_dir().join(file)).unwrap();
@@ -52,7 +52,7 @@ fn dry_run_prints_every_manifest_in_kustomization_order() {
     }
     assert_eq!(from, printed.len(), "nothing after the last file");
 
-    let mut crds = vec!["CustomResourceDefinition"; 8];
+    let mut crds = vec!["CustomResourceDefinition"; 9];
     let mut expected = vec!["Namespace"];
     expected.append(&mut crds);
     expected.extend([
@@ -64,6 +64,11 @@ fn dry_run_prints_every_manifest_in_kustomization_order() {
         "Deployment",
         "Service",
         "MutatingWebhookConfiguration",
+        // The ingress gateway.
+        "Namespace",
+        "ServiceAccount",
+        "Deployment",
+        "Service",
     ]);
     assert_eq!(kinds(&printed), expected);
     // One `---` between documents, none before the first or after the last.
