@@ -102,15 +102,12 @@ pub fn own_part(
                 .map(str::to_ascii_uppercase);
             let gateway = format!("{}/{}", r.namespace(), r.name());
             if protocol == "TCP" || protocol == "MONGO" {
-                diags.push(
-                    r.diag(
-                        Diagnostic::warning(
-                            code::UNSUPPORTED_FIELD,
-                            "TCP servers are not served by wasmesh's gateways yet: skipped",
-                        )
-                        .at(format!("{at}.port.protocol")),
-                    ),
-                );
+                routed.push(GatewayServer {
+                    gateway,
+                    hosts: s.hosts.clone(),
+                    passthrough: false,
+                    tcp: true,
+                });
                 continue;
             }
             if mode.as_deref() == Some("PASSTHROUGH") {
@@ -118,6 +115,7 @@ pub fn own_part(
                     gateway,
                     hosts: s.hosts.clone(),
                     passthrough: true,
+                    tcp: false,
                 });
                 continue;
             }
@@ -169,6 +167,7 @@ pub fn own_part(
                 gateway,
                 hosts: s.hosts.clone(),
                 passthrough: false,
+                tcp: false,
             });
         }
         listener.virtual_hosts.push(VirtualHost {
@@ -183,6 +182,34 @@ pub fn own_part(
         listener.http_filters.extend(user_filters.iter().cloned());
         listener.sni_routes = routing.sni_routes;
         listener.tls = terminate;
+        // A TCP server's port is opaque TCP to its route's cluster: no HTTP on it.
+        if let Some(cluster) = routing.tcp_cluster {
+            let mixed = servers.iter().any(|(_, s)| {
+                !matches!(
+                    s.port.protocol.to_ascii_uppercase().as_str(),
+                    "TCP" | "MONGO"
+                )
+            });
+            if mixed {
+                for (r, s) in &servers {
+                    diags.push(r.diag(
+                        Diagnostic::error(
+                            code::UNSUPPORTED_FIELD,
+                            format!(
+                                "port {} has TCP and other servers: the TCP route is not served",
+                                port.port
+                            ),
+                        )
+                        .at(format!("{}.port", server_field(r, s))),
+                    ));
+                }
+            } else {
+                listener.tcp_proxy = Some(wasmesh_config::TcpProxy { cluster });
+                listener.http_filters.clear();
+                listener.virtual_hosts.clear();
+                listener.sni_routes.clear();
+            }
+        }
         listeners.push(listener);
     }
 

@@ -94,8 +94,29 @@ pub struct VirtualService {
     pub http: Vec<HttpRoute>,
     /// TLS routes by SNI: served by gateways' PASSTHROUGH servers.
     pub tls: Vec<TlsRoute>,
-    pub tcp: Unsupported,
+    /// TCP routes: served by gateways' TCP servers.
+    pub tcp: Vec<TcpRoute>,
     pub export_to: Vec<String>,
+}
+
+/// A route for opaque TCP.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct TcpRoute {
+    #[serde(rename = "match")]
+    pub matches: Vec<L4MatchAttributes>,
+    pub route: Vec<RouteDestination>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct L4MatchAttributes {
+    pub destination_subnets: Vec<String>,
+    pub port: Option<u32>,
+    pub source_subnet: Option<String>,
+    pub source_labels: BTreeMap<String, String>,
+    pub gateways: Vec<String>,
+    pub source_namespace: Option<String>,
 }
 
 /// A route for TLS traffic that is not terminated, by its SNI.

@@ -1094,3 +1094,68 @@ spec:
     let out = run("curl", &["-s", "-H", "Host:edition.cnn.com", &url]).await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "cnn over tls");
 }
+
+/// Istio's "TCP Traffic Shifting" ingress: a TCP server on the gateway (port 31400, hosts
+/// `*`) and a VirtualService's `tcp` route send each connection, as opaque TCP, to tcp-echo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_server_sends_connections_to_its_tcp_route() {
+    let echo = crate::tcp_proxy::echo_server("tcp-echo-v1");
+    let manifests = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: tcp-echo}}
+spec:
+  hosts: [tcp-echo.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 9000, name: tcp, protocol: TCP, targetPort: {port}}}]
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: tcp-echo-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 31400
+      name: tcp
+      protocol: TCP
+    hosts:
+    - \"*\"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: tcp-echo
+spec:
+  hosts:
+  - \"*\"
+  gateways:
+  - tcp-echo-gateway
+  tcp:
+  - match:
+    - port: 31400
+    route:
+    - destination:
+        host: tcp-echo
+        port:
+          number: 9000
+",
+        port = echo.port()
+    );
+    let m = mesh(&[("tcp-echo.yaml", &manifests)]);
+    let (gw, addrs) = start_gateway(&m.cp, "istio-ingressgateway", &[31400]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(got) = crate::support::tcp_exchange(addrs[0], b"world") {
+            if got == b"tcp-echo-v1:world" {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no echo\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -9,7 +9,7 @@ use crate::support::*;
 
 /// A TCP server that answers each connection with `name:` and what it received, after the
 /// client is done sending.
-fn echo_server(name: &'static str) -> SocketAddr {
+pub(crate) fn echo_server(name: &'static str) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {

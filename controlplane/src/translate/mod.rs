@@ -418,6 +418,8 @@ pub use routes::GatewayServer;
 pub struct GatewayRouting {
     pub http_filters: Vec<HttpFilter>,
     pub sni_routes: Vec<wasmesh_config::SniRoute>,
+    /// A TCP server's cluster (the VirtualServices' `tcp` routes).
+    pub tcp_cluster: Option<String>,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -453,6 +455,7 @@ pub fn gateway_routing(
     GatewayRouting {
         http_filters,
         sni_routes: routed.sni_routes,
+        tcp_cluster: routed.tcp_cluster,
         diagnostics: dedup(diags),
     }
 }

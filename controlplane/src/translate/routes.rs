@@ -859,6 +859,8 @@ pub struct GatewayServer {
     pub hosts: Vec<String>,
     /// A PASSTHROUGH server: its hosts take the VirtualServices' `tls` routes.
     pub passthrough: bool,
+    /// A TCP server: the first `tcp` route that matches takes its connections.
+    pub tcp: bool,
 }
 
 /// What a gateway port serves: the router's virtual hosts (HTTP servers) and the SNI routes
@@ -868,6 +870,8 @@ pub(crate) struct GatewayRouted {
     pub fault: FaultConfig,
     pub mirror: MirrorConfig,
     pub sni_routes: Vec<wasmesh_config::SniRoute>,
+    /// A TCP server's cluster.
+    pub tcp_cluster: Option<String>,
 }
 
 /// The VirtualServices bound to `servers` (all on `port`), as Istio binds them to a gateway:
@@ -895,6 +899,7 @@ pub(crate) fn for_gateway(
     let mut sni_routes = Vec::new();
     let mut used = BTreeSet::new();
     let mut used_sni = BTreeSet::new();
+    let mut tcp_cluster = None;
     for server in servers {
         let gw_ns = server.gateway.split_once('/').map_or("", |(ns, _)| ns);
         let from = From {
@@ -910,6 +915,22 @@ pub(crate) fn for_gateway(
             }
             let hosts = bound_hosts(&server.hosts, gw_ns, r.namespace(), &vs.hosts);
             if hosts.is_empty() {
+                continue;
+            }
+            if server.tcp {
+                for (i, t) in vs.tcp.iter().enumerate() {
+                    let fits = t.matches.is_empty()
+                        || t.matches.iter().any(|m| {
+                            m.port.is_none_or(|p| p == port)
+                                && (m.gateways.is_empty()
+                                    || m.gateways.iter().any(|g| from.is(g, r.namespace())))
+                        });
+                    let dest = t.route.iter().max_by_key(|d| d.weight.unwrap_or(0));
+                    if let (true, None, Some(dest)) = (fits, &tcp_cluster, dest) {
+                        let at = format!("spec.tcp[{i}].route");
+                        tcp_cluster = Some(ctx.resolve_tcp(r, &at, &dest.destination));
+                    }
+                }
                 continue;
             }
             if server.passthrough {
@@ -974,6 +995,7 @@ pub(crate) fn for_gateway(
         fault: ctx.fault,
         mirror: ctx.mirror,
         sni_routes,
+        tcp_cluster,
     }
 }
 

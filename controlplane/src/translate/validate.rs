@@ -1030,8 +1030,38 @@ fn virtual_service(c: &mut Check, vs: &istio::VirtualService) {
             "TLS routes are served by gateways only, not sidecars",
         );
     }
-    if vs.tcp.is_some() {
-        c.unsupported("spec.tcp", "TCP routes are ignored");
+    for (i, route) in vs.tcp.iter().enumerate() {
+        let at = format!("spec.tcp[{i}]");
+        if route.route.is_empty() {
+            c.error(
+                &format!("{at}.route"),
+                "at least one destination is required",
+            );
+        }
+        if route.route.len() > 1 {
+            c.unsupported(
+                &format!("{at}.route"),
+                "weights across TCP destinations are not split: the heaviest takes all",
+            );
+        }
+        for (j, m) in route.matches.iter().enumerate() {
+            if !m.destination_subnets.is_empty()
+                || m.source_subnet.is_some()
+                || !m.source_labels.is_empty()
+                || m.source_namespace.is_some()
+            {
+                c.unsupported(
+                    &format!("{at}.match[{j}]"),
+                    "only port and gateways are matched",
+                );
+            }
+        }
+    }
+    if !vs.tcp.is_empty() && (vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh")) {
+        c.note(
+            "spec.tcp",
+            "TCP routes are served by gateways only, not sidecars",
+        );
     }
     let mut names = BTreeSet::new();
     for (i, route) in vs.http.iter().enumerate() {
