@@ -397,6 +397,7 @@ spec:
                 "destinationrules.networking.istio.io",
                 "serviceentries.networking.istio.io",
                 "workloadentries.networking.istio.io",
+                "gateways.networking.istio.io",
                 "wasmplugins.extensions.istio.io",
                 "peerauthentications.security.istio.io",
                 "authorizationpolicies.security.istio.io",
@@ -441,11 +442,12 @@ spec:
             .iter()
             .map(|s| s.as_deref().unwrap_or_default())
             .collect();
-        let expected: [&[&str]; 8] = [
+        let expected: [&[&str]; 9] = [
             &["vs"],
             &["dr"],
             &["se"],
             &["we"],
+            &["gw"],
             &[],
             &["pa"],
             &["ap"],

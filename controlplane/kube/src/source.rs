@@ -113,7 +113,7 @@ const fn kind(
 /// The kinds watched as dynamic objects: the Istio kinds the control plane translates, and the
 /// Gateway API's Gateway and HTTPRoute (their CRDs are upstream's; none installed, none
 /// watched).
-pub static ISTIO_KINDS: [IstioKind; 11] = [
+pub static ISTIO_KINDS: [IstioKind; 10] = [
     kind(
         "networking.istio.io",
         "v1",
@@ -138,7 +138,6 @@ pub static ISTIO_KINDS: [IstioKind; 11] = [
         "WorkloadEntry",
         "workloadentries",
     ),
-    kind("networking.istio.io", "v1", "Gateway", "gateways"),
     kind(
         "security.istio.io",
         "v1",
