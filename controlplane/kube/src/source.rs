@@ -113,7 +113,7 @@ const fn kind(
 /// The kinds watched as dynamic objects: the Istio kinds the control plane translates, and the
 /// Gateway API's Gateway and HTTPRoute (their CRDs are upstream's; none installed, none
 /// watched).
-pub static ISTIO_KINDS: [IstioKind; 10] = [
+pub static ISTIO_KINDS: [IstioKind; 11] = [
     kind(
         "networking.istio.io",
         "v1",
@@ -138,6 +138,7 @@ pub static ISTIO_KINDS: [IstioKind; 10] = [
         "WorkloadEntry",
         "workloadentries",
     ),
+    kind("networking.istio.io", "v1", "Gateway", "gateways"),
     kind(
         "security.istio.io",
         "v1",
@@ -252,7 +253,12 @@ impl KubeSource {
             .map(|k| {
                 let ar = k.api_resource();
                 let api = Api::all_with(client.clone(), &ar);
-                (k, r.run(k.plural, api, all(), ar, trim_istio))
+                // Named by plural and group: Istio's and the Gateway API's `gateways` are two
+                // stores, each of which must be listed before the first state. Once per
+                // process, so leaking the name is fine.
+                let what: &'static str =
+                    Box::leak(format!("{}.{}", k.plural, k.group).into_boxed_str());
+                (k, r.run(what, api, all(), ar, trim_istio))
             })
             .collect();
         let c = || client.clone();

@@ -22,7 +22,7 @@ pub type Body = StreamBody<BoxStream<'static, Result<Frame<Bytes>, Infallible>>>
 type Pending = (Request<kube::client::Body>, SendResponse<Response<Body>>);
 
 /// Every collection the source watches: (kind, apiVersion, path).
-const COLLECTIONS: [(&str, &str, &str); 16] = [
+const COLLECTIONS: [(&str, &str, &str); 17] = [
     (
         "VirtualService",
         "networking.istio.io/v1",
@@ -62,6 +62,11 @@ const COLLECTIONS: [(&str, &str, &str); 16] = [
         "Telemetry",
         "telemetry.istio.io/v1",
         "/apis/telemetry.istio.io/v1/telemetries",
+    ),
+    (
+        "Gateway",
+        "networking.istio.io/v1",
+        "/apis/networking.istio.io/v1/gateways",
     ),
     // Istio's mesh config only: the source watches its namespace, by name.
     (
