@@ -190,8 +190,10 @@ pub fn wasmesh_with_plugins(
     })?;
     let mut bootstrap = translation.bootstrap;
     bootstrap.workers = Some(workers);
+    // Every cluster (the PassthroughCluster too) is the upstream here.
     for cluster in &mut bootstrap.clusters {
         cluster.endpoints = vec![upstream.to_string()];
+        cluster.resolution = Default::default(); // static
     }
     let conf = dir.join(format!("wasmesh-{}.yaml", addr.port()));
     std::fs::write(&conf, serde_saphyr::to_string(&bootstrap)?)?;

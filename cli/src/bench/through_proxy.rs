@@ -150,8 +150,10 @@ clusters:
                 }
             }
         }
+        // Every cluster, DNS and original-destination ones too, is the upstream here.
         for c in &mut clusters {
             c.endpoints = vec![upstream.to_string()];
+            c.resolution = wasmesh_proxy::config::Resolution::Static;
         }
         if !clusters.iter().any(|c| c.name == "upstream") {
             clusters.push(b.clusters[0].clone());
