@@ -80,11 +80,7 @@ pub(super) fn route<'s>(
             Ok(target) => target,
             Err(direct) => {
                 drop(decisions);
-                let route_name = filters
-                    .chosen_route_name()
-                    .unwrap_or_else(|| Bytes::copy_from_slice(route.name.as_bytes()));
-                ex.capture_names(&route_name, None);
-                filters.record_route(route_name, &Arc::from(""));
+                name_request(filters, Some(route), None, ex);
                 filters.keep_request_head(&request.parts);
                 return Err(direct);
             }
@@ -98,11 +94,21 @@ pub(super) fn route<'s>(
         target.retry = Some(Cow::Owned(policy.clone()));
     }
     drop(decisions);
-    // A route a plugin chose (the router's VirtualService route) names the request.
+    name_request(filters, route, Some(&target.cluster.name), ex);
+    Ok(target)
+}
+
+/// Names the request's route (the one a plugin chose, as the router's VirtualService route,
+/// else the listener's) and cluster (none for a direct response) for the log and the filters.
+fn name_request(
+    filters: &Filters,
+    route: Option<&Route>,
+    cluster: Option<&Arc<str>>,
+    ex: &mut Exchange,
+) {
     let route_name = filters.chosen_route_name().unwrap_or_else(|| {
         route.map_or_else(Bytes::new, |r| Bytes::copy_from_slice(r.name.as_bytes()))
     });
-    ex.capture_names(&route_name, Some(&*target.cluster.name));
-    filters.record_route(route_name, &target.cluster.name);
-    Ok(target)
+    ex.capture_names(&route_name, cluster.map(|c| &**c));
+    filters.record_route(route_name, cluster.unwrap_or(&Arc::from("")));
 }
