@@ -70,10 +70,11 @@ pub fn own_part(
 
     let mut listeners = Vec::new();
     for port in &node.gateway_ports {
-        let servers: Vec<(&Resource, &istio::Server)> = gateways
+        // Each server with its index in its Gateway, for diagnostics' fields.
+        let servers: Vec<(&Resource, usize, &istio::Server)> = gateways
             .iter()
-            .flat_map(|(r, g)| g.servers.iter().map(move |s| (*r, s)))
-            .filter(|(_, s)| s.port.number == port.port)
+            .flat_map(|(r, g)| g.servers.iter().enumerate().map(move |(i, s)| (*r, i, s)))
+            .filter(|(_, _, s)| s.port.number == port.port)
             .collect();
         let mut listener = Listener {
             name: format!("gateway|{}", port.port),
@@ -92,8 +93,8 @@ pub fn own_part(
         };
         let mut routed = Vec::new();
         let mut terminate: Option<DownstreamTls> = None;
-        for (i, (r, s)) in servers.iter().enumerate() {
-            let at = server_field(r, s);
+        for &(r, i, s) in &servers {
+            let at = format!("spec.servers[{i}]");
             let protocol = s.port.protocol.to_ascii_uppercase();
             let mode = s
                 .tls
@@ -184,14 +185,14 @@ pub fn own_part(
         listener.tls = terminate;
         // A TCP server's port is opaque TCP to its route's cluster: no HTTP on it.
         if let Some(cluster) = routing.tcp_cluster {
-            let mixed = servers.iter().any(|(_, s)| {
+            let mixed = servers.iter().any(|(_, _, s)| {
                 !matches!(
                     s.port.protocol.to_ascii_uppercase().as_str(),
                     "TCP" | "MONGO"
                 )
             });
             if mixed {
-                for (r, s) in &servers {
+                for (r, i, _) in &servers {
                     diags.push(r.diag(
                         Diagnostic::error(
                             code::UNSUPPORTED_FIELD,
@@ -200,7 +201,7 @@ pub fn own_part(
                                 port.port
                             ),
                         )
-                        .at(format!("{}.port", server_field(r, s))),
+                        .at(format!("spec.servers[{i}].port")),
                     ));
                 }
             } else {
@@ -233,19 +234,6 @@ pub fn own_part(
 /// Whether a Gateway selects a gateway with `labels` (no selector: every gateway).
 fn selects(g: &istio::Gateway, labels: &BTreeMap<String, String>) -> bool {
     g.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
-/// `spec.servers[i]` of a server of `r`.
-fn server_field(r: &Resource, s: &istio::Server) -> String {
-    let Spec::Gateway(g) = &r.spec else {
-        return "spec.servers".into();
-    };
-    let i = g
-        .servers
-        .iter()
-        .position(|x| std::ptr::eq(x, s))
-        .unwrap_or(0);
-    format!("spec.servers[{i}]")
 }
 
 /// A terminating server's TLS: its certificate for its hosts, and for MUTUAL the CA.

@@ -158,12 +158,7 @@ pub(crate) fn build(
         if let Some(b) = bound {
             for (i, route) in b.vs.http.iter().enumerate() {
                 let at = format!("spec.http[{i}]");
-                let id = format!(
-                    "{}.{}/{}",
-                    b.res.name(),
-                    b.res.namespace(),
-                    route.name.clone().unwrap_or_else(|| i.to_string())
-                );
+                let id = route_id(b.res, i, route);
                 let from = From::mesh(svc.port);
                 let Some(r) = ctx.route(b.res, &at, id, route, &from) else {
                     continue;
@@ -270,6 +265,13 @@ fn catch_all(mode: OutboundMode) -> wasmesh_config::VirtualHost {
             retry_policy: None,
         }],
     }
+}
+
+/// A VirtualService route's id, which keys the fault and mirror configs:
+/// `<virtualservice>.<namespace>/<route name or index>`.
+fn route_id(res: &Resource, i: usize, route: &HttpRoute) -> String {
+    let name = route.name.clone().unwrap_or_else(|| i.to_string());
+    format!("{}.{}/{name}", res.name(), res.namespace())
 }
 
 /// The VirtualService for a service: one naming its host exactly beats a wildcard, a longer
@@ -973,12 +975,7 @@ pub(crate) fn for_gateway(
             let mut routes = Vec::new();
             for (i, route) in vs.http.iter().enumerate() {
                 let at = format!("spec.http[{i}]");
-                let id = format!(
-                    "{}.{}/{}",
-                    r.name(),
-                    r.namespace(),
-                    route.name.clone().unwrap_or_else(|| i.to_string())
-                );
+                let id = route_id(r, i, route);
                 if let Some(route) = ctx.route(r, &at, id, route, &from) {
                     routes.push(route);
                 }
