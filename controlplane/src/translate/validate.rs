@@ -548,6 +548,22 @@ fn gateway(c: &mut Check, g: &istio::Gateway) {
     }
 }
 
+/// A TLS or TCP route's destinations: one at least; one takes all (weights are not split).
+fn l4_destinations(c: &mut Check, at: &str, count: usize, what: &str) {
+    if count == 0 {
+        c.error(
+            &format!("{at}.route"),
+            "at least one destination is required",
+        );
+    }
+    if count > 1 {
+        c.unsupported(
+            &format!("{at}.route"),
+            &format!("weights across {what} destinations are not split: the heaviest takes all"),
+        );
+    }
+}
+
 /// The protocols a Gateway server may declare.
 const GATEWAY_PROTOCOLS: [&str; 7] = ["HTTP", "HTTPS", "HTTP2", "GRPC", "TLS", "TCP", "MONGO"];
 
@@ -1011,20 +1027,10 @@ fn virtual_service(c: &mut Check, vs: &istio::VirtualService) {
                 );
             }
         }
-        if route.route.is_empty() {
-            c.error(
-                &format!("{at}.route"),
-                "at least one destination is required",
-            );
-        }
-        if route.route.len() > 1 {
-            c.unsupported(
-                &format!("{at}.route"),
-                "weights across TLS destinations are not split: the heaviest takes all",
-            );
-        }
+        l4_destinations(c, &at, route.route.len(), "TLS");
     }
-    if !vs.tls.is_empty() && (vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh")) {
+    let for_mesh = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
+    if !vs.tls.is_empty() && for_mesh {
         c.note(
             "spec.tls",
             "TLS routes are served by gateways only, not sidecars",
@@ -1032,18 +1038,7 @@ fn virtual_service(c: &mut Check, vs: &istio::VirtualService) {
     }
     for (i, route) in vs.tcp.iter().enumerate() {
         let at = format!("spec.tcp[{i}]");
-        if route.route.is_empty() {
-            c.error(
-                &format!("{at}.route"),
-                "at least one destination is required",
-            );
-        }
-        if route.route.len() > 1 {
-            c.unsupported(
-                &format!("{at}.route"),
-                "weights across TCP destinations are not split: the heaviest takes all",
-            );
-        }
+        l4_destinations(c, &at, route.route.len(), "TCP");
         for (j, m) in route.matches.iter().enumerate() {
             if !m.destination_subnets.is_empty()
                 || m.source_subnet.is_some()
@@ -1057,7 +1052,7 @@ fn virtual_service(c: &mut Check, vs: &istio::VirtualService) {
             }
         }
     }
-    if !vs.tcp.is_empty() && (vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh")) {
+    if !vs.tcp.is_empty() && for_mesh {
         c.note(
             "spec.tcp",
             "TCP routes are served by gateways only, not sidecars",
