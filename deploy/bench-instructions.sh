@@ -153,7 +153,9 @@ mesh_config() {
     /^workers:/ { print "workers: 1"; workers = 1; next }
     /^wasm:/ { print "wasm: {cache_dir: \"" cache "\"}"; wasm = 1; next }
     top == "wasm:" && /^ / { next }
-    top == "clusters:" && /^  endpoints:/ { print; print "  - " up; items = 1; clusters++; next }
+    # Every cluster, the PassthroughCluster (`endpoints: []`, original_dst) too, is a static one.
+    top == "clusters:" && /^  endpoints:/ { print "  endpoints:"; print "  - " up; items = 1; clusters++; next }
+    top == "clusters:" && /^  resolution:/ { next }
     items && /^  - / { next }
     { items = 0; print }
     END {
