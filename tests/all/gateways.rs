@@ -1150,10 +1150,10 @@ spec:
     let (gw, addrs) = start_gateway(&m.cp, "istio-ingressgateway", &[31400]);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(got) = crate::support::tcp_exchange(addrs[0], b"world") {
-            if got == b"tcp-echo-v1:world" {
-                break;
-            }
+        if let Ok(got) = crate::support::tcp_exchange(addrs[0], b"world")
+            && got == b"tcp-echo-v1:world"
+        {
+            break;
         }
         assert!(Instant::now() < deadline, "no echo\n{}", gw.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
