@@ -13,6 +13,9 @@
 #
 #   deploy/bench-instructions.sh [N1 N2]        # default 5000 25000
 #
+# BENCH_INSTRUCTIONS_ONLY=mesh (or nginx, wasmesh) counts only that proxy;
+# BENCH_INSTRUCTIONS_KEEP=DIR keeps each run's callgrind profile there (<proxy>-<requests>.out),
+# for `callgrind_annotate --inclusive=yes DIR/mesh-25000.out`.
 # Honours CARGO_TARGET_DIR (the proxy, the plugins and the translator are built there).
 set -euo pipefail
 shopt -s inherit_errexit
@@ -99,6 +102,10 @@ count() {
   kill "-$stop" "$pid"
   wait "$pid" || true
   awk '/^(summary|totals):/ { print $2; exit }' "$dir/cg.out"
+  if [ -n "${BENCH_INSTRUCTIONS_KEEP:-}" ]; then
+    mkdir -p "$BENCH_INSTRUCTIONS_KEEP"
+    cp "$dir/cg.out" "$BENCH_INSTRUCTIONS_KEEP/$counting-$n.out"
+  fi
 }
 per_request() { # nginx | wasmesh | mesh
   local a b
@@ -108,6 +115,7 @@ per_request() { # nginx | wasmesh | mesh
 }
 count_one() { # nginx | wasmesh | mesh, requests
   local port
+  counting=$1
   port=$(free_port)
   if [ "$1" = nginx ]; then
     nginx_conf "proxy-$port" "$port" \
@@ -181,6 +189,11 @@ warm_wasm_cache() { # config, port
 }
 
 echo "instructions per request (valgrind callgrind, user space, $((n2 - n1)) requests):"
+only=${BENCH_INSTRUCTIONS_ONLY:-}
+if [ -n "$only" ]; then
+  printf '  %-14s %8d\n' "$only" "$(per_request "$only")"
+  exit 0
+fi
 ng=$(per_request nginx)
 wm=$(per_request wasmesh)
 ms=$(per_request mesh)

@@ -181,6 +181,7 @@ impl WorkerVms {
             .map(|(spec, g)| ChainEntry {
                 spec: spec.clone(),
                 slot: slots[g].clone(),
+                stats: self.host.stats(&spec.name),
             })
             .collect();
         Ok(Rc::new(Chain {
@@ -324,6 +325,9 @@ impl VmSlot {
 struct ChainEntry {
     spec: Arc<PluginSpec>,
     slot: Rc<VmSlot>,
+    /// The plugin's counters, found once (a lookup by name per stream was a lock, a hash and
+    /// an allocation).
+    stats: Arc<PluginStats>,
 }
 
 impl ChainEntry {
@@ -526,7 +530,7 @@ impl FilterStream {
 
     fn failed(&mut self, i: usize, failure: VmFailure) -> Verdict {
         let spec = self.chain.entries[i].spec.clone();
-        let stats = self.chain.entries[i].slot.host.stats(&spec.name);
+        let stats = self.chain.entries[i].stats.clone();
         self.filters[i].state = Filter::Skipped;
         if spec.fail_strategy == FailStrategy::FailOpen {
             stats.fail_open_requests.fetch_add(1, Relaxed);
@@ -897,10 +901,7 @@ impl FilterStream {
                 profile::call(self.profiler.as_deref(), i, Callback::Done, vm, |v| {
                     v.finish_stream(*ctx)
                 });
-                let stats = self.chain.entries[i]
-                    .slot
-                    .host
-                    .stats(&self.chain.entries[i].spec.name);
+                let stats = &self.chain.entries[i].stats;
                 stats.memory_bytes.store(vm.memory_bytes() as u64, Relaxed);
             }
         }
