@@ -4,8 +4,11 @@
 //! running a chain of four realistic proxy-wasm filters on every request, and through
 //! wasmesh-proxy as the mesh runs it: config translated from Istio manifests (a VirtualService
 //! of ten routes, a DestinationRule with pool limits and outlier detection) with the router,
-//! fault, mirror and circuit-breaker plugins. It prints throughput and latency for each, and
-//! the ratios to nginx.
+//! fault, mirror and circuit-breaker plugins; and the same with issue 16's mesh (`wasmesh+shop`:
+//! a VirtualService of four routes, its request taking the weighted default route). It prints
+//! throughput and latency for each, and the ratios to nginx; then the footprint of the bare
+//! proxy and of the shop's mesh with 2 workers each: resident memory idle and under load, and
+//! the CPU and wake-ups of an idle proxy.
 //!
 //! ```sh
 //! cargo bench -p wasmesh-benches --bench load      # or deploy/bench.sh, which installs the tools
@@ -13,12 +16,12 @@
 //!
 //! Settings (environment): `LOAD_SECONDS` per run (10), `LOAD_ROUNDS` (3, the median is kept),
 //! `LOAD_CONNECTIONS` (32), `LOAD_RATE` for the fixed-rate latency run (half of nginx's
-//! measured throughput).
+//! measured throughput), `LOAD_IDLE_SECONDS` for the idle windows (10).
 
 use std::time::Duration;
 
-use wasmesh_benches::load::{self, Measurement};
-use wasmesh_benches::peers::CATALOG_CHECKOUT;
+use wasmesh_benches::load::{self, LoadRequest, Measurement, footprint};
+use wasmesh_benches::peers::{CATALOG, CATALOG_CHECKOUT, SHOP, SHOP_CART};
 use wasmesh_benches::{build_proxy, find_program, free_addr, peers};
 
 fn env(name: &str, default: u64) -> u64 {
@@ -50,17 +53,34 @@ fn main() -> anyhow::Result<()> {
         1,
         &peers::realistic_chain(),
     )?;
-    let plugins =
-        peers::wasmesh_with_plugins(&proxy_binary, dir.path(), free_addr()?, upstream.addr, 1)?;
-    let targets = [
-        ("direct", upstream.addr, None),
-        ("nginx", nginx.addr, Some(nginx.pid())),
-        ("wasmesh-proxy", wasmesh.addr, Some(wasmesh.pid())),
-        ("wasmesh+4wasm", filtered.addr, Some(filtered.pid())),
-        ("wasmesh+mesh", plugins.addr, Some(plugins.pid())),
+    let mesh = |workers, manifests| {
+        peers::wasmesh_with_plugins(
+            &proxy_binary,
+            dir.path(),
+            free_addr()?,
+            upstream.addr,
+            workers,
+            manifests,
+        )
+    };
+    let plugins = mesh(1, CATALOG)?;
+    let shop = mesh(1, SHOP)?;
+    // Every target but the shop gets the request the catalog's VirtualService sends to its 6th
+    // route; the shop's is the same but for its path and host.
+    let catalog = &CATALOG_CHECKOUT;
+    let targets: [(&str, _, _, &LoadRequest); 6] = [
+        ("direct", upstream.addr, None, catalog),
+        ("nginx", nginx.addr, Some(nginx.pid()), catalog),
+        ("wasmesh-proxy", wasmesh.addr, Some(wasmesh.pid()), catalog),
+        (
+            "wasmesh+4wasm",
+            filtered.addr,
+            Some(filtered.pid()),
+            catalog,
+        ),
+        ("wasmesh+mesh", plugins.addr, Some(plugins.pid()), catalog),
+        ("wasmesh+shop", shop.addr, Some(shop.pid()), &SHOP_CART),
     ];
-    // Every target gets the request the mesh's VirtualService sends to its 6th route.
-    let request = &CATALOG_CHECKOUT;
 
     println!(
         "load benchmark: wrk -t1 -c{connections} -d{}s, {rounds} round(s) alternating targets \
@@ -68,12 +88,12 @@ fn main() -> anyhow::Result<()> {
         seconds.as_secs()
     );
     // Warm up connection pools and caches.
-    for (_, addr, _) in &targets {
+    for (_, addr, _, request) in &targets {
         load::wrk(*addr, request, connections, Duration::from_secs(1), None)?;
     }
     let mut runs: Vec<Vec<Measurement>> = vec![Vec::new(); targets.len()];
     for round in 0..rounds {
-        for (i, (name, addr, pid)) in targets.iter().enumerate() {
+        for (i, (name, addr, pid, request)) in targets.iter().enumerate() {
             let m = load::wrk(*addr, request, connections, seconds, *pid)?;
             if m.errors * 1000 > m.requests {
                 anyhow::bail!(
@@ -112,7 +132,7 @@ fn main() -> anyhow::Result<()> {
         "\n{:<14} {:>10} {:>10} {:>10} {:>8} {:>14} {:>10}",
         "target", "req/s", "p50", "p99", "errors", "CPU/request", "vs nginx"
     );
-    for (((name, _, _), m), cpu) in targets.iter().zip(&medians).zip(&cpu) {
+    for (((name, _, _, _), m), cpu) in targets.iter().zip(&medians).zip(&cpu) {
         let ratio = match *name {
             "direct" => String::new(),
             _ => format!("{:.2}x", m.requests_per_sec / nginx_rps),
@@ -128,17 +148,31 @@ fn main() -> anyhow::Result<()> {
             ratio
         );
     }
-    if let (Some(n), Some(w), Some(f), Some(p)) = (cpu[1], cpu[2], cpu[3], cpu[4]) {
+    if let (Some(n), Some(w), Some(f), Some(p), Some(s)) = (cpu[1], cpu[2], cpu[3], cpu[4], cpu[5])
+    {
         println!(
             "CPU per request vs nginx (lower is better): wasmesh {:.2}x, wasmesh+4wasm {:.2}x, \
-             wasmesh+mesh {:.2}x; the 4 filters cost {:.2} us, the mesh's 4 plugins {:.2} us",
+             wasmesh+mesh {:.2}x, wasmesh+shop {:.2}x; the 4 filters cost {:.2} us, the \
+             catalog mesh's plugins {:.2} us, the shop's {:.2} us; wasmesh+shop vs the bare \
+             proxy {:.2}x",
             w / n,
             f / n,
             p / n,
+            s / n,
             f - w,
-            p - w
+            p - w,
+            s - w,
+            s / w
         );
     }
+
+    footprints(
+        &proxy_binary,
+        dir.path(),
+        upstream.addr,
+        seconds,
+        connections,
+    )?;
 
     if find_program("oha").is_none() {
         println!(
@@ -156,7 +190,7 @@ fn main() -> anyhow::Result<()> {
         "target", "req/s", "p50", "p99", "errors"
     );
     let mut fixed = Vec::new();
-    for (name, addr, _) in &targets[1..] {
+    for (name, addr, _, request) in &targets[1..] {
         let m = load::oha_fixed_rate(*addr, request, connections, rate, seconds)?;
         println!(
             "{name:<14} {:>10.0} {:>10} {:>10} {:>8}",
@@ -167,17 +201,73 @@ fn main() -> anyhow::Result<()> {
         );
         fixed.push(m);
     }
+    let p99 = |i: usize| fixed[i].p99.as_secs_f64() / fixed[0].p99.as_secs_f64();
     println!(
         "\nvs nginx: wasmesh throughput {:.2}x, p99 at {rate} req/s {:.2}x; wasmesh+4wasm \
-         throughput {:.2}x, p99 {:.2}x; wasmesh+mesh throughput {:.2}x, p99 {:.2}x \
-         (p99: lower is better)",
+         throughput {:.2}x, p99 {:.2}x; wasmesh+mesh throughput {:.2}x, p99 {:.2}x; \
+         wasmesh+shop throughput {:.2}x, p99 {:.2}x, {:+.0} us (p99: lower is better)",
         medians[2].requests_per_sec / nginx_rps,
-        fixed[1].p99.as_secs_f64() / fixed[0].p99.as_secs_f64(),
+        p99(1),
         medians[3].requests_per_sec / nginx_rps,
-        fixed[2].p99.as_secs_f64() / fixed[0].p99.as_secs_f64(),
+        p99(2),
         medians[4].requests_per_sec / nginx_rps,
-        fixed[3].p99.as_secs_f64() / fixed[0].p99.as_secs_f64()
+        p99(3),
+        medians[5].requests_per_sec / nginx_rps,
+        p99(4),
+        (fixed[4].p99.as_secs_f64() - fixed[0].p99.as_secs_f64()) * 1e6
     );
 
+    Ok(())
+}
+
+/// The bare proxy and the shop's mesh, each started afresh with 2 workers: resident memory when
+/// idle, at its highest under load and idle again after it; an idle proxy's share of a core
+/// and wake-ups per second (all its threads).
+fn footprints(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    upstream: std::net::SocketAddr,
+    seconds: Duration,
+    connections: u32,
+) -> anyhow::Result<()> {
+    let window = Duration::from_secs(env("LOAD_IDLE_SECONDS", 10));
+    println!(
+        "\nfootprint with 2 workers (fresh processes; idle windows of {} s):",
+        window.as_secs()
+    );
+    println!(
+        "{:<14} {:>10} {:>13} {:>12} {:>14} {:>11}",
+        "target", "RSS idle", "RSS load max", "RSS after", "idle CPU/core", "wake-ups/s"
+    );
+    for (name, mesh) in [("wasmesh-proxy", None), ("wasmesh+shop", Some(SHOP))] {
+        let addr = free_addr()?;
+        let proxy = match mesh {
+            None => peers::wasmesh(binary, dir, addr, upstream, 2)?,
+            Some(m) => peers::wasmesh_with_plugins(binary, dir, addr, upstream, 2, m)?,
+        };
+        let request = if mesh.is_some() {
+            &SHOP_CART
+        } else {
+            &CATALOG_CHECKOUT
+        };
+        // One request through each worker's plugins before the first window.
+        load::wrk(addr, request, 2, Duration::from_secs(1), None)?;
+        let idle = footprint::idle(proxy.pid(), window)?;
+        let rss_idle = footprint::rss_kib(proxy.pid())?;
+        let (_, peak) = footprint::peak_rss_during(proxy.pid(), || {
+            load::wrk(addr, request, connections, seconds, None)
+        })?;
+        let after = footprint::idle(proxy.pid(), window)?;
+        let rss_after = footprint::rss_kib(proxy.pid())?;
+        let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
+        println!(
+            "{name:<14} {:>10} {:>13} {:>12} {:>13.3}% {:>11.1}",
+            mib(rss_idle),
+            mib(peak),
+            mib(rss_after),
+            idle.core_share.max(after.core_share) * 100.0,
+            idle.wakeups_per_sec.max(after.wakeups_per_sec)
+        );
+    }
     Ok(())
 }

@@ -8,12 +8,14 @@
 # the load benchmark's "wasmesh+mesh" target, translated by wasmesh-controlplane from
 # benches/manifests (a VirtualService of ten routes, a DestinationRule with a connection pool and
 # outlier detection) with the router, fault, mirror and circuit-breaker plugins, every cluster
-# pointed at the upstream; the request takes the 6th route (`checkout`). Each runs twice (N1 and
-# N2 requests); the difference divided by N2 - N1 leaves out start-up.
+# pointed at the upstream; the request takes the 6th route (`checkout`); and the shop, issue 16's
+# mesh (benches/shop: four routes, the request taking the weighted default one) made the same
+# way. Each runs twice (N1 and N2 requests); the difference divided by N2 - N1 leaves out
+# start-up.
 #
 #   deploy/bench-instructions.sh [N1 N2]        # default 5000 25000
 #
-# BENCH_INSTRUCTIONS_ONLY=mesh (or nginx, wasmesh) counts only that proxy;
+# BENCH_INSTRUCTIONS_ONLY=mesh (or nginx, wasmesh, shop) counts only that proxy;
 # BENCH_INSTRUCTIONS_KEEP=DIR keeps each run's callgrind profile there (<proxy>-<requests>.out),
 # for `callgrind_annotate --inclusive=yes DIR/mesh-25000.out`.
 # Honours CARGO_TARGET_DIR (the proxy, the plugins and the translator are built there).
@@ -93,11 +95,11 @@ count() {
   local pid=$!
   wait_port "$port"
   h2load --h1 -n "$n" -c 8 \
-    -H ":authority: catalog.shop.svc.cluster.local" \
+    -H ":authority: $authority" \
     -H "user-agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Firefox/128.0" \
     -H "accept: application/json" -H "cookie: session=3q2+7w; theme=dark" \
     -H "x-api-version: 2" \
-    "http://127.0.0.1:$port/api/v1/checkout/cart?id=42" | grep -q "$n succeeded" ||
+    "http://127.0.0.1:$port$path" | grep -q "$n succeeded" ||
     { echo "bench-instructions: not every request succeeded" >&2; kill "$pid"; return 1; }
   kill "-$stop" "$pid"
   wait "$pid" || true
@@ -113,17 +115,22 @@ per_request() { # nginx | wasmesh | mesh
   b=$(count_one "$1" "$n2")
   echo $(((b - a) / (n2 - n1)))
 }
-count_one() { # nginx | wasmesh | mesh, requests
+count_one() { # nginx | wasmesh | mesh | shop, requests
   local port
   counting=$1
+  # The catalog's checkout request; the shop's (issue 16's mesh) differs in its host and path.
+  authority=catalog.shop.svc.cluster.local path=/api/v1/checkout/cart?id=42
+  [ "$1" = shop ] && authority=shop.shop path=/api/v1/cart?id=42
   port=$(free_port)
   if [ "$1" = nginx ]; then
     nginx_conf "proxy-$port" "$port" \
       "upstream backend { server 127.0.0.1:$upstream; keepalive 64; keepalive_requests 1000000; }" \
       'proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";'
     count "$2" "$port" QUIT "$nginx" -c "$dir/proxy-$port.conf"
-  elif [ "$1" = mesh ]; then
-    mesh_config "$port" >"$dir/mesh-$port.yaml"
+  elif [ "$1" = mesh ] || [ "$1" = shop ]; then
+    local manifests=benches/manifests
+    [ "$1" = shop ] && manifests=benches/shop
+    mesh_config "$port" "$manifests" >"$dir/mesh-$port.yaml"
     warm_wasm_cache "$dir/mesh-$port.yaml" "$port"
     count "$2" "$port" TERM "$proxy" --config "$dir/mesh-$port.yaml"
   else
@@ -145,14 +152,15 @@ EOF
   fi
 }
 
-# The mesh's config for a listener on port $1: the translation of benches/manifests with the four
-# plugins, then what the load benchmark's wasmesh_with_plugins changes in it: one worker, and
-# every cluster's endpoints replaced by the upstream. Compiled modules are kept in $dir.
+# The mesh's config for a listener on port $1: the translation of the manifests in $2
+# (benches/manifests or benches/shop) with the four plugins, then what the load benchmark's
+# wasmesh_with_plugins changes in it: one worker, and every cluster's endpoints replaced by the
+# upstream. Compiled modules are kept in $dir.
 mesh_config() {
-  "$translate" benches/manifests "$plugins" "127.0.0.1:$1" >"$dir/translated.yaml" 2>"$dir/translate.err" ||
+  "$translate" "$2" "$plugins" "127.0.0.1:$1" >"$dir/translated.yaml" 2>"$dir/translate.err" ||
     { cat "$dir/translate.err" >&2; return 1; }
   if grep -qv '^Info ' "$dir/translate.err"; then # the load benchmark refuses these too
-    echo "bench-instructions: benches/manifests do not translate cleanly:" >&2
+    echo "bench-instructions: $2 does not translate cleanly:" >&2
     cat "$dir/translate.err" >&2
     return 1
   fi
@@ -170,8 +178,8 @@ mesh_config() {
       if (!wasm) print "wasm: {cache_dir: \"" cache "\"}"
       if (!workers || !clusters) exit 1
     }' "$dir/translated.yaml" >"$dir/mesh.yaml"
-  if grep -q '10\.1\.0\.' "$dir/mesh.yaml"; then
-    echo "bench-instructions: an endpoint of benches/manifests was left in the mesh config" >&2
+  if grep -q '10\.[12]\.0\.' "$dir/mesh.yaml"; then
+    echo "bench-instructions: an endpoint of $2 was left in the mesh config" >&2
     return 1
   fi
   cat "$dir/mesh.yaml"
@@ -197,8 +205,11 @@ fi
 ng=$(per_request nginx)
 wm=$(per_request wasmesh)
 ms=$(per_request mesh)
+sh=$(per_request shop)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 printf '  nginx          %8d\n' "$ng"
 printf '  wasmesh-proxy  %8d  (%s of nginx)\n' "$wm" "$(ratio "$wm" "$ng")"
 printf '  wasmesh mesh   %8d  (%s of nginx, %s of bare)\n' "$ms" "$(ratio "$ms" "$ng")" \
   "$(ratio "$ms" "$wm")"
+printf '  wasmesh shop   %8d  (%s of nginx, %s of bare)\n' "$sh" "$(ratio "$sh" "$ng")" \
+  "$(ratio "$sh" "$wm")"

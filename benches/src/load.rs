@@ -360,3 +360,87 @@ mod tests {
         assert_eq!(m.requests, 360000);
     }
 }
+
+/// What a process holds and spends: resident memory, CPU time and wake-ups, read from `/proc`.
+pub mod footprint {
+    use std::time::Duration;
+
+    use anyhow::Context;
+
+    /// Resident memory of `pid` (`VmRSS`), in KiB.
+    pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("VmRSS in /proc/<pid>/status")
+    }
+
+    /// CPU time every thread of `pid` has run (nanoseconds, from each thread's `schedstat`:
+    /// exact, unlike the 10 ms ticks of `stat`) and the times they were switched out
+    /// (voluntary and not: each is a wake-up).
+    pub fn cpu_and_switches(pid: u32) -> anyhow::Result<(u64, u64)> {
+        let (mut cpu, mut switches) = (0, 0);
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let task = task?.path();
+            let Ok(schedstat) = std::fs::read_to_string(task.join("schedstat")) else {
+                continue; // the thread ended meanwhile
+            };
+            cpu += schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+            switches += status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        Ok((cpu, switches))
+    }
+
+    /// An idle window of `pid`: its share of one core and its wake-ups per second.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Idle {
+        pub core_share: f64,
+        pub wakeups_per_sec: f64,
+    }
+
+    /// Watches `pid` for `window` while nothing is sent to it.
+    pub fn idle(pid: u32, window: Duration) -> anyhow::Result<Idle> {
+        let (cpu0, sw0) = cpu_and_switches(pid)?;
+        std::thread::sleep(window);
+        let (cpu1, sw1) = cpu_and_switches(pid)?;
+        let secs = window.as_secs_f64();
+        Ok(Idle {
+            core_share: (cpu1 - cpu0) as f64 / 1e9 / secs,
+            wakeups_per_sec: sw1.saturating_sub(sw0) as f64 / secs,
+        })
+    }
+
+    /// Runs `load` while sampling the resident memory of `pid` every 20 ms; returns what
+    /// `load` returned and the highest RSS seen (KiB).
+    pub fn peak_rss_during<T>(
+        pid: u32,
+        load: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<(T, u64)> {
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let sampler = s.spawn(|| {
+                let mut peak = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(rss_kib(pid).unwrap_or(0));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                peak.max(rss_kib(pid).unwrap_or(0))
+            });
+            let out = load();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            let peak = sampler.join().expect("the RSS sampler");
+            Ok((out?, peak))
+        })
+    }
+}

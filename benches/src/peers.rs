@@ -174,20 +174,62 @@ pub const CATALOG_CHECKOUT: crate::load::LoadRequest = crate::load::LoadRequest 
     ],
 };
 
+/// The manifests of issue 16's mesh: a `shop` service with a VirtualService of four routes (a
+/// prefix with a 0% abort, a header match, a prefix with a 0% mirror, a 90/10 weighted default
+/// with retries and a timeout) and a DestinationRule with a connection pool and outlier
+/// detection.
+pub const SHOP_MANIFESTS: &str = include_str!("../shop/shop.yaml");
+
+/// The request of issue 16 (`GET /api/v1/cart?id=42` to the shop), with the catalog request's
+/// other headers: it takes the shop's weighted default route, which enters the router and the
+/// circuit breaker (the fault and the mirror are scoped to their routes).
+pub const SHOP_CART: crate::load::LoadRequest = crate::load::LoadRequest {
+    path: "/api/v1/cart?id=42",
+    headers: &[
+        "Host: shop.shop",
+        "user-agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Firefox/128.0",
+        "accept: application/json",
+        "cookie: session=3q2+7w; theme=dark",
+        "x-api-version: 2",
+    ],
+};
+
+/// A set of Istio manifests the benchmarks run as a mesh.
+#[derive(Clone, Copy, Debug)]
+pub struct MeshManifests {
+    /// Where they come from, for errors.
+    pub file: &'static str,
+    pub yaml: &'static str,
+}
+
+pub const CATALOG: MeshManifests = MeshManifests {
+    file: "benches/manifests/catalog.yaml",
+    yaml: CATALOG_MANIFESTS,
+};
+
+pub const SHOP: MeshManifests = MeshManifests {
+    file: "benches/shop/shop.yaml",
+    yaml: SHOP_MANIFESTS,
+};
+
 /// wasmesh-proxy as the mesh runs it: its config translated by wasmesh-controlplane from
-/// [`CATALOG_MANIFESTS`], with the router, fault, mirror and circuit-breaker plugins, every
-/// cluster's endpoints pointed at `upstream`.
+/// `mesh` ([`CATALOG`] or [`SHOP`]), with the router, fault, mirror and circuit-breaker
+/// plugins, every cluster's endpoints pointed at `upstream`.
 pub fn wasmesh_with_plugins(
     binary: &Path,
     dir: &Path,
     addr: SocketAddr,
     upstream: SocketAddr,
     workers: usize,
+    mesh: MeshManifests,
 ) -> anyhow::Result<Process> {
-    let translation = catalog_translation(&wasmesh_controlplane::Options {
-        listener_address: addr.to_string(),
-        ..catalog_options()
-    })?;
+    let translation = translation(
+        mesh,
+        &wasmesh_controlplane::Options {
+            listener_address: addr.to_string(),
+            ..catalog_options()
+        },
+    )?;
     let mut bootstrap = translation.bootstrap;
     bootstrap.workers = Some(workers);
     // Every cluster (the PassthroughCluster too) is the upstream here.
@@ -221,8 +263,16 @@ pub fn catalog_options() -> wasmesh_controlplane::Options {
 pub fn catalog_translation(
     options: &wasmesh_controlplane::Options,
 ) -> anyhow::Result<wasmesh_controlplane::Translation> {
+    translation(CATALOG, options)
+}
+
+/// `mesh` translated; warnings and errors refuse it.
+pub fn translation(
+    mesh: MeshManifests,
+    options: &wasmesh_controlplane::Options,
+) -> anyhow::Result<wasmesh_controlplane::Translation> {
     use wasmesh_controlplane::{Level, manifests, translate_loaded};
-    let translation = translate_loaded(&manifests::parse_str(CATALOG_MANIFESTS, None), options);
+    let translation = translate_loaded(&manifests::parse_str(mesh.yaml, None), options);
     let problems: Vec<String> = translation
         .diagnostics
         .iter()
@@ -230,7 +280,7 @@ pub fn catalog_translation(
         .map(ToString::to_string)
         .collect();
     if !problems.is_empty() {
-        anyhow::bail!("benches/manifests/catalog.yaml: {problems:#?}");
+        anyhow::bail!("{}: {problems:#?}", mesh.file);
     }
     Ok(translation)
 }
