@@ -64,9 +64,13 @@ async fn run(
     }
 }
 
-/// Periodic per-worker chores: flush access log lines, close expired idle upstream connections.
+/// Periodic per-worker chores: tick the coarse clock, flush access log lines (every 50 ms),
+/// close idle connections past their timeouts (every second). With no connection open the
+/// worker ticks only while upstream connections wait idle in its pools, once a second, and
+/// otherwise sleeps until a connection comes: an idle sidecar wakes no thread.
 async fn housekeeping(worker: Rc<Worker>) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
     loop {
         tick.tick().await;
@@ -78,6 +82,15 @@ async fn housekeeping(worker: Rc<Worker>) {
         if n.is_multiple_of(20) {
             worker.pools.sweep();
             worker.reap_connections(worker.shared.is_draining());
+        }
+        if worker.open_connections() == 0 {
+            if worker.pools.holds_idle_connections() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                n = 19; // the sweep comes next
+            } else {
+                worker.connection_opened().await;
+            }
+            tick.reset();
         }
     }
 }

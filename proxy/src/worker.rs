@@ -141,6 +141,8 @@ pub struct Worker {
     snapshot: RefCell<Rc<Arc<Snapshot>>>,
     connections: Cell<usize>,
     all_closed: Notify,
+    /// Wakes an idle worker's housekeeping when a connection comes.
+    first_connection: Notify,
     /// Carries out the callouts of this worker's plugins; given to its VMs when made.
     embedder: Rc<dyn Embedder>,
     /// This worker's plugin VMs, and the chain of each listener for the snapshot version.
@@ -163,6 +165,7 @@ impl Worker {
             snapshot,
             connections: Cell::new(0),
             all_closed: Notify::new(),
+            first_connection: Notify::new(),
             vms: RefCell::new(None),
             chains: RefCell::new((0, Vec::new())),
             registry: RefCell::default(),
@@ -225,10 +228,25 @@ impl Worker {
         }
     }
 
-    /// Counts a connection until the returned guard drops.
+    /// Counts a connection until the returned guard drops. The first after an idle spell
+    /// brings the coarse clock up to date (housekeeping stops ticking it while no connection
+    /// is open) and wakes housekeeping.
     pub fn track_connection(self: &Rc<Self>) -> ConnectionTrack {
-        self.connections.set(self.connections.get() + 1);
+        if self.connections.replace(self.connections.get() + 1) == 0 {
+            crate::rt::tick_coarse_clock();
+            self.first_connection.notify_one();
+        }
         ConnectionTrack(self.clone())
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.get()
+    }
+
+    /// Returns when a connection opens (at once if one opened since the last call).
+    pub async fn connection_opened(&self) {
+        self.first_connection.notified().await;
     }
 
     /// Keeps a connection within reach of drain and idle timeouts while it lives.

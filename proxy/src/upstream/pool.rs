@@ -120,6 +120,16 @@ impl Pools {
 
     /// Closes idle connections past their idle timeout, forgets original destinations no
     /// longer in use, and pools of removed clusters.
+    /// Whether some upstream connection waits idle in a pool (the sweep has work to come).
+    pub fn holds_idle_connections(&self) -> bool {
+        self.clusters.borrow().values().any(|pool| {
+            pool.endpoints
+                .iter()
+                .chain(pool.destinations.borrow().values())
+                .any(|ep| !ep.idle.borrow().is_empty())
+        })
+    }
+
     pub fn sweep(&self) {
         let now = Instant::now();
         self.clusters.borrow_mut().retain(|_, pool| {
