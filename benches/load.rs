@@ -236,8 +236,14 @@ fn footprints(
         window.as_secs()
     );
     println!(
-        "{:<14} {:>10} {:>13} {:>12} {:>14} {:>11}",
-        "target", "RSS idle", "RSS load max", "RSS after", "idle CPU/core", "wake-ups/s"
+        "{:<14} {:>10} {:>13} {:>12} {:>15} {:>14} {:>11}",
+        "target",
+        "RSS idle",
+        "RSS load max",
+        "RSS after",
+        "anon RSS after",
+        "idle CPU/core",
+        "wake-ups/s"
     );
     for (name, mesh) in [("wasmesh-proxy", None), ("wasmesh+shop", Some(SHOP))] {
         let addr = free_addr()?;
@@ -259,12 +265,14 @@ fn footprints(
         })?;
         let after = footprint::idle(proxy.pid(), window)?;
         let rss_after = footprint::rss_kib(proxy.pid())?;
+        let anon_after = footprint::rss_anon_kib(proxy.pid())?;
         let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
         println!(
-            "{name:<14} {:>10} {:>13} {:>12} {:>13.3}% {:>11.1}",
+            "{name:<14} {:>10} {:>13} {:>12} {:>15} {:>13.3}% {:>11.1}",
             mib(rss_idle),
             mib(peak),
             mib(rss_after),
+            mib(anon_after),
             idle.core_share.max(after.core_share) * 100.0,
             idle.wakeups_per_sec.max(after.wakeups_per_sec)
         );

@@ -369,12 +369,23 @@ pub mod footprint {
 
     /// Resident memory of `pid` (`VmRSS`), in KiB.
     pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+        status_kib(pid, "VmRSS:")
+    }
+
+    /// The anonymous part of [`rss_kib`] (`RssAnon`: heap, stacks, Wasm memories), in KiB. The
+    /// rest is file pages (the binary's code, compiled plugins, libc), which sidecars started
+    /// from the same files share.
+    pub fn rss_anon_kib(pid: u32) -> anyhow::Result<u64> {
+        status_kib(pid, "RssAnon:")
+    }
+
+    fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("VmRSS in /proc/<pid>/status")
+            .with_context(|| format!("{field} in /proc/{pid}/status"))
     }
 
     /// CPU time every thread of `pid` has run (nanoseconds, from each thread's `schedstat`:
