@@ -62,8 +62,11 @@ fn add(map: u32, name: &str, value: &str) -> Result<()> {
     )
 }
 
+/// Valid UTF-8 (the usual case) becomes the `String` without a copy.
 fn text(v: Option<Vec<u8>>) -> Option<String> {
-    v.map(|b| String::from_utf8_lossy(&b).into_owned())
+    v.map(|b| {
+        String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    })
 }
 
 /// The request headers (pseudo-headers `:method`, `:path`, `:authority`, `:scheme` included).

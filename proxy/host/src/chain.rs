@@ -14,6 +14,7 @@ use crate::Host;
 use crate::abi::ACTION_PAUSE;
 use crate::callout::Embedder;
 use crate::module::PluginModule;
+use crate::module::epoch::CallGuard;
 use crate::profile::{self, Callback, Profiler};
 use crate::scope::Scope;
 use crate::state::{HostState, PluginInfo};
@@ -623,6 +624,7 @@ impl FilterStream {
 
     /// Iterates a headers phase from `headers_next` until the end or a pause.
     fn run_headers(&mut self, response: bool) -> HeadersStep {
+        let _running = CallGuard::enter();
         loop {
             let i = if response {
                 let Some(i) = self.headers_next.checked_sub(1) else {
@@ -744,6 +746,7 @@ impl FilterStream {
     /// Body iteration. Requests go from filter `from` upwards; responses from `from - 1`
     /// downwards.
     fn body(&mut self, chunk: Bytes, end: bool, from: usize, response: bool) -> BodyStep {
+        let _running = CallGuard::enter();
         let n = self.filters.len();
         let order: Vec<usize> = if response {
             (0..from.min(n)).rev().collect()
@@ -896,6 +899,7 @@ impl FilterStream {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
+        let _running = CallGuard::enter();
         for (i, f) in self.filters.iter().enumerate() {
             if let Filter::Active { vm, ctx } = &f.state {
                 profile::call(self.profiler.as_deref(), i, Callback::Done, vm, |v| {

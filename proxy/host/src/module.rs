@@ -155,17 +155,27 @@ pub(crate) mod epoch {
         PARKED.load(SeqCst)
     }
 
-    /// Marks a guest call in flight for as long as it lives.
+    std::thread_local! {
+        /// Guards alive on this thread: only the outermost touches the shared count.
+        static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Marks a guest call (or a run of them) in flight for as long as it lives. Nested guards
+    /// on one thread cost a thread-local increment: a chain phase holds one around all its
+    /// filters' calls, so the shared count (a cache line every worker writes) is touched
+    /// twice a phase rather than twice a call.
     pub struct CallGuard(());
 
     impl CallGuard {
         pub fn enter() -> CallGuard {
-            IN_FLIGHT.fetch_add(1, SeqCst);
-            if PARKED.load(SeqCst)
-                && PARKED.swap(false, SeqCst)
-                && let Some(t) = TICKER.get()
-            {
-                t.unpark();
+            if DEPTH.replace(DEPTH.get() + 1) == 0 {
+                IN_FLIGHT.fetch_add(1, SeqCst);
+                if PARKED.load(SeqCst)
+                    && PARKED.swap(false, SeqCst)
+                    && let Some(t) = TICKER.get()
+                {
+                    t.unpark();
+                }
             }
             CallGuard(())
         }
@@ -173,7 +183,9 @@ pub(crate) mod epoch {
 
     impl Drop for CallGuard {
         fn drop(&mut self) {
-            IN_FLIGHT.fetch_sub(1, SeqCst);
+            if DEPTH.replace(DEPTH.get() - 1) == 1 {
+                IN_FLIGHT.fetch_sub(1, SeqCst);
+            }
         }
     }
 }

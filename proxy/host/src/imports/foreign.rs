@@ -5,6 +5,7 @@ use wasmtime::Linker;
 
 use super::call::{Answer, C, host_fn};
 use super::guest::{give, memory_and_state};
+use crate::abi::Status;
 use crate::state::HostState;
 
 pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -24,7 +25,8 @@ fn call_foreign_function(
 ) -> Answer {
     let (mem, state) = memory_and_state(c)?;
     let (name, args) = (mem.read(np, nl)?, mem.read(ap, al)?);
-    let name = String::from_utf8_lossy(name).into_owned();
-    let result = crate::foreign::call(&name, args, state.stream().map(|s| &**s), &*state.embedder)?;
+    // No function has a name that is not UTF-8.
+    let name = std::str::from_utf8(name).map_err(|_| Status::NotFound)?;
+    let result = crate::foreign::call(name, args, state.stream().map(|s| &**s), &*state.embedder)?;
     give(c, &result, ret_ptr, ret_len)
 }

@@ -18,18 +18,9 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 /// `(path_ptr, path_len, ret_ptr, ret_len)`.
 fn get_property(c: &mut C<'_>, pp: i32, pl: i32, ret_ptr: i32, ret_len: i32) -> Answer {
     let (mem, state) = memory_and_state(c)?;
-    let path = mem.read(pp, pl)?;
-    // Paths are short: split on the stack rather than allocate for every read.
-    let path = std::str::from_utf8(path).map_err(|_| Status::NotFound)?;
-    let mut segments = [""; 16];
-    let mut n = 0;
-    for segment in path.split('\0') {
-        if n == segments.len() {
-            return Err(Status::NotFound.into());
-        }
-        segments[n] = segment;
-        n += 1;
-    }
+    let path = std::str::from_utf8(mem.read(pp, pl)?).map_err(|_| Status::NotFound)?;
+    let mut segments = [""; MAX_SEGMENTS];
+    let n = split_path(path, &mut segments).ok_or(Status::NotFound)?;
     let plugin = state.plugin();
     let facts = PluginFacts {
         name: plugin.map_or("", |p| p.name.as_str()),
@@ -45,10 +36,25 @@ fn get_property(c: &mut C<'_>, pp: i32, pl: i32, ret_ptr: i32, ret_len: i32) -> 
 fn set_property(c: &mut C<'_>, pp: i32, pl: i32, vp: i32, vl: i32) -> Answer {
     let (mem, state) = memory_and_state(c)?;
     let (path, value) = (mem.read(pp, pl)?, mem.read(vp, vl)?);
-    let path = String::from_utf8_lossy(path);
-    let segments: Vec<&str> = path.split('\0').collect();
+    let path = std::str::from_utf8(path).map_err(|_| Status::BadArgument)?;
+    let mut segments = [""; MAX_SEGMENTS];
+    let n = split_path(path, &mut segments).ok_or(Status::BadArgument)?;
     match state.stream() {
-        Some(stream) => answer(properties::set(&segments, value, stream)),
+        Some(stream) => answer(properties::set(&segments[..n], value, stream)),
         None => Ok(()),
     }
+}
+
+/// Paths deeper than this are refused (Envoy's attributes have at most four segments).
+const MAX_SEGMENTS: usize = 16;
+
+/// Splits a NUL-separated path on the stack (a property is read or set on most requests):
+/// the number of segments, `None` past [`MAX_SEGMENTS`].
+fn split_path<'a>(path: &'a str, segments: &mut [&'a str; MAX_SEGMENTS]) -> Option<usize> {
+    let mut n = 0;
+    for segment in path.split('\0') {
+        *segments.get_mut(n)? = segment;
+        n += 1;
+    }
+    Some(n)
 }
