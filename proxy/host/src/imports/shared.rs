@@ -5,7 +5,7 @@ use bytes::Bytes;
 use wasmtime::Linker;
 
 use super::call::{Answer, C, answer, host_fn};
-use super::guest::{give, memory, memory_and_state};
+use super::guest::{give, memory, memory_and_state, text};
 use crate::abi::Status;
 use crate::state::HostState;
 
@@ -24,7 +24,7 @@ pub(super) fn define(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 fn set_shared_data(c: &mut C<'_>, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32) -> Answer {
     let (mem, state) = memory_and_state(c)?;
     let (key, value) = (mem.read(kp, kl)?, mem.read(vp, vl)?);
-    let key = String::from_utf8_lossy(key);
+    let key = text(key);
     answer(state.shared.set_data(
         &state.vm_id,
         &key,
@@ -47,7 +47,7 @@ fn get_shared_data(
     let key = mem.read(kp, kl)?;
     let (value, cas) = state
         .shared
-        .get_data(&state.vm_id, &String::from_utf8_lossy(key))
+        .get_data(&state.vm_id, &text(key))
         .ok_or(Status::NotFound)?;
     give(c, &value, ret_ptr, ret_len)?;
     memory(c)?.write_u32(ret_cas, cas)?;
