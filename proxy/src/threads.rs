@@ -69,6 +69,8 @@ async fn run(
 /// worker ticks only while upstream connections wait idle in its pools, once a second, and
 /// otherwise sleeps until a connection comes: an idle sidecar wakes no thread.
 async fn housekeeping(worker: Rc<Worker>) {
+    /// Ticks of 50 ms between sweeps: one second.
+    const SWEEP_TICKS: u64 = 20;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
@@ -79,14 +81,14 @@ async fn housekeeping(worker: Rc<Worker>) {
         if let Some(sink) = &worker.shared.access_log {
             worker.log.flush(sink);
         }
-        if n.is_multiple_of(20) {
+        if n.is_multiple_of(SWEEP_TICKS) {
             worker.pools.sweep();
             worker.reap_connections(worker.shared.is_draining());
         }
         if worker.open_connections() == 0 {
             if worker.pools.holds_idle_connections() {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                n = 19; // the sweep comes next
+                n = SWEEP_TICKS - 1; // the sweep comes next
             } else {
                 worker.connection_opened().await;
             }

@@ -119,10 +119,13 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>> {
 
 /// A property as text.
 pub fn property_str(path: &[&str]) -> Result<Option<String>> {
-    // Valid UTF-8 (the usual case) becomes the String without a copy.
-    Ok(property(path)?.map(|b| {
-        String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-    }))
+    Ok(property(path)?.map(into_text))
+}
+
+/// Bytes the host gave as text: valid UTF-8 (the usual case) becomes the `String` without a
+/// copy, anything else gets U+FFFD where it is not.
+pub(crate) fn into_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// An integer property (Envoy encodes integers as 8 little-endian bytes).

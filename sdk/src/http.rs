@@ -4,7 +4,9 @@ use std::ptr::null_mut;
 use std::time::Duration;
 
 use crate::abi;
-use crate::host::{Result, bytes_or_none, check, deserialize_pairs, serialize_pairs, take};
+use crate::host::{
+    Result, bytes_or_none, check, deserialize_pairs, into_text, serialize_pairs, take,
+};
 
 fn get(map: u32, name: &str) -> Result<Option<Vec<u8>>> {
     // SAFETY: pointers describe `name`; out-params are ours.
@@ -62,11 +64,8 @@ fn add(map: u32, name: &str, value: &str) -> Result<()> {
     )
 }
 
-/// Valid UTF-8 (the usual case) becomes the `String` without a copy.
 fn text(v: Option<Vec<u8>>) -> Option<String> {
-    v.map(|b| {
-        String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-    })
+    v.map(into_text)
 }
 
 /// The request headers (pseudo-headers `:method`, `:path`, `:authority`, `:scheme` included).

@@ -110,7 +110,7 @@ pub fn get(
         } else {
             let mut text = String::with_capacity(21);
             push_addr(&mut text, a);
-            string(text)
+            Bytes::from(text)
         })
     };
     match path {
@@ -191,7 +191,7 @@ pub fn get(
                 text.push(' ');
                 text.push_str(digits.format(*status));
             }
-            Ok(string(text))
+            Ok(Bytes::from(text))
         }
 
         ["connection", "id"] => Ok(uint(info.connection_id)),

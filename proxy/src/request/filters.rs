@@ -138,11 +138,11 @@ impl Filters {
             .cloned()
     }
 
-    /// The route and cluster the request goes to, for filters that read them (shared, not
-    /// copied).
-    pub(super) fn record_route(&self, route_name: Bytes, cluster: &std::sync::Arc<str>) {
+    /// The route and cluster the request goes to (no cluster: a direct response), for filters
+    /// that read them (shared, not copied).
+    pub(super) fn record_route(&self, route_name: Bytes, cluster: Option<&std::sync::Arc<str>>) {
         let mut info = self.driver.info();
-        info.cluster_name = cluster.clone();
+        info.cluster_name = cluster.cloned().unwrap_or_default();
         info.route_name = route_name;
     }
 

@@ -110,5 +110,5 @@ fn name_request(
         route.map_or_else(Bytes::new, |r| Bytes::copy_from_slice(r.name.as_bytes()))
     });
     ex.capture_names(&route_name, cluster.map(|c| &**c));
-    filters.record_route(route_name, cluster.unwrap_or(&Arc::from("")));
+    filters.record_route(route_name, cluster);
 }

@@ -118,8 +118,6 @@ impl Pools {
         pool
     }
 
-    /// Closes idle connections past their idle timeout, forgets original destinations no
-    /// longer in use, and pools of removed clusters.
     /// Whether some upstream connection waits idle in a pool (the sweep has work to come).
     pub fn holds_idle_connections(&self) -> bool {
         self.clusters.borrow().values().any(|pool| {
@@ -130,6 +128,8 @@ impl Pools {
         })
     }
 
+    /// Closes idle connections past their idle timeout, forgets original destinations no
+    /// longer in use, and pools of removed clusters.
     pub fn sweep(&self) {
         let now = Instant::now();
         self.clusters.borrow_mut().retain(|_, pool| {
