@@ -920,7 +920,8 @@ pub(crate) fn for_gateway(
                 continue;
             }
             if server.tcp {
-                for (i, t) in vs.tcp.iter().enumerate() {
+                // The first route that fits takes the port; its heaviest destination all of it.
+                let first = vs.tcp.iter().enumerate().find_map(|(i, t)| {
                     let fits = t.matches.is_empty()
                         || t.matches.iter().any(|m| {
                             m.port.is_none_or(|p| p == port)
@@ -928,10 +929,13 @@ pub(crate) fn for_gateway(
                                     || m.gateways.iter().any(|g| from.is(g, r.namespace())))
                         });
                     let dest = t.route.iter().max_by_key(|d| d.weight.unwrap_or(0));
-                    if let (true, None, Some(dest)) = (fits, &tcp_cluster, dest) {
-                        let at = format!("spec.tcp[{i}].route");
-                        tcp_cluster = Some(ctx.resolve_tcp(r, &at, &dest.destination));
-                    }
+                    fits.then_some(dest).flatten().map(|d| (i, d))
+                });
+                if tcp_cluster.is_none()
+                    && let Some((i, dest)) = first
+                {
+                    let at = format!("spec.tcp[{i}].route");
+                    tcp_cluster = Some(ctx.resolve_tcp(r, &at, &dest.destination));
                 }
                 continue;
             }
