@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use wasmesh_benches::load::{self, LoadRequest, Measurement, with_cpu};
+use wasmesh_benches::load::{self, LoadRequest, Measurement, us, with_cpu};
 use wasmesh_benches::{build_release, free_addr, peers, wait_for_port};
 
 const SERVER_NAME: &str = "gateway.example.com";
@@ -191,10 +191,6 @@ fn main() -> anyhow::Result<()> {
 
 fn micros(d: Option<Duration>) -> f64 {
     d.unwrap_or_default().as_secs_f64() * 1e6
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
 /// A bench CA and the gateway's ECDSA P-256 certificate (SAN `gateway.example.com`) and key,

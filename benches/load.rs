@@ -245,16 +245,14 @@ fn footprints(
         "idle CPU/core",
         "wake-ups/s"
     );
-    for (name, mesh) in [("wasmesh-proxy", None), ("wasmesh+shop", Some(SHOP))] {
+    for (name, mesh, request) in [
+        ("wasmesh-proxy", None, &CATALOG_CHECKOUT),
+        ("wasmesh+shop", Some(SHOP), &SHOP_CART),
+    ] {
         let addr = free_addr()?;
         let proxy = match mesh {
             None => peers::wasmesh(binary, dir, addr, upstream, 2)?,
             Some(m) => peers::wasmesh_with_plugins(binary, dir, addr, upstream, 2, m)?,
-        };
-        let request = if mesh.is_some() {
-            &SHOP_CART
-        } else {
-            &CATALOG_CHECKOUT
         };
         // One request through each worker's plugins before the first window.
         load::wrk(addr, request, 2, Duration::from_secs(1), None)?;

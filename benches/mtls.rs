@@ -31,7 +31,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use wasmesh_benches::load::{self, LoadRequest, Measurement, with_cpu};
+use wasmesh_benches::load::{self, LoadRequest, Measurement, us, with_cpu};
 use wasmesh_benches::peers;
 use wasmesh_benches::{build_release, free_addr, start_controlplane, wait_for_port};
 
@@ -276,10 +276,6 @@ const PLAIN_NEW: LoadRequest = LoadRequest {
     path: "/",
     headers: &["Host: echo-plain-new"],
 };
-
-fn us(d: Duration) -> String {
-    format!("{:.0} µs", d.as_secs_f64() * 1e6)
-}
 
 /// A CA and ECDSA P-256 certificates for the nginx pair, as PEM files.
 struct TlsFiles {

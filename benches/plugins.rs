@@ -34,7 +34,7 @@ const HOST: &str = "catalog.shop.svc.cluster.local";
 /// The plugins' chain: the manifests translated with the modules built from `plugins/`.
 fn translated() -> chain::ResolvedChain {
     let options = peers::catalog_options();
-    let t = peers::catalog_translation(&options).expect("the manifests translate cleanly");
+    let t = peers::translation(peers::CATALOG, &options).expect("the manifests translate cleanly");
     chain::from_bootstrap(
         t.bootstrap,
         "benches/manifests",

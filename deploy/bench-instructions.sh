@@ -109,7 +109,7 @@ count() {
     cp "$dir/cg.out" "$BENCH_INSTRUCTIONS_KEEP/$counting-$n.out"
   fi
 }
-per_request() { # nginx | wasmesh | mesh
+per_request() { # nginx | wasmesh | mesh | shop
   local a b
   a=$(count_one "$1" "$n1")
   b=$(count_one "$1" "$n2")

@@ -18,6 +18,11 @@ pub struct Measurement {
     pub errors: u64,
 }
 
+/// A latency as whole microseconds, for tables (`1234 µs`).
+pub fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
 /// The request every load run sends: a path and extra headers (`name: value`).
 #[derive(Clone, Copy, Debug)]
 pub struct LoadRequest {

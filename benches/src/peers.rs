@@ -156,10 +156,6 @@ pub fn wasmesh_tls(
     wasmesh_with_filters(binary, dir, addr, upstream, workers, &tls)
 }
 
-/// The manifests of the plugins benchmark: a `catalog` service with a VirtualService of ten
-/// routes and a DestinationRule with a connection pool and outlier detection.
-pub const CATALOG_MANIFESTS: &str = include_str!("../manifests/catalog.yaml");
-
 /// The request of the plugins benchmark that takes the VirtualService's 6th route
 /// (`checkout`: prefix and header match, a 90/10 split, a fault delay at 0%, retries, timeout).
 pub const CATALOG_CHECKOUT: crate::load::LoadRequest = crate::load::LoadRequest {
@@ -173,12 +169,6 @@ pub const CATALOG_CHECKOUT: crate::load::LoadRequest = crate::load::LoadRequest 
         "x-api-version: 2",
     ],
 };
-
-/// The manifests of issue 16's mesh: a `shop` service with a VirtualService of four routes (a
-/// prefix with a 0% abort, a header match, a prefix with a 0% mirror, a 90/10 weighted default
-/// with retries and a timeout) and a DestinationRule with a connection pool and outlier
-/// detection.
-pub const SHOP_MANIFESTS: &str = include_str!("../shop/shop.yaml");
 
 /// The request of issue 16 (`GET /api/v1/cart?id=42` to the shop), with the catalog request's
 /// other headers: it takes the shop's weighted default route, which enters the router and the
@@ -202,14 +192,20 @@ pub struct MeshManifests {
     pub yaml: &'static str,
 }
 
+/// The manifests of the plugins benchmark: a `catalog` service with a VirtualService of ten
+/// routes and a DestinationRule with a connection pool and outlier detection.
 pub const CATALOG: MeshManifests = MeshManifests {
     file: "benches/manifests/catalog.yaml",
-    yaml: CATALOG_MANIFESTS,
+    yaml: include_str!("../manifests/catalog.yaml"),
 };
 
+/// The manifests of issue 16's mesh: a `shop` service with a VirtualService of four routes (a
+/// prefix with a 0% abort, a header match, a prefix with a 0% mirror, a 90/10 weighted default
+/// with retries and a timeout) and a DestinationRule with a connection pool and outlier
+/// detection.
 pub const SHOP: MeshManifests = MeshManifests {
     file: "benches/shop/shop.yaml",
-    yaml: SHOP_MANIFESTS,
+    yaml: include_str!("../shop/shop.yaml"),
 };
 
 /// wasmesh-proxy as the mesh runs it: its config translated by wasmesh-controlplane from
@@ -258,15 +254,8 @@ pub fn catalog_options() -> wasmesh_controlplane::Options {
     }
 }
 
-/// [`CATALOG_MANIFESTS`] translated; warnings and errors refuse it (the benchmarks measure the
-/// manifests as written).
-pub fn catalog_translation(
-    options: &wasmesh_controlplane::Options,
-) -> anyhow::Result<wasmesh_controlplane::Translation> {
-    translation(CATALOG, options)
-}
-
-/// `mesh` translated; warnings and errors refuse it.
+/// `mesh` translated; warnings and errors refuse it (the benchmarks measure the manifests as
+/// written).
 pub fn translation(
     mesh: MeshManifests,
     options: &wasmesh_controlplane::Options,
